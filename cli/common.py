@@ -1,0 +1,88 @@
+"""Shared pieces of the CLI: consoles, the rich progress renderer, one-line error handling."""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error to stderr and exit non-zero (never a traceback)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+class RichProgress:
+    """Renders the library's `Progress` protocol as a rich progress bar with rate, ETA and live info."""
+
+    def __init__(self, unit: str = "it", *, quiet: bool = False) -> None:
+        self.unit = unit
+        self.quiet = quiet
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def start(self, description: str, total: int | None = None) -> None:
+        self.finish()
+        if self.quiet:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=err_console,
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total, rate="", info="")
+
+    def advance(self, n: int = 1, **info: Any) -> None:
+        if self._progress is None or self._task is None:
+            return
+        task = self._progress.tasks[0]
+        speed = task.speed
+        rate = f"{speed:.1f} {self.unit}/s" if speed else ""
+        text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
+        self._progress.update(self._task, advance=n, rate=rate, info=text)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        self._progress = None
+        self._task = None
+
+
+def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; user-facing errors become one stderr line and a non-zero exit."""
+    from vea_bench.errors import VeaError
+
+    try:
+        return fn(*args, **kwargs)
+    except VeaError as exc:
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: what was written is kept; rerun the same command to resume")
+        raise typer.Exit(130) from None
+
+
+def echo_path(path: Any, quiet: bool) -> None:
+    """In --quiet mode print only the output path (for scripts)."""
+    if quiet:
+        sys.stdout.write(f"{path}\n")

@@ -1,0 +1,580 @@
+"""The HDF5 feature cache: one file per dataset, filled once per image, read by every head.
+
+Layout (schema version 1)::
+
+    /                         attrs: schema_version, vea_bench_version, dataset, label_space,
+                                     label_names (JSON), manifest_hashes (JSON), split_seed, created_at
+    /splits/<split>/ids       relative image paths (UTF-8), the split's stable order
+    /splits/<split>/labels    int16 class indices in ``label_names`` order
+    /<kind>/<key>             a source; attrs: provenance (JSON), fields (JSON) + flat provenance attrs
+    /<kind>/<key>/<split>/<field>     N x ... arrays (e.g. ``emb`` N x D float16)
+    /<kind>/<key>/<split>/_status     uint8 per row: 0 missing, 1 written, 2 failed
+    /<kind>/<key>/<split>/_error      UTF-8 reason for failed rows
+
+Sources are written by row index into preallocated chunked arrays and flushed after every
+write, so an interrupted job resumes with exactly the missing rows and ends byte-identical to an
+uninterrupted one. A source is complete when no row is missing (failed rows are resolved, and
+readers exclude them through the status mask).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from vea_bench import __version__
+from vea_bench.errors import CacheError
+from vea_bench.hashing import manifest_hash
+
+SCHEMA_VERSION = 1
+SOURCE_KINDS: tuple[str, ...] = ("visual", "vlm", "teacher", "backbone")
+ROW_MISSING, ROW_OK, ROW_FAILED = 0, 1, 2
+
+# Provenance keys that may differ between shards or resumed runs of the *same* source.
+VOLATILE_PROVENANCE = frozenset({"time", "created_at", "shard", "host", "versions", "elapsed_s"})
+
+# Standard fields per kind (writers may add more, e.g. vlm ``logprobs`` only in score mode).
+STANDARD_FIELDS: dict[str, tuple[str, ...]] = {
+    "visual": ("emb",),
+    "vlm": ("text", "onehot", "logprobs", "parse"),
+    "teacher": ("logits",),
+    "backbone": ("feat",),
+}
+
+_STR = "str"
+_TARGET_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """What a split contributes to a new cache: its ids, label indices and manifest hash."""
+
+    ids: Sequence[str]
+    labels: np.ndarray
+    manifest_hash: str
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One array of a source: per-row shape (after the row axis) and dtype (or ``"str"``)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_json(self) -> list[Any]:
+        return [list(self.shape), self.dtype]
+
+    @classmethod
+    def from_json(cls, obj: Sequence[Any]) -> FieldSpec:
+        return cls(tuple(int(s) for s in obj[0]), str(obj[1]))
+
+
+@dataclass
+class SourceInfo:
+    """Summary of one source: fields, provenance and per-split row status counts."""
+
+    kind: str
+    key: str
+    fields: dict[str, FieldSpec]
+    provenance: dict[str, Any]
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}/{self.key}"
+
+    @property
+    def complete(self) -> bool:
+        return all(c["missing"] == 0 for c in self.counts.values())
+
+    @property
+    def width(self) -> int | None:
+        """Feature width of the main array (D for visual/backbone, C for vlm/teacher)."""
+        for f in ("emb", "feat", "logits", "onehot"):
+            if f in self.fields and self.fields[f].shape:
+                return self.fields[f].shape[0]
+        return None
+
+
+@dataclass
+class SourceData:
+    """Arrays of one source for one split, with the row status and failure reasons."""
+
+    arrays: dict[str, np.ndarray]
+    status: np.ndarray
+    errors: list[str]
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Boolean mask of rows that were written successfully."""
+        return self.status == ROW_OK
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+
+def _h5_dtype(dtype: str) -> Any:
+    return h5py.string_dtype("utf-8") if dtype == _STR else np.dtype(dtype)
+
+
+def _chunk_rows(n: int, shape: tuple[int, ...], dtype: str) -> int:
+    itemsize = 16 if dtype == _STR else np.dtype(dtype).itemsize
+    row_bytes = max(1, int(np.prod(shape, dtype=np.int64)) * itemsize)
+    return int(max(1, min(n, _TARGET_CHUNK_BYTES // row_bytes)))
+
+
+def _decode(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.kind in ("O", "S"):
+        return np.array([a.decode("utf-8") if isinstance(a, bytes) else a for a in arr], dtype=object)
+    return arr
+
+
+def _stable_provenance(prov: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in prov.items() if k not in VOLATILE_PROVENANCE}
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide the numbers, for provenance and run records."""
+    from importlib import metadata
+
+    out = {"vea-bench": __version__}
+    for name in ("torch", "transformers", "peft", "timm", "h5py", "numpy", "bitsandbytes"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+class SourceWriter:
+    """Writes rows of one source by index; every write is flushed so a kill loses at most one batch."""
+
+    def __init__(self, cache: FeatureCache, kind: str, key: str, fields: dict[str, FieldSpec]) -> None:
+        self.cache = cache
+        self.kind = kind
+        self.key = key
+        self.fields = fields
+
+    @property
+    def group(self) -> h5py.Group:
+        return self.cache._h5[f"{self.kind}/{self.key}"]
+
+    def status(self, split: str) -> np.ndarray:
+        return self.group[f"{split}/_status"][()]
+
+    def missing(self, split: str, *, retry_failed: bool = False) -> np.ndarray:
+        """Row indices still to compute (optionally also the failed ones), ascending."""
+        st = self.status(split)
+        mask = st == ROW_MISSING
+        if retry_failed:
+            mask |= st == ROW_FAILED
+        return np.flatnonzero(mask)
+
+    def write(self, split: str, rows: Sequence[int] | np.ndarray, **arrays: Any) -> None:
+        """Store ``arrays`` (each with ``len(rows)`` rows) at ``rows`` and mark them written."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        unknown = set(arrays) - set(self.fields)
+        if unknown:
+            raise CacheError(f"source {self.kind}/{self.key} has no field(s) {sorted(unknown)}")
+        order = np.argsort(rows, kind="stable")
+        srows = rows[order]
+        g = self.group[split]
+        for name, value in arrays.items():
+            spec = self.fields[name]
+            if spec.dtype == _STR:
+                vals = np.asarray([str(v) for v in value], dtype=object)[order]
+            else:
+                vals = np.asarray(value, dtype=spec.dtype)[order]
+                if vals.shape[1:] != spec.shape:
+                    raise CacheError(
+                        f"source {self.kind}/{self.key} field '{name}' expects rows of shape "
+                        f"{spec.shape}, got {vals.shape[1:]}"
+                    )
+            if len(vals) != len(srows):
+                raise CacheError(f"field '{name}' has {len(vals)} rows for {len(srows)} indices")
+            _write_rows(g[name], srows, vals)
+        _write_rows(g["_status"], srows, np.full(len(srows), ROW_OK, dtype=np.uint8))
+        _write_rows(g["_error"], srows, np.asarray([""] * len(srows), dtype=object))
+        self.cache._h5.flush()
+
+    def fail(self, split: str, rows: Sequence[int] | np.ndarray, reasons: Sequence[str]) -> None:
+        """Mark rows failed with a reason each (a corrupt image, say); the job goes on."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        order = np.argsort(rows, kind="stable")
+        g = self.group[split]
+        _write_rows(g["_status"], rows[order], np.full(len(rows), ROW_FAILED, dtype=np.uint8))
+        _write_rows(g["_error"], rows[order], np.asarray([str(r) for r in reasons], dtype=object)[order])
+        self.cache._h5.flush()
+
+    def info(self) -> SourceInfo:
+        return self.cache.source(self.kind, self.key)
+
+
+def _write_rows(ds: h5py.Dataset, rows: np.ndarray, vals: np.ndarray) -> None:
+    """Write sorted ``rows``; contiguous runs go in one slice (fast), the rest point-wise."""
+    if rows.size == 0:
+        return
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(rows)]])
+    for s, e in zip(starts, ends):
+        ds[int(rows[s]) : int(rows[e - 1]) + 1] = vals[s:e]
+
+
+class FeatureCache:
+    """An open cache file. Use `FeatureCache.create` for writers and `FeatureCache.open` for readers."""
+
+    def __init__(self, path: str | Path, h5: h5py.File) -> None:
+        self.path = Path(path)
+        self._h5 = h5
+
+    # ----------------------------------------------------------------- opening
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        dataset: str,
+        label_space: str,
+        label_names: Sequence[str],
+        splits: Mapping[str, SplitSpec],
+        split_seed: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> FeatureCache:
+        """Create a cache for a dataset's splits, or reopen an existing one that matches exactly.
+
+        An existing file of another dataset, label space or split manifest is refused rather
+        than silently mixed (stale features are the worst kind of wrong result).
+        """
+        path = Path(path)
+        if path.exists():
+            cache = cls.open(
+                path,
+                mode="a",
+                expect_dataset=dataset,
+                expect_label_names=label_names,
+                expect_manifests={s: sp.manifest_hash for s, sp in splits.items()},
+            )
+            missing = set(splits) - set(cache.splits)
+            if missing:
+                cache.close()
+                raise CacheError(f"{path}: cache lacks split(s) {sorted(missing)}; use a new cache file")
+            return cache
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".creating")
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs["schema_version"] = SCHEMA_VERSION
+            h5.attrs["vea_bench_version"] = __version__
+            h5.attrs["dataset"] = dataset
+            h5.attrs["label_space"] = label_space
+            h5.attrs["label_names"] = json.dumps(list(label_names))
+            h5.attrs["manifest_hashes"] = json.dumps({s: sp.manifest_hash for s, sp in splits.items()})
+            h5.attrs["split_seed"] = -1 if split_seed is None else int(split_seed)
+            h5.attrs["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            h5.attrs["extra"] = json.dumps(dict(extra or {}), default=str)
+            for name, sp in splits.items():
+                labels = np.asarray(sp.labels)
+                if len(sp.ids) != len(labels):
+                    raise CacheError(f"split '{name}': {len(sp.ids)} ids but {len(labels)} labels")
+                g = h5.create_group(f"splits/{name}")
+                g.create_dataset("ids", data=np.asarray(list(sp.ids), dtype=object), dtype=_h5_dtype(_STR))
+                g.create_dataset("labels", data=labels.astype(np.int16))
+        os.replace(tmp, path)  # a cache file either exists whole or not at all
+        return cls.open(path, mode="a")
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        mode: str = "r",
+        *,
+        expect_dataset: str | None = None,
+        expect_label_names: Sequence[str] | None = None,
+        expect_manifests: Mapping[str, str] | None = None,
+    ) -> FeatureCache:
+        """Open and validate a cache; every mismatch is a one-line `CacheError`."""
+        path = Path(path)
+        if not path.exists():
+            raise CacheError(f"no cache file at {path}; run `vea-bench extract` first")
+        if path.is_dir():
+            raise CacheError(f"{path} is a folder, not a cache file")
+        try:
+            h5 = h5py.File(path, mode)
+        except OSError as exc:
+            kind = "truncated or corrupt HDF5 file" if h5py.is_hdf5(path) else "not an HDF5 file"
+            raise CacheError(f"{path}: {kind} ({str(exc).splitlines()[0][:120]})") from None
+        cache = cls(path, h5)
+        try:
+            cache._validate(expect_dataset, expect_label_names, expect_manifests)
+        except Exception:
+            h5.close()
+            raise
+        return cache
+
+    def _validate(
+        self,
+        expect_dataset: str | None,
+        expect_label_names: Sequence[str] | None,
+        expect_manifests: Mapping[str, str] | None,
+    ) -> None:
+        attrs = self._h5.attrs
+        if "schema_version" not in attrs or "label_names" not in attrs or "splits" not in self._h5:
+            raise CacheError(f"{self.path}: not a vea-bench cache (no schema attributes)")
+        if int(attrs["schema_version"]) != SCHEMA_VERSION:
+            raise CacheError(
+                f"{self.path}: cache schema {int(attrs['schema_version'])}, this vea-bench reads "
+                f"schema {SCHEMA_VERSION}; re-extract"
+            )
+        if expect_dataset is not None and self.dataset != expect_dataset:
+            raise CacheError(f"{self.path}: cache is of dataset '{self.dataset}', expected '{expect_dataset}'")
+        if expect_label_names is not None and list(expect_label_names) != self.label_names:
+            raise CacheError(
+                f"{self.path}: cache label space ({', '.join(self.label_names)}) differs from "
+                f"the expected ({', '.join(expect_label_names)})"
+            )
+        if expect_manifests is not None:
+            have = self.manifest_hashes
+            for split, h in expect_manifests.items():
+                if split in have and have[split] != h:
+                    raise CacheError(
+                        f"{self.path}: split '{split}' manifest hash {have[split][:12]} differs from "
+                        f"the dataset on disk ({h[:12]}); the images or labels changed, use a new cache"
+                    )
+
+    def close(self) -> None:
+        if self._h5.id.valid:
+            self._h5.close()
+
+    def __enter__(self) -> FeatureCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- metadata
+    @property
+    def dataset(self) -> str:
+        return str(self._h5.attrs["dataset"])
+
+    @property
+    def label_space(self) -> str:
+        return str(self._h5.attrs.get("label_space", ""))
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(json.loads(self._h5.attrs["label_names"]))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def manifest_hashes(self) -> dict[str, str]:
+        return dict(json.loads(self._h5.attrs["manifest_hashes"]))
+
+    @property
+    def split_seed(self) -> int | None:
+        s = int(self._h5.attrs.get("split_seed", -1))
+        return None if s < 0 else s
+
+    @property
+    def splits(self) -> list[str]:
+        order = {"train": 0, "val": 1, "test": 2}
+        return sorted(self._h5["splits"], key=lambda s: (order.get(s, 9), s))
+
+    def attrs(self) -> dict[str, Any]:
+        """File attributes as plain Python values (for provenance in run records)."""
+        out: dict[str, Any] = {}
+        for k, v in self._h5.attrs.items():
+            out[k] = v.item() if hasattr(v, "item") else v
+        for k in ("label_names", "manifest_hashes", "extra"):
+            if k in out:
+                out[k] = json.loads(out[k])
+        return out
+
+    def provenance(self) -> dict[str, Any]:
+        """What a run record stores about the cache it read: file, dataset, hashes, sources."""
+        return {
+            "path": str(self.path),
+            "dataset": self.dataset,
+            "label_names": self.label_names,
+            "manifest_hashes": self.manifest_hashes,
+            "split_seed": self.split_seed,
+            "sources": {s.name: s.provenance for s in self.sources()},
+        }
+
+    def ids(self, split: str) -> list[str]:
+        self._check_split(split)
+        return [x.decode("utf-8") if isinstance(x, bytes) else x for x in self._h5[f"splits/{split}/ids"][()]]
+
+    def labels(self, split: str) -> np.ndarray:
+        self._check_split(split)
+        return self._h5[f"splits/{split}/labels"][()].astype(np.int64)
+
+    def num_rows(self, split: str) -> int:
+        self._check_split(split)
+        return int(self._h5[f"splits/{split}/labels"].shape[0])
+
+    def _check_split(self, split: str) -> None:
+        if split not in self._h5["splits"]:
+            raise CacheError(f"{self.path}: no split '{split}' (has {', '.join(self.splits)})")
+
+    # ----------------------------------------------------------------- sources
+    def has_source(self, kind: str, key: str) -> bool:
+        return f"{kind}/{key}" in self._h5
+
+    def source_keys(self, kind: str) -> list[str]:
+        return sorted(self._h5[kind]) if kind in self._h5 else []
+
+    def sources(self, kind: str | None = None) -> list[SourceInfo]:
+        kinds = [kind] if kind else list(SOURCE_KINDS)
+        return [self.source(k, key) for k in kinds for key in self.source_keys(k)]
+
+    def source(self, kind: str, key: str) -> SourceInfo:
+        if not self.has_source(kind, key):
+            have = ", ".join(s.name for s in self.sources()) or "none"
+            raise CacheError(f"{self.path}: no source {kind}/{key} (sources: {have})")
+        g = self._h5[f"{kind}/{key}"]
+        fields = {n: FieldSpec.from_json(v) for n, v in json.loads(g.attrs["fields"]).items()}
+        prov = json.loads(g.attrs.get("provenance", "{}"))
+        counts: dict[str, dict[str, int]] = {}
+        for split in self.splits:
+            if split not in g:
+                continue
+            st = g[f"{split}/_status"][()]
+            counts[split] = {
+                "rows": int(st.size),
+                "done": int((st == ROW_OK).sum()),
+                "failed": int((st == ROW_FAILED).sum()),
+                "missing": int((st == ROW_MISSING).sum()),
+            }
+        return SourceInfo(kind, key, fields, prov, counts)
+
+    def resolve_key(self, kind: str, key: str | None = None) -> str:
+        """The key to use for ``kind``: the given one, or the only one present (else a one-line error)."""
+        keys = self.source_keys(kind)
+        if key is not None:
+            if key not in keys:
+                raise CacheError(
+                    f"{self.path}: no {kind} source '{key}' (has: {', '.join(keys) or 'none'}); "
+                    f"run `vea-bench extract` with it"
+                )
+            return key
+        if not keys:
+            raise CacheError(f"{self.path}: no {kind} source; run `vea-bench extract` to add one")
+        if len(keys) > 1:
+            raise CacheError(f"{self.path}: several {kind} sources ({', '.join(keys)}); choose one by key")
+        return keys[0]
+
+    def writer(
+        self,
+        kind: str,
+        key: str,
+        fields: Mapping[str, FieldSpec | tuple[tuple[int, ...], str]],
+        provenance: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+    ) -> SourceWriter:
+        """A writer for source ``kind/key``; reopening an existing one resumes it.
+
+        Resuming is allowed only with the same fields and the same stable provenance (model,
+        revision, prompt, decoding, image size): otherwise rows of two models would mix.
+        """
+        if kind not in SOURCE_KINDS:
+            raise CacheError(f"unknown source kind '{kind}' (choices: {', '.join(SOURCE_KINDS)})")
+        if not key or "/" in key:
+            raise CacheError(f"invalid source key '{key}' (non-empty, no '/')")
+        if self._h5.mode == "r":
+            raise CacheError(f"{self.path}: opened read-only")
+        specs = {n: f if isinstance(f, FieldSpec) else FieldSpec(tuple(f[0]), str(f[1])) for n, f in fields.items()}
+        prov = dict(provenance)
+        prov.setdefault("versions", package_versions())
+        prov.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        name = f"{kind}/{key}"
+        if name in self._h5:
+            if overwrite:
+                del self._h5[name]
+            else:
+                info = self.source(kind, key)
+                if info.fields != specs:
+                    raise CacheError(
+                        f"{self.path}: source {name} exists with other fields; use another key or overwrite"
+                    )
+                old, new = _stable_provenance(info.provenance), _stable_provenance(prov)
+                if old != new:
+                    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                    raise CacheError(
+                        f"{self.path}: source {name} was written with other settings ({', '.join(diff)}); "
+                        f"use another key or overwrite"
+                    )
+                return SourceWriter(self, kind, key, specs)
+        g = self._h5.create_group(name)
+        g.attrs["fields"] = json.dumps({n: s.to_json() for n, s in specs.items()})
+        g.attrs["provenance"] = json.dumps(prov, default=str)
+        for k, v in prov.items():
+            if isinstance(v, (str, int, float, bool)) and k not in ("fields", "provenance"):
+                g.attrs[f"prov_{k}"] = v
+        for split in self.splits:
+            n = self.num_rows(split)
+            sg = g.create_group(split)
+            for fname, spec in specs.items():
+                shape = (n, *spec.shape)
+                chunks = (_chunk_rows(n, spec.shape, spec.dtype), *spec.shape) if n else None
+                sg.create_dataset(fname, shape=shape, dtype=_h5_dtype(spec.dtype), chunks=chunks)
+            sg.create_dataset("_status", shape=(n,), dtype=np.uint8, fillvalue=ROW_MISSING)
+            sg.create_dataset("_error", shape=(n,), dtype=_h5_dtype(_STR))
+        self._h5.flush()
+        return SourceWriter(self, kind, key, specs)
+
+    def delete_source(self, kind: str, key: str) -> None:
+        self.source(kind, key)
+        del self._h5[f"{kind}/{key}"]
+        self._h5.flush()
+
+    def read(
+        self,
+        kind: str,
+        key: str | None,
+        split: str,
+        fields: Sequence[str] | None = None,
+        *,
+        allow_incomplete: bool = False,
+    ) -> SourceData:
+        """Arrays of a source for a split; an incomplete source is refused unless asked for."""
+        key = self.resolve_key(kind, key)
+        info = self.source(kind, key)
+        self._check_split(split)
+        c = info.counts.get(split)
+        if c is None:
+            raise CacheError(f"{self.path}: source {info.name} has no split '{split}'")
+        if c["missing"] and not allow_incomplete:
+            raise CacheError(
+                f"{self.path}: source {info.name} is incomplete on '{split}' "
+                f"({c['missing']} of {c['rows']} rows missing); resume `vea-bench extract`"
+            )
+        g = self._h5[f"{kind}/{key}/{split}"]
+        names = list(fields) if fields is not None else list(info.fields)
+        unknown = [n for n in names if n not in info.fields]
+        if unknown:
+            raise CacheError(f"{self.path}: source {info.name} has no field(s) {unknown}")
+        arrays = {n: _decode(g[n][()]) for n in names}
+        status = g["_status"][()]
+        errors = [e.decode("utf-8") if isinstance(e, bytes) else e for e in g["_error"][()]]
+        return SourceData(arrays, status, errors)
+
+    def iter_chunks(self, kind: str, key: str, split: str, field: str, rows: int = 8192) -> Iterator[np.ndarray]:
+        """Stream a large field in row blocks without loading it whole."""
+        ds = self._h5[f"{kind}/{key}/{split}/{field}"]
+        for s in range(0, ds.shape[0], rows):
+            yield ds[s : s + rows]

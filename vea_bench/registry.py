@@ -1,0 +1,108 @@
+"""One generic registry: datasets, VLM backends, teachers, heads and gates each register here.
+
+Adding a thing is one decorated class or function in one file; the CLI's choices and the tests
+are generated from the registry. Entries may be lazy (``"module:attr"``) so that `--help` does
+not import torch or transformers.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+from vea_bench.errors import VeaError
+
+T = TypeVar("T")
+
+
+class RegistryError(VeaError):
+    """Unknown or duplicate registry name."""
+
+
+class Registry(Generic[T]):
+    """A name -> object map with aliases, lazy entries, duplicate checks and "did you mean"."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T | str] = {}
+        self._aliases: dict[str, str] = {}
+
+    @staticmethod
+    def _norm(name: str) -> str:
+        return name.strip().lower().replace("_", "-")
+
+    def register(self, name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
+        """Decorator: ``@REG.register("concat")`` adds the decorated object under ``name``."""
+
+        def deco(obj: T) -> T:
+            self.add(name, obj, aliases=aliases)
+            return obj
+
+        return deco
+
+    def add(self, name: str, obj: T | str, *, aliases: tuple[str, ...] = ()) -> None:
+        """Add ``obj`` (or a lazy ``"module:attr"`` string) under ``name``; duplicates are errors."""
+        key = self._norm(name)
+        if key in self._entries or key in self._aliases:
+            raise RegistryError(f"{self.kind} '{name}' is registered twice")
+        self._entries[key] = obj
+        for alias in aliases:
+            a = self._norm(alias)
+            if a in self._entries or a in self._aliases:
+                raise RegistryError(f"{self.kind} alias '{alias}' is registered twice")
+            self._aliases[a] = key
+
+    def canonical(self, name: str) -> str:
+        """The registered name for ``name`` or one of its aliases, else a one-line error."""
+        key = self._norm(name)
+        key = self._aliases.get(key, key)
+        if key not in self._entries:
+            choices = self.names()
+            close = difflib.get_close_matches(key, choices + list(self._aliases), n=1)
+            hint = f"; did you mean '{self._aliases.get(close[0], close[0])}'?" if close else ""
+            raise RegistryError(
+                f"unknown {self.kind} '{name}'{hint} (choices: {', '.join(choices)})"
+            )
+        return key
+
+    def get(self, name: str) -> T:
+        """Resolve ``name`` (importing a lazy entry on first use)."""
+        key = self.canonical(name)
+        obj = self._entries[key]
+        if isinstance(obj, str):
+            module, _, attr = obj.partition(":")
+            obj = getattr(importlib.import_module(module), attr)
+            self._entries[key] = obj
+        return obj  # type: ignore[return-value]
+
+    def names(self) -> list[str]:
+        """Registered names in registration order (aliases excluded)."""
+        return list(self._entries)
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        for name in self.names():
+            yield name, self.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = self._norm(name)
+        return key in self._entries or key in self._aliases
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"
+
+
+def build(registry: Registry[Callable[..., Any]], name: str, **kwargs: Any) -> Any:
+    """Call the factory ``name`` with only the keyword arguments it accepts (timm's convention)."""
+    import inspect
+
+    factory = registry.get(name)
+    sig = inspect.signature(factory)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return factory(**kwargs)
+    return factory(**{k: v for k, v in kwargs.items() if k in sig.parameters})
