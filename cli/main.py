@@ -45,6 +45,7 @@ app = _VeaTyper(
 
 # Command groups and top-level commands, one module each.
 from vea_bench_cli import (  # noqa: E402
+    baselines_cmd,
     cache_cmd,
     datasets_cmd,
     extract_cmd,
@@ -66,6 +67,7 @@ app.add_typer(sweep_cmd.app, name="sweep", help="Batched sweeps over alpha, dept
 app.add_typer(instruct_cmd.app, name="instruct", help="Generate emotion instruction data from a chat endpoint.")
 app.add_typer(report_cmd.results_app, name="results", help="Browse run records.")
 extract_cmd.register(app)
+baselines_cmd.register(app)
 report_cmd.register(app)
 pipeline_cmd.register(app)
 _ = (train_heads_cmd, train_models_cmd)  # they add commands to train_cmd.app on import
