@@ -14,7 +14,7 @@ import numpy as np
 
 from vea_bench.registry import Registry
 
-SYSTEM_MESSAGE = "You are an AI visual assistant, and you are seeing a single image."
+from vea_bench.prompts import SYSTEM_MESSAGE  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
