@@ -34,6 +34,7 @@ class Skipped:
 
     path: str
     reason: str
+    kind: str = "other"  # zero-byte, missing, unknown-label, duplicate, tie, neutral, malformed, unreadable
 
 
 @dataclass
@@ -103,3 +104,24 @@ class DatasetEntry:
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
+
+
+def register_dataset(
+    name: str,
+    *,
+    label_space: str | None,
+    layout: str,
+    split_rule: str,
+    aliases: tuple[str, ...] = (),
+) -> Callable[[Loader], Loader]:
+    """Decorator: register a loader function as a `DatasetEntry` (one place to add a dataset)."""
+
+    def deco(fn: Loader) -> Loader:
+        DATASETS.add(
+            name,
+            DatasetEntry(name=name, label_space=label_space, layout=layout, split_rule=split_rule, loader=fn),
+            aliases=aliases,
+        )
+        return fn
+
+    return deco

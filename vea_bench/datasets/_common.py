@@ -1,0 +1,212 @@
+"""Pieces every loader shares: label-space choice, the raise-or-skip policy, and index assembly."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from vea_bench.datasets.base import SPLITS, DatasetIndex, Sample, Skipped
+from vea_bench.datasets.images import file_problem
+from vea_bench.datasets.splits import VAL_FROM_TRAIN, carve_val, describe_fractions, stratified_split
+from vea_bench.errors import ConfigError, DatasetError
+from vea_bench.labels import BINARY, LABEL_SPACES, MIKELS_POSITIVE, LabelSpace, get_label_space, normalise
+
+log = logging.getLogger("vea_bench.datasets")
+
+ON_ERROR = ("raise", "skip")
+
+
+def require_root(name: str, root: str | Path) -> Path:
+    """The dataset root as a Path, or a one-line error when it is not a readable folder."""
+    p = Path(root).expanduser()
+    if not p.exists():
+        raise DatasetError(f"{name}: root {p} does not exist")
+    if not p.is_dir():
+        raise DatasetError(f"{name}: root {p} is not a folder")
+    try:
+        next(iter(p.iterdir()), None)
+    except OSError as exc:
+        raise DatasetError(f"{name}: cannot read root {p} ({exc.strerror or exc})") from None
+    return p
+
+
+def resolve_space(name: str | None) -> LabelSpace | None:
+    """A canonical space by name, ``custom:a,b,c`` for an ad-hoc one, or None (infer)."""
+    if name is None:
+        return None
+    if name.startswith("custom:"):
+        labels = tuple(normalise(x) for x in name[len("custom:"):].split(",") if x.strip())
+        if not labels:
+            raise ConfigError(f"label space '{name}' lists no labels")
+        return LabelSpace("custom:" + ",".join(labels), labels)
+    return get_label_space(name)
+
+
+def infer_space(names: Iterable[str]) -> LabelSpace:
+    """The canonical space that covers every name (fewest extra classes), else a custom one.
+
+    A custom space holds the normalised names sorted alphabetically, so it is the same on every
+    machine whatever order the folders were listed in.
+    """
+    distinct = sorted({normalise(n) for n in names})
+    if not distinct:
+        raise DatasetError("no class names found to infer a label space from")
+    covering = [s for s in LABEL_SPACES.values() if all(s.lookup(n) is not None for n in distinct)]
+    if covering:
+        return min(covering, key=lambda s: s.num_classes)
+    return LabelSpace("custom:" + ",".join(distinct), tuple(distinct))
+
+
+def _mikels_binary() -> LabelSpace:
+    """BINARY (equal to it) whose synonyms send Mikels' names and spellings to positive/negative."""
+    from vea_bench.labels import _SYNONYMS, MIKELS8
+
+    syn: dict[str, str] = {}
+    for raw, canon in list(_SYNONYMS.items()) + [(m, m) for m in MIKELS8.labels]:
+        if canon in MIKELS8.labels:
+            syn[raw] = "positive" if canon in MIKELS_POSITIVE else "negative"
+    return LabelSpace(BINARY.name, BINARY.labels, syn)
+
+
+def mikels_space(label_space: str | None, binary: bool) -> LabelSpace:
+    """Mikels' 8 for EmoSet and FI, or binary (positive = amusement, awe, contentment, excitement)."""
+    from vea_bench.labels import MIKELS8
+
+    if binary or label_space == "binary":
+        return _mikels_binary()
+    if label_space in (None, "mikels8"):
+        return MIKELS8
+    raise ConfigError(f"this dataset's labels are Mikels' 8; label space '{label_space}' is not supported (use mikels8 or binary)")
+
+
+def fixed_space(own: LabelSpace, label_space: str | None) -> LabelSpace:
+    if label_space not in (None, own.name):
+        raise ConfigError(f"this dataset's label space is {own.name}; '{label_space}' is not supported")
+    return own
+
+
+def check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR)}, got '{on_error}'")
+
+
+class Collector:
+    """Gathers one load's samples and skips, applying the ``on_error`` policy in one place.
+
+    ``raise`` (the default) turns the first unknown label or malformed row into a one-line error;
+    ``skip`` records it in `DatasetIndex.skipped` and goes on. Zero-byte and missing files are
+    always skipped with their reason: they are broken data, not a mistake in the layout.
+    """
+
+    def __init__(self, name: str, root: Path, space: LabelSpace, on_error: str = "raise") -> None:
+        check_on_error(on_error)
+        self.name = name
+        self.root = root
+        self.space = space
+        self.on_error = on_error
+        self.skipped: list[Skipped] = []
+        self.splits: dict[str, list[Sample]] = {}
+        self._seen: dict[str, set[str]] = {}
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the root, POSIX-style (the cache id); absolute if outside the root."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+    def skip(self, path: str, reason: str, kind: str) -> None:
+        self.skipped.append(Skipped(path=path, reason=reason, kind=kind))
+
+    def problem(self, path: str, reason: str, kind: str = "malformed") -> None:
+        """A fault in the dataset's own files: raise by default, or record and go on."""
+        if self.on_error == "raise":
+            raise DatasetError(f"{self.name}: {path}: {reason}")
+        self.skip(path, reason, kind)
+
+    def label(self, raw: Any, where: str) -> int | None:
+        """Canonical index of ``raw``; unknown -> `UnknownLabelError` naming ``where`` or a skip."""
+        idx = self.space.lookup(str(raw))
+        if idx is None:
+            if self.on_error == "raise":
+                self.space.index(str(raw), where=f"{self.name}: {where}")
+            self.skip(where, f"unknown label '{raw}' for {self.space.name}", "unknown-label")
+        return idx
+
+    def file_ok(self, rel: str, path: Path | None = None) -> bool:
+        """False (and recorded) when the file is missing or zero bytes."""
+        problem = file_problem(path if path is not None else self.root / rel)
+        if problem is None:
+            return True
+        self.skip(rel, problem[1], problem[0])
+        return False
+
+    def add(self, split: str, rel: str, label: int, meta: dict[str, Any] | None = None) -> None:
+        """Add one sample; a repeated path within a split is recorded as a duplicate row."""
+        seen = self._seen.setdefault(split, set())
+        if rel in seen:
+            self.skip(rel, f"listed twice in {split}", "duplicate")
+            return
+        seen.add(rel)
+        self.splits.setdefault(split, []).append(Sample(rel, label, meta or {}))
+
+    def build(
+        self,
+        *,
+        split_rule: str,
+        split_seed: int | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> DatasetIndex:
+        """The index, splits in train/val/test order, each sorted by relative path."""
+        ordered = {s: sorted(self.splits.get(s, []), key=lambda x: x.path) for s in SPLITS if s in self.splits}
+        for s in self.splits:
+            if s not in ordered:
+                ordered[s] = sorted(self.splits[s], key=lambda x: x.path)
+        if not any(ordered.values()):
+            raise DatasetError(f"{self.name}: no usable images found under {self.root}")
+        for sk in self.skipped:
+            log.debug("%s: skipped %s (%s)", self.name, sk.path, sk.reason)
+        return DatasetIndex(
+            name=self.name,
+            root=self.root,
+            label_space=self.space,
+            splits=ordered,
+            skipped=list(self.skipped),
+            split_seed=split_seed,
+            split_rule=split_rule,
+            meta=dict(meta or {}),
+        )
+
+
+def split_pool(
+    col: Collector,
+    pool: list[tuple[str, int, dict[str, Any]]],
+    *,
+    fractions: Mapping[str, float],
+    seed: int,
+    strata: Sequence[Hashable] | None = None,
+) -> str:
+    """Stratified-split ``pool`` (rel path, label, meta) into the collector; returns the rule text.
+
+    ``strata`` (default: the labels) lets a binary view of a Mikels dataset keep the exact split of
+    its 8-class view by stratifying on the fine emotion.
+    """
+    keys = list(strata) if strata is not None else [p[1] for p in pool]
+    parts = stratified_split(pool, keys, fractions=fractions, seed=seed, key=lambda p: p[0])
+    for split, members in parts.items():
+        col.splits.setdefault(split, [])
+        for rel, lab, meta in members:
+            col.add(split, rel, lab, meta)
+    return f"stratified {describe_fractions(fractions)} (train/val/test), seed {seed}"
+
+
+def carve_missing_val(col: Collector, seed: int) -> bool:
+    """When a layout has no val, move a stratified 10 % of train into val (SPEC). True if done."""
+    if col.splits.get("val") or "train" not in col.splits:
+        return False
+    train = col.splits["train"]
+    keep, val = carve_val(train, [s.label for s in train], fraction=VAL_FROM_TRAIN, seed=seed, key=lambda s: s.path)
+    col.splits["train"] = keep
+    col.splits["val"] = val
+    return True
