@@ -1,0 +1,109 @@
+"""Parameter counts from the architectures reproduce SPEC's figures (Tables 2 and 3), offline."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from _report_helpers import record
+from vea_bench.report import params as P
+from vea_bench.report.paper import paper_results
+from vea_bench.report.tables import load_results, table2, table3, to_markdown
+from vea_bench_cli.main import app
+
+SPEC_DISTILL = {  # depth: (FI 8 classes, Emotion6 6 classes)
+    1: (3_679_240, 3_677_190), 2: (4_199_944, 4_198_918), 3: (4_329_224, 4_328_710),
+    4: (4_361_096, 4_360_838), 5: (4_368_840, 4_368_710),
+}
+
+
+@pytest.mark.parametrize("depth", sorted(SPEC_DISTILL))
+def test_distill_head_counts_match_spec(depth: int) -> None:
+    dims = P.hidden_dims_for_depth(depth)
+    assert dims == [1024, 512, 256, 128, 64][:depth]
+    assert P.distill_head_params(3584, 8, dims) == SPEC_DISTILL[depth][0]
+    assert P.distill_head_params(3584, 6, dims) == SPEC_DISTILL[depth][1]
+
+
+def test_gate_counts_follow_the_spec_architectures() -> None:
+    c = 8
+    assert P.gate_params("concat", c) == 136
+    assert P.gate_params("Concat & Linear", c) == 136
+    assert P.gate_params("moe", c) == 3 * (2 * c * c + c) + (2 * c * 3 + 3)
+    assert P.gate_params("bilinear", c) == (c * c * c + c) + (c * c + c)
+    assert P.gate_params("DynamicWeighting", c) == (2 * c * 2 + 2) + (c * c + c)
+    assert P.gate_params("cross", c) == 3 * (c * c + c)
+
+
+def test_heads_modules_and_spec_modules_agree() -> None:
+    """The report counts the heads package's modules; SPEC's fallback modules must count the same."""
+    pytest.importorskip("vea_bench.heads.gates")
+    for c in (2, 6, 8):
+        for g in ("concat", "moe", "bilinear", "dynamic", "cross"):
+            assert P.count(P._spec_gate(g, c)) == P.gate_params(g, c), (g, c)
+        for depth in range(1, 6):
+            dims = P.hidden_dims_for_depth(depth)
+            assert P.count(P.spec_distill_head(3584, c, dims)) == P.distill_head_params(3584, c, dims)
+
+
+def test_spec_gates_run_forward() -> None:
+    import torch
+
+    v1, v2 = torch.randn(4, 6), torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 5]), 6).float()
+    for g in ("concat", "moe", "bilinear", "dynamic", "cross"):
+        assert P._spec_gate(g, 6)(v1, v2).shape == (4, 6)
+
+
+def test_vit_teacher_count_on_meta_device() -> None:
+    assert P.teacher_params("vit_base_patch16_224", 8) == 85_804_808
+    assert P.teacher_params("vit", 8) == 85_804_808          # the teachers' preset name
+    with pytest.raises(Exception, match="unknown teacher"):
+        P.teacher_params("no_such_net_xyz", 8)
+
+
+@pytest.fixture(scope="module")
+def qwen_counts() -> P.VLMCounts:
+    return P.vlm_counts_cached(P.DEFAULT_VLM)
+
+
+def test_qwen2_vl_7b_counts(qwen_counts: P.VLMCounts) -> None:
+    assert qwen_counts.total == 8_291_375_616
+    assert qwen_counts.embed_dim == 3584
+    assert qwen_counts.vision_tower == 675_759_104
+    # The paper's "trainable" VLM figure: what 4-bit loading leaves trainable (see the params docstring).
+    assert qwen_counts.quantised_trainable == 1_091_870_720
+    assert qwen_counts.lora == 28 * 8 * ((3584 + 3584) * 2 + (3584 + 512) * 2)
+    rep = P.param_report(num_classes=8)
+    assert (rep.distill_head, rep.gate_params, rep.teacher_params) == (3_679_240, 136, 85_804_808)
+    assert rep.emovlm_kd_trainable == 1_095_550_096
+
+
+def test_table2_and_table3_parameter_columns_reproduce_spec(tmp_path: Path, qwen_counts: P.VLMCounts) -> None:
+    rng = np.random.default_rng(0)
+    record("teacher", "ViT", "fi", {"arch": "vit_base_patch16_224"}, 0.69, rng).save(tmp_path)
+    record("distill", "distill[1024]", "fi", {"depth": 1, "hidden_dims": [1024], "alpha": 0.5, "tau": 2.0}, 0.77, rng).save(tmp_path)
+    res = load_results(tmp_path)
+    t2 = table2(res, dataset="fi")
+    got = {r.key: r.cells["params"].value for r in t2.rows}
+    paper = {r["key"]: r["params"] for r in paper_results()["table2"]["rows"]}
+    assert got == paper == {"vlm": 1_091_870_720, "distill": 3_679_240, "teacher": 85_804_808, "emovlm-kd": 1_095_550_096}
+    md = to_markdown(t2, compare=True)
+    assert "| (3) ViT | 85,804,808 | 85,804,808 | +0 |" in md
+    assert "_not run_" in md            # no tuned VLM record: its accuracy cell says so
+    t3 = table3(res)
+    for row in t3.rows[:5]:
+        depth = len(row.label.strip("[]").split(","))
+        assert (row.cells["params:fi"].value, row.cells["params:emotion6"].value) == SPEC_DISTILL[depth]
+        assert row.cells["params:fi"].delta == 0
+
+
+def test_cli_params_prints_the_paper_counts(qwen_counts: P.VLMCounts) -> None:
+    out = CliRunner().invoke(app, ["params", "--vlm", "qwen2-vl-7b-instruct", "--classes", "6", "--depth", "2"],
+                             env={"COLUMNS": "160"})
+    assert out.exit_code == 0, out.output
+    for n in ("8,291,375,616", "1,091,870,720", "4,198,918", "85,803,270", "5,046,272"):
+        assert n in out.stdout, n
+    bad = CliRunner().invoke(app, ["params", "--depth", "7"])
+    assert bad.exit_code != 0 and "depth" in bad.stderr

@@ -1,0 +1,335 @@
+"""Parameter counts computed from the architectures, never typed in (Tables 2 and 3, `vea-bench params`).
+
+Small modules (distill heads, gates) are built for real with the right input width D and class
+count C; large ones (the ViT teacher, the 7B VLM) are built on the ``meta`` device, which allocates
+no memory and needs no weights, so counting Qwen2-VL-7B takes seconds offline (the VLM
+architectures ship as configs in `vea_bench/data/configs/`, built by `vea_bench.models.arch`).
+
+The paper's "trainable parameters" of the VLM (Table 2: 1,091,870,720 for Qwen2-VL-7B-Instruct)
+is not the LoRA adapter (r = 8 on q/k/v/o gives 5,046,272) nor the full model (8,291,375,616). It is
+exactly the number of parameters left with ``requires_grad=True`` after loading the model in 4 bit
+with bitsandbytes and before attaching LoRA: transformers replaces every ``nn.Linear`` (vision tower
+and language model alike) by a frozen ``Linear4bit`` (weight *and* bias frozen) except the output
+embedding (``lm_head``), which bitsandbytes keeps in full precision. What stays trainable is:
+token embeddings 544,997,376 + lm_head 544,997,376 + the language model's 57 RMSNorms 204,288 +
+the vision tower's LayerNorms (32 blocks x 2 + merger ln_q, weight and bias) 166,400 + the vision
+patch embedding Conv3d 1,505,280 = 1,091,870,720. `quantised_trainable_params` counts exactly
+this set for any model (the non-``Linear`` parameters plus the output embedding), so the paper's
+figure is reproduced rather than copied. EmoVLM-KD's 1,095,550,096 is that plus the distill head
+(3,679,240) plus the Concat & Linear gate (136).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from vea_bench.errors import ModelError
+from vea_bench.registry import Registry
+
+log = logging.getLogger(__name__)
+
+# SPEC: hidden dims of a depth-d distill head are DEPTH_DIMS[:d].
+DEPTH_DIMS: tuple[int, ...] = (1024, 512, 256, 128, 64)
+DEFAULT_VLM = "qwen2-vl-7b-instruct"
+DEFAULT_TEACHER = "vit_base_patch16_224"
+LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def hidden_dims_for_depth(depth: int) -> list[int]:
+    """SPEC's hidden dims for ``depth`` (1-5)."""
+    if not 1 <= depth <= len(DEPTH_DIMS):
+        raise ModelError(f"distill depth must be 1-{len(DEPTH_DIMS)}, got {depth}")
+    return list(DEPTH_DIMS[:depth])
+
+
+def count(module: Any, *, trainable_only: bool = False) -> int:
+    """Number of parameters of ``module`` (all, or only those with ``requires_grad``)."""
+    return int(sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only))
+
+
+# ----------------------------------------------------------------------------- heads (SPEC modules)
+
+def spec_distill_head(in_dim: int, num_classes: int, hidden_dims: Sequence[int]) -> Any:
+    """SPEC's distill head: ``[Linear(D, h1), GELU, Dropout(0.1), ..., Linear(h_last, C)]``."""
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    prev = in_dim
+    for h in hidden_dims:
+        layers += [nn.Linear(prev, h), nn.GELU(), nn.Dropout(0.1)]
+        prev = h
+    layers.append(nn.Linear(prev, num_classes))
+    return nn.Sequential(*layers)
+
+
+def _spec_gate(name: str, c: int) -> Any:
+    """SPEC's five gates (v1 = distill output, v2 = VLM one-hot), as modules to count."""
+    import torch
+    from torch import nn
+
+    class Concat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2 * c, c)
+
+        def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.cat([v1, v2], -1))
+
+    class MoE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.experts = nn.ModuleList(nn.Linear(2 * c, c) for _ in range(3))
+            self.router = nn.Linear(2 * c, 3)
+
+        def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+            x = torch.cat([v1, v2], -1)
+            w = self.router(x).softmax(-1)
+            return sum(w[..., i : i + 1] * e(x) for i, e in enumerate(self.experts))
+
+    class Bilinear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bil = nn.Bilinear(c, c, c)
+            self.fc = nn.Linear(c, c)
+
+        def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.bil(v1, v2))
+
+    class Dynamic(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights = nn.Linear(2 * c, 2)
+            self.fc = nn.Linear(c, c)
+
+        def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+            w = self.weights(torch.cat([v1, v2], -1)).softmax(-1)
+            return self.fc(w[..., :1] * v1 + w[..., 1:] * v2)
+
+    class Cross(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.g1 = nn.Linear(c, c)
+            self.g2 = nn.Linear(c, c)
+            self.fc = nn.Linear(c, c)
+
+        def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.sigmoid(self.g1(v2)) * v1 + torch.sigmoid(self.g2(v1)) * v2)
+
+    classes = {"concat": Concat, "moe": MoE, "bilinear": Bilinear, "dynamic": Dynamic, "cross": Cross}
+    if name not in classes:
+        raise ModelError(f"unknown gate '{name}' (choices: {', '.join(classes)})")
+    return classes[name]()
+
+
+def distill_head_params(in_dim: int, num_classes: int, hidden_dims: Sequence[int]) -> int:
+    """Parameters of a distill head, built for real (the heads' registry when present, else SPEC's module)."""
+    head = _heads_module("distill", in_dim=in_dim, num_classes=num_classes, hidden_dims=list(hidden_dims))
+    if head is None:
+        head = spec_distill_head(in_dim, num_classes, hidden_dims)
+    return count(head)
+
+
+def gate_params(gate: str, num_classes: int) -> int:
+    """Parameters of a gate over C classes (the heads' registry when present, else SPEC's module)."""
+    from vea_bench.report.paper import gate_key
+
+    key = gate_key(gate) or gate
+    module = _heads_module("gate", name=gate, num_classes=num_classes)
+    if module is None:
+        module = _spec_gate(key, num_classes)
+    return count(module)
+
+
+def _heads_module(kind: str, **kw: Any) -> Any:
+    """The heads' own module (`vea_bench.heads`) when that package is installed, else None.
+
+    Counting the very modules that training uses keeps Tables 2-4 honest; SPEC's modules above are
+    the fallback for checkouts without the heads package (same architecture, same counts).
+    """
+    try:
+        if kind == "distill":
+            from vea_bench.heads.distill import build_distill_head
+        else:
+            from vea_bench.heads.gates import build_gate
+    except ImportError:
+        return None
+    if kind == "distill":
+        return build_distill_head(kw["in_dim"], kw["num_classes"], kw["hidden_dims"])
+    return build_gate(kw["name"], kw["num_classes"])
+
+
+# ----------------------------------------------------------------------------- teacher
+
+def teacher_params(arch: str = DEFAULT_TEACHER, num_classes: int = 8) -> int:
+    """Parameters of a timm teacher (a preset like 'vit' or any timm name), built on the meta device."""
+    import timm
+    import torch
+
+    try:
+        from vea_bench.models.teacher import resolve_arch
+
+        arch = resolve_arch(arch)
+    except ImportError:  # teachers module absent: the name must already be a timm name
+        pass
+    if not timm.is_model(arch):
+        raise ModelError(f"unknown teacher architecture '{arch}' (a timm model name or preset such as 'vit')")
+    with torch.device("meta"):
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    return count(model)
+
+
+# ----------------------------------------------------------------------------- VLM
+
+@dataclass(frozen=True)
+class VLMParts:
+    """Where a VLM family keeps its vision tower and how wide its pooled visual embedding is."""
+
+    vision_paths: tuple[str, ...]        # submodules of the visual side: encoder + merger / projector
+    embed_dim: Callable[[Any], int]      # config -> width of the merger / projector output (the distill input D)
+    language_path: str                   # submodule holding the language model (LoRA targets live there)
+
+
+# Keyed by `config.model_type`, so adding a VLM family is one entry, never a name check.
+VLM_PARTS: Registry[VLMParts] = Registry("VLM architecture family")
+VLM_PARTS.add("qwen2_vl", VLMParts(("model.visual",), lambda c: c.vision_config.hidden_size, "model.language_model"))
+VLM_PARTS.add("qwen2_5_vl", VLMParts(("model.visual",), lambda c: c.vision_config.out_hidden_size, "model.language_model"))
+VLM_PARTS.add("llava_next", VLMParts(("model.vision_tower", "model.multi_modal_projector"),
+                                     lambda c: c.text_config.hidden_size, "model.language_model"))
+VLM_PARTS.add("instructblip", VLMParts(("vision_model", "qformer", "language_projection"),
+                                       lambda c: c.text_config.hidden_size, "language_model"))
+
+
+def build_vlm_on_meta(preset_or_path: str) -> Any:
+    """The VLM's module tree on the meta device (no weights, no hub): the backend's `build_on_meta`."""
+    from vea_bench.models.arch import build_on_meta
+
+    return build_on_meta(preset_or_path)
+
+
+def quantised_trainable_params(model: Any) -> int:
+    """Parameters left trainable after 4-bit bitsandbytes loading: all but the non-output ``nn.Linear`` layers.
+
+    This is the paper's Table 2 "trainable parameters" of the VLM (see the module docstring).
+    """
+    from torch import nn
+
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    frozen: set[int] = set()
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear) and mod is not out:
+            frozen.update(id(p) for p in mod.parameters(recurse=False))
+    return int(sum(p.numel() for p in model.parameters() if id(p) not in frozen))
+
+
+def lora_params(model: Any, *, r: int = 8, targets: Sequence[str] = LORA_TARGETS, language_path: str | None = None) -> int:
+    """LoRA adapter size: ``r * (in + out)`` for every ``nn.Linear`` named like a target in the language model.
+
+    peft matches ``target_modules`` by the module name's last component; so does this.
+    """
+    from torch import nn
+
+    root = model.get_submodule(language_path) if language_path else model
+    total = 0
+    for name, mod in root.named_modules():
+        if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets:
+            total += r * (mod.in_features + mod.out_features)
+    return total
+
+
+@dataclass
+class VLMCounts:
+    """Parameter facts of one VLM architecture."""
+
+    name: str
+    model_type: str
+    total: int
+    vision_tower: int
+    language_model: int
+    embed_dim: int
+    quantised_trainable: int
+    lora: int
+    lora_r: int
+
+
+def vlm_counts(preset_or_path: str = DEFAULT_VLM, *, lora_r: int = 8) -> VLMCounts:
+    """Count a VLM's parameters on the meta device (total, vision tower, language model, LoRA, paper-trainable)."""
+    model = build_vlm_on_meta(preset_or_path)
+    model_type = getattr(model.config, "model_type", "")
+    parts = VLM_PARTS.get(model_type)
+    try:
+        vision = sum(count(model.get_submodule(p)) for p in parts.vision_paths)
+        language = model.get_submodule(parts.language_path)
+    except AttributeError as exc:
+        raise ModelError(f"{preset_or_path}: module layout not understood for '{model_type}' ({exc})") from None
+    return VLMCounts(
+        name=preset_or_path,
+        model_type=model_type,
+        total=count(model),
+        vision_tower=vision,
+        language_model=count(language),
+        embed_dim=int(parts.embed_dim(model.config)),
+        quantised_trainable=quantised_trainable_params(model),
+        lora=lora_params(model, r=lora_r, language_path=parts.language_path),
+        lora_r=lora_r,
+    )
+
+
+@lru_cache(maxsize=8)
+def vlm_counts_cached(preset_or_path: str = DEFAULT_VLM, lora_r: int = 8) -> VLMCounts:
+    """`vlm_counts`, memoised: building a 7B model on the meta device takes seconds, tables ask often."""
+    return vlm_counts(preset_or_path, lora_r=lora_r)
+
+
+# ----------------------------------------------------------------------------- the full report
+
+@dataclass
+class ParamReport:
+    """Everything `vea-bench params` prints and Tables 2-3 use."""
+
+    vlm: VLMCounts
+    num_classes: int
+    depth: int
+    hidden_dims: list[int]
+    distill_head: int
+    gate: str
+    gate_params: int
+    teacher: str
+    teacher_params: int
+    emovlm_kd_trainable: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Table 2 (4): the VLM's trainable parameters + distill head + gate.
+        self.emovlm_kd_trainable = self.vlm.quantised_trainable + self.distill_head + self.gate_params
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def param_report(
+    vlm: str = DEFAULT_VLM,
+    num_classes: int = 8,
+    *,
+    depth: int = 1,
+    teacher: str = DEFAULT_TEACHER,
+    gate: str = "concat",
+    lora_r: int = 8,
+) -> ParamReport:
+    """Counts for one EmoVLM-KD configuration; the paper's FI setup is ``param_report(num_classes=8)``."""
+    if num_classes < 2:
+        raise ModelError(f"--classes must be at least 2, got {num_classes}")
+    counts = vlm_counts_cached(vlm, lora_r)
+    dims = hidden_dims_for_depth(depth)
+    return ParamReport(
+        vlm=counts,
+        num_classes=num_classes,
+        depth=depth,
+        hidden_dims=dims,
+        distill_head=distill_head_params(counts.embed_dim, num_classes, dims),
+        gate=gate,
+        gate_params=gate_params(gate, num_classes),
+        teacher=teacher,
+        teacher_params=teacher_params(teacher, num_classes),
+    )

@@ -1,0 +1,760 @@
+"""The paper's Tables 1-4 (and an Extensions table) from run records, in rich, Markdown, LaTeX and CSV.
+
+Tables read only run records (`vea_bench.records`), never models, so every number traces back to
+the runs, data and code that produced it. How cells are filled:
+
+- **Which records.** A row selects records by ``kind`` / ``method`` / ``config`` (the conventions
+  in `vea_bench.records`), one dataset per column.
+- **Seeds and reruns.** Records of a cell are grouped by their config without seed-like keys
+  (``seed``, ``*_seed``, ``run_id``, ``*_run`` / ``*_run_id`` such as a gate's ``distill_run``, the
+  ``device`` and output locations, at any nesting depth).
+  When a cell has several such groups (a rerun with another learning rate, say) the group holding
+  the most recently created record wins: the table shows your latest experiment, and older ones
+  stay available through `vea-bench results list`. Within the group, a seed run more than once
+  counts once (its latest record). The cell is the mean over seeds; ``±`` is the sample standard
+  deviation over seeds (``np.std(..., ddof=1)``), shown only with two or more seeds.
+- **Paper settings first.** Where a table is about one setting (Tables 2-4 and Table 1's
+  EmoVLM-KD use alpha = 0.5), records with that setting are preferred when present.
+- **Percent.** Records hold fractions; tables show percent with two decimals.
+- **Missing cells say why**: ``not run`` (no record), ``reported only`` (a literature number,
+  with ``--compare-paper``), ``— in paper`` (the paper has a dash there).
+- Literature rows (WSCNet, Stimuli-aware, MDAN, PDANet, EmoVIT) come from the bundled paper data
+  and are always marked ``(reported)``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vea_bench.errors import ConfigError
+from vea_bench.hashing import config_hash
+from vea_bench.records import RunRecord, iter_records
+from vea_bench.report.paper import PAPER_DATASETS, dataset_title, gate_key, label_space_for, paper_results
+
+log = logging.getLogger(__name__)
+
+STD_DDOF = 1  # sample standard deviation over seeds
+PAPER_ALPHA = 0.5
+FORMATS = ("rich", "md", "latex", "csv")
+TABLE_IDS = ("1", "2", "3", "4", "ext")
+
+EMPTY_HINT = (
+    "run `vea-bench demo` for a tiny end-to-end example, or train runs (`vea-bench train ...`, "
+    "`vea-bench sweep ...`) with --results pointing here"
+)
+
+# Config keys that name a run's replicate or output location rather than its experiment.
+_IGNORED_KEYS = frozenset({"seed", "run_id", "out", "out_dir", "output", "output_dir", "results", "results_dir",
+                           "device"})
+_IGNORED_SUFFIXES = ("_seed", "_run", "_run_id", "_run_ids")
+
+
+# ============================================================================ loading
+
+@dataclass
+class Results:
+    """The records of a results folder and the files skipped (each with why)."""
+
+    root: Path
+    records: list[RunRecord]
+    paths: dict[str, Path]
+    skipped: list[tuple[Path, str]]
+
+
+def load_results(results_dir: str | Path) -> Results:
+    """Read every run record under ``results_dir``; corrupt or foreign JSON is skipped with a warning."""
+    root = Path(results_dir)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{root}: not a folder (give the results folder that holds run records)")
+    good, bad = iter_records(root)
+    for path, why in bad:
+        log.warning("skipped %s: %s", path, why)
+    return Results(root=root, records=[r for _, r in good], paths={r.run_id: p for p, r in good}, skipped=bad)
+
+
+def require_records(results: Results) -> None:
+    """An empty results folder is a one-line error saying what to run."""
+    if not results.records:
+        where = "does not exist" if not results.root.exists() else "holds no run records"
+        raise ConfigError(f"{results.root} {where}: {EMPTY_HINT}")
+
+
+def find_record(results_dir: str | Path, run: str) -> tuple[Path, RunRecord]:
+    """A record by path, run id or unique run-id prefix."""
+    p = Path(run)
+    if p.suffix == ".json" and p.exists():
+        return p, RunRecord.load(p)
+    res = load_results(results_dir)
+    hits = [(res.paths[r.run_id], r) for r in res.records if r.run_id == run]
+    if not hits:
+        hits = [(res.paths[r.run_id], r) for r in res.records if r.run_id.startswith(run)]
+    if not hits:
+        raise ConfigError(f"no run '{run}' under {res.root} (see `vea-bench results list`)")
+    if len(hits) > 1:
+        raise ConfigError(f"'{run}' matches {len(hits)} runs under {res.root}; give more of the run id")
+    return hits[0]
+
+
+# ============================================================================ aggregation
+
+def _strip(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {
+            k: _strip(v) for k, v in obj.items()
+            if k not in _IGNORED_KEYS and not str(k).endswith(_IGNORED_SUFFIXES)
+        }
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def config_signature(rec: RunRecord) -> str:
+    """Identity of a record's experiment: kind, method, dataset and config without seed-like keys."""
+    return config_hash({"kind": rec.kind, "method": rec.method, "dataset": rec.dataset, "config": _strip(rec.config)})
+
+
+def _created(rec: RunRecord) -> tuple[float, str]:
+    for fmt in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return datetime.strptime(rec.created_at, fmt).timestamp(), rec.run_id
+        except (TypeError, ValueError):
+            continue
+    return 0.0, rec.run_id
+
+
+@dataclass
+class Aggregate:
+    """Mean and spread of one metric over the seeds of one config group (fractions)."""
+
+    mean: float
+    std: float | None
+    n: int
+    values: list[float]
+    run_ids: list[str]
+
+
+def metric_of(rec: RunRecord, split: str, metric: str = "accuracy") -> float | None:
+    """A split's metric from a record, None when absent or not a number."""
+    m = rec.metrics.get(split) if isinstance(rec.metrics, dict) else None
+    v = m.get(metric) if isinstance(m, dict) else None
+    if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+        return float(v)
+    return None
+
+
+def latest_group(records: Sequence[RunRecord]) -> list[RunRecord]:
+    """The config group with the newest record, one record per seed (its latest rerun)."""
+    if not records:
+        return []
+    groups: dict[str, list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault(config_signature(r), []).append(r)
+    best = max(groups.values(), key=lambda g: max(_created(r) for r in g))
+    per_seed: dict[Any, RunRecord] = {}
+    for r in sorted(best, key=_created):
+        per_seed[r.seed] = r
+    return sorted(per_seed.values(), key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0))
+
+
+def aggregate(records: Sequence[RunRecord], split: str = "test", metric: str = "accuracy") -> Aggregate | None:
+    """Mean ± sample std (ddof=1) of ``metric`` over the seeds of the latest config group."""
+    usable = [r for r in records if metric_of(r, split, metric) is not None]
+    chosen = latest_group(usable)
+    if not chosen:
+        return None
+    vals = [metric_of(r, split, metric) for r in chosen]
+    arr = np.asarray(vals, dtype=np.float64)
+    std = float(np.std(arr, ddof=STD_DDOF)) if arr.size >= 2 else None
+    return Aggregate(mean=float(arr.mean()), std=std, n=int(arr.size), values=[float(v) for v in arr],
+                     run_ids=[r.run_id for r in chosen])
+
+
+def _prefer(records: list[RunRecord], pred: Callable[[RunRecord], bool]) -> list[RunRecord]:
+    sub = [r for r in records if pred(r)]
+    return sub or records
+
+
+def _alpha_is_paper(r: RunRecord) -> bool:
+    a = _cfg(r, "alpha")
+    return a is None or (isinstance(a, (int, float)) and abs(float(a) - PAPER_ALPHA) < 1e-9)
+
+
+def _cfg(r: RunRecord, key: str, default: Any = None) -> Any:
+    return r.config.get(key, default) if isinstance(r.config, dict) else default
+
+
+# ============================================================================ table model
+
+@dataclass
+class Cell:
+    """One table cell: an accuracy (percent), a count or text, or a note saying why it is empty."""
+
+    kind: str = "acc"                # "acc" | "count" | "text"
+    value: float | int | str | None = None
+    std: float | None = None
+    n: int = 0
+    note: str = ""                   # why empty: "not run", "reported only", "— in paper"
+    reported: bool = False
+    paper: float | int | None = None
+    paper_note: str = ""
+    run_ids: list[str] = field(default_factory=list)
+
+    @property
+    def delta(self) -> float | int | None:
+        if isinstance(self.value, (int, float)) and isinstance(self.paper, (int, float)) and not self.reported:
+            return self.value - self.paper
+        return None
+
+
+@dataclass
+class Column:
+    key: str
+    title: str
+    kind: str = "acc"
+    compare: bool = True             # gets paper and Δ columns with --compare-paper
+
+
+@dataclass
+class Row:
+    label: str
+    cells: dict[str, Cell]
+    group: str | None = None
+    reported: bool = False
+    key: str = ""
+
+
+@dataclass
+class Table:
+    """A rendered-to-be table: columns, rows (optionally grouped) and notes printed under it."""
+
+    id: str
+    title: str
+    columns: list[Column]
+    rows: list[Row]
+    groups: dict[str, str] = field(default_factory=dict)   # group key -> title, in order
+    notes: list[str] = field(default_factory=list)
+
+    def cell(self, row_label: str, col: str) -> Cell:
+        for r in self.rows:
+            if r.label == row_label or r.key == row_label:
+                return r.cells[col]
+        raise KeyError(row_label)
+
+
+def _acc_cell(records: Sequence[RunRecord], split: str, paper: float | None, *, paper_has_row: bool = True) -> Cell:
+    agg = aggregate(records, split)
+    cell = Cell(kind="acc", paper=paper, paper_note="" if paper is not None else ("— in paper" if paper_has_row else "not in paper"))
+    if agg is None:
+        cell.note = "not run"
+        return cell
+    cell.value, cell.std, cell.n, cell.run_ids = agg.mean * 100, (None if agg.std is None else agg.std * 100), agg.n, agg.run_ids
+    return cell
+
+
+def _reported_cell(paper: float | None) -> Cell:
+    if paper is None:
+        return Cell(kind="acc", note="— in paper", reported=True, paper_note="— in paper")
+    return Cell(kind="acc", value=paper, reported=True, paper=paper)
+
+
+# ============================================================================ selectors
+
+def _by(records: Iterable[RunRecord], *, kind: str, dataset: str | None = None) -> list[RunRecord]:
+    return [r for r in records if r.kind == kind and (dataset is None or r.dataset == dataset)]
+
+
+def _teacher_method(r: RunRecord) -> str:
+    """A teacher record's row name: its method, or the preset's name when the method is a timm name."""
+    try:
+        from vea_bench.models.teacher import TEACHER_PRESETS
+
+        for _, preset in TEACHER_PRESETS.items():
+            if r.method == preset.arch:
+                return preset.method
+    except ImportError:  # teachers module absent: the method is the row name
+        pass
+    return r.method
+
+
+def _is_emovlm_kd(r: RunRecord) -> bool:
+    """The paper's EmoVLM-KD: Concat & Linear gate over the VLM's one-hot answer, fitted on train."""
+    return (
+        r.kind == "gate"
+        and gate_key(_cfg(r, "gate", "concat")) == "concat"
+        and _cfg(r, "vlm_input", "onehot") == "onehot"
+        and _cfg(r, "gate_fit", "train") == "train"
+    )
+
+
+def _is_paper_gate_setting(r: RunRecord) -> bool:
+    return r.kind == "gate" and _cfg(r, "vlm_input", "onehot") == "onehot" and _cfg(r, "gate_fit", "train") == "train"
+
+
+def _tuned(r: RunRecord) -> bool:
+    return bool(_cfg(r, "tuned", False))
+
+
+def _hidden_dims(r: RunRecord) -> tuple[int, ...] | None:
+    dims = _cfg(r, "hidden_dims")
+    if isinstance(dims, list):
+        return tuple(int(d) for d in dims)
+    depth = _cfg(r, "depth")
+    if isinstance(depth, int) and 1 <= depth <= 5:
+        from vea_bench.report.params import hidden_dims_for_depth
+
+        return tuple(hidden_dims_for_depth(depth))
+    return None
+
+
+def datasets_in(results: Results) -> list[str]:
+    """The paper's five datasets, then any other dataset found in the records."""
+    extra = sorted({r.dataset for r in results.records} - set(PAPER_DATASETS))
+    return list(PAPER_DATASETS) + extra
+
+
+def num_classes_for(results: Results, dataset: str) -> int:
+    """Class count of a dataset: from its records' label names, else the paper's label space."""
+    for r in results.records:
+        if r.dataset == dataset and r.label_names:
+            return len(r.label_names)
+    space = label_space_for(dataset)
+    if space is None:
+        raise ConfigError(f"dataset '{dataset}': no record carries its label names, so its class count is unknown")
+    return space.num_classes
+
+
+# ============================================================================ Table 1
+
+def table1(results: Results, *, split: str = "test") -> Table:
+    """Methods x datasets, grouped as the paper (conventional, VEA-specific, zero-shot, instruction-tuned)."""
+    paper = paper_results()["table1"]
+    datasets = datasets_in(results)
+    cols = [Column(d, dataset_title(d)) for d in datasets]
+    groups = {g["key"]: g["title"] for g in paper["groups"]}
+    recs = results.records
+    rows: list[Row] = []
+
+    def our_row(key: str, label: str, group: str, selected: list[RunRecord], paper_acc: dict[str, Any] | None) -> Row:
+        cells = {}
+        for d in datasets:
+            pv = paper_acc.get(d) if paper_acc else None
+            cells[d] = _acc_cell([r for r in selected if r.dataset == d], split, pv, paper_has_row=paper_acc is not None and d in paper_acc)
+        return Row(label=label, cells=cells, group=group, key=key)
+
+    teachers = _by(recs, kind="teacher")
+    zero = [r for r in _by(recs, kind="vlm-eval") if not _tuned(r)]
+    tuned = [r for r in _by(recs, kind="vlm-eval") if _tuned(r)]
+    gates = [r for r in _by(recs, kind="gate") if _is_emovlm_kd(r)]
+    gates = _prefer(gates, lambda r: _alpha_is_paper(r))
+    paper_keys = {row["key"] for row in paper["rows"]}
+
+    for group in groups:
+        for prow in [p for p in paper["rows"] if p["group"] == group]:
+            key, label = prow["key"], prow["label"]
+            if prow["reported"]:
+                rows.append(Row(label=f"{label} (reported)", cells={d: _reported_cell(prow["acc"].get(d)) for d in datasets},
+                                group=group, reported=True, key=key))
+                continue
+            if group == "conventional":
+                sel = [r for r in teachers if _teacher_method(r).lower() == key.lower()]
+            elif group == "zero-shot":
+                sel = [r for r in zero if _cfg(r, "backend") == key]
+            elif key == "qwen2-vl-tuned":
+                sel = [r for r in tuned if _cfg(r, "backend") == "qwen2-vl"]
+            else:  # EmoVLM-KD
+                sel = gates
+            rows.append(our_row(key, label, group, sel, prow["acc"]))
+        # Rows the paper does not have, in the group they belong to.
+        if group == "conventional":
+            for m in sorted({_teacher_method(r) for r in teachers} - paper_keys, key=str.lower):
+                if m.lower() in {k.lower() for k in paper_keys}:
+                    continue
+                rows.append(our_row(m, m, group, [r for r in teachers if _teacher_method(r) == m], None))
+        elif group == "zero-shot":
+            for b in sorted({str(_cfg(r, "backend")) for r in zero} - paper_keys):
+                rows.append(our_row(b, b, group, [r for r in zero if str(_cfg(r, "backend")) == b], None))
+        elif group == "instruction-tuned":
+            for b in sorted({str(_cfg(r, "backend")) for r in tuned} - {"qwen2-vl"}):
+                rows.append(our_row(f"{b}-tuned", f"{b} + QLoRA (VLM alone)", group,
+                                    [r for r in tuned if str(_cfg(r, "backend")) == b], None))
+    return Table(
+        id="1", title=f"Table 1: {paper['caption']}", columns=cols, rows=rows, groups=groups,
+        notes=_standard_notes(split) + [
+            "EmoVLM-KD: Concat & Linear gate over the VLM's one-hot answer, fitted on train (alpha = 0.5 runs preferred).",
+        ],
+    )
+
+
+def _standard_notes(split: str) -> list[str]:
+    return [
+        f"Accuracy (%) on the {split} split; mean ± sample std (ddof={STD_DDOF}) over seeds, n = number of seeds.",
+        "(reported): numbers quoted by the paper from other work, not re-run here.",
+    ]
+
+
+# ============================================================================ Table 2
+
+def table2(results: Results, *, dataset: str = "fi", split: str = "test", vlm: str | None = None,
+           teacher: str | None = None) -> Table:
+    """Trainable parameters (computed from the architectures) and accuracy of VLM, distill head, teacher, EmoVLM-KD."""
+    from vea_bench.report import params as P
+
+    paper = paper_results()["table2"]
+    on_paper_ds = dataset == paper["dataset"]
+    prow = {p["key"]: p for p in paper["rows"]} if on_paper_ds else {}
+    c = num_classes_for(results, dataset)
+    vlm = vlm or P.DEFAULT_VLM
+    counts = P.vlm_counts_cached(vlm)
+    recs = [r for r in results.records if r.dataset == dataset]
+
+    tuned = [r for r in _by(recs, kind="vlm-eval") if _tuned(r)]
+    tuned = _prefer(tuned, lambda r: _cfg(r, "backend") == "qwen2-vl")
+    distill = [r for r in _by(recs, kind="distill") if _hidden_dims(r) == tuple(P.DEPTH_DIMS[:1])]
+    distill = _prefer(distill, _alpha_is_paper)
+    teachers = [r for r in _by(recs, kind="teacher") if _teacher_method(r) == "ViT"]
+    gates = _prefer([r for r in recs if _is_emovlm_kd(r)], _alpha_is_paper)
+
+    teacher_arch = teacher
+    if teacher_arch is None:
+        chosen = latest_group(teachers)
+        teacher_arch = str(_cfg(chosen[0], "arch", P.DEFAULT_TEACHER)) if chosen else P.DEFAULT_TEACHER
+    n_distill = P.distill_head_params(counts.embed_dim, c, P.DEPTH_DIMS[:1])
+    n_gate = P.gate_params("concat", c)
+    n_teacher = P.teacher_params(teacher_arch, c)
+    n_vlm = counts.quantised_trainable
+
+    def row(key: str, label: str, n_params: int, sel: list[RunRecord]) -> Row:
+        p = prow.get(key, {})
+        pc = Cell(kind="count", value=n_params, paper=p.get("params"), paper_note="" if p else "not in paper")
+        ac = _acc_cell(sel, split, p.get("acc"), paper_has_row=bool(p))
+        return Row(label=label, cells={"params": pc, "acc": ac}, key=key)
+
+    rows = [
+        row("vlm", "(1) VLM", n_vlm, tuned),
+        row("distill", "(2) Distill", n_distill, distill),
+        row("teacher", "(3) ViT" if teacher_arch.startswith("vit") else f"(3) {teacher_arch}", n_teacher, teachers),
+        row("emovlm-kd", "(4) EmoVLM-KD", n_vlm + n_distill + n_gate, gates),
+    ]
+    return Table(
+        id="2", title=f"Table 2: {paper['caption']} ({dataset_title(dataset)}, {c} classes)",
+        columns=[Column("params", "Parameters", kind="count"), Column("acc", "Accuracy")], rows=rows,
+        notes=[
+            f"Parameters computed from the architectures: VLM {vlm} on the meta device, distill head "
+            f"Linear({counts.embed_dim}, 1024)-GELU-Dropout-Linear(1024, {c}), teacher {teacher_arch}, "
+            f"Concat & Linear gate Linear({2 * c}, {c}).",
+            f"(1) counts what stays trainable after 4-bit loading (everything but the quantised nn.Linear "
+            f"layers; lm_head kept), the paper's definition; its LoRA adapter (r={counts.lora_r} on q/k/v/o) "
+            f"alone is {counts.lora:,}. (4) = (1) + (2) + gate ({n_gate}).",
+            _standard_notes(split)[0],
+        ],
+    )
+
+
+# ============================================================================ Table 3
+
+def table3(results: Results, *, split: str = "test", vlm: str | None = None) -> Table:
+    """Distill-head depth: hidden dims, parameter count (computed) and accuracy on FI and Emotion6."""
+    from vea_bench.report import params as P
+
+    paper = paper_results()["table3"]
+    distill = _by(results.records, kind="distill")
+    sweep_ds = {r.dataset for r in distill if _hidden_dims(r) not in (None, tuple(P.DEPTH_DIMS[:1]))}
+    datasets = list(paper["datasets"]) + sorted(sweep_ds - set(paper["datasets"]))
+    counts = P.vlm_counts_cached(vlm or P.DEFAULT_VLM)
+    classes = {d: num_classes_for(results, d) for d in datasets}
+    paper_rows = {tuple(p["hidden_dims"]): p for p in paper["rows"]}
+    all_dims = list(paper_rows) + sorted({h for r in distill if (h := _hidden_dims(r)) is not None} - set(paper_rows))
+
+    cols = [Column(f"params:{d}", f"Params {dataset_title(d)}", kind="count") for d in datasets]
+    cols += [Column(f"acc:{d}", f"Acc. {dataset_title(d)}") for d in datasets]
+    rows = []
+    for dims in all_dims:
+        p = paper_rows.get(dims)
+        cells: dict[str, Cell] = {}
+        for d in datasets:
+            pp = p["params"].get(d) if p else None
+            cells[f"params:{d}"] = Cell(kind="count", value=P.distill_head_params(counts.embed_dim, classes[d], dims),
+                                        paper=pp, paper_note="" if pp is not None else "not in paper")
+            sel = _prefer([r for r in distill if r.dataset == d and _hidden_dims(r) == dims], _alpha_is_paper)
+            pa = p["acc"].get(d) if p else None
+            cells[f"acc:{d}"] = _acc_cell(sel, split, pa, paper_has_row=pa is not None)
+        rows.append(Row(label="[" + ", ".join(str(h) for h in dims) + "]", cells=cells, key=f"depth{len(dims)}"))
+    return Table(
+        id="3", title=f"Table 3: {paper['caption']}", columns=cols, rows=rows,
+        notes=[f"Distill input width D = {counts.embed_dim} ({vlm or P.DEFAULT_VLM}); alpha = 0.5 runs preferred.",
+               _standard_notes(split)[0]],
+    )
+
+
+# ============================================================================ Table 4
+
+def table4(results: Results, *, dataset: str = "fi", split: str = "test") -> Table:
+    """The five gates (VLM one-hot input, fitted on train) with their computed parameter counts."""
+    from vea_bench.report import params as P
+
+    paper = paper_results()["table4"]
+    on_paper_ds = dataset == paper["dataset"]
+    c = num_classes_for(results, dataset)
+    gates = [r for r in _by(results.records, kind="gate", dataset=dataset) if _is_paper_gate_setting(r)]
+    gates = _prefer(gates, _alpha_is_paper)
+    keys = [p["gate"] for p in paper["rows"]]
+    labels = {p["gate"]: p["label"] for p in paper["rows"]}
+    accs = {p["gate"]: p["acc"] for p in paper["rows"]} if on_paper_ds else {}
+    found = {gate_key(_cfg(r, "gate", "concat")) for r in gates}
+    keys += sorted(k for k in found - set(keys) if k)
+    rows = []
+    for k in keys:
+        try:
+            n = P.gate_params(k, c)
+            pc = Cell(kind="count", value=n, paper_note="not in paper")
+        except Exception as exc:  # noqa: BLE001 - a gate only the heads registry knows, with other arguments
+            pc = Cell(kind="count", note="unknown", paper_note="not in paper")
+            log.info("gate %s: parameter count unavailable (%s)", k, exc)
+        sel = [r for r in gates if gate_key(_cfg(r, "gate", "concat")) == k]
+        ac = _acc_cell(sel, split, accs.get(k), paper_has_row=k in accs)
+        rows.append(Row(label=labels.get(k, k), cells={"params": pc, "acc": ac}, key=k))
+    return Table(
+        id="4", title=f"Table 4: {paper['caption']} ({dataset_title(dataset)})",
+        columns=[Column("params", "Parameters", kind="count", compare=False), Column("acc", "Accuracy")], rows=rows,
+        notes=["Gates over [distill logits, VLM one-hot], fitted on train; parameters computed for "
+               f"C = {c}.", _standard_notes(split)[0]],
+    )
+
+
+# ============================================================================ Extensions
+
+def table_extensions(results: Results, *, split: str = "test") -> Table:
+    """Rows beyond the paper: distill heads alone, other gate inputs / fit modes, cache baselines."""
+    datasets = datasets_in(results)
+    recs = results.records
+    rows: list[Row] = []
+
+    def add(key: str, label: str, sel: list[RunRecord]) -> None:
+        cells = {d: _acc_cell([r for r in sel if r.dataset == d], split, None, paper_has_row=False) for d in datasets}
+        rows.append(Row(label=label, cells=cells, key=key, group="ext"))
+
+    distill = _by(recs, kind="distill")
+    for dims in sorted({h for r in distill if (h := _hidden_dims(r)) is not None}, key=len):
+        sel = _prefer([r for r in distill if _hidden_dims(r) == dims], _alpha_is_paper)
+        add(f"distill{list(dims)}", f"distill head {list(dims)} alone", sel)
+
+    # Table 4's setting (one-hot VLM input, fitted on train) is shown there; the rest here.
+    others = [r for r in _by(recs, kind="gate") if not _is_paper_gate_setting(r)]
+    variants = sorted({(str(gate_key(_cfg(r, "gate", "concat"))), str(_cfg(r, "vlm_input", "onehot")),
+                        str(_cfg(r, "gate_fit", "train"))) for r in others})
+    for g, vin, fit in variants:
+        sel = [r for r in others if (str(gate_key(_cfg(r, "gate", "concat"))), str(_cfg(r, "vlm_input", "onehot")),
+                                     str(_cfg(r, "gate_fit", "train"))) == (g, vin, fit)]
+        add(f"gate:{g}:{vin}:{fit}", f"gate {g} (VLM {vin}, fit on {fit})", _prefer(sel, _alpha_is_paper))
+
+    base = _by(recs, kind="baseline")
+    for m in sorted({r.method for r in base}):
+        add(f"baseline:{m}", f"baseline {m}", [r for r in base if r.method == m])
+    return Table(id="ext", title="Extensions: rows beyond the paper", columns=[Column(d, dataset_title(d), compare=False) for d in datasets],
+                 rows=rows, notes=_standard_notes(split)[:1])
+
+
+def build_tables(results: Results, which: str = "all", *, dataset: str = "fi", split: str = "test",
+                 vlm: str | None = None, teacher: str | None = None) -> list[Table]:
+    """Tables ``which`` ('1', '2', '3', '4', 'ext' or 'all') from ``results``."""
+    require_records(results)
+    builders: dict[str, Callable[[], Table]] = {
+        "1": lambda: table1(results, split=split),
+        "2": lambda: table2(results, dataset=dataset, split=split, vlm=vlm, teacher=teacher),
+        "3": lambda: table3(results, split=split, vlm=vlm),
+        "4": lambda: table4(results, dataset=dataset, split=split),
+        "ext": lambda: table_extensions(results, split=split),
+    }
+    if which == "all":
+        tables = [builders[k]() for k in TABLE_IDS]
+        return [t for t in tables if t.id != "ext" or t.rows]
+    if which not in builders:
+        raise ConfigError(f"unknown table '{which}' (choices: {', '.join(TABLE_IDS)}, all)")
+    return [builders[which]()]
+
+
+# ============================================================================ rendering
+
+def _num(cell: Cell, v: float | int | None) -> str:
+    if v is None:
+        return ""
+    return f"{int(v):,}" if cell.kind == "count" else f"{v:.2f}"
+
+
+def _value_text(cell: Cell, fmt: str) -> str:
+    """Our value of a cell as text (pm sign per format), or the reason it is empty."""
+    if cell.value is None:
+        note = cell.note or "—"
+        return {"md": f"_{note}_", "latex": r"\textit{" + _tex_escape(note) + "}"}.get(fmt, note)
+    if cell.kind == "text":
+        return str(cell.value)
+    s = _num(cell, cell.value)  # type: ignore[arg-type]
+    if cell.std is not None:
+        pm = {"latex": r" $\pm$ "}.get(fmt, " ± ")
+        s += f"{pm}{cell.std:.2f}"
+    if cell.n >= 2:
+        s += r" {\scriptsize (n=%d)}" % cell.n if fmt == "latex" else f" (n={cell.n})"
+    return s
+
+
+def _paper_text(cell: Cell, fmt: str) -> str:
+    if cell.paper is None:
+        note = cell.paper_note or "—"
+        return {"md": f"_{note}_", "latex": r"\textit{" + _tex_escape(note) + "}"}.get(fmt, note)
+    return _num(cell, cell.paper)
+
+
+def _delta_text(cell: Cell) -> str:
+    d = cell.delta
+    if d is None:
+        return ""
+    return f"{int(d):+,}" if cell.kind == "count" else f"{d:+.2f}"
+
+
+def _header_and_rows(table: Table, fmt: str, compare: bool) -> tuple[list[str], list[list[str]], list[str | None]]:
+    header = ["Model" if table.id in ("1", "ext") else ("Gate" if table.id == "4" else ("Hidden dims" if table.id == "3" else "Module"))]
+    for c in table.columns:
+        header.append(c.title)
+        if compare and c.compare:
+            header += [f"{c.title} (paper)", f"{c.title} Δ"]
+    body, groups = [], []
+    for r in table.rows:
+        line = [r.label]
+        for c in table.columns:
+            cell = r.cells[c.key]
+            if compare and cell.reported:
+                line.append(_value_text(Cell(kind=cell.kind, note="reported only"), fmt))
+            else:
+                line.append(_value_text(cell, fmt))
+            if compare and c.compare:
+                d = _delta_text(cell)
+                line += [_paper_text(cell, fmt), f"${d}$" if d and fmt == "latex" else d]
+        body.append(line)
+        groups.append(r.group)
+    return header, body, groups
+
+
+def to_markdown(table: Table, *, compare: bool = False) -> str:
+    """GitHub Markdown; group titles become bold rows."""
+    header, body, groups = _header_and_rows(table, "md", compare)
+    out = [f"**{table.title}**", "", "| " + " | ".join(header) + " |",
+           "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
+    last = None
+    for line, g in zip(body, groups):
+        if g != last and g in table.groups:
+            out.append("| " + " | ".join([f"**{table.groups[g]}**"] + [""] * (len(header) - 1)) + " |")
+        last = g
+        out.append("| " + " | ".join(x.replace("|", "\\|") for x in line) + " |")
+    out.append("")
+    out += [f"- {n}" for n in table.notes]
+    return "\n".join(out) + "\n"
+
+
+_TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "Δ": r"$\Delta$", "±": r"$\pm$", "—": "---"}
+
+
+def _tex_escape(s: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in s)
+
+
+def to_latex(table: Table, *, compare: bool = False) -> str:
+    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``)."""
+    header, body, groups = _header_and_rows(table, "latex", compare)
+    ncol = len(header)
+    out = [r"\begin{table}[t]", r"\centering", r"\small",
+           r"\caption{" + _tex_escape(table.title) + "}",
+           r"\begin{tabular}{l" + "r" * (ncol - 1) + "}", r"\toprule",
+           " & ".join(_tex_escape(h) for h in header) + r" \\", r"\midrule"]
+    last = None
+    first = True
+    for line, g in zip(body, groups):
+        if g != last and g in table.groups:
+            if not first:
+                out.append(r"\midrule")
+            out.append(r"\multicolumn{%d}{l}{\textit{%s}} \\" % (ncol, _tex_escape(table.groups[g])))
+        last = g
+        first = False
+        # Cells are already LaTeX (notes, pm); only labels need escaping.
+        out.append(" & ".join([_tex_escape(line[0])] + line[1:]) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    if table.notes:
+        out.append(r"\par\smallskip{\footnotesize " + " ".join(_tex_escape(n) for n in table.notes) + "}")
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def to_csv(tables: Sequence[Table], *, compare: bool = False) -> str:
+    """Long-format CSV, one line per cell: machine-readable numbers (percent), std, n, notes, paper, Δ."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    head = ["table", "group", "row", "reported", "column", "kind", "value", "std", "n", "note"]
+    if compare:
+        head += ["paper", "delta"]
+    w.writerow(head)
+    for t in tables:
+        for r in t.rows:
+            for c in t.columns:
+                cell = r.cells[c.key]
+                v = "" if cell.value is None else (f"{cell.value:.4f}" if cell.kind == "acc" else cell.value)
+                line = [t.id, t.groups.get(r.group or "", r.group or ""), r.label, int(r.reported), c.key, cell.kind, v,
+                        "" if cell.std is None else f"{cell.std:.4f}", cell.n or "", cell.note]
+                if compare:
+                    d = cell.delta
+                    line += ["" if cell.paper is None else cell.paper,
+                             "" if d is None else (f"{d:.4f}" if cell.kind == "acc" else d)]
+                w.writerow(line)
+    return buf.getvalue()
+
+
+def to_rich(table: Table, *, compare: bool = False) -> Any:
+    """A rich renderable (the CLI prints it); reported rows dimmed, missing cells in italics."""
+    from rich.table import Table as RichTable
+
+    header, body, groups = _header_and_rows(table, "rich", compare)
+    rt = RichTable(title=table.title, caption="\n".join(table.notes), caption_justify="left", title_justify="left")
+    label_width = max(len(line[0]) for line in body) if body else 8
+    for i, h in enumerate(header):
+        if i == 0:
+            rt.add_column(h, justify="left", no_wrap=True, min_width=min(label_width, 40))
+        else:
+            rt.add_column(h, justify="right", overflow="fold")
+    last = None
+    for line, g, row in zip(body, groups, table.rows):
+        if g != last and g in table.groups:
+            if last is not None:
+                rt.add_section()
+            rt.add_row(f"[bold]{table.groups[g]}[/]", *[""] * (len(header) - 1))
+        last = g
+        styled = [line[0]]
+        for j, text in enumerate(line[1:]):
+            styled.append(f"[italic dim]{text}[/]" if text and not any(ch.isdigit() for ch in text) else text)
+        rt.add_row(*styled, style="dim" if row.reported else None)
+    return rt
+
+
+def render(tables: Sequence[Table], fmt: str = "md", *, compare: bool = False) -> str:
+    """Text of ``tables`` in ``fmt`` ('md', 'latex' or 'csv'); rich renders via `to_rich`."""
+    if fmt == "md":
+        return "\n".join(to_markdown(t, compare=compare) for t in tables)
+    if fmt == "latex":
+        return "\n".join(to_latex(t, compare=compare) for t in tables)
+    if fmt == "csv":
+        return to_csv(tables, compare=compare)
+    if fmt == "rich":
+        from rich.console import Console
+
+        con = Console(width=200, record=True, file=io.StringIO())
+        for t in tables:
+            con.print(to_rich(t, compare=compare))
+        return con.export_text()
+    raise ConfigError(f"unknown table format '{fmt}' (choices: {', '.join(FORMATS)})")
