@@ -1,8 +1,9 @@
 """Experiment files: one TOML names the dataset, the models and the stages; `vea-bench run` does the rest.
 
 The file is data, not code: every section maps onto a dataclass below, unknown keys are errors
-(a typo must not silently fall back to a default), and relative paths resolve against the file's
-own folder so an experiment can be moved with its data.
+(a typo must not silently fall back to a default). Relative paths resolve against the working
+folder `vea-bench run` is started from (the repository root in the README's recipes), like every
+other vea-bench path option.
 """
 from __future__ import annotations
 
@@ -139,12 +140,10 @@ class Experiment:
     qlora: QLoRASection | None = None
     path: Path | None = None
 
-    @property
-    def base(self) -> Path:
-        return self.path.parent if self.path is not None else Path.cwd()
+    base: Path = field(default_factory=Path.cwd)
 
     def resolve(self, p: str) -> Path:
-        """A path from the file, relative to the file's folder (absolute paths unchanged)."""
+        """A path from the file, relative to ``base`` (the working folder; absolute paths unchanged)."""
         q = Path(p).expanduser()
         return q if q.is_absolute() else (self.base / q)
 
@@ -196,7 +195,7 @@ def _section(cls: type[T], name: str, data: Any, where: str) -> T:
     return obj
 
 
-def parse_experiment(data: dict[str, Any], *, path: Path | None = None) -> Experiment:
+def parse_experiment(data: dict[str, Any], *, path: Path | None = None, base: Path | None = None) -> Experiment:
     """Validate a TOML mapping into an `Experiment` (one-line errors naming the key)."""
     where = str(path) if path else "experiment"
     unknown = sorted(set(data) - set(_SECTIONS))
@@ -208,7 +207,7 @@ def parse_experiment(data: dict[str, Any], *, path: Path | None = None) -> Exper
             parsed[name] = _section(cls, name, data[name], where)
         elif name not in _OPTIONAL:
             parsed[name] = cls()
-    exp = Experiment(**parsed, path=path)
+    exp = Experiment(**parsed, path=path, base=(base or Path.cwd()).resolve())
     if not exp.dataset.name or not exp.dataset.root:
         raise ConfigError(f"{where}: [dataset] needs name and root")
     if not exp.vlm.model:
@@ -227,8 +226,8 @@ def parse_experiment(data: dict[str, Any], *, path: Path | None = None) -> Exper
     return exp
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Read and validate an experiment TOML file."""
+def load_experiment(path: str | Path, *, base: str | Path | None = None) -> Experiment:
+    """Read and validate an experiment TOML file; relative paths resolve against ``base`` (default: cwd)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no experiment file at {path}")
@@ -236,4 +235,4 @@ def load_experiment(path: str | Path) -> Experiment:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return parse_experiment(data, path=path.resolve())
+    return parse_experiment(data, path=path.resolve(), base=Path(base) if base else None)
