@@ -1,0 +1,375 @@
+"""VLM backends on tiny random-weight models of the real classes (fp32, CPU).
+
+Tolerances: pooled embeddings atol 1e-5 (same fp32 ops, different batch shapes); log-probs atol
+2e-4 (sums of ~10-20 token log-probs over vocabularies of ~600, cached vs uncached attention);
+greedy texts must be identical.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vea_bench.errors import ModelError, VeaError
+from vea_bench.labels import MIKELS8
+from vea_bench.models import VLM_BACKENDS, GenerationOptions, LoadOptions, load_vlm
+from vea_bench.models.engine import cap_image
+from vea_bench.models.tiny import make_tiny
+from vea_bench.prompts import categorical_answer, categorical_instruction
+
+KINDS = ("qwen2-vl", "qwen2.5-vl", "llava-next", "instructblip")
+BACKEND_OF = {k: k for k in KINDS}  # tiny kind == backend name
+PROMPT = categorical_instruction(MIKELS8)
+LABELS = list(MIKELS8.labels)
+GREEDY = GenerationOptions(max_new_tokens=12)
+POOLED_ATOL = 1e-5
+LOGPROB_ATOL = 2e-4
+
+
+def _images(sizes: list[tuple[int, int]], seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+
+
+IMAGES = _images([(48, 32), (40, 56), (36, 36)])
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-vlms")
+    return {k: make_tiny(k, root / k, seed=0) for k in KINDS}
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_dirs: dict[str, Path]) -> dict[str, Any]:
+    return {k: load_vlm(LoadOptions(model=str(tiny_dirs[k]), device="cpu")) for k in KINDS}
+
+
+def _vision_module(kind: str, be: Any) -> torch.nn.Module:
+    core = be.core
+    return {"qwen2-vl": lambda: core.model.visual, "qwen2.5-vl": lambda: core.model.visual,
+            "llava-next": lambda: core.model.vision_tower,
+            "instructblip": lambda: core.vision_model}[kind]()
+
+
+def _direct_pooled(kind: str, be: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """The pooled embedding from a separate, explicit call of the vision tower (+merger/projector)."""
+    core = be.core
+    with torch.inference_mode():
+        if kind.startswith("qwen"):
+            grid = batch["image_grid_thw"]
+            merged = core.model.visual(batch["pixel_values"], grid_thw=grid).pooler_output
+            sizes = (grid.prod(-1) // core.config.vision_config.spatial_merge_size ** 2).tolist()
+            return torch.stack([t.mean(0) for t in torch.split(merged, sizes)])
+        if kind == "llava-next":
+            rows = []
+            counts = be.crops_per_image(batch["image_sizes"])
+            for i, n in enumerate(counts):
+                crops = batch["pixel_values"][i, :n]
+                hs = core.model.vision_tower(crops, output_hidden_states=True).hidden_states
+                feats = hs[core.config.vision_feature_layer][:, 1:]      # 'default': drop CLS
+                rows.append(core.model.multi_modal_projector(feats).mean(dim=(0, 1)))
+            return torch.stack(rows)
+        image_embeds = core.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
+        query = core.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        qmask = torch.cat([torch.ones(query.shape[:-1], dtype=torch.long), batch["qformer_attention_mask"]], 1)
+        q = core.qformer(input_ids=batch["qformer_input_ids"], attention_mask=qmask, query_embeds=query,
+                         encoder_hidden_states=image_embeds,
+                         encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long))
+        return core.language_projection(q.last_hidden_state[:, : query.shape[1]]).mean(1)
+
+
+def _projector_out_width(kind: str, be: Any) -> int:
+    core = be.core
+    if kind.startswith("qwen"):
+        return core.model.visual.merger.mlp[-1].out_features
+    if kind == "llava-next":
+        return core.model.multi_modal_projector.linear_2.out_features
+    return core.language_projection.out_features
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_autodetected_backend_and_embed_dim(kind: str, backends: dict[str, Any]) -> None:
+    be = backends[kind]
+    assert type(be) is VLM_BACKENDS.get(BACKEND_OF[kind])
+    out = be.run(be.prepare(IMAGES[:2], PROMPT), generate=False, score_labels=None, generation=GREEDY)
+    assert out.pooled.shape == (2, be.embed_dim)
+    assert out.pooled.dtype == np.float32
+    assert be.embed_dim == _projector_out_width(kind, be) == 64
+    assert out.texts is None and out.logprobs is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pooled_equals_direct_vision_call(kind: str, backends: dict[str, Any]) -> None:
+    be = backends[kind]
+    batch = be.prepare(IMAGES, PROMPT)
+    out = be.run(batch, generate=True, score_labels=LABELS, generation=GREEDY)
+    direct = _direct_pooled(kind, be, batch).float().numpy()
+    np.testing.assert_allclose(out.pooled, direct, atol=POOLED_ATOL, rtol=0)
+    assert np.abs(out.pooled).max() > 1e-3  # not trivially zero
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_vision_pass_per_batch(kind: str, backends: dict[str, Any]) -> None:
+    """Generation (many decode steps) and scoring (all labels) reuse the single prefill."""
+    be = backends[kind]
+    calls: list[int] = []
+    hook = _vision_module(kind, be).register_forward_hook(lambda *_: calls.append(1))
+    try:
+        be.run(be.prepare(IMAGES, PROMPT), generate=True, score_labels=LABELS,
+               generation=GenerationOptions(max_new_tokens=8))
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batched_equals_batch_size_one(kind: str, backends: dict[str, Any]) -> None:
+    be = backends[kind]
+    full = be.run(be.prepare(IMAGES, PROMPT), generate=True, score_labels=LABELS, generation=GREEDY)
+    singles = [be.run(be.prepare([im], PROMPT), generate=True, score_labels=LABELS, generation=GREEDY)
+               for im in IMAGES]
+    np.testing.assert_allclose(full.pooled, np.concatenate([s.pooled for s in singles]), atol=POOLED_ATOL, rtol=0)
+    np.testing.assert_allclose(full.logprobs, np.concatenate([s.logprobs for s in singles]),
+                               atol=LOGPROB_ATOL, rtol=0)
+    assert full.texts == [s.texts[0] for s in singles]
+    assert full.logprobs.shape == (3, len(LABELS))
+    assert np.all(full.logprobs < 0) and np.all(np.isfinite(full.logprobs))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_score_equals_bruteforce_full_forward(kind: str, backends: dict[str, Any]) -> None:
+    """Cached, label-batched scoring == the model's own forward over prompt+answer, per label."""
+    be = backends[kind]
+    out = be.run(be.prepare(IMAGES[:2], PROMPT), generate=False, score_labels=LABELS, generation=GREEDY)
+    brute = np.zeros((2, len(LABELS)))
+    with torch.inference_mode():
+        for i, im in enumerate(IMAGES[:2]):
+            single = be.prepare([im], PROMPT)
+            n_prompt = single["input_ids"].shape[1]
+            for c, lab in enumerate(LABELS):
+                ans = be.tokenizer(categorical_answer(lab), add_special_tokens=False)["input_ids"]
+                b = dict(single)
+                b["input_ids"] = torch.cat([single["input_ids"], torch.tensor([ans])], 1)
+                b["attention_mask"] = torch.ones_like(b["input_ids"])
+                if "mm_token_type_ids" in b:
+                    b["mm_token_type_ids"] = torch.cat(
+                        [single["mm_token_type_ids"], torch.zeros((1, len(ans)), dtype=torch.long)], 1)
+                logits = be.core(**b).logits[0].float()
+                lp = torch.log_softmax(logits[n_prompt - 1:-1], -1)
+                brute[i, c] = lp.gather(-1, torch.tensor(ans)[:, None]).sum().item()
+    np.testing.assert_allclose(out.logprobs, brute, atol=LOGPROB_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["qwen2-vl", "qwen2.5-vl", "llava-next"])
+def test_greedy_equals_transformers_generate(kind: str, backends: dict[str, Any]) -> None:
+    """Our decode loop reproduces `model.generate(do_sample=False)` up to the stop at '}'."""
+    be = backends[kind]
+    for im in IMAGES[:2]:
+        batch = be.prepare([im], PROMPT)
+        ours = be.run(batch, generate=True, score_labels=None, generation=GREEDY).texts[0]
+        with torch.inference_mode():
+            ref = be.core.generate(**batch, max_new_tokens=GREEDY.max_new_tokens, do_sample=False)
+        text = be.tokenizer.decode(ref[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        cut = text.find("}")
+        assert ours == (text[: cut + 1] if cut >= 0 else text)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generation_stops_at_closing_brace(kind: str, tiny_dirs: dict[str, Path]) -> None:
+    """Weights rigged so every step picks either 'x' or '}': rows end at their first '}'."""
+    be = load_vlm(LoadOptions(model=str(tiny_dirs[kind]), device="cpu"))
+    tok = be.tokenizer
+    brace = tok.convert_tokens_to_ids(tok.tokenize("}")[-1])
+    other = tok.convert_tokens_to_ids(tok.tokenize("x")[-1])
+    with torch.no_grad():
+        be.decoder.norm.weight.zero_()
+        be.decoder.norm.weight[0] = 1.0
+        be.head.weight.zero_()
+        be.head.weight[brace, 0] = 10.0
+        be.head.weight[other, 0] = -10.0
+    steps: list[int] = []
+    hook = be.decoder.register_forward_hook(lambda *_: steps.append(1))
+    try:
+        out = be.run(be.prepare(IMAGES + _images([(44, 52)], seed=3), PROMPT), generate=True,
+                     score_labels=None, generation=GenerationOptions(max_new_tokens=24))
+    finally:
+        hook.remove()
+    texts = out.texts
+    assert all(re.fullmatch(r"x*\}?", t) for t in texts), texts
+    assert all(t.endswith("}") for t in texts), texts
+    assert max(len(t) for t in texts) < 24
+    assert len(steps) == max(len(t) for t in texts)  # 1 prefill + (longest - 1) decode steps: it stopped
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sampling_is_seeded(kind: str, backends: dict[str, Any]) -> None:
+    be = backends[kind]
+    batch = be.prepare(IMAGES, PROMPT)
+    s = [be.run(batch, generate=True, score_labels=None,
+                generation=GenerationOptions(sample=True, seed=seed, max_new_tokens=10)).texts
+         for seed in (1, 1, 2)]
+    assert s[0] == s[1]
+    assert s[0] != s[2]
+
+
+def test_cap_image_long_side_and_pixels() -> None:
+    im = Image.new("RGB", (2000, 500))
+    assert cap_image(im, 1024).size == (1024, 256)
+    assert cap_image(Image.new("RGB", (300, 200)), 1024).size == (300, 200)  # never upscaled
+    w, h = cap_image(Image.new("RGB", (800, 800)), 1024, max_pixels=160_000).size
+    assert w * h <= 160_000 and abs(w - h) <= 1
+    assert cap_image(Image.new("L", (10, 10)), 1024).mode == "RGB"
+
+
+def test_prepare_caps_long_side_before_processor(backends: dict[str, Any]) -> None:
+    be = backends["qwen2-vl"]
+    be_small = type(be)(be.model, be.processor, LoadOptions(model=be.opts.model, max_side=40), be.config,
+                        "cpu", torch.float32)
+    big = _images([(120, 60)])[0]
+    grid_big = be.prepare([big], PROMPT)["image_grid_thw"][0]
+    grid_cap = be_small.prepare([big], PROMPT)["image_grid_thw"][0]
+    assert grid_cap.prod() < grid_big.prod()
+    assert int(grid_cap[2]) * 4 <= 48  # width 40 px -> rounded to the 8-px factor at most
+
+
+def test_empty_prompt_is_an_error(backends: dict[str, Any]) -> None:
+    with pytest.raises(ModelError, match="empty prompt"):
+        backends["qwen2-vl"].prepare(IMAGES[:1], "  ")
+
+
+def _one_line(err: BaseException) -> str:
+    msg = str(err)
+    assert "\n" not in msg and msg
+    return msg
+
+
+def test_wrong_model_path_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ModelError) as e:
+        load_vlm(LoadOptions(model=str(tmp_path / "no-such-model")))
+    assert "does not exist" in _one_line(e.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError) as e:
+        load_vlm(LoadOptions(model=str(tmp_path / "empty")))
+    assert "config.json" in _one_line(e.value)
+
+
+def test_unknown_model_type_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "weird"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "not_a_real_model"}))
+    with pytest.raises(ModelError) as e:
+        load_vlm(LoadOptions(model=str(bad)))
+    assert "not_a_real_model" in _one_line(e.value)
+    from transformers import BertConfig
+
+    bert = tmp_path / "bert"
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(bert)
+    with pytest.raises(ModelError) as e:
+        load_vlm(LoadOptions(model=str(bert)))
+    assert "no VLM backend for model type 'bert'" in _one_line(e.value)
+
+
+def test_unreachable_hub_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError) as e:
+        load_vlm(LoadOptions(model="no-such-org/no-such-vlm-xyz"))
+    assert "no-such-org/no-such-vlm-xyz" in _one_line(e.value)
+
+
+def test_quantization_on_cpu_and_bad_options(tiny_dirs: dict[str, Path]) -> None:
+    d = str(tiny_dirs["qwen2-vl"])
+    for opts, needle in [(LoadOptions(model=d, quantization="4bit", device="cpu"), "CUDA"),
+                         (LoadOptions(model=d, quantization="3bit", device="cpu"), "unknown quantization"),
+                         (LoadOptions(model=d, dtype="fp8"), "unknown dtype")]:
+        with pytest.raises(ModelError) as e:
+            load_vlm(opts)
+        assert needle in _one_line(e.value)
+    with pytest.raises(VeaError) as e:
+        load_vlm(LoadOptions(model=d), backend="qwen-vl-9000")
+    _one_line(e.value)
+
+
+def _lora(base_dir: Path, out: Path, *, seed: int = 0) -> Path:
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    cfg = json.loads((base_dir / "config.json").read_text())
+    model = getattr(transformers, cfg["architectures"][0]).from_pretrained(base_dir)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights=False))
+    peft_model.save_pretrained(out)
+    return out
+
+
+def test_adapter_loads_and_changes_answers_not_vision(tiny_dirs: dict[str, Path], backends: dict[str, Any],
+                                                      tmp_path: Path) -> None:
+    d = tiny_dirs["qwen2-vl"]
+    adapter = _lora(d, tmp_path / "lora")
+    be = load_vlm(LoadOptions(model=str(d), adapter=str(adapter), device="cpu"))
+    batch = be.prepare(IMAGES[:2], PROMPT)
+    with_lora = be.run(batch, generate=False, score_labels=LABELS, generation=GREEDY)
+    plain = backends["qwen2-vl"].run(batch, generate=False, score_labels=LABELS, generation=GREEDY)
+    np.testing.assert_allclose(with_lora.pooled, plain.pooled, atol=POOLED_ATOL)  # LoRA is on the LM only
+    assert np.abs(with_lora.logprobs - plain.logprobs).max() > 1e-3
+    prov = be.provenance()
+    assert prov["adapter_sha256"] and prov["weights_sha256"] == backends["qwen2-vl"].provenance()["weights_sha256"]
+
+
+def test_adapter_for_another_base_is_refused(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    adapter = _lora(tiny_dirs["llava-next"], tmp_path / "lora-llava")
+    with pytest.raises(ModelError) as e:
+        load_vlm(LoadOptions(model=str(tiny_dirs["qwen2-vl"]), adapter=str(adapter)))
+    assert "trained on base model" in _one_line(e.value)
+    # Same recorded base but weights of another shape (the record was edited): still one line.
+    cfg_path = adapter / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = str(tiny_dirs["instructblip"])
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ModelError) as e:
+        load_vlm(LoadOptions(model=str(tiny_dirs["instructblip"]), adapter=str(adapter)))
+    assert "does not fit" in _one_line(e.value)
+    with pytest.raises(ModelError) as e:
+        load_vlm(LoadOptions(model=str(tiny_dirs["qwen2-vl"]), adapter=str(tmp_path / "nothing")))
+    assert "does not exist" in _one_line(e.value)
+
+
+def test_provenance_records_what_was_loaded(backends: dict[str, Any], tiny_dirs: dict[str, Path]) -> None:
+    for kind, be in backends.items():
+        prov = be.provenance()
+        assert prov["backend"] == BACKEND_OF[kind]
+        assert prov["embed_dim"] == be.embed_dim
+        assert prov["dtype"] == "float32" and prov["max_side"] == 1024 and prov["quantization"] is None
+        assert re.fullmatch(r"[0-9a-f]{64}", prov["weights_sha256"])
+        json.dumps(prov)  # goes into HDF5 attributes / run records
+    other = make_tiny("qwen2-vl", tiny_dirs["qwen2-vl"].parent / "qwen-seed1", seed=1)
+    be1 = load_vlm(LoadOptions(model=str(other), device="cpu"))
+    assert be1.provenance()["weights_sha256"] != backends["qwen2-vl"].provenance()["weights_sha256"]
+
+
+def test_real_qwen2_vl_7b_on_meta_has_3584_wide_merger() -> None:
+    from vea_bench.models.arch import build_on_meta, param_count
+    from vea_bench.models.qwen2_vl import Qwen2VLBackend
+
+    model = build_on_meta("qwen2-vl-7b-instruct")
+    cfg = model.config
+    assert model.model.visual.merger.mlp[-1].out_features == 3584
+    assert Qwen2VLBackend.embed_dim_of(cfg) == 3584
+    t, v = cfg.text_config, cfg.vision_config
+    assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.vocab_size,
+            t.intermediate_size) == (3584, 28, 28, 4, 152064, 18944)
+    assert (v.depth, v.embed_dim, v.num_heads, v.patch_size, v.spatial_merge_size, v.temporal_patch_size) == \
+        (32, 1280, 16, 14, 2, 2)
+    assert t.rope_parameters["mrope_section"] == [16, 24, 24]
+    assert next(model.parameters()).device.type == "meta"
+    assert 8.2e9 < param_count(model) < 8.4e9  # Qwen2-VL-7B has 8.29 B parameters

@@ -1,0 +1,84 @@
+"""The paper's real VLM architectures, built on the meta device: shapes and parameter counts
+without a single weight downloaded (seconds, no memory).
+
+Used to check facts SPEC fixes (Qwen2-VL-7B's merger output is 3584 wide, so the distill head's
+input is 3584) and by the report for parameter counts. The configs in `vea_bench/data/configs/`
+are the public `config.json` files of the hub checkpoints.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vea_bench.errors import ModelError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "data" / "configs"
+
+PRESETS: dict[str, str] = {
+    "qwen2-vl-7b-instruct": "qwen2-vl-7b-instruct.json",
+    "llava-next-mistral-7b": "llava-v1.6-mistral-7b.json",
+    "instructblip-vicuna-7b": "instructblip-vicuna-7b.json",
+}
+"""Friendly name -> config file in `vea_bench/data/configs/`."""
+
+HUB_IDS: dict[str, str] = {
+    "qwen2-vl-7b-instruct": "Qwen/Qwen2-VL-7B-Instruct",
+    "llava-next-mistral-7b": "llava-hf/llava-v1.6-mistral-7b-hf",
+    "instructblip-vicuna-7b": "Salesforce/instructblip-vicuna-7b",
+}
+"""Friendly name -> the hub checkpoint whose config the preset reproduces."""
+
+
+def config_path(preset_or_path: str | Path) -> Path:
+    """The config.json for a preset name, a config file, or a model directory."""
+    key = str(preset_or_path).strip().lower().replace("_", "-")
+    if key in PRESETS:
+        return CONFIG_DIR / PRESETS[key]
+    p = Path(preset_or_path).expanduser()
+    if p.is_dir():
+        p = p / "config.json"
+    if not p.is_file():
+        raise ModelError(f"unknown architecture '{preset_or_path}': not a preset ({', '.join(PRESETS)}) "
+                         "nor a config.json file or model directory")
+    return p
+
+
+def load_arch_config(preset_or_path: str | Path) -> Any:
+    """A transformers config object for the preset / file (no hub access)."""
+    from transformers import AutoConfig
+
+    path = config_path(preset_or_path)
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise ModelError(f"config '{path}' is not valid JSON: {err}") from None
+    model_type = data.pop("model_type", None)
+    if not model_type:
+        raise ModelError(f"config '{path}' has no model_type")
+    try:
+        return AutoConfig.for_model(model_type, **data)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelError(f"config '{path}': {str(err).splitlines()[0]}") from None
+
+
+def build_on_meta(preset_or_path: str | Path) -> Any:
+    """The architecture's model class (from the config's `architectures`) instantiated on the
+    meta device: every module and parameter shape, no storage."""
+    import torch
+    import transformers
+
+    config = load_arch_config(preset_or_path)
+    names = getattr(config, "architectures", None) or []
+    cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)
+    if cls is None:
+        raise ModelError(f"transformers {transformers.__version__} has none of the classes {names} "
+                         f"named by '{preset_or_path}'")
+    with torch.device("meta"):
+        model = cls(config)
+    return model.eval()
+
+
+def param_count(module: Any) -> int:
+    """Number of parameters (works on meta tensors)."""
+    return int(sum(p.numel() for p in module.parameters()))

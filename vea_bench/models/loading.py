@@ -1,0 +1,337 @@
+"""Shared loading helpers for every VLM backend: where the weights are, in which dtype, on which
+device, quantised or not, with which LoRA adapter, and how to prove afterwards what was loaded.
+
+Everything a user can get wrong here (a mistyped path, a hub that cannot be reached, 4-bit on a
+CPU, an adapter trained on another base model) becomes one `ModelError` line, never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from vea_bench.errors import ModelError
+from vea_bench.models.base import LoadOptions
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _quiet_transformers() -> None:
+    """Library code never prints: silence transformers' own progress bars ("Loading weights")."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def resolve_source(model: str) -> tuple[str, bool]:
+    """(id_or_path, is_local). A path-looking string that does not exist is a one-line error.
+
+    An ``org/name`` string that is not an existing directory is taken as a hub id; anything with
+    a leading ``/ . ~``, more than one separator or a Windows drive is a path.
+    """
+    if not model or not str(model).strip():
+        raise ModelError("no model given: pass a hub id (e.g. Qwen/Qwen2-VL-7B-Instruct) or a local directory")
+    text = str(model).strip()
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"model path '{text}' is a file; pass the directory holding config.json")
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model directory '{text}' has no config.json (not a saved transformers model)")
+        return str(path.resolve()), True
+    looks_like_path = text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text \
+        or re.match(r"^[A-Za-z]:", text) is not None
+    if looks_like_path or not _HUB_ID.match(text):
+        raise ModelError(f"model path '{text}' does not exist")
+    return text, False
+
+
+def hub_reachable_hint() -> str:
+    return "check the hub id, your network or HF_HUB_OFFLINE / the local HF cache"
+
+
+def load_config(opts: LoadOptions) -> Any:
+    """`AutoConfig` for ``opts.model`` with one-line errors for a wrong path, an unreachable hub or an
+    unknown model type. `trust_remote_code` only when the user asked for it."""
+    source, is_local = resolve_source(opts.model)  # a wrong path fails before importing transformers
+    from transformers import AutoConfig
+
+    _quiet_transformers()
+    try:
+        return AutoConfig.from_pretrained(source, revision=opts.revision,
+                                          trust_remote_code=opts.trust_remote_code)
+    except ValueError as err:  # unknown model_type, remote code refused, bad revision
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "trust_remote_code" in str(err):
+            raise ModelError(f"model '{opts.model}' needs custom code; rerun with --trust-remote-code "
+                             "if you trust it") from None
+        kind = _model_type_of(source) if is_local else None
+        if kind:
+            raise ModelError(f"model '{opts.model}' has unknown model type '{kind}' for transformers "
+                             f"(upgrade transformers or pick another model)") from None
+        raise ModelError(f"cannot read the config of model '{opts.model}': {msg}") from None
+    except (OSError, EnvironmentError) as err:
+        where = "local directory" if is_local else "hub id"
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelError(f"cannot load {where} '{opts.model}' (revision {opts.revision or 'default'}): "
+                         f"{first}; {hub_reachable_hint()}") from None
+
+
+def _model_type_of(path: str) -> str | None:
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; an unavailable CUDA device is an error."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device '{device}' requested but no CUDA GPU is visible; use --device cpu")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise ModelError(f"unknown device '{device}' (auto, cpu, cuda, cuda:N)")
+    return device
+
+
+_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+           "half": "float16", "fp32": "float32", "float32": "float32", "float": "float32"}
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """'auto' is bf16 on a GPU (fp32 there only if the GPU lacks bf16) and fp32 on CPU."""
+    import torch
+
+    if dtype in (None, "", "auto"):
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    name = _DTYPES.get(str(dtype).lower())
+    if name is None:
+        raise ModelError(f"unknown dtype '{dtype}' (auto, bf16, fp16, fp32)")
+    return getattr(torch, name)
+
+
+def quantization_config(quantization: str | None, device: str, compute_dtype: Any) -> Any | None:
+    """bitsandbytes NF4 (double quantisation, SPEC's QLoRA recipe) or LLM.int8; GPU only."""
+    if quantization in (None, "", "none"):
+        return None
+    q = str(quantization).lower().replace("-", "")
+    if q not in ("4bit", "8bit", "nf4", "int8"):
+        raise ModelError(f"unknown quantization '{quantization}' (4bit, 8bit)")
+    if not device.startswith("cuda"):
+        raise ModelError(f"{quantization} loading needs a CUDA GPU (bitsandbytes); drop --quantization on CPU")
+    from transformers import BitsAndBytesConfig
+
+    if q in ("4bit", "nf4"):
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def from_pretrained_kwargs(opts: LoadOptions) -> tuple[str, dict[str, Any], str, Any]:
+    """(source, kwargs for `<ModelClass>.from_pretrained`, device, dtype) for ``opts``."""
+    source, _ = resolve_source(opts.model)
+    device = resolve_device(opts.device)
+    dtype = resolve_dtype(opts.dtype, device)
+    kwargs: dict[str, Any] = {"revision": opts.revision, "dtype": dtype,
+                              "trust_remote_code": opts.trust_remote_code}
+    qconf = quantization_config(opts.quantization, device, dtype)
+    if qconf is not None:
+        kwargs["quantization_config"] = qconf
+        kwargs["device_map"] = {"": device if ":" in device else f"{device}:0"}
+    elif device.startswith("cuda"):
+        kwargs["device_map"] = {"": device if ":" in device else "cuda:0"}
+    if opts.attn_implementation:
+        kwargs["attn_implementation"] = opts.attn_implementation
+    return source, kwargs, device, dtype
+
+
+def validate_options(opts: LoadOptions) -> None:
+    """Every cheap check before any weight is read: path, device, dtype, quantisation, adapter dir."""
+    resolve_source(opts.model)
+    device = resolve_device(opts.device)
+    dtype = resolve_dtype(opts.dtype, device)
+    quantization_config(opts.quantization, device, dtype)
+    if opts.adapter:
+        read_adapter_config(opts.adapter)
+    if opts.max_side is not None and opts.max_side < 28:
+        raise ModelError(f"max_side {opts.max_side} is too small (SPEC caps the long side at 1024)")
+    if opts.max_pixels is not None and opts.max_pixels < 28 * 28:
+        raise ModelError(f"max_pixels {opts.max_pixels} is too small (at least 784)")
+
+
+def load_model(model_cls: Any, opts: LoadOptions) -> tuple[Any, str, Any]:
+    """Instantiate ``model_cls`` from ``opts`` (+ adapter), in eval mode without grad: (model, device, dtype)."""
+    _quiet_transformers()
+    source, kwargs, device, dtype = from_pretrained_kwargs(opts)
+    try:
+        model = model_cls.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"cannot load weights of '{opts.model}' as {model_cls.__name__}: {first}") from None
+    if "device_map" not in kwargs:
+        model.to(device)
+    if opts.adapter:
+        model = load_adapter(model, opts.adapter, opts.model)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, device, dtype
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA adapters
+# --------------------------------------------------------------------------------------------
+
+def _base_aliases(ref: str) -> set[str]:
+    """Names under which a base model may be recorded: the string, its resolved path, hub id forms."""
+    out = {ref.strip().rstrip("/")}
+    p = Path(ref).expanduser()
+    if p.exists():
+        rp = p.resolve()
+        out.add(str(rp))
+        # HF cache snapshot: .../models--Org--Name/snapshots/<sha> -> Org/Name
+        for part in rp.parts:
+            if part.startswith("models--"):
+                out.add(part[len("models--"):].replace("--", "/"))
+    return {o for o in out if o}
+
+
+def same_base(adapter_base: str | None, model_ref: str) -> bool:
+    """Whether an adapter recorded for ``adapter_base`` belongs on ``model_ref``."""
+    if not adapter_base:
+        return True  # nothing recorded: the shape check in `load_adapter` still guards
+    return bool(_base_aliases(adapter_base) & _base_aliases(model_ref))
+
+
+def read_adapter_config(adapter: str | Path) -> dict[str, Any]:
+    path = Path(adapter).expanduser()
+    if not path.is_dir():
+        raise ModelError(f"adapter directory '{adapter}' does not exist")
+    cfg = path / "adapter_config.json"
+    if not cfg.is_file():
+        raise ModelError(f"'{adapter}' has no adapter_config.json (not a peft adapter directory)")
+    try:
+        return json.loads(cfg.read_text())
+    except ValueError as err:
+        raise ModelError(f"adapter config '{cfg}' is not valid JSON: {err}") from None
+
+
+def load_adapter(model: Any, adapter: str | Path, model_ref: str) -> Any:
+    """Wrap ``model`` with a peft LoRA adapter, refusing (one line) one made for another base model."""
+    from peft import PeftModel
+
+    acfg = read_adapter_config(adapter)
+    base = acfg.get("base_model_name_or_path")
+    if not same_base(base, model_ref):
+        raise ModelError(f"adapter '{adapter}' was trained on base model '{base}', not '{model_ref}'; "
+                         "pass the adapter's base model with --vlm")
+    targets = acfg.get("target_modules") or []
+    if isinstance(targets, str):
+        targets_ok = any(re.fullmatch(targets, n) for n, _ in model.named_modules())
+    else:
+        leaf_names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        targets_ok = not targets or any(t in leaf_names or t in dict(model.named_modules()) for t in targets)
+    if not targets_ok:
+        raise ModelError(f"adapter '{adapter}' targets modules {targets} that model '{model_ref}' does not have")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # missing/unexpected keys are checked below, as errors
+            wrapped = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "size mismatch" in str(err):
+            first = "weight shapes do not fit this model (adapter for another model size)"
+        raise ModelError(f"adapter '{adapter}' does not fit model '{model_ref}': {first}") from None
+    unused = _unmatched_adapter_keys(wrapped, Path(adapter))
+    if unused:
+        raise ModelError(f"adapter '{adapter}' does not fit model '{model_ref}': {len(unused)} of its weights "
+                         f"name modules this model does not have (e.g. {unused[0]})")
+    return wrapped
+
+
+def _unmatched_adapter_keys(wrapped: Any, adapter: Path) -> list[str]:
+    """Saved adapter tensors with no matching parameter in the wrapped model (peft only warns)."""
+    files = sorted(adapter.glob("adapter_model*.safetensors"))
+    if not files:
+        return []
+    from safetensors import safe_open
+
+    name = getattr(wrapped, "active_adapter", "default")
+    name = name if isinstance(name, str) else "default"
+    have = {k.replace(f".{name}.", ".") for k in wrapped.state_dict()}
+    saved: list[str] = []
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            saved.extend(fh.keys())
+    return [k for k in saved if k not in have]
+
+
+def unwrap(model: Any) -> Any:
+    """The transformers model under a peft wrapper (LoRA layers stay injected in its modules)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------
+
+def weight_files(directory: str | Path) -> list[Path]:
+    d = Path(directory)
+    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+
+
+@lru_cache(maxsize=32)
+def _dir_sha256(directory: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    import hashlib
+
+    from vea_bench.hashing import file_sha256
+
+    h = hashlib.sha256()
+    for name, _, _ in stamp:
+        h.update(name.encode())
+        h.update(file_sha256(Path(directory) / name).encode())
+    return h.hexdigest()
+
+
+def weights_sha256(directory: str | Path) -> str:
+    """sha256 over the weight files of a local model/adapter directory (memoised per size+mtime)."""
+    files = weight_files(directory)
+    stamp = tuple((p.name, p.stat().st_size, int(p.stat().st_mtime_ns)) for p in files)
+    return _dir_sha256(str(Path(directory).resolve()), stamp)
+
+
+def model_provenance(opts: LoadOptions, config: Any, device: str, dtype: Any) -> dict[str, Any]:
+    """What was loaded, precisely enough to refuse mixing rows from two different models in one cache."""
+    source, is_local = resolve_source(opts.model)
+    prov: dict[str, Any] = {
+        "model": opts.model,
+        "model_type": getattr(config, "model_type", None),
+        "revision": opts.revision or getattr(config, "_commit_hash", None),
+        "dtype": str(dtype).replace("torch.", ""),
+        "quantization": opts.quantization,
+        "device": device.split(":")[0],
+        "max_side": opts.max_side,
+        "max_pixels": opts.max_pixels,
+        "trust_remote_code": opts.trust_remote_code,
+    }
+    if is_local:
+        prov["weights_sha256"] = weights_sha256(source)
+    if opts.adapter:
+        acfg = read_adapter_config(opts.adapter)
+        prov["adapter"] = str(opts.adapter)
+        prov["adapter_sha256"] = weights_sha256(opts.adapter)
+        prov["adapter_base"] = acfg.get("base_model_name_or_path")
+    return prov

@@ -1,0 +1,83 @@
+"""Qwen2-VL (the paper's VLM) and Qwen2.5-VL backends.
+
+The visual embedding is SPEC's distill input: the output of the vision tower's patch merger
+(3584-d per merged token for the 7B), mean-pooled over each image's merged tokens. It comes from
+the model's own `get_image_features` call, made once per batch; the same features are scattered
+into the prompt embeddings for the answer, so the vision tower never runs twice.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from vea_bench.models.base import VLM_BACKENDS
+from vea_bench.models.engine import HFVLMBackend, segment_mean
+
+
+@VLM_BACKENDS.register("qwen2-vl", aliases=("qwen2vl",))
+class Qwen2VLBackend(HFVLMBackend):
+    """Qwen2VLForConditionalGeneration: merger output, M-RoPE positions, chat template of the hub."""
+
+    name: ClassVar[str] = "qwen2-vl"
+    model_class: ClassVar[str] = "Qwen2VLForConditionalGeneration"
+    model_types: ClassVar[tuple[str, ...]] = ("qwen2_vl",)
+    pooling: ClassVar[str] = "mean over each image's merged tokens of visual.merger output"
+
+    @classmethod
+    def embed_dim_of(cls, config: Any) -> int:
+        """Merger output width = the text hidden size (3584 for Qwen2-VL-7B)."""
+        return int(config.vision_config.hidden_size)
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.core.config.vision_config.spatial_merge_size)
+
+    def _visual(self, b: dict[str, Any]) -> tuple[Any, Any]:
+        import torch
+
+        grid = b["image_grid_thw"]
+        out = self.core.model.get_image_features(b["pixel_values"], grid)
+        per_image = out.pooler_output
+        feats = torch.cat(list(per_image), dim=0) if isinstance(per_image, (list, tuple)) else per_image
+        counts = (grid.prod(-1) // self.merge_size ** 2).tolist()
+        return feats, segment_mean(feats, counts)
+
+    def _rope_index(self, b: dict[str, Any], mask: Any) -> tuple[Any, Any]:
+        ids = b["input_ids"]
+        mm = b.get("mm_token_type_ids")
+        if mm is None:
+            mm = (ids == self._image_token_id()).int()
+        return self.core.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=b["image_grid_thw"],
+                                              attention_mask=mask)
+
+    def _prefill_positions(self, b: dict[str, Any], mask: Any) -> tuple[Any, Any]:
+        """3-D M-RoPE indices of the prompt; new tokens continue at text position + per-row delta."""
+        pos3, delta = self._rope_index(b, mask)
+        return pos3, mask.long().sum(-1) + delta.view(-1).to(mask.device)
+
+    def _format_positions(self, pos: Any) -> Any:
+        return pos[None].expand(3, -1, -1)
+
+
+def _has_qwen25() -> bool:
+    """Qwen2.5-VL exists from transformers 4.49 on; register its backend only where it does."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("transformers")  # locates the package without importing it
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    return any((Path(r) / "models" / "qwen2_5_vl").is_dir() for r in roots)
+
+
+if _has_qwen25():
+    @VLM_BACKENDS.register("qwen2.5-vl", aliases=("qwen2-5-vl", "qwen25-vl"))
+    class Qwen25VLBackend(Qwen2VLBackend):
+        """Qwen2_5_VLForConditionalGeneration: same interface; merger output width is `out_hidden_size`."""
+
+        name: ClassVar[str] = "qwen2.5-vl"
+        model_class: ClassVar[str] = "Qwen2_5_VLForConditionalGeneration"
+        model_types: ClassVar[tuple[str, ...]] = ("qwen2_5_vl",)
+
+        @classmethod
+        def embed_dim_of(cls, config: Any) -> int:
+            vc = config.vision_config
+            return int(getattr(vc, "out_hidden_size", None) or vc.hidden_size)
