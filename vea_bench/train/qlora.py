@@ -1,0 +1,592 @@
+"""Stage 1: QLoRA instruction tuning of the VLM on the three emotion instruction kinds (SPEC).
+
+Recipe (all from SPEC, all overridable): the base model in 4-bit NF4 with double quantisation and
+bf16 compute; LoRA r 8, alpha 8, dropout 0.05 on q_proj, k_proj, v_proj, o_proj of the LANGUAGE
+MODEL only (a target-module regex rooted at the model's ``language_model`` submodule keeps the
+vision tower frozen and untouched); AdamW lr 1e-4, grad-norm clip 0.3, warmup ratio 0.03 then a
+constant rate, gradient checkpointing, batch 1, 5 epochs.
+
+Each instruction is a chat (system message, user turn with the question and the image, assistant
+answer) rendered by the processor's own chat template. Only the assistant's answer tokens (and the
+end-of-turn token that closes it, so the model learns to stop) carry loss: prompt, image and
+padding positions are -100.
+
+A plain loop rather than a Trainer: every step reseeds from (seed, step), so runs are deterministic
+and a resumed run continues exactly. Checkpoints (adapter + optimizer + scheduler + position) are
+written at each epoch end (and every ``save_every`` steps) into a temporary folder renamed into
+place; the final adapter goes to ``<out>/adapter`` the same way, so an interrupted run never
+leaves an adapter that looks complete.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vea_bench.errors import ConfigError, DatasetError, ModelError
+from vea_bench.hashing import config_hash, file_sha256
+from vea_bench.models.engine import cap_image
+from vea_bench.progress import Progress, ensure
+from vea_bench.prompts import SYSTEM_MESSAGE, categorical_instruction
+from vea_bench.records import RunRecord
+from vea_bench.train.instructions import (
+    INSTRUCTION_KINDS,
+    Instruction,
+    load_instructions,
+)
+from vea_bench.train.state import (
+    STATE_FILE,
+    atomic_dir,
+    check_same_config,
+    load_optimizer,
+    read_state,
+    recover_dir,
+    save_optimizer,
+    write_json_atomic,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from vea_bench.datasets.base import DatasetIndex
+
+log = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoint"
+ADAPTER_META = "vea_bench_adapter.json"
+ADAPTER_FORMAT = "vea-bench/adapter/1"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class QLoRAConfig:
+    """What decides the adapter (hashed into the run identity); device and eval options are not in it."""
+
+    vlm: str
+    quantize: bool = True               # 4-bit NF4 + double quant (GPU); False: plain LoRA (--no-quant)
+    epochs: int = 5
+    lr: float = 1e-4
+    max_steps: int | None = None        # cap on optimiser steps (smoke runs, tests)
+    seed: int = 42
+    batch_size: int = 1
+    lora_r: int = 8
+    lora_alpha: int = 8
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = LORA_TARGETS
+    max_grad_norm: float = 0.3
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    gradient_checkpointing: bool = True
+    max_side: int = 1024                # SPEC: longer image side capped before the processor
+    max_pixels: int | None = None       # optional pixel budget; use the same at extraction
+    kinds: tuple[str, ...] = INSTRUCTION_KINDS
+    dtype: str = "auto"                 # compute / weight dtype when not quantised (auto: bf16 GPU, fp32 CPU)
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError("--epochs must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError("--max-steps must be at least 1")
+        if self.batch_size < 1:
+            raise ConfigError("--batch-size must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError("--lr must be positive")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError("--warmup-ratio must be in [0, 1)")
+
+
+@dataclass
+class QLoRAResult:
+    """Where the adapter and record went, and how the loss moved."""
+
+    out: Path
+    adapter_dir: Path
+    record: RunRecord
+    record_paths: list[Path]
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    resumed_from_step: int = 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Model pieces
+# ------------------------------------------------------------------------------------------------
+
+def language_model_prefix(model: Any) -> str:
+    """Dotted name of the model's language-model submodule (``model.language_model`` for Qwen2-VL)."""
+    names = [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] == "language_model"]
+    if not names:
+        raise ModelError(f"{type(model).__name__} has no 'language_model' submodule; cannot restrict LoRA to it")
+    return min(names, key=len)
+
+
+def lora_target_regex(model: Any, names: Sequence[str] = LORA_TARGETS) -> str:
+    """A peft ``target_modules`` regex matching ``names`` inside the language model only."""
+    prefix = language_model_prefix(model)
+    regex = rf"{re.escape(prefix)}\..*\.({'|'.join(re.escape(n) for n in names)})"
+    hits = [n for n, _ in model.named_modules() if re.fullmatch(regex, n)]
+    if not hits:
+        raise ModelError(f"no {', '.join(names)} modules under {prefix} in {type(model).__name__}")
+    return regex
+
+
+def _model_class(source: str) -> Any:
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    cfg = AutoConfig.from_pretrained(source)
+    mapping = AutoModelForImageTextToText._model_mapping
+    if type(cfg) not in mapping:
+        raise ModelError(f"model type '{cfg.model_type}' is not an image-text-to-text model transformers knows")
+    return mapping[type(cfg)]
+
+
+def load_base(cfg: QLoRAConfig, device: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, processor, provenance): the base VLM, 4-bit NF4 when ``cfg.quantize``, ready for LoRA."""
+    from transformers import AutoProcessor
+
+    from vea_bench.models.base import LoadOptions
+    from vea_bench.models.loading import (
+        _quiet_transformers,
+        from_pretrained_kwargs,
+        resolve_source,
+        weights_sha256,
+    )
+
+    if cfg.quantize and not device.startswith("cuda"):
+        raise ModelError("4-bit QLoRA needs a CUDA GPU (bitsandbytes); on this machine pass --no-quant "
+                         "for plain LoRA on unquantised weights")
+    _quiet_transformers()
+    opts = LoadOptions(model=cfg.vlm, device=device, dtype=cfg.dtype,
+                       quantization="4bit" if cfg.quantize else None)
+    source, kwargs, device, dtype = from_pretrained_kwargs(opts)
+    if cfg.quantize:
+        import torch
+
+        # SPEC: bf16 compute for the 4-bit weights.
+        kwargs["quantization_config"].bnb_4bit_compute_dtype = torch.bfloat16
+        kwargs["dtype"] = torch.bfloat16
+    try:
+        model = _model_class(source).from_pretrained(source, **kwargs)
+        processor = AutoProcessor.from_pretrained(source)
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load VLM '{cfg.vlm}': {first[:200]}") from None
+    if "device_map" not in kwargs:
+        model.to(device)
+    if getattr(processor, "chat_template", None) is None:
+        raise ModelError(f"'{cfg.vlm}' has no chat template; instruction tuning needs a chat VLM")
+    _, is_local = resolve_source(cfg.vlm)
+    prov = {"vlm": cfg.vlm, "source": source, "model_type": model.config.model_type,
+            "dtype": str(dtype).replace("torch.", ""), "quantization": "nf4-double" if cfg.quantize else None,
+            "weights_sha256": weights_sha256(source) if is_local else None,
+            "revision": getattr(model.config, "_commit_hash", None)}
+    return model, processor, prov
+
+
+def wrap_lora(model: Any, cfg: QLoRAConfig) -> Any:
+    """Freeze the base, add LoRA to the language model's attention projections; returns the peft model."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    gc_kwargs = {"use_reentrant": False}
+    if cfg.quantize:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=gc_kwargs)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            # transformers 5 renamed it (the old name still works but warns).
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+    model.config.use_cache = False
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
+                      target_modules=lora_target_regex(model, cfg.target_modules), task_type="CAUSAL_LM")
+    torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn here
+    return get_peft_model(model, lcfg)
+
+
+# ------------------------------------------------------------------------------------------------
+# Examples and the label mask
+# ------------------------------------------------------------------------------------------------
+
+def chat_messages(question: str, image: Any, answer: str | None = None) -> list[dict[str, Any]]:
+    """System message, the user's image then question, then the answer.
+
+    Image before text, exactly as extraction's `Preparer.chat_text` builds the prompt, so the tuned
+    model is evaluated on the prompt layout it was trained on.
+    """
+    msgs: list[dict[str, Any]] = [
+        {"role": "system", "content": [{"type": "text", "text": SYSTEM_MESSAGE}]},
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]},
+    ]
+    if answer is not None:
+        msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return msgs
+
+
+def answer_span(processor: Any, question: str, answer: str, image: Any) -> tuple[dict[str, Any], int, int]:
+    """(model inputs of the full chat, start, end): positions ``[start, end)`` are the answer's tokens.
+
+    ``start`` is where the full chat's ids leave the prompt's (prompt = the chat up to the
+    assistant's turn header, image tokens included). The span runs to the first special token
+    after the answer (the end-of-turn / eos, included so that the model learns to stop); what
+    the template puts after it (a newline) is not trained.
+    """
+    full_text = processor.apply_chat_template(chat_messages(question, image, answer), tokenize=False)
+    prompt_text = processor.apply_chat_template(chat_messages(question, image), tokenize=False,
+                                                add_generation_prompt=True)
+    if not full_text.startswith(prompt_text):
+        raise ModelError("the processor's chat template does not render the prompt as a prefix of the "
+                         "conversation; cannot tell answer tokens from prompt tokens")
+    full = processor(text=[full_text], images=[image], return_tensors="pt")
+    prompt_ids = processor(text=[prompt_text], images=[image], return_tensors="pt")["input_ids"][0].tolist()
+    ids = full["input_ids"][0].tolist()
+    start = 0
+    while start < min(len(ids), len(prompt_ids)) and ids[start] == prompt_ids[start]:
+        start += 1
+    special = set(processor.tokenizer.all_special_ids)
+    end = start
+    while end < len(ids) and ids[end] not in special:
+        end += 1
+    if end < len(ids):
+        end += 1  # the end-of-turn token closes the answer
+    if end <= start:
+        raise ModelError("the chat template left no answer tokens to train on")
+    return dict(full), start, end
+
+
+def encode_example(processor: Any, inst: Instruction, image: Any) -> dict[str, Any]:
+    """Model inputs plus ``labels``: -100 everywhere except the answer span."""
+    inputs, start, end = answer_span(processor, inst.question, inst.answer, image)
+    labels = inputs["input_ids"].clone()
+    labels[:, :start] = -100
+    labels[:, end:] = -100
+    inputs["labels"] = labels
+    return inputs
+
+
+def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Right-pad token tensors (pad -> attention 0, label -100) and join the image tensors."""
+    import torch
+
+    if len(examples) == 1:
+        return examples[0]
+    width = max(e["input_ids"].shape[1] for e in examples)
+    out: dict[str, Any] = {}
+    for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("labels", -100), ("mm_token_type_ids", 0),
+                      ("token_type_ids", 0)):
+        if key not in examples[0]:
+            continue
+        rows = []
+        for e in examples:
+            t = e[key]
+            rows.append(torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill))
+        out[key] = torch.cat(rows)
+    for key in examples[0]:
+        if key not in out:
+            vals = [e[key] for e in examples]
+            out[key] = torch.cat(vals) if hasattr(vals[0], "shape") else vals
+    return out
+
+
+class _Examples:
+    """Lazy instruction examples: the image is opened, capped and processed when the step needs it."""
+
+    def __init__(self, instructions: list[Instruction], root: Path, processor: Any, max_side: int,
+                 max_pixels: int | None) -> None:
+        self.instructions = instructions
+        self.root = root
+        self.processor = processor
+        self.max_side = max_side
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from vea_bench.datasets import open_image
+
+        inst = self.instructions[i]
+        path = Path(inst.image)
+        img = open_image(path if path.is_absolute() else self.root / path)
+        return encode_example(self.processor, inst, cap_image(img, self.max_side, self.max_pixels))
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------
+
+def _to(batch: dict[str, Any], device: str, dtype: Any) -> dict[str, Any]:
+    import torch
+
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device)
+            if v.is_floating_point():
+                v = v.to(dtype)
+        out[k] = v
+    return out
+
+
+def train_step(
+    model: Any,
+    batch: dict[str, Any],
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    trainable: list[torch.Tensor],
+    *,
+    max_grad_norm: float,
+    device: str,
+    dtype: Any,
+) -> float:
+    """One optimiser step on a collated batch (with ``labels``): masked LM loss, clip, AdamW, schedule."""
+    import torch
+
+    batch = dict(batch)
+    labels = batch.pop("labels").to(device)
+    loss = model(**_to(batch, device, dtype), labels=labels).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
+def _order(n: int, seed: int, epoch: int) -> list[int]:
+    import torch
+
+    g = torch.Generator()
+    g.manual_seed(seed * 1000 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def train_vlm(
+    index: DatasetIndex,
+    cfg: QLoRAConfig,
+    instructions: str | Path,
+    out: str | Path,
+    *,
+    device: str = "auto",
+    save_every: int = 0,
+    eval_split: str | None = "test",
+    eval_limit: int | None = None,
+    results_dir: str | Path | None = "results",
+    progress: Progress | None = None,
+) -> QLoRAResult:
+    """Instruction-tune ``cfg.vlm`` with LoRA on ``instructions`` (validated against ``index``).
+
+    Resumes an unfinished run in ``out`` with the same config; refuses one with another config.
+    ``eval_split``: categorical accuracy of the tuned model there (greedy answer, parsed) goes into
+    the run record; None skips it.
+    """
+    import torch
+    from safetensors.torch import load_file
+    from transformers import get_constant_schedule_with_warmup
+
+    from vea_bench.models.loading import resolve_device
+
+    cfg.validate()
+    device = resolve_device(device)
+    out = Path(out)
+    space = index.label_space
+    # Validate everything cheap before loading a 7B model.
+    insts = load_instructions(instructions, space, index=index, kinds=cfg.kinds)
+    identity = {
+        "task": "vlm",
+        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "instructions": str(instructions),
+        "instructions_sha256": file_sha256(instructions),
+        "n_instructions": len(insts),
+        "dataset": index.name,
+        "label_space": space.name,
+        "label_names": list(space.labels),
+        "manifest_train": index.manifest_hash("train"),
+    }
+    chash = config_hash(identity)
+    ckpt_dir = out / CHECKPOINT_DIR
+    adapter_dir = out / ADAPTER_DIR
+    recover_dir(ckpt_dir)
+    recover_dir(adapter_dir)
+    state = read_state(ckpt_dir)
+    if state is not None:
+        check_same_config(state, identity, chash, out, "vlm")
+        if state.get("finished") and adapter_dir.is_dir():
+            rec_path = Path(state["record"])
+            log.info("%s already holds this finished run; returning its record %s", out, rec_path)
+            return QLoRAResult(out, adapter_dir, RunRecord.load(rec_path), [rec_path], state.get("losses", []),
+                               int(state["global_step"]), int(state["global_step"]))
+
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    base, processor, prov = load_base(cfg, device)
+    model = wrap_lora(base, cfg)
+    compute_dtype = torch.bfloat16 if cfg.quantize else next(p for p in model.parameters()).dtype
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in trainable)
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=device.startswith("cuda"))
+    steps_per_epoch = math.ceil(len(insts) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    sched = get_constant_schedule_with_warmup(opt, num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps))
+
+    global_step, losses = 0, []
+    if state is not None and not state.get("finished"):
+        from peft import set_peft_model_state_dict
+
+        weights = load_file(str(ckpt_dir / "adapter" / "adapter_model.safetensors"))
+        set_peft_model_state_dict(model, weights)
+        load_optimizer(opt, ckpt_dir, state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        global_step, losses = int(state["global_step"]), list(state["losses"])
+        log.info("resuming %s at step %d of %d", out, global_step, total_steps)
+    resumed_from = global_step
+
+    processor.tokenizer.padding_side = "right"
+    pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
+    examples = _Examples(insts, index.root, processor, cfg.max_side, cfg.max_pixels)
+
+    def checkpoint(finished: bool = False, record: str | None = None) -> None:
+        with atomic_dir(ckpt_dir) as tmp:
+            model.save_pretrained(str(tmp / "adapter"))
+            st: dict[str, Any] = {"config_hash": chash, "config": identity, "global_step": global_step,
+                                  "total_steps": total_steps, "losses": losses, "finished": finished}
+            if finished:
+                st["record"] = record
+            else:
+                st["optimizer"] = save_optimizer(opt, tmp)
+                st["scheduler"] = sched.state_dict()
+            write_json_atomic(tmp / STATE_FILE, st)
+
+    prog = ensure(progress)
+    model.train()
+    while global_step < total_steps:
+        epoch, pos = divmod(global_step, steps_per_epoch)
+        order = _order(len(insts), cfg.seed, epoch)
+        prog.start(f"QLoRA epoch {epoch + 1}/{cfg.epochs}", total=min(steps_per_epoch, total_steps - epoch * steps_per_epoch))
+        prog.advance(pos)
+        for b in range(pos, steps_per_epoch):
+            if global_step >= total_steps:
+                break
+            torch.manual_seed(cfg.seed * 1_000_003 + global_step)  # dropout: a function of (seed, step)
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            try:
+                batch = collate([examples[i] for i in idx], pad_id)
+            except DatasetError as exc:
+                raise DatasetError(f"instruction image for step {global_step}: {exc}") from None
+            losses.append(train_step(model, batch, opt, sched, trainable, max_grad_norm=cfg.max_grad_norm,
+                                     device=device, dtype=compute_dtype))
+            global_step += 1
+            prog.advance(1, loss=losses[-1], lr=sched.get_last_lr()[0])
+            if save_every and global_step % save_every == 0 and global_step < total_steps:
+                checkpoint()
+        prog.finish()
+        checkpoint()
+
+    # The final adapter: peft files + our provenance, renamed into place only when complete.
+    model.eval()
+    meta = {
+        "format": ADAPTER_FORMAT, "base_model": cfg.vlm, "base_source": prov["source"],
+        "base_weights_sha256": prov["weights_sha256"], "base_revision": prov["revision"],
+        "model_type": prov["model_type"], "quantization": prov["quantization"], "config": identity,
+        "config_hash": chash, "steps": global_step, "trainable_params": n_trainable,
+        "final_loss": losses[-1] if losses else None, "system_message": SYSTEM_MESSAGE,
+    }
+    with atomic_dir(adapter_dir) as tmp:
+        model.save_pretrained(str(tmp))
+        (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str))
+
+    metrics: dict[str, Any] = {}
+    if eval_split is not None:
+        metrics[eval_split] = evaluate_categorical(model, processor, index, eval_split, device=device,
+                                                   dtype=compute_dtype, max_side=cfg.max_side,
+                                                   max_pixels=cfg.max_pixels, limit=eval_limit, progress=progress)
+    window = max(1, min(10, len(losses) // 4 or 1))
+    record = RunRecord(
+        kind="vlm",
+        method="QLoRA",
+        dataset=index.name,
+        config={**identity, "vlm": cfg.vlm, "adapter_dir": str(adapter_dir), "device": device,
+                "base": prov, "steps": global_step,
+                "train_loss_first": sum(losses[:window]) / window if losses else None,
+                "train_loss_last": sum(losses[-window:]) / window if losses else None},
+        metrics=metrics,
+        seed=cfg.seed,
+        params=n_trainable,
+        label_names=list(space.labels),
+        artifacts={"adapter": str(adapter_dir)},
+        wall_time_s=time.time() - t0,
+    )
+    paths = [record.save(out, subdir=".")]
+    if results_dir is not None:
+        paths.append(record.save(results_dir))
+    checkpoint(finished=True, record=str(paths[0]))
+    return QLoRAResult(out, adapter_dir, record, paths, losses, global_step, resumed_from)
+
+
+def evaluate_categorical(
+    model: Any,
+    processor: Any,
+    index: DatasetIndex,
+    split: str,
+    *,
+    device: str,
+    dtype: Any,
+    max_side: int = 1024,
+    max_pixels: int | None = None,
+    limit: int | None = None,
+    max_new_tokens: int = 24,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Greedy categorical answers on ``split``, parsed into labels: SplitMetrics as a dict.
+
+    Unparseable answers count as wrong (the paper's 'none'). Extraction (`vlm-eval` records) is
+    the full evaluation; this is the training run's own check.
+    """
+    import numpy as np
+    import torch
+
+    from vea_bench.datasets import open_image
+    from vea_bench.metrics import split_metrics
+    from vea_bench.models.parse import onehot, parse_answer
+
+    space = index.label_space
+    samples = index.split(split)[:limit] if limit else index.split(split)
+    question = categorical_instruction(space)
+    prog = ensure(progress)
+    prog.start(f"eval {split}", total=len(samples))
+    results, y, failed = [], [], 0
+    model.eval()
+    with torch.inference_mode():
+        for s in samples:
+            try:
+                img = cap_image(open_image(index.root / s.path), max_side, max_pixels)
+            except DatasetError:
+                failed += 1
+                prog.advance(1)
+                continue
+            text = processor.apply_chat_template(chat_messages(question, img), tokenize=False,
+                                                 add_generation_prompt=True)
+            inputs = _to(dict(processor(text=[text], images=[img], return_tensors="pt")), device, dtype)
+            gen = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            answer = processor.batch_decode(gen[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+            results.append(parse_answer(answer, space))
+            y.append(s.label)
+            prog.advance(1)
+    prog.finish()
+    m = split_metrics(np.asarray(y, dtype=np.int64), onehot(results, space.num_classes), list(space.labels))
+    m.extra.update({"skipped": failed, "eval": "greedy categorical answer, parsed", "limit": limit})
+    return asdict(m)

@@ -1,0 +1,404 @@
+"""Fine-tune a conventional vision model: Table 1's baselines (VGG16, ResNet50, ViT) and the KD teacher.
+
+SPEC's recipe by default (Adam lr 3e-5, weight decay 1e-5, batch 10, 10 epochs; train
+RandomResizedCrop + flip, test Resize + CenterCrop), every number overridable. Weights come from
+the hub only when asked for implicitly and reachable, from a local file (``weights``), or random
+(``random_init``, with a warning, since such a teacher is far below the paper's numbers).
+
+Each epoch validates, keeps ``best`` (by val accuracy) and ``last`` via `save_teacher`, and writes a
+resume checkpoint (model, optimizer, epoch) atomically; rerunning the same command continues from
+it. Every epoch reseeds from (seed, epoch), so a resumed run gives the numbers an uninterrupted one
+would. Broken images are skipped and counted, never fatal. The test metrics of the best checkpoint
+(reloaded from disk, exactly what extraction will use) become a run record.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vea_bench.errors import ConfigError, DatasetError, ModelError
+from vea_bench.hashing import config_hash, file_sha256
+from vea_bench.progress import Progress, ensure
+from vea_bench.records import RunRecord
+from vea_bench.train.state import (
+    STATE_FILE,
+    atomic_dir,
+    check_same_config,
+    load_optimizer,
+    read_state,
+    recover_dir,
+    save_optimizer,
+    write_json_atomic,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from vea_bench.datasets.base import DatasetIndex
+
+log = logging.getLogger(__name__)
+
+RESUME_DIR = "resume"
+
+
+@dataclass
+class TeacherConfig:
+    """Everything that decides the trained weights (its hash names the run; device and workers do not)."""
+
+    arch: str
+    epochs: int = 10
+    lr: float = 3e-5
+    weight_decay: float = 1e-5
+    batch_size: int = 10
+    img_size: int | None = None
+    seed: int = 42
+    weights: str | None = None          # local state dict (safetensors / torch) to start from
+    random_init: bool = False           # explicit opt-in to training from scratch
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError("--epochs must be at least 1")
+        if self.batch_size < 1:
+            raise ConfigError("--batch-size must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError("--lr must be positive")
+        if self.weights and self.random_init:
+            raise ConfigError("give either --weights FILE or --random-init, not both")
+
+
+@dataclass
+class TeacherResult:
+    """Where everything went and what it scored."""
+
+    out: Path
+    record: RunRecord
+    record_paths: list[Path]
+    best_epoch: int
+    history: list[dict[str, Any]]
+    resumed_from: int = 0
+
+
+def method_name(arch: str) -> str:
+    """The table row name for a timm architecture ('ViT', 'ResNet50', 'VGG16'), else the timm name."""
+    from vea_bench.models.teacher import TEACHER_PRESETS
+
+    methods = {TEACHER_PRESETS.get(n).arch: TEACHER_PRESETS.get(n).method for n in TEACHER_PRESETS.names()}
+    return methods.get(arch, arch)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else is used as given."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def build_initial_model(cfg: TeacherConfig, num_classes: int) -> tuple[nn.Module, str]:
+    """The model to fine-tune and how it was initialised ('weights:<sha>', 'hub', 'random')."""
+    from vea_bench.models.teacher import build_teacher
+
+    if cfg.weights:
+        model = build_teacher(cfg.arch, num_classes, weights=cfg.weights, img_size=cfg.img_size, **cfg.timm_kwargs)
+        return model, f"weights:{file_sha256(cfg.weights)}"
+    if cfg.random_init:
+        log.warning("training %s from random initialisation (--random-init): expect accuracy far below "
+                    "the paper's fine-tuned models", cfg.arch)
+        return build_teacher(cfg.arch, num_classes, img_size=cfg.img_size, **cfg.timm_kwargs), "random"
+    try:
+        with _hub_or_cache_only():
+            model = build_teacher(cfg.arch, num_classes, pretrained=True, img_size=cfg.img_size, **cfg.timm_kwargs)
+    except ModelError as exc:
+        raise ModelError(
+            f"no pretrained weights for '{cfg.arch}': the hub is unreachable or has none ({exc}); "
+            f"pass --weights FILE (a local safetensors / torch state dict, e.g. ImageNet weights) "
+            f"or --random-init to train from scratch"
+        ) from None
+    return model, "hub"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub endpoint (``HF_ENDPOINT``) accepts a TCP connection within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _hub_or_cache_only() -> Iterator[None]:
+    """Without a reachable hub, look only in the local HF cache: a fast answer instead of minutes of retries."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or hub_reachable():
+        yield
+        return
+    log.info("the hub at %s is unreachable; looking for cached weights only", constants.ENDPOINT)
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
+class _ImageSet:
+    """A split as a torch dataset; an undecodable image yields None (skipped and counted by the collate)."""
+
+    def __init__(self, index: DatasetIndex, split: str, transform: Any) -> None:
+        self.root = index.root
+        self.samples = index.split(split)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Any, int, int]:
+        from vea_bench.datasets import open_image
+
+        s = self.samples[i]
+        try:
+            img = open_image(self.root / s.path)
+        except DatasetError:
+            return None, s.label, i
+        return self.transform(img), s.label, i
+
+
+def _collate(batch: list[tuple[Any, int, int]]) -> tuple[Any, Any, Any, list[int]]:
+    import torch
+
+    good = [b for b in batch if b[0] is not None]
+    bad = [b[2] for b in batch if b[0] is None]
+    if not good:
+        return None, None, None, bad
+    return (torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good]),
+            torch.tensor([b[2] for b in good]), bad)
+
+
+def _loader(ds: _ImageSet, batch_size: int, *, shuffle: bool, seed: int, workers: int) -> Any:
+    import torch
+
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
+                                       num_workers=workers, collate_fn=_collate,
+                                       persistent_workers=False, pin_memory=False)
+
+
+def predict(model: nn.Module, ds: _ImageSet, *, device: str, batch_size: int, workers: int,
+            progress: Progress | None = None, desc: str = "eval") -> tuple[Any, Any, list[int]]:
+    """Logits and labels of every decodable image of ``ds`` (in split order) and the skipped indices."""
+    import numpy as np
+    import torch
+
+    prog = ensure(progress)
+    prog.start(desc, total=len(ds))
+    model.eval()
+    logits, labels, order, skipped = [], [], [], []
+    with torch.inference_mode(), _autocast(device):
+        for x, y, idx, bad in _loader(ds, batch_size, shuffle=False, seed=0, workers=workers):
+            skipped.extend(bad)
+            if x is not None:
+                logits.append(model(x.to(device)).float().cpu())
+                labels.append(y)
+                order.append(idx)
+            prog.advance(len(bad) + (0 if x is None else len(x)))
+    prog.finish()
+    if not logits:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), skipped
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy(), skipped
+
+
+def _autocast(device: str) -> Any:
+    """bf16 autocast on GPU (SPEC: mixed precision); a no-op context on CPU."""
+    import contextlib
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_teacher(
+    index: DatasetIndex,
+    cfg: TeacherConfig,
+    out: str | Path,
+    *,
+    device: str = "auto",
+    workers: int = 0,
+    results_dir: str | Path | None = "results",
+    progress: Progress | None = None,
+) -> TeacherResult:
+    """Fine-tune ``cfg.arch`` on ``index`` into ``out``; resumes an unfinished run with the same config.
+
+    A finished run with the same config is not retrained: its record is returned as is.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from vea_bench.metrics import split_metrics
+    from vea_bench.models.teacher import (
+        data_config,
+        load_teacher,
+        resolve_arch,
+        save_teacher,
+        teacher_transform,
+    )
+
+    cfg.validate()
+    cfg.arch = resolve_arch(cfg.arch)
+    device = resolve_device(device)
+    out = Path(out)
+    space = index.label_space
+    label_names = list(space.labels)
+    for split in ("train", "val", "test"):
+        if split not in index.splits or not index.splits[split]:
+            raise DatasetError(f"{index.name} at {index.root}: split '{split}' is empty or missing; "
+                               f"teacher training needs train, val and test")
+    identity = {
+        "task": "teacher",
+        **asdict(cfg),
+        "weights_sha256": file_sha256(cfg.weights) if cfg.weights else None,
+        "dataset": index.name,
+        "label_space": space.name,
+        "label_names": label_names,
+        "manifests": index.manifest_hashes(),
+        "split_seed": index.split_seed,
+    }
+    chash = config_hash(identity)
+    resume_dir = out / RESUME_DIR
+    recover_dir(resume_dir)
+    state = read_state(resume_dir)
+    if state is not None:
+        check_same_config(state, identity, chash, out, "teacher")
+        if state.get("finished"):
+            rec_path = Path(state["record"])
+            log.info("%s already holds this finished run; returning its record %s", out, rec_path)
+            record = RunRecord.load(rec_path)
+            return TeacherResult(out, record, [rec_path], int(state["best_epoch"]), state["history"],
+                                 resumed_from=int(state["epoch"]))
+
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    model, init = build_initial_model(cfg, space.num_classes)
+    dcfg = data_config(model, cfg.img_size)
+    meta: dict[str, Any] = {
+        "label_names": label_names, "label_space": space.name, "dataset": index.name,
+        "img_size": cfg.img_size, "data_config": dcfg, "timm_kwargs": dict(cfg.timm_kwargs),
+        "init": init, "seed": cfg.seed, "train_config": identity, "config_hash": chash,
+    }
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_epoch, best_acc, best_epoch = 0, -1.0, 0
+    history: list[dict[str, Any]] = []
+    if state is not None:
+        weights = load_file(str(resume_dir / "model.safetensors"))
+        model.load_state_dict(weights, strict=True)
+        load_optimizer(opt, resume_dir, state["optimizer"])
+        start_epoch, best_acc, best_epoch = int(state["epoch"]), float(state["best_val"]), int(state["best_epoch"])
+        history = list(state["history"])
+        log.info("resuming %s from epoch %d (best val %.4f at epoch %d)", out, start_epoch, best_acc, best_epoch)
+
+    train_ds = _ImageSet(index, "train", teacher_transform(meta, train=True))
+    val_ds = _ImageSet(index, "val", teacher_transform(meta, train=False))
+    test_ds = _ImageSet(index, "test", teacher_transform(meta, train=False))
+    prog = ensure(progress)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    skipped_train: set[int] = set()
+    for epoch in range(start_epoch, cfg.epochs):
+        # Reseed per epoch: shuffling, crops and dropout depend only on (seed, epoch) -> exact resume.
+        torch.manual_seed(cfg.seed * 1000 + epoch)
+        model.train()
+        prog.start(f"epoch {epoch + 1}/{cfg.epochs}", total=len(train_ds))
+        total, seen, correct = 0.0, 0, 0
+        for x, y, _, bad in _loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch,
+                                    workers=workers):
+            skipped_train.update(bad)
+            if x is None:
+                prog.advance(len(bad))
+                continue
+            x, y = x.to(device), y.to(device)
+            with _autocast(device):
+                logits = model(x)
+                loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(y)
+            seen += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            prog.advance(len(bad) + len(y), loss=total / seen)
+        prog.finish()
+        if seen == 0:
+            raise DatasetError(f"{index.name}: no training image could be decoded")
+        if skipped_train:
+            log.warning("%d training images could not be decoded and were skipped", len(skipped_train))
+        vlogits, vy, vbad = predict(model, val_ds, device=device, batch_size=cfg.batch_size * 2, workers=workers,
+                                    progress=progress, desc=f"val {epoch + 1}/{cfg.epochs}")
+        val_acc = float((vlogits.argmax(1) == vy).mean()) if len(vy) else float("nan")
+        history.append({"epoch": epoch + 1, "train_loss": total / seen, "train_accuracy": correct / seen,
+                        "val_accuracy": val_acc, "skipped_train": len(skipped_train), "skipped_val": len(vbad)})
+        log.info("epoch %d: loss %.4f, val accuracy %.4f", epoch + 1, total / seen, val_acc)
+        if val_acc > best_acc:
+            best_acc, best_epoch = val_acc, epoch + 1
+            save_teacher(model, out, meta, name="best")
+        save_teacher(model, out, meta, name="last")
+        with atomic_dir(resume_dir) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                      str(tmp / "model.safetensors"))
+            opt_meta = save_optimizer(opt, tmp)
+            write_json_atomic(tmp / STATE_FILE, {
+                "config_hash": chash, "config": identity, "epoch": epoch + 1, "best_val": best_acc,
+                "best_epoch": best_epoch, "history": history, "optimizer": opt_meta, "finished": False})
+
+    # Test with the best checkpoint as reloaded from disk: exactly what extraction will run.
+    best, _ = load_teacher(out, device=device, name="best")
+    metrics = {}
+    for split, ds in (("val", val_ds), ("test", test_ds)):
+        logits, y, bad = predict(best, ds, device=device, batch_size=cfg.batch_size * 2, workers=workers,
+                                 progress=progress, desc=split)
+        m = split_metrics(y, logits, label_names)
+        m.extra["skipped"] = len(bad)
+        if bad:
+            log.warning("%d %s images could not be decoded and were left out of the %s metrics", len(bad), split, split)
+        metrics[split] = asdict(m)
+    record = RunRecord(
+        kind="teacher",
+        method=method_name(cfg.arch),
+        dataset=index.name,
+        config={**identity, "arch": cfg.arch, "init": init, "checkpoint": str(out), "best_epoch": best_epoch,
+                "device": device, "history": history, "split_rule": index.split_rule},
+        metrics=metrics,
+        seed=cfg.seed,
+        params=int(sum(p.numel() for p in best.parameters() if p.requires_grad)),
+        label_names=label_names,
+        artifacts={"best": str(out / "best.safetensors"), "last": str(out / "last.safetensors"),
+                   "config": str(out / "config.json")},
+        wall_time_s=time.time() - t0,
+    )
+    paths = [record.save(out, subdir=".")]
+    if results_dir is not None:
+        paths.append(record.save(results_dir))
+    # The run is complete: drop the heavy resume tensors, keep the state as the "finished" marker.
+    with atomic_dir(resume_dir) as tmp:
+        write_json_atomic(tmp / STATE_FILE, {
+            "config_hash": chash, "config": identity, "epoch": cfg.epochs, "best_val": best_acc,
+            "best_epoch": best_epoch, "history": history, "finished": True, "record": str(paths[0])})
+    return TeacherResult(out, record, paths, best_epoch, history, resumed_from=start_epoch)
