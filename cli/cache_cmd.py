@@ -1,6 +1,228 @@
-"""`vea-bench cache ...` commands (being built; see the issue that owns this module)."""
+"""`vea-bench cache ...`: inspect, verify and merge HDF5 feature caches."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from vea_bench_cli.common import RichProgress, console, err_console, run_guarded
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help=(
+        "Inspect, verify and merge HDF5 feature caches (one file per dataset, written by "
+        "`vea-bench extract`)."
+    ),
+)
+
+CacheFile = Annotated[
+    Path, typer.Argument(help="Cache file, e.g. cache/fi.h5.", show_default=False, dir_okay=True, exists=False)
+]
+
+
+def _fmt_counts(c: dict[str, int]) -> str:
+    parts = [f"[green]{c['done']}[/]"]
+    if c["failed"]:
+        parts.append(f"[yellow]{c['failed']} failed[/]")
+    if c["missing"]:
+        parts.append(f"[red]{c['missing']} missing[/]")
+    return " / ".join(parts) + f" of {c['rows']}"
+
+
+def _fmt_shape(fields: dict[str, dict[str, Any]]) -> str:
+    out = []
+    for name, f in fields.items():
+        shape = "N" + "".join(f" x {d}" for d in f["shape"])
+        out.append(f"{name}: {shape} {f['dtype']}")
+    return "\n".join(out)
+
+
+def _fmt_provenance(prov: dict[str, Any]) -> str:
+    from rich.markup import escape
+
+    items = []
+    for k, v in prov.items():
+        if k == "versions" and isinstance(v, dict):
+            v = ", ".join(f"{p} {ver}" for p, ver in v.items())
+        elif isinstance(v, (dict, list)):
+            v = json.dumps(v, ensure_ascii=False)
+        text = str(v)
+        if len(text) > 80:
+            text = text[:77] + "..."
+        items.append(f"[bold]{escape(str(k))}[/]={escape(text)}")
+    return "\n".join(items) or "-"
+
+
+@app.command("info")
+def info(
+    file: CacheFile,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")] = False,
+) -> None:
+    """Show a cache's dataset, splits, sources (shape, dtype, done/failed/missing per split,
+    completeness) and each source's provenance.
+
+    [bold]Examples[/]
+
+      vea-bench cache info cache/fi.h5
+
+      vea-bench cache info cache/fi.h5 --json | jq '.sources[].complete'
+    """
+    from vea_bench.cache import cache_summary
+
+    s = run_guarded(cache_summary, file)
+    if as_json:
+        typer.echo(json.dumps(s, indent=2, ensure_ascii=False, default=str))
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    size_mb = s["size_bytes"] / 1e6
+    console.print(f"[bold]{escape(s['path'])}[/]  ({size_mb:,.1f} MB)", highlight=False)
+    console.print(
+        f"dataset [bold]{escape(s['dataset'])}[/]  label space [bold]{escape(s['label_space'])}[/] "
+        f"({escape(', '.join(s['label_names']))})",
+        highlight=False,
+    )
+    seed = "-" if s["split_seed"] is None else s["split_seed"]
+    console.print(
+        f"schema {s['schema_version']}  written by vea-bench {s['vea_bench_version']}  "
+        f"created {s['created_at']}  split seed {seed}",
+        highlight=False,
+    )
+
+    splits = Table(title="Splits", title_justify="left")
+    splits.add_column("split")
+    splits.add_column("rows", justify="right")
+    splits.add_column("per class")
+    splits.add_column("manifest hash")
+    for name, sp in s["splits"].items():
+        per = "  ".join(f"{k} {v}" for k, v in sp["per_class"].items())
+        splits.add_row(escape(name), str(sp["rows"]), escape(per), sp["manifest_hash"][:12])
+    console.print(splits)
+
+    if not s["sources"]:
+        console.print("no sources yet; run `vea-bench extract` to add some")
+        return
+    split_names = list(s["splits"])
+    sources = Table(title="Sources (written / failed / missing)", title_justify="left", show_lines=True)
+    sources.add_column("source")
+    sources.add_column("fields")
+    for name in split_names:
+        sources.add_column(name)
+    sources.add_column("complete")
+    sources.add_column("provenance")
+    for src in s["sources"]:
+        counts = [_fmt_counts(src["counts"][sp]) if sp in src["counts"] else "-" for sp in split_names]
+        sources.add_row(
+            escape(src["name"]),
+            escape(_fmt_shape(src["fields"])),
+            *counts,
+            "[green]yes[/]" if src["complete"] else "[red]no[/]",
+            _fmt_provenance(src["provenance"]),
+        )
+    console.print(sources)
+
+
+@app.command("verify")
+def verify(
+    file: CacheFile,
+    require_complete: Annotated[
+        bool, typer.Option("--require-complete", help="Count missing rows as problems too.")
+    ] = False,
+) -> None:
+    """Check a cache end to end: schema attributes, unique ids and in-range labels per split,
+    manifest hashes recomputed from ids and labels, each source's shapes, dtypes and status
+    values, finite values in written rows, valid one-hot rows.
+
+    Exits 0 when clean, 1 with the list of problems otherwise (missing rows are only noted
+    unless --require-complete).
+
+    [bold]Examples[/]
+
+      vea-bench cache verify cache/fi.h5
+
+      vea-bench cache verify cache/fi.h5 --require-complete
+    """
+    from rich.markup import escape
+
+    from vea_bench.cache import verify_cache
+
+    report = run_guarded(verify_cache, file, require_complete=require_complete)
+    if not require_complete:
+        for note in report.incomplete:
+            err_console.print(f"[yellow]incomplete:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    if report.ok:
+        console.print(
+            f"[green]ok[/] {escape(str(file))}: {report.checked_sources} source(s), "
+            f"{report.checked_rows:,} written rows checked",
+            highlight=False,
+        )
+        return
+    err_console.print(f"[bold red]{len(report.problems)} problem(s)[/] in {escape(str(file))}:", highlight=False)
+    for p in report.problems:
+        err_console.print(f"  - {p}", highlight=False, soft_wrap=True, markup=False)
+    raise typer.Exit(1)
+
+
+@app.command("merge")
+def merge(
+    output: Annotated[Path, typer.Argument(help="Merged cache to write (it may exist: its sources are kept).")],
+    shards: Annotated[
+        list[Path], typer.Argument(help="Shard caches written with `vea-bench extract --shard i/n`.")
+    ],
+    delete_shards: Annotated[
+        bool, typer.Option("--delete-shards", help="Delete the shard files after a successful merge.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")] = False,
+) -> None:
+    """Merge shard caches into one file.
+
+    Shards must be of the same dataset, label names and split manifests, and each source must
+    have the same fields and settings in every shard. Every row is taken from the shard that
+    wrote it; a row written differently by two shards stops the merge. The result is written to
+    a temporary file and renamed into place, so an interrupted merge changes nothing.
+
+    [bold]Examples[/]
+
+      vea-bench cache merge cache/fi.h5 cache/fi.shard-0-of-2.h5 cache/fi.shard-1-of-2.h5
+
+      vea-bench cache merge cache/fi.h5 cache/fi.shard-*-of-4.h5 --delete-shards
+    """
+    from vea_bench.cache import merge_caches
+
+    progress = RichProgress("rows", quiet=quiet)
+    try:
+        report = run_guarded(merge_caches, shards, output, progress=progress)
+    finally:
+        progress.finish()
+    if delete_shards:
+        for p in shards:
+            p.unlink(missing_ok=True)
+    if quiet:
+        typer.echo(str(report.output))
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"Merged into {escape(str(report.output))}", title_justify="left")
+    table.add_column("source")
+    table.add_column("written", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("missing", justify="right")
+    table.add_column("complete")
+    for src in report.sources:
+        c = src.counts.values()
+        table.add_row(
+            escape(src.name),
+            str(sum(x["done"] for x in c)),
+            str(sum(x["failed"] for x in c)),
+            str(sum(x["missing"] for x in c)),
+            "[green]yes[/]" if src.complete else "[red]no[/]",
+        )
+    console.print(table)
+    for path, n in report.rows_from.items():
+        console.print(f"  {n:,} rows from {escape(path)}", highlight=False)
+    if delete_shards:
+        console.print(f"deleted {len(shards)} shard file(s)")

@@ -11,9 +11,11 @@ Layout (schema version 1)::
     /<kind>/<key>/<split>/_status     uint8 per row: 0 missing, 1 written, 2 failed
     /<kind>/<key>/<split>/_error      UTF-8 reason for failed rows
 
-Sources are written by row index into preallocated chunked arrays and flushed after every
-write, so an interrupted job resumes with exactly the missing rows and ends byte-identical to an
-uninterrupted one. A source is complete when no row is missing (failed rows are resolved, and
+Sources are written by row index into arrays preallocated at creation (numeric fields are
+contiguous with their file space allocated up front, so a write touches raw data only and never
+the file's metadata) and flushed after every write, so a killed job loses at most its current
+batch, resumes with exactly the missing rows and ends byte-identical to an uninterrupted one.
+Failed rows hold zeros (and empty strings) so that shards and resumed runs compare exactly. A source is complete when no row is missing (failed rows are resolved, and
 readers exclude them through the status mask).
 """
 from __future__ import annotations
@@ -67,6 +69,16 @@ class FieldSpec:
 
     shape: tuple[int, ...]
     dtype: str
+
+    def __post_init__(self) -> None:
+        # Normalise ``np.float16`` / ``"<f2"`` / ``"float16"`` to one spelling, so resuming a
+        # source compares fields by meaning rather than by how the caller spelled the dtype.
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if self.dtype != _STR:
+            try:
+                object.__setattr__(self, "dtype", np.dtype(self.dtype).name)
+            except TypeError as exc:
+                raise CacheError(f"unknown field dtype {self.dtype!r} ({exc})") from None
 
     def to_json(self) -> list[Any]:
         return [list(self.shape), self.dtype]
@@ -140,6 +152,58 @@ def _stable_provenance(prov: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in prov.items() if k not in VOLATILE_PROVENANCE}
 
 
+def _json_roundtrip(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``obj`` looks like after being stored as a JSON attribute (tuples become lists)."""
+    return dict(json.loads(json.dumps(dict(obj), default=str)))
+
+
+def _empty_rows(spec: FieldSpec, n: int) -> np.ndarray:
+    """The value of rows that hold no result (failed or missing): zeros, or empty strings."""
+    if spec.dtype == _STR:
+        return np.asarray([""] * n, dtype=object)
+    return np.zeros((n, *spec.shape), dtype=spec.dtype)
+
+
+def _create_source_group(
+    h5: h5py.File | h5py.Group,
+    name: str,
+    specs: Mapping[str, FieldSpec],
+    provenance: Mapping[str, Any],
+    split_rows: Mapping[str, int],
+) -> h5py.Group:
+    """Lay out an empty source: every field preallocated for every split, all rows missing."""
+    g = h5.create_group(name)
+    g.attrs["fields"] = json.dumps({n: s.to_json() for n, s in specs.items()})
+    g.attrs["provenance"] = json.dumps(dict(provenance), default=str)
+    for k, v in provenance.items():
+        if isinstance(v, (str, int, float, bool)) and k not in ("fields", "provenance"):
+            g.attrs[f"prov_{k}"] = v
+    for split, n in split_rows.items():
+        sg = g.create_group(split)
+        for fname, spec in specs.items():
+            _create_field(sg, fname, (n, *spec.shape), spec.dtype)
+        _create_field(sg, "_status", (n,), "uint8")
+        sg.create_dataset("_error", shape=(n,), dtype=_h5_dtype(_STR), chunks=(max(1, min(n, 4096)),) if n else None)
+    return g
+
+
+def _create_field(g: h5py.Group, name: str, shape: tuple[int, ...], dtype: str) -> h5py.Dataset:
+    """Numeric arrays: contiguous, file space allocated now (no chunk index to update later, so
+    a SIGKILL between flushes cannot leave dangling metadata, and reads/writes are plain file
+    I/O). Strings: chunked variable-length, allocated as written."""
+    if dtype == _STR:
+        chunks = (_chunk_rows(shape[0], shape[1:], dtype), *shape[1:]) if shape[0] else None
+        return g.create_dataset(name, shape=shape, dtype=_h5_dtype(_STR), chunks=chunks)
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    # ``_status`` must read 0 (missing) before it is written; data fields are never read where
+    # the status says missing, so they skip the fill (a 700 MB source is created instantly).
+    fill_time = "alloc" if name == "_status" else "never"
+    return g.create_dataset(
+        name, shape=shape, dtype=np.dtype(dtype), dcpl=dcpl, fillvalue=0, fill_time=fill_time
+    )
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages that decide the numbers, for provenance and run records."""
     from importlib import metadata
@@ -177,59 +241,123 @@ class SourceWriter:
             mask |= st == ROW_FAILED
         return np.flatnonzero(mask)
 
-    def write(self, split: str, rows: Sequence[int] | np.ndarray, **arrays: Any) -> None:
-        """Store ``arrays`` (each with ``len(rows)`` rows) at ``rows`` and mark them written."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.size == 0:
-            return
-        unknown = set(arrays) - set(self.fields)
-        if unknown:
-            raise CacheError(f"source {self.kind}/{self.key} has no field(s) {sorted(unknown)}")
+    def _rows(self, split: str, rows: Sequence[int] | np.ndarray) -> tuple[h5py.Group, np.ndarray, np.ndarray]:
+        """Validate row indices; returns the split group, the sort order and the sorted rows."""
+        name = f"{self.kind}/{self.key}"
+        if split not in self.group:
+            raise CacheError(f"{self.cache.path}: source {name} has no split '{split}'")
+        g = self.group[split]
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
+            raise CacheError(f"source {name}: row indices must be a 1-D sequence of integers")
+        rows = rows.astype(np.int64)
+        n = g["_status"].shape[0]
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise CacheError(f"source {name}: row index out of range for split '{split}' ({n} rows)")
         order = np.argsort(rows, kind="stable")
         srows = rows[order]
-        g = self.group[split]
-        for name, value in arrays.items():
-            spec = self.fields[name]
+        if srows.size > 1 and np.any(np.diff(srows) == 0):
+            raise CacheError(f"source {name}: duplicate row indices in one write to split '{split}'")
+        return g, order, srows
+
+    def _clear_errors(self, g: h5py.Group, srows: np.ndarray) -> None:
+        """Blank the reason of rows that had failed before (a retry); others already read ''."""
+        lo, hi = int(srows[0]), int(srows[-1]) + 1
+        prev = g["_status"][lo:hi][srows - lo]
+        was_failed = srows[prev == ROW_FAILED]
+        if was_failed.size:
+            _write_rows(g["_error"], was_failed, np.asarray([""] * was_failed.size, dtype=object))
+
+    def write(self, split: str, rows: Sequence[int] | np.ndarray, **arrays: Any) -> None:
+        """Store ``arrays`` (each with ``len(rows)`` rows) at ``rows`` and mark them written.
+
+        Every field of the source must be given: a row marked written has all its values.
+        """
+        g, order, srows = self._rows(split, rows)
+        if srows.size == 0:
+            return
+        name = f"{self.kind}/{self.key}"
+        unknown = set(arrays) - set(self.fields)
+        if unknown:
+            raise CacheError(f"source {name} has no field(s) {sorted(unknown)}")
+        absent = [f for f in self.fields if f not in arrays]
+        if absent:
+            raise CacheError(f"source {name}: write() lacks field(s) {absent}; every written row needs all fields")
+        prepared: dict[str, np.ndarray] = {}
+        for fname, value in arrays.items():
+            spec = self.fields[fname]
             if spec.dtype == _STR:
-                vals = np.asarray([str(v) for v in value], dtype=object)[order]
+                vals = np.asarray([str(v) for v in value], dtype=object)
             else:
-                vals = np.asarray(value, dtype=spec.dtype)[order]
+                vals = np.asarray(value)
                 if vals.shape[1:] != spec.shape:
                     raise CacheError(
-                        f"source {self.kind}/{self.key} field '{name}' expects rows of shape "
+                        f"source {name} field '{fname}' expects rows of shape "
                         f"{spec.shape}, got {vals.shape[1:]}"
                     )
+                vals = vals.astype(spec.dtype, copy=False)
             if len(vals) != len(srows):
-                raise CacheError(f"field '{name}' has {len(vals)} rows for {len(srows)} indices")
-            _write_rows(g[name], srows, vals)
+                raise CacheError(f"source {name}: field '{fname}' has {len(vals)} rows for {len(srows)} indices")
+            prepared[fname] = vals[order] if len(order) > 1 and np.any(np.diff(order) != 1) else vals
+        # Values first, status last: a kill in between leaves the rows missing, never half-written.
+        for fname, vals in prepared.items():
+            _write_rows(g[fname], srows, vals)
+        self._clear_errors(g, srows)
         _write_rows(g["_status"], srows, np.full(len(srows), ROW_OK, dtype=np.uint8))
-        _write_rows(g["_error"], srows, np.asarray([""] * len(srows), dtype=object))
         self.cache._h5.flush()
 
     def fail(self, split: str, rows: Sequence[int] | np.ndarray, reasons: Sequence[str]) -> None:
-        """Mark rows failed with a reason each (a corrupt image, say); the job goes on."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.size == 0:
+        """Mark rows failed with a reason each (a corrupt image, say); the job goes on.
+
+        Their values are reset to zeros / empty strings so that every copy of a failed row
+        (resumed run, shard, merge) holds the same bytes.
+        """
+        g, order, srows = self._rows(split, rows)
+        if srows.size == 0:
             return
-        order = np.argsort(rows, kind="stable")
-        g = self.group[split]
-        _write_rows(g["_status"], rows[order], np.full(len(rows), ROW_FAILED, dtype=np.uint8))
-        _write_rows(g["_error"], rows[order], np.asarray([str(r) for r in reasons], dtype=object)[order])
+        reasons = [str(r) for r in reasons]
+        if len(reasons) != len(srows):
+            raise CacheError(f"source {self.kind}/{self.key}: {len(reasons)} reasons for {len(srows)} failed rows")
+        for fname, spec in self.fields.items():
+            _write_rows(g[fname], srows, _empty_rows(spec, len(srows)))
+        _write_rows(g["_error"], srows, np.asarray(reasons, dtype=object)[order])
+        _write_rows(g["_status"], srows, np.full(len(srows), ROW_FAILED, dtype=np.uint8))
         self.cache._h5.flush()
 
     def info(self) -> SourceInfo:
         return self.cache.source(self.kind, self.key)
 
 
+def _row_runs(rows: np.ndarray) -> list[tuple[int, int, int]]:
+    """Split sorted unique ``rows`` into arithmetic runs ``(pos_start, pos_end, step)``.
+
+    Contiguous blocks (step 1) and shard strides (``row % n == i``: step n) each become one
+    hyperslab write instead of one write per row.
+    """
+    n = len(rows)
+    if n == 1:
+        return [(0, 1, 1)]
+    diffs = np.diff(rows)
+    changes = np.flatnonzero(diffs[1:] != diffs[:-1]) + 1  # positions in diffs where the step changes
+    runs: list[tuple[int, int, int]] = []
+    s = 0
+    while s < n:
+        if s == n - 1:
+            runs.append((s, n, 1))
+            break
+        k = int(changes[np.searchsorted(changes, s, side="right")]) if changes.size and changes[-1] > s else n - 1
+        runs.append((s, k + 1, int(diffs[s])))
+        s = k + 1
+    return runs
+
+
 def _write_rows(ds: h5py.Dataset, rows: np.ndarray, vals: np.ndarray) -> None:
-    """Write sorted ``rows``; contiguous runs go in one slice (fast), the rest point-wise."""
+    """Write ``vals`` at sorted unique ``rows``, one strided slice per arithmetic run."""
     if rows.size == 0:
         return
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [len(rows)]])
-    for s, e in zip(starts, ends):
-        ds[int(rows[s]) : int(rows[e - 1]) + 1] = vals[s:e]
+    for s, e, step in _row_runs(rows):
+        first, last = int(rows[s]), int(rows[e - 1])
+        ds[first : last + 1 : step] = vals[s:e]
 
 
 class FeatureCache:
@@ -273,6 +401,26 @@ class FeatureCache:
             return cache
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".creating")
+        try:
+            cls._write_new(tmp, dataset, label_space, label_names, splits, split_seed, extra)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, path)  # a cache file either exists whole or not at all
+        return cls.open(path, mode="a")
+
+    @staticmethod
+    def _write_new(
+        tmp: Path,
+        dataset: str,
+        label_space: str,
+        label_names: Sequence[str],
+        splits: Mapping[str, SplitSpec],
+        split_seed: int | None,
+        extra: Mapping[str, Any] | None,
+    ) -> None:
+        if len(set(label_names)) != len(label_names) or not label_names:
+            raise CacheError(f"label names must be unique and non-empty, got {list(label_names)}")
         with h5py.File(tmp, "w") as h5:
             h5.attrs["schema_version"] = SCHEMA_VERSION
             h5.attrs["vea_bench_version"] = __version__
@@ -290,8 +438,6 @@ class FeatureCache:
                 g = h5.create_group(f"splits/{name}")
                 g.create_dataset("ids", data=np.asarray(list(sp.ids), dtype=object), dtype=_h5_dtype(_STR))
                 g.create_dataset("labels", data=labels.astype(np.int16))
-        os.replace(tmp, path)  # a cache file either exists whole or not at all
-        return cls.open(path, mode="a")
 
     @classmethod
     def open(
@@ -312,14 +458,29 @@ class FeatureCache:
         try:
             h5 = h5py.File(path, mode)
         except OSError as exc:
-            kind = "truncated or corrupt HDF5 file" if h5py.is_hdf5(path) else "not an HDF5 file"
-            raise CacheError(f"{path}: {kind} ({str(exc).splitlines()[0][:120]})") from None
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "unable to lock file" in msg.lower():
+                raise CacheError(
+                    f"{path}: the file is open for writing in another process (HDF5 file lock); "
+                    f"wait for it to finish"
+                ) from None
+            if "permission" in msg.lower():
+                raise CacheError(f"{path}: permission denied") from None
+            try:
+                is_h5 = h5py.is_hdf5(path)
+            except OSError:
+                is_h5 = False
+            kind = "truncated or corrupt HDF5 file" if is_h5 else "not an HDF5 file"
+            raise CacheError(f"{path}: {kind} ({msg[:120]})") from None
         cache = cls(path, h5)
         try:
             cache._validate(expect_dataset, expect_label_names, expect_manifests)
-        except Exception:
+        except CacheError:
             h5.close()
             raise
+        except Exception as exc:  # unreadable attributes or groups: damage, not a bug of ours
+            h5.close()
+            raise CacheError(f"{path}: corrupt cache file ({type(exc).__name__}: {str(exc)[:120]})") from None
         return cache
 
     def _validate(
@@ -501,6 +662,7 @@ class FeatureCache:
         prov = dict(provenance)
         prov.setdefault("versions", package_versions())
         prov.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        prov = _json_roundtrip(prov)  # compare exactly what was stored, not tuples against lists
         name = f"{kind}/{key}"
         if name in self._h5:
             if overwrite:
@@ -519,21 +681,12 @@ class FeatureCache:
                         f"use another key or overwrite"
                     )
                 return SourceWriter(self, kind, key, specs)
-        g = self._h5.create_group(name)
-        g.attrs["fields"] = json.dumps({n: s.to_json() for n, s in specs.items()})
-        g.attrs["provenance"] = json.dumps(prov, default=str)
-        for k, v in prov.items():
-            if isinstance(v, (str, int, float, bool)) and k not in ("fields", "provenance"):
-                g.attrs[f"prov_{k}"] = v
-        for split in self.splits:
-            n = self.num_rows(split)
-            sg = g.create_group(split)
-            for fname, spec in specs.items():
-                shape = (n, *spec.shape)
-                chunks = (_chunk_rows(n, spec.shape, spec.dtype), *spec.shape) if n else None
-                sg.create_dataset(fname, shape=shape, dtype=_h5_dtype(spec.dtype), chunks=chunks)
-            sg.create_dataset("_status", shape=(n,), dtype=np.uint8, fillvalue=ROW_MISSING)
-            sg.create_dataset("_error", shape=(n,), dtype=_h5_dtype(_STR))
+        if not specs:
+            raise CacheError(f"source {name}: no fields given")
+        bad = [n for n in specs if not n or n.startswith("_") or "/" in n]
+        if bad:
+            raise CacheError(f"source {name}: invalid field name(s) {bad} (no leading '_', no '/')")
+        _create_source_group(self._h5, name, specs, prov, {s: self.num_rows(s) for s in self.splits})
         self._h5.flush()
         return SourceWriter(self, kind, key, specs)
 
@@ -570,6 +723,10 @@ class FeatureCache:
             raise CacheError(f"{self.path}: source {info.name} has no field(s) {unknown}")
         arrays = {n: _decode(g[n][()]) for n in names}
         status = g["_status"][()]
+        missing = status == ROW_MISSING
+        if missing.any():  # never written: show zeros / '' rather than whatever the disk held
+            for n in names:
+                arrays[n][missing] = "" if info.fields[n].dtype == _STR else 0
         errors = [e.decode("utf-8") if isinstance(e, bytes) else e for e in g["_error"][()]]
         return SourceData(arrays, status, errors)
 
