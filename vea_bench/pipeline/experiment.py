@@ -48,6 +48,7 @@ class TeacherSection:
     batch_size: int = 10
     img_size: int = 0
     workers: int = 2
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,12 +97,13 @@ class DistillSection:
 
 @dataclass
 class GateSection:
+    """Gates to train, one per distill head (so per [distill].seeds seed, seeded alike)."""
+
     names: list[str] = field(default_factory=lambda: ["concat"])
     fit: str = "train"
     vlm_input: str = "onehot"
     epochs: int = 10
     lr: float = 0.0
-    seeds: list[int] = field(default_factory=lambda: [0])
 
 
 @dataclass

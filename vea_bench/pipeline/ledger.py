@@ -37,7 +37,7 @@ class StageContext:
     outputs: dict[str, dict[str, Any]]
     progress: Progress
     workdir: Path
-
+    rerun: bool = False  # the stage finished before with another config: replace, don't resume
 
 @dataclass
 class StageResult:
@@ -122,7 +122,9 @@ def run_stages(
             res = StageResult(stage.name, "skipped", identity, prior)
         else:
             t0 = time.perf_counter()
-            ctx = StageContext({d: outputs[d] for d in _closure(stage, by_name)}, progress, workdir)
+            prev = ledger.entries.get(stage.name)
+            rerun = bool(prev) and prev.get("identity") != identity
+            ctx = StageContext({d: outputs[d] for d in _closure(stage, by_name)}, progress, workdir, rerun)
             out = stage.run(ctx)
             dt = time.perf_counter() - t0
             ledger.mark(stage.name, identity, out, dt)
