@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from vea_bench_cli.common import err_console
 
@@ -22,7 +23,7 @@ class _VeaTyper(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except VeaError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: what was written is kept; rerun the same command to resume")

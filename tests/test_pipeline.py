@@ -1,0 +1,169 @@
+"""`vea-bench run EXPERIMENT.toml`: the whole study from one file, and nothing recomputed that need not be.
+
+Runs a small experiment end to end on tiny real models (tiny Qwen2-VL, tiny timm ViT teacher) and
+a synthetic FI-layout set, through the CLI, then checks the stage ledger's promises.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vea_bench.models.teacher import TINY_TEACHER_ARCH, TINY_TEACHER_IMG_SIZE, TINY_TEACHER_KWARGS
+from vea_bench.pipeline.demo import _instructions
+from vea_bench.pipeline.experiment import load_experiment
+from vea_bench.pipeline.stages import run_experiment
+from vea_bench.records import iter_records
+from vea_bench_cli.main import app
+
+runner = CliRunner()
+
+
+def _experiment(tmp: Path, data: Path, vlm: Path, instructions: Path, gates: list[str]) -> Path:
+    kwargs = ", ".join(f"{k} = {json.dumps(v)}" for k, v in TINY_TEACHER_KWARGS.items())
+    text = f"""
+[experiment]
+name = "small"
+workdir = "{tmp / 'work'}"
+device = "cpu"
+
+[dataset]
+name = "fi"
+root = "{data}"
+cache = "{tmp / 'cache' / 'fi.h5'}"
+
+[teacher]
+arch = "{TINY_TEACHER_ARCH}"
+timm_kwargs = {{ {kwargs} }}
+img_size = {TINY_TEACHER_IMG_SIZE}
+random_init = true
+epochs = 1
+lr = 1e-3
+batch_size = 16
+workers = 0
+
+[vlm]
+model = "{vlm}"
+dtype = "fp32"
+
+[qlora]
+instructions = "{instructions}"
+max_steps = 2
+quantize = false
+
+[extract]
+answer = ["generate", "score"]
+batch_size = 8
+workers = 0
+max_new_tokens = 8
+
+[distill]
+epochs = 2
+lr = 1e-3
+
+[gate]
+names = {json.dumps(gates)}
+epochs = 2
+
+[sweep]
+alpha = [0.0, 1.0]
+
+[report]
+formats = ["md"]
+plots = false
+"""
+    path = tmp / "experiment.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, synthetic_root) -> dict[str, Path]:
+    from vea_bench.models.tiny import make_tiny
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    data = synthetic_root("fi")
+    vlm = make_tiny("qwen2-vl", tmp / "tiny-qwen2-vl")
+    instructions = _instructions(data, tmp / "instructions.jsonl", seed=0)
+    return {"tmp": tmp, "data": data, "vlm": vlm, "instructions": instructions}
+
+
+def _stage_lines(output: str) -> dict[str, str]:
+    """Stage name -> 'ran' | 'skipped' from the CLI's per-stage lines."""
+    out: dict[str, str] = {}
+    for line in output.splitlines():
+        line = line.strip()
+        if ": ran in" in line:
+            out[line.split(": ran in")[0].lstrip("✓ ").strip()] = "ran"
+        elif ": up to date, skipped" in line:
+            out[line.split(": up to date")[0].lstrip("- ").strip()] = "skipped"
+    return out
+
+
+def test_experiment_runs_then_skips_then_trains_only_the_new_gate(setup: dict[str, Path]) -> None:
+    tmp = setup["tmp"]
+    exp_file = _experiment(tmp, setup["data"], setup["vlm"], setup["instructions"], ["concat"])
+
+    first = runner.invoke(app, ["run", str(exp_file)])
+    assert first.exit_code == 0, first.output
+    ran = _stage_lines(first.output)
+    assert ran == {s: "ran" for s in ["teacher", "qlora", "extract", "distill", "gate:concat", "sweep:alpha",
+                                      "baselines", "report"]}
+    work = tmp / "work"
+    records, skipped = iter_records(work)
+    assert not skipped, skipped
+    kinds = sorted({r.kind for _, r in records})
+    assert kinds == ["baseline", "complementarity", "distill", "gate", "teacher", "vlm"]
+    gate = [r for _, r in records if r.kind == "gate"]
+    assert len(gate) == 1 and gate[0].config["gate"] == "concat" and 0.0 <= gate[0].accuracy("test") <= 1.0
+    assert (work / "tables" / "tables.md").read_text().count("EmoVLM-KD") >= 1
+    n_records = len(records)
+    cache_mtime = (tmp / "cache" / "fi.h5").stat().st_mtime_ns
+
+    # Second run: every stage is up to date; no record is added and the cache is untouched.
+    second = runner.invoke(app, ["run", str(exp_file)])
+    assert second.exit_code == 0, second.output
+    assert set(_stage_lines(second.output).values()) == {"skipped"}
+    assert len(iter_records(work)[0]) == n_records
+    assert (tmp / "cache" / "fi.h5").stat().st_mtime_ns == cache_mtime
+
+    # Add one gate: only that gate trains (and the report re-renders).
+    _experiment(tmp, setup["data"], setup["vlm"], setup["instructions"], ["concat", "moe"])
+    third = runner.invoke(app, ["run", str(exp_file)])
+    assert third.exit_code == 0, third.output
+    lines = _stage_lines(third.output)
+    assert {k for k, v in lines.items() if v == "ran"} == {"gate:moe", "report"}
+    new = [r for _, r in iter_records(work)[0] if r.kind == "gate" and r.config["gate"] == "moe"]
+    assert len(new) == 1
+    assert len(iter_records(work)[0]) == n_records + 1
+    assert (tmp / "cache" / "fi.h5").stat().st_mtime_ns == cache_mtime
+
+
+def test_experiment_file_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[dataset]\nname = "fi"\nroot = "/nope"\n[vlm]\nmodel = "x"\n[gate]\nnmes = ["concat"]\n')
+    res = runner.invoke(app, ["run", str(bad)])
+    assert res.exit_code != 0
+    assert "unknown key(s) ['nmes'] in [gate]" in res.output
+    assert "Traceback" not in res.output
+
+    notoml = tmp_path / "x.toml"
+    notoml.write_text("[dataset\n")
+    res = runner.invoke(app, ["run", str(notoml)])
+    assert res.exit_code != 0 and "not valid TOML" in res.output
+
+    res = runner.invoke(app, ["run", str(tmp_path / "missing.toml")])
+    assert res.exit_code != 0 and "no experiment file" in res.output
+
+
+def test_missing_dataset_root_fails_cleanly_and_keeps_nothing_half_done(tmp_path: Path, setup: dict[str, Path]) -> None:
+    exp_file = _experiment(tmp_path, tmp_path / "no-such-data", setup["vlm"], setup["instructions"], ["concat"])
+    exp = load_experiment(exp_file)
+    from vea_bench.errors import VeaError
+
+    with pytest.raises(VeaError):
+        run_experiment(exp)
+    ledger = tmp_path / "work" / "artifacts" / "stages.json"
+    assert not ledger.exists() or json.loads(ledger.read_text())["stages"] == {}
