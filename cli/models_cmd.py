@@ -1,6 +1,101 @@
-"""`vea-bench models ...` commands (being built; see the issue that owns this module)."""
+"""`vea-bench models ...`: what can be loaded (VLM backends, teachers, tiny kinds) and tiny offline models."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from vea_bench_cli.common import console, echo_path, run_guarded
+
+app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="List VLM backends and teachers; build tiny offline models.",
+)
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """List VLM backends (and the config model types they serve), teacher presets, tiny model kinds
+    and the architecture presets that build on the meta device.
+
+    [bold]Example[/]: vea-bench models list
+    """
+    run_guarded(_list)
+
+
+def _list() -> None:
+    from rich.table import Table
+
+    from vea_bench.models import VLM_BACKENDS
+    from vea_bench.models.teacher import TEACHER_PRESETS
+    from vea_bench.models.tiny import TINY_BUILDERS
+
+    t = Table(title="VLM backends (--vlm picks one from the model's config.model_type)")
+    t.add_column("backend", style="bold cyan")
+    t.add_column("model types")
+    t.add_column("transformers class")
+    for name, cls in VLM_BACKENDS.items():
+        t.add_row(name, ", ".join(getattr(cls, "model_types", ())), str(getattr(cls, "model_class", "")))
+    console.print(t)
+
+    t = Table(title="teachers (--teacher CKPT from `vea-bench train teacher --arch NAME`; any timm name works)")
+    t.add_column("preset", style="bold cyan")
+    t.add_column("timm architecture")
+    t.add_column("table row")
+    t.add_column("note")
+    for name, preset in TEACHER_PRESETS.items():
+        t.add_row(name, preset.arch, preset.method, preset.note)
+    console.print(t)
+
+    t = Table(title="tiny kinds (`vea-bench models make-tiny KIND OUT`)")
+    t.add_column("kind", style="bold cyan")
+    t.add_column("what")
+    for name in TINY_BUILDERS.names():
+        doc = _first_line(TINY_BUILDERS.get(name))
+        t.add_row(name, doc)
+    console.print(t)
+
+    presets = _arch_presets()
+    if presets:
+        t = Table(title="architecture presets (built on the meta device, no weights)")
+        t.add_column("preset", style="bold cyan")
+        t.add_column("config")
+        for name, cfg in presets.items():
+            t.add_row(name, str(cfg))
+        console.print(t)
+
+
+def _first_line(obj: Any) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def _arch_presets() -> dict[str, Any]:
+    try:
+        from vea_bench.models import arch
+    except ImportError:
+        return {}
+    return dict(getattr(arch, "PRESETS", {}) or {})
+
+
+@app.command("make-tiny")
+def make_tiny_cmd(
+    kind: Annotated[str, typer.Argument(help="qwen2-vl, llava-next, instructblip or teacher.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the model into.")],
+    seed: Annotated[int, typer.Option("--seed", help="Weight seed (same seed, same bytes).")] = 0,
+    num_classes: Annotated[int, typer.Option("--num-classes", help="Classes of a tiny teacher.")] = 8,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output folder.")] = False,
+) -> None:
+    """Build a tiny random-weight model of the real class, offline in seconds (tests, demo).
+
+    [bold]Example[/]: vea-bench models make-tiny qwen2-vl models/tiny-qwen2-vl
+    """
+    from vea_bench.models.tiny import make_tiny
+
+    path = run_guarded(make_tiny, kind, out, seed=seed, num_classes=num_classes)
+    if quiet:
+        echo_path(path, True)
+    else:
+        console.print(f"tiny {kind} written to [bold]{path}[/]")

@@ -1,0 +1,50 @@
+"""Shared setup for the extraction tests: tiny real models and a small synthetic set, built once per session."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny Qwen2-VL, a tiny 8-class teacher and a tiny 6-class (Ekman) teacher, saved like real ones."""
+    from vea_bench.models.tiny import make_tiny
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {
+        "qwen": make_tiny("qwen2-vl", root / "qwen", seed=0),
+        "teacher": make_tiny("teacher", root / "vit-fi", seed=1, num_classes=8),
+        "teacher6": make_tiny("teacher", root / "vit-e6", seed=2, num_classes=6),
+    }
+
+
+@pytest.fixture(scope="session")
+def fi_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic FI (8 classes x 3 images, 32 px) with one corrupt image planted."""
+    from vea_bench.datasets.synthetic import make_synthetic
+
+    return make_synthetic("fi", tmp_path_factory.mktemp("fi") / "fi", per_class=3, size=32, seed=0,
+                          faults=("corrupt",))
+
+
+def cache_arrays(path: Path) -> dict[str, Any]:
+    """Every source dataset of a cache file (values and status), for exact comparisons."""
+    out: dict[str, Any] = {}
+    with h5py.File(path, "r") as h5:
+        for kind in ("visual", "vlm", "teacher", "backbone"):
+            if kind not in h5:
+                continue
+
+            def visit(name: str, obj: Any, kind: str = kind) -> None:
+                if isinstance(obj, h5py.Dataset):
+                    v = obj[()]
+                    if v.dtype.kind in ("O", "S"):
+                        v = np.array([x.decode() if isinstance(x, bytes) else x for x in v], dtype=object)
+                    out[f"{kind}/{name}"] = v
+
+            h5[kind].visititems(visit)
+    return out

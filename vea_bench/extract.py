@@ -1,0 +1,619 @@
+"""Extraction: run the expensive models once per image into the HDF5 cache, in one pass per batch.
+
+The reference implementation reruns a 7B VLM, its vision tower and a ViT on every image in every
+epoch of stages 2 and 3, one image at a time. Here one loader pass decodes each image once;
+worker processes do all CPU preprocessing (the VLM processor and every teacher/backbone
+transform) in ``collate_fn``; the main process runs one batched VLM call per batch that yields the
+pooled visual embedding *and* the answer (generated and/or scored), then each teacher and
+backbone on the same batch. Results go into cache sources::
+
+    visual/<key>    emb       N x D  float16   mean-pooled visual-encoder output (merger/projector)
+    vlm/<key>       text      N      str       raw generated answer              (generate mode)
+                    onehot    N x C  uint8     parsed answer, all-zero if unparsed (the paper's 'none')
+                    parse     N      str       parse status (see `vea_bench.models.parse`)
+                    logprobs  N x C  float32   log-likelihood of each label's answer (score mode)
+    teacher/<key>   logits    N x C  float32   in the cache's label order
+    backbone/<key>  feat      N x D  float16   pooled frozen-backbone feature
+
+Only rows a source is missing are computed, so a killed run resumes where it stopped; ``shard``
+splits rows by ``row % n`` into per-shard files that `vea-bench cache merge` joins; a corrupt
+image fails its row (with the reason) and the run goes on.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vea_bench.errors import ConfigError, DatasetError, ModelError
+from vea_bench.models.base import GenerationOptions, LoadOptions
+from vea_bench.progress import Progress, ensure
+
+if TYPE_CHECKING:
+    from vea_bench.cache.store import FeatureCache, SourceWriter
+    from vea_bench.datasets.base import DatasetIndex
+
+log = logging.getLogger(__name__)
+
+ANSWER_MODES: tuple[str, ...] = ("generate", "score")
+PARSER_VERSION = "vea_bench.models.parse/1"
+
+
+# --------------------------------------------------------------------------------------- keys
+def sanitize_key(text: str) -> str:
+    """A cache source key from a model name: lower case, ``[a-z0-9._+-]`` only, no slashes."""
+    key = re.sub(r"[^a-z0-9._+-]+", "-", str(text).strip().lower()).strip("-.")
+    return key or "model"
+
+
+def _basename(ref: str) -> str:
+    return Path(str(ref).rstrip("/\\")).name or str(ref)
+
+
+def vlm_key(model: str, adapter: str | None = None) -> str:
+    """Default key of a VLM's sources: ``qwen2-vl-7b-instruct`` or ``qwen2-vl-7b-instruct+<adapter>``."""
+    key = sanitize_key(_basename(model))
+    if adapter:
+        key += "+" + sanitize_key(_basename(adapter))
+    return key
+
+
+def teacher_key(path: str | Path) -> str:
+    """Default key of a teacher: its checkpoint folder name (plus the weights name unless ``best``)."""
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        return sanitize_key(p.parent.name + ("" if p.stem == "best" else "-" + p.stem))
+    return sanitize_key(p.name)
+
+
+def backbone_key(spec: Any) -> str:
+    """Default key of a backbone: the timm name, plus ``-random`` or the local weights' file stem."""
+    from vea_bench.models.backbone import RANDOM
+
+    key = spec.name
+    if spec.weights == RANDOM:
+        key += "-random"
+    elif spec.weights:
+        key += "-" + Path(spec.weights).stem
+    return sanitize_key(key)
+
+
+# ------------------------------------------------------------------------------------ summary
+@dataclass
+class SourceSummary:
+    """What one run did to one source (over the selected splits)."""
+
+    name: str
+    rows: int = 0          # rows of the selected splits
+    done_before: int = 0   # already resolved (written or failed) when the run started (resume)
+    done: int = 0          # written by this run
+    failed: int = 0        # failed by this run (reason in the cache's _error)
+    unparsed: int = 0      # vlm: answers that named no single label (all-zero one-hot)
+    missing: int = 0       # still missing when the run ended (--limit, --shard, interruption)
+
+
+@dataclass
+class ExtractSummary:
+    """A finished extraction: where it wrote, what each source got, how fast."""
+
+    cache_path: Path
+    sources: list[SourceSummary] = field(default_factory=list)
+    images: int = 0                 # images decoded and run through the models by this run
+    failed_images: int = 0          # images that could not be decoded or preprocessed
+    elapsed_s: float = 0.0          # whole call, model loading included
+    loop_s: float = 0.0             # the image loop alone (what images/s is measured over)
+    shard: tuple[int, int] | None = None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.loop_s if self.loop_s > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return all(s.missing == 0 for s in self.sources)
+
+    def source(self, name: str) -> SourceSummary:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+# ------------------------------------------------------------------------------------- groups
+@dataclass
+class _Target:
+    """One cache source a model group writes, with its per-split missing rows."""
+
+    writer: SourceWriter
+    summary: SourceSummary
+    missing: dict[str, set[int]] = field(default_factory=dict)
+
+
+class _Group:
+    """One model on the batch: prepares its inputs in workers, runs in the main process, writes targets."""
+
+    name: str
+    targets: list[_Target]
+
+    def needs(self, split: str, row: int) -> bool:
+        return any(row in t.missing.get(split, ()) for t in self.targets)
+
+    def prepare(self, images: list[Any]) -> Any:  # in a loader worker
+        raise NotImplementedError
+
+    def run(self, inputs: Any, jobs: list[_Job]) -> dict[str, dict[str, np.ndarray]]:  # main process
+        """Arrays per target name (``kind/key``), one row per job."""
+        raise NotImplementedError
+
+
+class _VLMGroup(_Group):
+    def __init__(self, backend: Any, prompt: str, modes: set[str], labels: list[str], space: Any,
+                 generation: GenerationOptions, visual: _Target, vlm: _Target) -> None:
+        self.name = "vlm"
+        self.backend = backend
+        self.prompt = prompt
+        self.modes = modes
+        self.labels = labels
+        self.space = space
+        self.generation = generation
+        self.visual = visual
+        self.vlm = vlm
+        self.targets = [visual, vlm]
+
+        # The CPU half only (processor + chat template), so workers never need the model itself.
+        get = getattr(backend, "preparer", None)
+        self._prep = get() if callable(get) else backend.prepare
+
+    def prepare(self, images: list[Any]) -> Any:
+        return self._prep(images, self.prompt)
+
+    def run(self, inputs: Any, jobs: list[_Job]) -> dict[str, dict[str, np.ndarray]]:
+        from vea_bench.models.parse import onehot, parse_answers
+
+        # Sampling (``--sample``) is seeded by the backend from ``generation.seed`` per batch, so a
+        # resumed run redraws what an uninterrupted one would have drawn for the same batch.
+        out = self.backend.run(
+            inputs,
+            generate="generate" in self.modes,
+            score_labels=list(self.labels) if "score" in self.modes else None,
+            generation=self.generation,
+        )
+        pooled = np.asarray(out.pooled, dtype=np.float32)
+        if pooled.shape != (len(jobs), self.backend.embed_dim):
+            raise ModelError(
+                f"VLM backend {self.backend.name} returned pooled features of shape {pooled.shape} "
+                f"for {len(jobs)} images (expected width {self.backend.embed_dim})"
+            )
+        vlm: dict[str, np.ndarray] = {}
+        if "generate" in self.modes:
+            texts = list(out.texts or [])
+            if len(texts) != len(jobs):
+                raise ModelError(f"VLM backend {self.backend.name} returned {len(texts)} answers for {len(jobs)} images")
+            parsed = parse_answers(texts, self.space)
+            # HDF5 strings cannot hold NUL; a model can emit one (byte-level tokens), keep it visible.
+            vlm["text"] = np.asarray([str(t).replace("\x00", "\\x00") for t in texts], dtype=object)
+            vlm["onehot"] = onehot(parsed, len(self.labels))
+            vlm["parse"] = np.asarray([p.status for p in parsed], dtype=object)
+        if "score" in self.modes:
+            lp = np.asarray(out.logprobs, dtype=np.float32)
+            if lp.shape != (len(jobs), len(self.labels)):
+                raise ModelError(f"VLM backend {self.backend.name} returned log-probs of shape {lp.shape}")
+            vlm["logprobs"] = lp
+        return {self.visual.summary.name: {"emb": pooled.astype(np.float16)}, self.vlm.summary.name: vlm}
+
+
+class _ImageModelGroup(_Group):
+    """A teacher (logits) or backbone (features): a torch module on transformed pixels."""
+
+    def __init__(self, name: str, model: Any, transform: Callable[[Any], Any], target: _Target,
+                 field_name: str, dtype: str, device: str, column_order: np.ndarray | None = None) -> None:
+        self.name = name
+        self.model = model
+        self.transform = transform
+        self.target = target
+        self.targets = [target]
+        self.field_name = field_name
+        self.dtype = dtype
+        self.device = device
+        self.column_order = column_order
+
+    def prepare(self, images: list[Any]) -> Any:
+        import torch
+
+        return torch.stack([self.transform(img) for img in images])
+
+    def run(self, inputs: Any, jobs: list[_Job]) -> dict[str, dict[str, np.ndarray]]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(inputs.to(self.device)).float().cpu().numpy()
+        if self.column_order is not None:
+            out = out[:, self.column_order]
+        return {self.target.summary.name: {self.field_name: out.astype(self.dtype)}}
+
+
+# -------------------------------------------------------------------------------------- loader
+@dataclass(frozen=True)
+class _Job:
+    split: str
+    row: int
+    path: str
+    needs: tuple[bool, ...]   # per group
+
+
+@dataclass
+class _Batch:
+    jobs: list[_Job]
+    failed: list[tuple[int, str]]                       # (job position, reason): image unreadable
+    inputs: list[tuple[list[int], Any] | None]          # per group: (job positions, prepared inputs)
+    group_failed: list[list[tuple[int, str]]]           # per group: preprocessing failures
+
+
+class _ImageJobs:
+    """Map-style dataset over the jobs: decodes each image once (in a worker)."""
+
+    def __init__(self, root: Path, jobs: list[_Job]) -> None:
+        self.root = root
+        self.jobs = jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
+        from vea_bench.datasets import open_image
+
+        try:
+            return i, open_image(self.root / self.jobs[i].path), None
+        except DatasetError as exc:
+            return i, None, str(exc)
+        except Exception as exc:  # noqa: BLE001  a decoder crash is this row's failure, not the run's
+            return i, None, f"{self.jobs[i].path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+class _Collate:
+    """Runs every group's CPU preprocessing on a batch (in the worker that decoded it)."""
+
+    def __init__(self, jobs: list[_Job], groups: list[_Group]) -> None:
+        self.jobs = jobs
+        self.groups = groups
+
+    def __call__(self, items: list[tuple[int, Any, str | None]]) -> _Batch:
+        jobs = [self.jobs[i] for i, _, _ in items]
+        failed = [(pos, err) for pos, (_, _, err) in enumerate(items) if err is not None]
+        inputs: list[tuple[list[int], Any] | None] = []
+        group_failed: list[list[tuple[int, str]]] = []
+        for g_idx, group in enumerate(self.groups):
+            pos = [p for p, (i, img, err) in enumerate(items) if err is None and self.jobs[i].needs[g_idx]]
+            bad: list[tuple[int, str]] = []
+            prepared = None
+            if pos:
+                try:
+                    prepared = group.prepare([items[p][1] for p in pos])
+                except Exception:  # noqa: BLE001  isolate the image(s) the preprocessor refuses
+                    keep = []
+                    for p in pos:
+                        try:
+                            group.prepare([items[p][1]])
+                            keep.append(p)
+                        except Exception as exc:  # noqa: BLE001
+                            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                            bad.append((p, f"{jobs[p].path}: preprocessing for {group.name} failed ({msg[:160]})"))
+                    pos = keep
+                    prepared = group.prepare([items[p][1] for p in pos]) if pos else None
+            inputs.append((pos, prepared) if pos else None)
+            group_failed.append(bad)
+        return _Batch(jobs, failed, inputs, group_failed)
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # workers preprocess; the model owns the cores
+
+
+# ------------------------------------------------------------------------------------- extract
+def extract(
+    dataset_index: DatasetIndex,
+    cache_path: str | Path,
+    *,
+    vlm: LoadOptions | None,
+    answer_modes: Iterable[str] = ("generate",),
+    generation: GenerationOptions | None = None,
+    teachers: Sequence[str | Path] = (),
+    backbones: Sequence[Any] = (),
+    splits: Sequence[str] | None = None,
+    limit: int | None = None,
+    shard: tuple[int, int] | str | None = None,
+    batch_size: int = 8,
+    num_workers: int = 2,
+    source_keys: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+    retry_failed: bool = False,
+    device: str | None = None,
+    vlm_backend: Any | None = None,
+    progress: Progress | None = None,
+) -> ExtractSummary:
+    """Fill ``cache_path`` with the sources of ``vlm`` / ``teachers`` / ``backbones`` for the dataset.
+
+    ``backbones`` are timm names, ``NAME@WEIGHTS`` strings or `BackboneSpec`s. ``source_keys`` maps
+    ``"vlm"``, a teacher path or a backbone string (as given) to the cache key to use instead of the
+    default. ``vlm_backend`` passes an already loaded backend (benchmarks, repeated runs). Returns
+    per-source counts; interrupting (KeyboardInterrupt) keeps every batch already written.
+    """
+    from vea_bench.cache.ops import parse_shard, shard_path, shard_rows
+    from vea_bench.cache.store import FeatureCache
+
+    progress = ensure(progress)
+    modes = {m.strip().lower() for m in answer_modes if m.strip()}
+    unknown = modes - set(ANSWER_MODES)
+    if unknown:
+        raise ConfigError(f"unknown answer mode(s) {', '.join(sorted(unknown))} (choices: {', '.join(ANSWER_MODES)})")
+    with_vlm = vlm is not None or vlm_backend is not None
+    if with_vlm and not modes:
+        raise ConfigError("--answer needs at least one of generate, score")
+    if not with_vlm and not teachers and not backbones:
+        raise ConfigError("nothing to extract: give --vlm, --teacher or --backbone")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 0:
+        raise ConfigError(f"--limit must be >= 0, got {limit}")
+    generation = generation or GenerationOptions()
+    keys = dict(source_keys or {})
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    index = dataset_index
+    space = index.label_space
+    labels = list(space.labels)
+    use_splits = list(splits) if splits else list(index.splits)
+    for s in use_splits:
+        index.split(s)  # one-line DatasetError for an unknown split
+
+    # Cheap checks before anything heavy: model paths, teacher checkpoints.
+    if vlm is not None and vlm_backend is None:
+        from vea_bench.models.loading import resolve_source
+
+        resolve_source(vlm.model)
+    for t in teachers:
+        if not Path(t).exists():
+            raise ModelError(f"teacher checkpoint {t} does not exist")
+
+    out_path = Path(cache_path) if shard is None else shard_path(cache_path, *shard)
+    cache = FeatureCache.create(
+        out_path, dataset=index.name, label_space=space.name, label_names=labels,
+        splits=index.split_specs(), split_seed=index.split_seed,
+        extra={"root": str(index.root), "split_rule": index.split_rule},
+    )
+    t0 = time.perf_counter()
+    summary = ExtractSummary(out_path, shard=shard)
+    loader_iter = None
+    try:
+        groups = _build_groups(cache, index, vlm, vlm_backend, modes, generation, teachers, backbones, keys,
+                               overwrite, shard, device)
+        # Rows to compute: per split, the union of what any source is missing.
+        jobs: list[_Job] = []
+        for split in use_splits:
+            for g in groups:
+                for t in g.targets:
+                    miss = t.writer.missing(split, retry_failed=retry_failed)
+                    n_rows = cache.num_rows(split)
+                    t.summary.rows += n_rows
+                    t.summary.done_before += int(n_rows - len(miss))  # written or failed before
+                    if shard is not None:
+                        miss = shard_rows(miss, *shard)
+                    t.missing[split] = set(int(r) for r in miss)
+            rows = sorted(set().union(*(t.missing[split] for g in groups for t in g.targets)))
+            if limit is not None:
+                rows = rows[:limit]
+                keep = set(rows)
+                for g in groups:
+                    for t in g.targets:
+                        t.missing[split] &= keep
+            samples = index.split(split)
+            for r in rows:
+                jobs.append(_Job(split, r, samples[r].path, tuple(g.needs(split, r) for g in groups)))
+        summary.sources = [t.summary for g in groups for t in g.targets]
+        progress.start(f"extract {index.name}", total=len(jobs))
+        t_loop = time.perf_counter()
+        if jobs:
+            loader = _make_loader(index.root, jobs, groups, batch_size, num_workers)
+            loader_iter = iter(loader)
+            for batch in loader_iter:
+                _process(batch, groups, summary)
+                summary.loop_s = time.perf_counter() - t_loop
+                progress.advance(len(batch.jobs), failed=summary.failed_images,
+                                 unparsed=sum(s.unparsed for s in summary.sources))
+    finally:
+        progress.finish()  # also on Ctrl-C, so the terminal's progress display is closed
+        summary.elapsed_s = time.perf_counter() - t0
+        if loader_iter is not None:
+            del loader_iter  # stop the workers before closing the file
+        try:
+            for s in summary.sources:
+                kind, key = s.name.split("/", 1)
+                info = cache.source(kind, key)
+                s.missing = sum(info.counts[sp]["missing"] for sp in use_splits if sp in info.counts)
+        finally:
+            cache.close()
+    return summary
+
+
+def _make_loader(root: Path, jobs: list[_Job], groups: list[_Group], batch_size: int, num_workers: int) -> Any:
+    import multiprocessing as mp
+
+    from torch.utils.data import DataLoader
+
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0 and "fork" not in mp.get_all_start_methods():
+        # Workers must inherit the loaded processors and transforms (fork); elsewhere load in-process.
+        log.warning("no 'fork' start method on this platform: loading images in the main process")
+        num_workers = 0
+    if num_workers > 0:
+        kwargs["multiprocessing_context"] = "fork"
+        kwargs["worker_init_fn"] = _worker_init
+        kwargs["prefetch_factor"] = 2
+    return DataLoader(
+        _ImageJobs(root, jobs),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=max(0, num_workers),
+        collate_fn=_Collate(jobs, groups),
+        **kwargs,
+    )
+
+
+def _process(batch: _Batch, groups: list[_Group], summary: ExtractSummary) -> None:
+    """Run each group on its part of the batch and write results (and failures) by split."""
+    summary.images += len(batch.jobs) - len(batch.failed)
+    summary.failed_images += len(batch.failed)
+    for g_idx, group in enumerate(groups):
+        failures = [(p, r) for p, r in batch.failed if batch.jobs[p].needs[g_idx]] + batch.group_failed[g_idx]
+        for t in group.targets:
+            _fail(t, [(batch.jobs[p], r) for p, r in failures])
+        entry = batch.inputs[g_idx]
+        if entry is None:
+            continue
+        pos, inputs = entry
+        sub = [batch.jobs[p] for p in pos]
+        results = group.run(inputs, sub)
+        for t in group.targets:
+            arrays = results[t.summary.name]
+            _write(t, sub, arrays)
+
+
+def _fail(target: _Target, items: list[tuple[_Job, str]]) -> None:
+    by_split: dict[str, list[tuple[int, str]]] = {}
+    for job, reason in items:
+        if job.row in target.missing.get(job.split, ()):
+            by_split.setdefault(job.split, []).append((job.row, reason))
+    for split, pairs in by_split.items():
+        target.writer.fail(split, [r for r, _ in pairs], [m for _, m in pairs])
+        target.summary.failed += len(pairs)
+        target.missing[split] -= {r for r, _ in pairs}
+
+
+def _write(target: _Target, jobs: list[_Job], arrays: dict[str, np.ndarray]) -> None:
+    by_split: dict[str, list[int]] = {}
+    for i, job in enumerate(jobs):
+        if job.row in target.missing.get(job.split, ()):
+            by_split.setdefault(job.split, []).append(i)
+    for split, idx in by_split.items():
+        rows = [jobs[i].row for i in idx]
+        target.writer.write(split, rows, **{k: v[idx] for k, v in arrays.items()})
+        target.summary.done += len(rows)
+        if "onehot" in arrays:
+            target.summary.unparsed += int((arrays["onehot"][idx].sum(axis=1) == 0).sum())
+        target.missing[split] -= set(rows)
+
+
+# ------------------------------------------------------------------------------ model loading
+def _build_groups(
+    cache: FeatureCache,
+    index: DatasetIndex,
+    vlm: LoadOptions | None,
+    vlm_backend: Any | None,
+    modes: set[str],
+    generation: GenerationOptions,
+    teachers: Sequence[str | Path],
+    backbones: Sequence[Any],
+    keys: dict[str, str],
+    overwrite: bool,
+    shard: tuple[int, int] | None,
+    device: str | None,
+) -> list[_Group]:
+    from vea_bench.models.backbone import BackboneSpec, load_backbone
+    from vea_bench.models.loading import resolve_device
+    from vea_bench.models.teacher import load_teacher, teacher_transform
+    from vea_bench.prompts import SYSTEM_MESSAGE, categorical_answer, categorical_instruction
+
+    space = index.label_space
+    labels = list(space.labels)
+    C = len(labels)
+    extra = {"shard": f"{shard[0]}/{shard[1]}"} if shard else {}
+    groups: list[_Group] = []
+    if vlm is not None or vlm_backend is not None:
+        backend = vlm_backend
+        if backend is None:
+            from vea_bench.models import load_vlm
+
+            backend = load_vlm(vlm)
+        if device is None:
+            device = getattr(backend, "device", None)
+        model_ref = vlm.model if vlm is not None else backend.provenance().get("model", backend.name)
+        adapter = vlm.adapter if vlm is not None else backend.provenance().get("adapter")
+        key = keys.get("vlm") or vlm_key(str(model_ref), adapter)
+        prompt = categorical_instruction(space)
+        base = dict(backend.provenance())
+        base.update(backend=backend.name, prompt=prompt, system=SYSTEM_MESSAGE, label_names=labels, **extra)
+        visual_prov = dict(base, pooling="mean over the image's visual tokens (merger / projector output)",
+                           dim=int(backend.embed_dim))
+        vlm_prov = dict(base, answer_modes=sorted(modes), parser=PARSER_VERSION)
+        fields: dict[str, tuple[tuple[int, ...], str]] = {}
+        if "generate" in modes:
+            vlm_prov["decoding"] = generation.provenance()
+            fields.update(text=((), "str"), onehot=((C,), "uint8"), parse=((), "str"))
+        if "score" in modes:
+            vlm_prov["score_answers"] = [categorical_answer(lab) for lab in labels]
+            fields["logprobs"] = ((C,), "float32")
+        vis_w = cache.writer("visual", key, {"emb": ((int(backend.embed_dim),), "float16")}, visual_prov,
+                             overwrite=overwrite)
+        vlm_w = cache.writer("vlm", key, fields, vlm_prov, overwrite=overwrite)
+        groups.append(_VLMGroup(backend, prompt, modes, labels, space, generation,
+                                _Target(vis_w, SourceSummary(f"visual/{key}")),
+                                _Target(vlm_w, SourceSummary(f"vlm/{key}"))))
+    if device is None:
+        device = resolve_device("auto")
+    device = str(device)
+    from vea_bench.hashing import file_sha256
+
+    for t in teachers:
+        model, meta = load_teacher(t, device=device)
+        order = _teacher_columns(meta, space, str(t))
+        key = keys.get(str(t)) or teacher_key(t)
+        # Absolute path: resuming from another working directory must not look like another model.
+        prov = {"model": str(Path(t).resolve()), "arch": meta.get("arch"), "weights": meta.get("weights", meta.get("path")),
+                "label_names": labels, "teacher_label_names": meta.get("label_names"),
+                "data_config": meta.get("data_config"), "trained_on": meta.get("dataset"), **extra}
+        if meta.get("weights"):
+            prov["weights_sha256"] = file_sha256(meta["weights"])
+        w = cache.writer("teacher", key, {"logits": ((C,), "float32")}, prov, overwrite=overwrite)
+        groups.append(_ImageModelGroup(f"teacher/{key}", model, teacher_transform(meta, train=False),
+                                       _Target(w, SourceSummary(f"teacher/{key}")), "logits", "float32",
+                                       device, order))
+    for b in backbones:
+        spec = b if isinstance(b, BackboneSpec) else BackboneSpec.parse(str(b))
+        bb = load_backbone(spec, device=device)
+        key = keys.get(str(b)) or keys.get(spec.name) or backbone_key(spec)
+        w = cache.writer("backbone", key, {"feat": ((bb.dim,), "float16")}, dict(bb.provenance, **extra),
+                         overwrite=overwrite)
+        groups.append(_ImageModelGroup(f"backbone/{key}", bb.model, bb.transform,
+                                       _Target(w, SourceSummary(f"backbone/{key}")), "feat", "float16", device))
+    names = [t.summary.name for g in groups for t in g.targets]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"two models would write the same source(s) {', '.join(dup)}; give distinct keys")
+    return groups
+
+
+def _teacher_columns(meta: Mapping[str, Any], space: Any, where: str) -> np.ndarray | None:
+    """Column order mapping the teacher's classes onto the cache's label order (None if identical)."""
+    names = [str(n) for n in meta.get("label_names") or []]
+    if not names:
+        raise ModelError(f"teacher {where} records no label names; cannot align its logits with the dataset")
+    idx = [space.lookup(n) for n in names]
+    if None in idx or sorted(idx) != list(range(space.num_classes)):  # type: ignore[type-var]
+        raise ModelError(
+            f"teacher {where} predicts ({', '.join(names)}), which is not the label space "
+            f"{space.name} ({', '.join(space.labels)}) of this dataset"
+        )
+    order = np.argsort(np.asarray(idx))  # cache column j <- teacher column order[j]
+    return None if np.array_equal(order, np.arange(len(order))) else order
+
+
+__all__ = ["ANSWER_MODES", "ExtractSummary", "SourceSummary", "backbone_key", "extract", "sanitize_key",
+           "teacher_key", "vlm_key"]
