@@ -70,6 +70,18 @@ class RichProgress:
         self._task = None
 
 
+def setup_logging(quiet: bool = False) -> None:
+    """Render the library's log messages (skipped images, resumes, warnings) on stderr with rich, once."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    root = logging.getLogger("vea_bench")
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        root.addHandler(RichHandler(console=err_console, show_path=False, show_time=False))
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Call ``fn``; user-facing errors become one stderr line and a non-zero exit."""
     from vea_bench.errors import VeaError

@@ -1,13 +1,13 @@
 """`vea-bench instruct generate|build`: emotion instruction data from a chat endpoint, and the three instruction kinds."""
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from vea_bench_cli.common import (
+    setup_logging,
     RichProgress,
     console,
     echo_path,
@@ -21,12 +21,7 @@ app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich",
 
 
 def _logging(quiet: bool) -> None:
-    from rich.logging import RichHandler
-
-    root = logging.getLogger("vea_bench")
-    if not any(isinstance(h, RichHandler) for h in root.handlers):
-        root.addHandler(RichHandler(console=err_console, show_path=False, show_time=False))
-    root.setLevel(logging.WARNING)
+    setup_logging(True)
 
 
 @app.command("generate")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vea_bench_cli.common import RichProgress, console, err_console, run_guarded
+from vea_bench_cli.common import RichProgress, console, err_console, run_guarded, setup_logging
 
 
 def _stage_line(quiet: bool) -> Any:
@@ -75,6 +75,7 @@ def register(app: typer.Typer) -> None:
             from vea_bench.pipeline.ledger import Ledger
             from vea_bench.pipeline.stages import build_stages, run_experiment
 
+            setup_logging(quiet)
             exp = load_experiment(experiment)
             if dry_run:
                 from vea_bench.hashing import config_hash
@@ -113,6 +114,7 @@ def register(app: typer.Typer) -> None:
             from vea_bench.pipeline.experiment import load_experiment
             from vea_bench.pipeline.stages import run_experiment
 
+            setup_logging(quiet)
             t0 = time.perf_counter()
             progress = RichProgress("step", quiet=quiet)
             path = prepare_demo(out, progress=progress)

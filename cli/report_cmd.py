@@ -42,10 +42,15 @@ def _load(results: Path) -> Any:
 
     from vea_bench.report.tables import load_results
 
-    # The library also logs each skip; here they are printed once, as rich warnings.
-    logging.getLogger("vea_bench.report.tables").addHandler(logging.NullHandler())
-    logging.getLogger("vea_bench.report.tables").propagate = False
-    res = run_guarded(load_results, results)
+    # The library also logs each skip; here they are printed once, as rich warnings, so its own
+    # log records are held back for the duration of this call only.
+    logger = logging.getLogger("vea_bench.report.tables")
+    hold = logging.Filter("vea_bench.report.tables.__none__")
+    logger.addFilter(hold)
+    try:
+        res = run_guarded(load_results, results)
+    finally:
+        logger.removeFilter(hold)
     for path, why in res.skipped:
         msg = why if str(path) in why else f"{path}: {why}"
         err_console.print(f"[yellow]warning:[/] skipped {msg}", highlight=False, soft_wrap=True)

@@ -1,16 +1,15 @@
 """`vea-bench train teacher|vlm`: fine-tune a conventional model (baseline / KD teacher), QLoRA-tune the VLM."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from vea_bench_cli.common import (
+    setup_logging,
     RichProgress,
     console,
     echo_path,
-    err_console,
     run_guarded,
 )
 from vea_bench_cli.train_cmd import app
@@ -25,13 +24,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the ou
 
 
 def _logging(quiet: bool) -> None:
-    """Library messages (warnings about skipped images, resumes) rendered on stderr with rich."""
-    from rich.logging import RichHandler
-
-    root = logging.getLogger("vea_bench")
-    if not any(isinstance(h, RichHandler) for h in root.handlers):
-        root.addHandler(RichHandler(console=err_console, show_path=False, show_time=False))
-    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    setup_logging(quiet)
 
 
 @app.command("teacher")

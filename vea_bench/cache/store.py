@@ -33,7 +33,6 @@ import numpy as np
 
 from vea_bench import __version__
 from vea_bench.errors import CacheError
-from vea_bench.hashing import manifest_hash
 
 SCHEMA_VERSION = 1
 SOURCE_KINDS: tuple[str, ...] = ("visual", "vlm", "teacher", "backbone")
