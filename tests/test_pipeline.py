@@ -21,7 +21,7 @@ from vea_bench_cli.main import app
 runner = CliRunner()
 
 
-def _experiment(tmp: Path, data: Path, vlm: Path, instructions: Path, gates: list[str]) -> Path:
+def _experiment(tmp: Path, data: Path, vlm: Path, instructions: Path, gates: list[str], teacher_epochs: int = 1) -> Path:
     kwargs = ", ".join(f"{k} = {json.dumps(v)}" for k, v in TINY_TEACHER_KWARGS.items())
     text = f"""
 [experiment]
@@ -39,7 +39,7 @@ arch = "{TINY_TEACHER_ARCH}"
 timm_kwargs = {{ {kwargs} }}
 img_size = {TINY_TEACHER_IMG_SIZE}
 random_init = true
-epochs = 1
+epochs = {teacher_epochs}
 lr = 1e-3
 batch_size = 16
 workers = 0
@@ -139,6 +139,16 @@ def test_experiment_runs_then_skips_then_trains_only_the_new_gate(setup: dict[st
     assert len(new) == 1
     assert len(iter_records(work)[0]) == n_records + 1
     assert (tmp / "cache" / "fi.h5").stat().st_mtime_ns == cache_mtime
+
+    # Edit the teacher: it retrains (into a new folder), and everything downstream of it reruns;
+    # the VLM's LoRA stage does not depend on the teacher and is kept.
+    _experiment(tmp, setup["data"], setup["vlm"], setup["instructions"], ["concat", "moe"], teacher_epochs=2)
+    fourth = runner.invoke(app, ["run", str(exp_file)])
+    assert fourth.exit_code == 0, fourth.output
+    lines = _stage_lines(fourth.output)
+    assert lines.pop("qlora") == "skipped"
+    assert set(lines.values()) == {"ran"}
+    assert len(list((work / "artifacts").glob("teacher-*"))) == 2
 
 
 def test_experiment_file_errors_are_one_line(tmp_path: Path) -> None:

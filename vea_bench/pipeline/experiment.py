@@ -23,6 +23,7 @@ class ExperimentSection:
     workdir: str = ""            # default: results/<name>
     seed: int = 0
     device: str = "auto"
+    threads: int = 0             # torch CPU threads while stages run (0: torch's default)
 
 
 @dataclass
@@ -69,6 +70,8 @@ class QLoRASection:
     max_steps: int = 0
     lr: float = 1e-4
     quantize: bool = True
+    kinds: list[str] = field(default_factory=lambda: ["categorical", "conversation", "reasoning"])
+    gradient_checkpointing: bool = True   # memory for speed; the same numbers either way
 
 
 @dataclass

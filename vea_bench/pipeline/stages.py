@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vea_bench.errors import ConfigError
+from vea_bench.hashing import config_hash
 from vea_bench.pipeline.experiment import Experiment
 from vea_bench.pipeline.ledger import Ledger, Stage, StageContext, StageResult, run_stages
 from vea_bench.progress import Progress
@@ -66,7 +67,9 @@ def build_stages(exp: Experiment) -> list[Stage]:
                 img_size=t.img_size or None, seed=seed, weights=str(exp.resolve(t.weights)) if t.weights else None,
                 random_init=t.random_init, timm_kwargs=dict(t.timm_kwargs),
             )
-            res = train_teacher(_load_index(exp), cfg, artifacts / "teacher", device=device, workers=t.workers,
+            # One folder per config: an edited [teacher] trains afresh beside the old run, never into it.
+            out_dir = artifacts / f"teacher-{config_hash(t_cfg)[:12]}"
+            res = train_teacher(_load_index(exp), cfg, out_dir, device=device, workers=t.workers,
                                 results_dir=work, progress=ctx.progress)
             out = _records(work, [res.record])
             out["checkpoint"] = str(res.out)
@@ -91,10 +94,12 @@ def build_stages(exp: Experiment) -> list[Stage]:
             from vea_bench.train.qlora import QLoRAConfig, train_vlm
 
             cfg = QLoRAConfig(vlm=exp.vlm.model, quantize=q.quantize, epochs=q.epochs, lr=q.lr,
-                              max_steps=q.max_steps or None, seed=seed)
+                              max_steps=q.max_steps or None, seed=seed, kinds=tuple(q.kinds),
+                              gradient_checkpointing=q.gradient_checkpointing)
             # The tuned VLM's accuracy comes from the extract stage's cache (baseline "vlm"), so the
             # trainer's own greedy evaluation pass would only repeat that work.
-            res = train_vlm(_load_index(exp), cfg, exp.resolve(q.instructions), artifacts / "qlora",
+            out_dir = artifacts / f"qlora-{config_hash(q_cfg)[:12]}"
+            res = train_vlm(_load_index(exp), cfg, exp.resolve(q.instructions), out_dir,
                             device=device, eval_split=None, results_dir=work, progress=ctx.progress)
             out = _records(work, [res.record])
             out["adapter"] = str(res.adapter_dir)
@@ -297,4 +302,18 @@ def run_experiment(
     unknown = sorted(set(force or []) - names)
     if unknown:
         raise ConfigError(f"--force: unknown stage(s) {unknown} (stages: {', '.join(s.name for s in stages)})")
-    return run_stages(stages, ledger, workdir=work, progress=progress, force=force or [], on_stage=on_stage)
+    threads = exp.experiment.threads
+    if threads < 0:
+        raise ConfigError(f"[experiment].threads must be 0 (torch's default) or positive, got {threads}")
+    if not threads:
+        return run_stages(stages, ledger, workdir=work, progress=progress, force=force or [], on_stage=on_stage)
+    import torch
+
+    # Tiny models on a shared CPU: one thread avoids OpenMP oversubscription, which otherwise
+    # costs tens of times the compute when other processes hold the cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return run_stages(stages, ledger, workdir=work, progress=progress, force=force or [], on_stage=on_stage)
+    finally:
+        torch.set_num_threads(before)
