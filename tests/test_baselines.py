@@ -1,0 +1,88 @@
+"""Cache baselines: each source alone, probes, ensemble, oracle and the Figure 1 counts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests._heads_helpers import tiny_cache
+from vea_bench.cache.store import FeatureCache
+from vea_bench.heads.baselines import complementarity_counts, ensemble_scores, oracle_predictions, pick_ensemble_weight
+from vea_bench.heads.synthetic_cache import make_complementary_cache
+from vea_bench.records import iter_records
+from vea_bench_cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return make_complementary_cache(tmp_path_factory.mktemp("base") / "c.h5", n_train=400, n_val=200, n_test=200,
+                                    dim=16, seed=5)
+
+
+def test_counts_oracle_and_ensemble_by_hand():
+    y = np.array([0, 1, 2, 0])
+    teacher = np.array([0, 1, 0, 1])                # right on rows 0, 1
+    vlm = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 1], [0, 0, 0]], dtype=np.float32)   # right on 0, 2; row 3 unparsed
+    assert complementarity_counts(y, teacher, vlm) == {"teacher_only": 1, "vlm_only": 1, "both": 1, "neither": 1}
+    assert oracle_predictions(y, teacher, vlm).tolist() == [0, 1, 2, 1]
+    logits = np.log(np.array([[0.6, 0.3, 0.1]] * 4))
+    assert ensemble_scores(logits, vlm, 1.0).argmax(1).tolist() == [0, 0, 0, 0]
+    assert ensemble_scores(logits, vlm, 0.0)[1].argmax() == 2
+    assert pick_ensemble_weight(y, logits, vlm) < 0.5
+
+
+def test_baselines_command_writes_all_records(cache, tmp_path):
+    out = tmp_path / "r"
+    d = runner.invoke(app, ["train", "distill", "--cache", str(cache), "--lr", "1e-3", "--epochs", "1", "--device",
+                            "cpu", "--results", str(out), "--quiet"])
+    assert d.exit_code == 0, d.output + d.stderr
+    run_id = Path(d.stdout.strip()).stem
+    res = runner.invoke(app, ["baselines", "--cache", str(cache), "--distill", run_id, "--results", str(out),
+                              "--probe-iters", "30"])
+    assert res.exit_code == 0, res.output + res.stderr
+    records = {r.method: r for _, r in iter_records(out)[0] if r.kind in ("baseline", "complementarity")}
+    assert set(records) == {"vlm", "teacher", "distill", "probe:visual/synthetic", "probe:backbone/vit", "ensemble",
+                            "oracle", "complementarity"}
+    with FeatureCache.open(cache) as c:
+        y = c.labels("test")
+        onehot = c.read("vlm", None, "test", ["onehot"])["onehot"]
+        logits = c.read("teacher", None, "test", ["logits"])["logits"]
+    vlm_ok = (onehot.sum(1) > 0) & (onehot.argmax(1) == y)
+    t_ok = logits.argmax(1) == y
+    assert records["vlm"].metrics["test"]["accuracy"] == pytest.approx(vlm_ok.mean())
+    assert records["teacher"].metrics["test"]["accuracy"] == pytest.approx(t_ok.mean())
+    assert records["oracle"].metrics["test"]["accuracy"] == pytest.approx((vlm_ok | t_ok).mean())
+    counts = records["complementarity"].metrics["test"]["extra"]
+    assert counts == {"teacher_only": int((t_ok & ~vlm_ok).sum()), "vlm_only": int((vlm_ok & ~t_ok).sum()),
+                      "both": int((t_ok & vlm_ok).sum()), "neither": int((~t_ok & ~vlm_ok).sum())}
+    # the embedding carries the class on the teacher's part: its probe learns well above chance
+    assert records["probe:visual/synthetic"].metrics["test"]["accuracy"] > 0.4
+    assert records["probe:visual/synthetic"].config["solver"] == "lbfgs-softmax-regression"
+    assert 0.0 <= records["ensemble"].config["teacher_weight"] <= 1.0
+    assert records["distill"].config["distill_run"] == run_id
+
+
+def test_baselines_skip_absent_sources_and_refuse_empty(tmp_path):
+    cache = tiny_cache(tmp_path / "c.h5", with_teacher=False)
+    res = runner.invoke(app, ["baselines", "--cache", str(cache), "--results", str(tmp_path / "r"), "--only",
+                              "vlm,ensemble"])
+    assert res.exit_code == 0, res.output + res.stderr
+    assert "skipped" in res.stdout and "ensemble" in res.stdout
+    bad = runner.invoke(app, ["baselines", "--cache", str(cache), "--results", str(tmp_path / "r"), "--only",
+                              "teacher"])
+    assert bad.exit_code != 0 and len(bad.stderr.strip().splitlines()) == 1 and "no baseline" in bad.stderr
+    bad2 = runner.invoke(app, ["baselines", "--cache", str(cache), "--only", "nope"])
+    assert bad2.exit_code != 0 and "unknown baseline" in bad2.stderr

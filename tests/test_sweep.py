@@ -1,0 +1,105 @@
+"""Sweeps: member m of a batched sweep equals the single run with the same config and seed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vea_bench.heads.synthetic_cache import make_complementary_cache
+from vea_bench.progress import RecordingProgress
+from vea_bench.records import RunRecord, iter_records
+from vea_bench_cli.main import app
+
+runner = CliRunner()
+COMMON = ["--epochs", "2", "--batch-size", "16", "--lr", "1e-3", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return make_complementary_cache(tmp_path_factory.mktemp("sweep") / "c.h5", n_train=96, n_val=48, n_test=48,
+                                    dim=8, seed=3)
+
+
+def _paths(res) -> list[str]:
+    assert res.exit_code == 0, res.output + res.stderr
+    return [line for line in res.stdout.split() if line.endswith(".json")]
+
+
+def _same_metrics(a: dict, b: dict) -> None:
+    for split in ("val", "test"):
+        ma, mb = a[split], b[split]
+        for key in ("accuracy", "macro_f1", "kl_to_teacher"):
+            assert ma[key] == pytest.approx(mb[key], abs=1e-5), (split, key)
+        assert ma["confusion"] == mb["confusion"]
+        for name, v in ma["per_class"].items():
+            assert v == pytest.approx(mb["per_class"][name], abs=1e-5, nan_ok=True)
+
+
+def test_sweep_alpha_members_equal_single_runs(cache, tmp_path):
+    res = runner.invoke(app, ["sweep", "alpha", "--cache", str(cache), "--alphas", "0:1:0.1", "--seeds", "0,1,2",
+                              "--results", str(tmp_path / "sweep"), *COMMON])
+    members = [RunRecord.load(p) for p in _paths(res)]
+    assert len(members) == 33 and len({m.group for m in members}) == 1
+    assert sorted({m.config["alpha"] for m in members}) == [round(0.1 * k, 1) for k in range(11)]
+    for m in members:
+        single = runner.invoke(app, ["train", "distill", "--cache", str(cache), "--alpha", str(m.config["alpha"]),
+                                     "--seed", str(m.seed), "--results", str(tmp_path / "single"), *COMMON])
+        (path,) = _paths(single)
+        _same_metrics(m.metrics, RunRecord.load(path).metrics)
+    # seeds matter: members differing only in seed are different runs
+    a = [m for m in members if m.config["alpha"] == 0.5]
+    assert len({round(m.metrics["val"]["kl_to_teacher"], 8) for m in a}) == 3
+
+
+def test_sweep_depth_and_gate_and_seed(cache, tmp_path):
+    out = tmp_path / "r"
+    depth = _paths(runner.invoke(app, ["sweep", "depth", "--cache", str(cache), "--depths", "1:3:1", "--seeds", "0",
+                                       "--results", str(out), *COMMON]))
+    assert sorted(RunRecord.load(p).config["depth"] for p in depth) == [1, 2, 3]
+    gate = _paths(runner.invoke(app, ["sweep", "gate", "--cache", str(cache), "--seeds", "0,1", "--gate-epochs", "2",
+                                      "--gate-fit", "crossfit", "--folds", "3", "--results", str(out), *COMMON]))
+    recs = [RunRecord.load(p) for p in gate]
+    gates = [r for r in recs if r.kind == "gate"]
+    assert len(gates) == 10 and len([r for r in recs if r.kind == "distill"]) == 2
+    assert {r.config["gate"] for r in gates} == {"concat", "moe", "bilinear", "dynamic", "crossgating"}
+    assert {r.config["gate_fit"] for r in gates} == {"crossfit"}
+    seed = _paths(runner.invoke(app, ["sweep", "seed", "--cache", str(cache), "--seeds", "0:2:1", "--gate-epochs", "1",
+                                      "--results", str(out), *COMMON]))
+    assert sorted(RunRecord.load(p).seed for p in seed if "gate" in Path(p).parts[-2]) == [0, 1, 2]
+    records, bad = iter_records(out)
+    assert not bad and len(records) == 3 + 12 + 6
+
+
+def test_sweep_reports_through_progress(cache, tmp_path):
+    from vea_bench.cache.store import FeatureCache
+    from vea_bench.heads.data import load_head_data
+    from vea_bench.heads.pipeline import DistillConfig, GateConfig
+    from vea_bench.heads.sweep import plan_sweep, run_plan
+
+    with FeatureCache.open(cache) as c:
+        data = load_head_data(c)
+    plan = plan_sweep("alpha", DistillConfig(epochs=1, batch_size=32), GateConfig(), seeds=[0, 1], alphas=[0.0, 1.0])
+    prog = RecordingProgress()
+    recs = run_plan(plan, data, results_dir=tmp_path, progress=prog)
+    assert len(recs) == 4
+    assert prog.advanced == 3   # 96 rows / 32 = 3 steps, one epoch, one batched group
+    members = [e[1][1] for e in prog.events if e[0] == "advance" and "member" in e[1][1]]
+    assert len(members) == 4 and all("test_acc" in m and "val_acc" in m for m in members)
+
+
+def test_sweep_live_table_renders_members(cache, tmp_path):
+    res = runner.invoke(app, ["sweep", "alpha", "--cache", str(cache), "--alphas", "0,1", "--seeds", "4", "--epochs",
+                              "1", "--device", "cpu", "--results", str(tmp_path)])
+    assert res.exit_code == 0, res.output + res.stderr
+    text = res.stdout + res.stderr
+    assert "alpha=0 " in text and "alpha=1 " in text and "2 records" in text

@@ -1,0 +1,121 @@
+"""The five fusion gates of EmoVLM-KD stage 3 (SPEC, paper Table 4), in a registry.
+
+Every gate maps ``v1`` (the distill head's logits, ``[B, C]``) and ``v2`` (the VLM's answer as a
+one-hot, or its normalised label probabilities, ``[B, C]``) to final logits ``[B, C]``. Gates are
+plain ``nn.Module`` classes without randomness, so the batched trainer runs many of them at once
+with ``torch.func.vmap``; adding a sixth gate is one decorated class here.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vea_bench.registry import Registry
+
+GATES: Registry[type[nn.Module]] = Registry("gate")
+
+
+class Gate(nn.Module):
+    """Base class: ``display_name`` is the paper's row name."""
+
+    display_name: str = ""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@GATES.register("concat", aliases=("concat-linear", "concat & linear", "concatlinear", "linear"))
+class ConcatLinear(Gate):
+    """The paper's gate: ``Linear(2C, C)`` over ``[v1, v2]`` (136 parameters for C = 8)."""
+
+    display_name = "Concat & Linear"
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.fc = nn.Linear(2 * num_classes, num_classes)
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.cat([v1, v2], dim=-1))
+
+
+@GATES.register("moe", aliases=("mixture-of-experts",))
+class MoE(Gate):
+    """Three experts ``Linear(2C, C)`` mixed by a softmax router ``Linear(2C, 3)``."""
+
+    display_name = "MoE"
+
+    def __init__(self, num_classes: int, num_experts: int = 3) -> None:
+        super().__init__(num_classes)
+        self.experts = nn.ModuleList(nn.Linear(2 * num_classes, num_classes) for _ in range(num_experts))
+        self.router = nn.Linear(2 * num_classes, num_experts)
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([v1, v2], dim=-1)
+        w = torch.softmax(self.router(x), dim=-1)                      # [B, E]
+        out = torch.stack([e(x) for e in self.experts], dim=-2)        # [B, E, C]
+        return (w.unsqueeze(-1) * out).sum(-2)
+
+
+@GATES.register("bilinear")
+class BilinearGate(Gate):
+    """``Bilinear(C, C, C)`` over (v1, v2), then ``Linear(C, C)``."""
+
+    display_name = "Bilinear"
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.bilinear = nn.Bilinear(num_classes, num_classes, num_classes)
+        self.fc = nn.Linear(num_classes, num_classes)
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        # Written with einsum (same maths as nn.Bilinear) so that vmap batches it.
+        z = torch.einsum("...i,kij,...j->...k", v1, self.bilinear.weight, v2) + self.bilinear.bias
+        return self.fc(z)
+
+
+@GATES.register("dynamic", aliases=("dynamicweighting", "dynamic-weighting"))
+class DynamicWeighting(Gate):
+    """Softmax of ``Linear(2C, 2)`` weighs v1 and v2; ``Linear(C, C)`` on the weighted sum."""
+
+    display_name = "DynamicWeighting"
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.weigher = nn.Linear(2 * num_classes, 2)
+        self.fc = nn.Linear(num_classes, num_classes)
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(self.weigher(torch.cat([v1, v2], dim=-1)), dim=-1)
+        return self.fc(w[..., :1] * v1 + w[..., 1:] * v2)
+
+
+@GATES.register("crossgating", aliases=("cross", "cross-gating"))
+class CrossGating(Gate):
+    """``g1 = sigmoid(Linear(v2))``, ``g2 = sigmoid(Linear(v1))``; ``Linear(C, C)`` over ``g1*v1 + g2*v2``."""
+
+    display_name = "CrossGating"
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.gate1 = nn.Linear(num_classes, num_classes)
+        self.gate2 = nn.Linear(num_classes, num_classes)
+        self.fc = nn.Linear(num_classes, num_classes)
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        g1 = torch.sigmoid(self.gate1(v2))
+        g2 = torch.sigmoid(self.gate2(v1))
+        return self.fc(g1 * v1 + g2 * v2)
+
+
+def build_gate(name: str, num_classes: int) -> Gate:
+    """A gate by registry name (or alias) for ``num_classes`` classes."""
+    return GATES.get(name)(num_classes)
+
+
+def gate_display_name(name: str) -> str:
+    cls = GATES.get(name)
+    return getattr(cls, "display_name", "") or GATES.canonical(name)
