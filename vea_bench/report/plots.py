@@ -264,9 +264,9 @@ def figure_confusion(rec: RunRecord, *, split: str = "test", style: FigureStyle 
         ax.set_xlabel("Predicted")
         ax.set_ylabel("True")
         acc = metric_of(rec, split)
-        seed = "" if rec.seed is None else f", seed {rec.seed}"
-        acc_s = "" if acc is None else f": {acc * 100:.2f}%"
-        ax.set_title(f"{run_label(rec)} on {dataset_title(rec.dataset)}{seed}{acc_s}", loc="left")
+        parts = ([] if rec.seed is None else [f"seed {rec.seed}"]) + ([] if acc is None else [f"accuracy {acc * 100:.2f}%"])
+        # Two lines: a one-line title runs into the colourbar's top label at single-column width.
+        ax.set_title(f"{run_label(rec)} on {dataset_title(rec.dataset)}\n{', '.join(parts)}", loc="left")
         fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of true class")
     return fig
 
