@@ -54,6 +54,9 @@ def test_baselines_command_writes_all_records(cache, tmp_path):
                               "--probe-iters", "30"])
     assert res.exit_code == 0, res.output + res.stderr
     records = {r.method: r for _, r in iter_records(out)[0] if r.kind in ("baseline", "complementarity")}
+    vlm_eval = [r for _, r in iter_records(out)[0] if r.kind == "vlm-eval"]
+    assert len(vlm_eval) == 1 and vlm_eval[0].method == "VLM" and vlm_eval[0].config["tuned"] is False
+    records["vlm"] = vlm_eval[0]  # the VLM alone: Table 1's VLM rows and Table 2's row (1)
     assert set(records) == {"vlm", "teacher", "distill", "probe:visual/synthetic", "probe:backbone/vit", "ensemble",
                             "oracle", "complementarity"}
     with FeatureCache.open(cache) as c:

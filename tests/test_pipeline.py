@@ -115,7 +115,9 @@ def test_experiment_runs_then_skips_then_trains_only_the_new_gate(setup: dict[st
     records, skipped = iter_records(work)
     assert not skipped, skipped
     kinds = sorted({r.kind for _, r in records})
-    assert kinds == ["baseline", "complementarity", "distill", "gate", "teacher", "vlm"]
+    assert kinds == ["baseline", "complementarity", "distill", "gate", "teacher", "vlm", "vlm-eval"]
+    vlm_alone = [r for _, r in records if r.kind == "vlm-eval"]
+    assert len(vlm_alone) == 1 and vlm_alone[0].config["tuned"] is True  # extracted with the LoRA adapter
     gate = [r for _, r in records if r.kind == "gate"]
     assert len(gate) == 1 and gate[0].config["gate"] == "concat" and 0.0 <= gate[0].accuracy("test") <= 1.0
     assert (work / "tables" / "tables.md").read_text().count("EmoVLM-KD") >= 1

@@ -172,8 +172,12 @@ def run_baselines(
                 if pair is not None and vlm_input != "onehot":
                     d = load_head_data(cache, vlm=vlm, need=("vlm",), vlm_input="onehot")
                 mets = {s: split_metrics(sa.y, sa.vlm, names) for s, sa in d.splits.items()}
-                records.append(_record("baseline", "vlm", prov, ds, names, {"source": src, "input": "onehot"},
-                                       mets, t0=t0))
+                # The VLM alone is Table 1's zero-shot / instruction-tuned row and Table 2's row (1):
+                # a "vlm-eval" record, tuned when its source was extracted with a LoRA adapter.
+                vprov = cache.source("vlm", src.split("/", 1)[-1]).provenance
+                cfg = {"source": src, "input": "onehot", "tuned": bool(vprov.get("adapter")),
+                       "backend": vprov.get("backend"), "model": vprov.get("model")}
+                records.append(_record("vlm-eval", "VLM", prov, ds, names, cfg, mets, t0=t0))
         elif w == "teacher":
             if not have["teacher"]:
                 skipped.append("teacher: no teacher source")
