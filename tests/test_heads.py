@@ -26,14 +26,6 @@ from vea_bench_cli.main import app
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def comp_cache(tmp_path_factory) -> Path:
     return make_complementary_cache(tmp_path_factory.mktemp("comp") / "c.h5", n_train=600, n_val=300, n_test=400,

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from vea_bench.heads.synthetic_cache import make_complementary_cache
@@ -14,14 +13,6 @@ from vea_bench_cli.main import app
 
 runner = CliRunner()
 COMMON = ["--epochs", "2", "--batch-size", "16", "--lr", "1e-3", "--device", "cpu", "--quiet"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
