@@ -166,7 +166,7 @@ def build_stages(exp: Experiment) -> list[Stage]:
             cfg.batch_size = d.batch_size
         return apply_schedule(cfg, "distill")
 
-    def run_plan_stage(kind: str, plan_fn: Callable[[], Any], need: tuple[str, ...], vlm_input: str = "onehot",
+    def run_plan_stage(plan_fn: Callable[[], Any], need: tuple[str, ...], vlm_input: str = "onehot",
                        distill_from: str | None = None) -> Callable[[StageContext], dict[str, Any]]:
         def run(ctx: StageContext) -> dict[str, Any]:
             from vea_bench.heads.pipeline import load_distill_run
@@ -192,7 +192,7 @@ def build_stages(exp: Experiment) -> list[Stage]:
         return plan_sweep("alpha", distill_base(), GateConfig(), seeds=d.seeds, alphas=[d.alpha])
 
     distill_cfg = {"distill": asdict(d)}
-    stages.append(Stage("distill", distill_cfg, run_plan_stage("distill", distill_plan, ("visual", "teacher")),
+    stages.append(Stage("distill", distill_cfg, run_plan_stage(distill_plan, ("visual", "teacher")),
                         deps=["extract"]))
 
     # One stage per gate, each over the distill heads of the "distill" stage (one per seed).
@@ -212,7 +212,7 @@ def build_stages(exp: Experiment) -> list[Stage]:
 
         g_cfg = {"gate": name, "fit": g.fit, "vlm_input": g.vlm_input, "epochs": g.epochs, "lr": g.lr}
         stages.append(Stage(f"gate:{name}", g_cfg,
-                            run_plan_stage("gate", gate_plan, ("visual", "teacher", "vlm"), g.vlm_input,
+                            run_plan_stage(gate_plan, ("visual", "teacher", "vlm"), g.vlm_input,
                                            distill_from="distill"),
                             deps=["extract", "distill"]))
 
@@ -225,7 +225,7 @@ def build_stages(exp: Experiment) -> list[Stage]:
             return plan_sweep("alpha", distill_base(), GateConfig(), seeds=sw.seeds, alphas=sw.alpha)
 
         stages.append(Stage("sweep:alpha", {"alphas": sw.alpha, "seeds": sw.seeds, "distill": asdict(d)},
-                            run_plan_stage("alpha", alpha_plan, ("visual", "teacher")), deps=["extract"]))
+                            run_plan_stage(alpha_plan, ("visual", "teacher")), deps=["extract"]))
     if sw.depth:
         def depth_plan() -> Any:
             from vea_bench.heads.pipeline import GateConfig
@@ -234,7 +234,7 @@ def build_stages(exp: Experiment) -> list[Stage]:
             return plan_sweep("depth", distill_base(), GateConfig(), seeds=sw.seeds, depths=sw.depth)
 
         stages.append(Stage("sweep:depth", {"depths": sw.depth, "seeds": sw.seeds, "distill": asdict(d)},
-                            run_plan_stage("depth", depth_plan, ("visual", "teacher")), deps=["extract"]))
+                            run_plan_stage(depth_plan, ("visual", "teacher")), deps=["extract"]))
 
     if exp.baselines.enabled:
         def run_baselines_stage(ctx: StageContext) -> dict[str, Any]:
