@@ -134,6 +134,15 @@ class Collector:
             self.skip(where, f"unknown label '{raw}' for {self.space.name}", "unknown-label")
         return idx
 
+    def folder_label(self, folder: Path, files: list[Path]) -> int | None:
+        """Label of a class folder's images; for an unknown name every file in it is recorded as skipped."""
+        lab = self.label(folder.name, self.rel(files[0]))
+        if lab is None:
+            # The first file was recorded by `label`; record the rest of the folder too.
+            for f in files[1:]:
+                self.skip(self.rel(f), f"unknown label '{folder.name}' for {self.space.name}", "unknown-label")
+        return lab
+
     def file_ok(self, rel: str, path: Path | None = None) -> bool:
         """False (and recorded) when the file is missing or zero bytes."""
         problem = file_problem(path if path is not None else self.root / rel)

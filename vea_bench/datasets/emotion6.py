@@ -81,10 +81,8 @@ def load_emotion6(
         files = list_images(cdir, recursive=True)
         if not files:
             continue
-        lab = col.label(cdir.name, col.rel(files[0]))
+        lab = col.folder_label(cdir, files)
         if lab is None:
-            for f in files[1:]:
-                col.skip(col.rel(f), f"unknown label '{cdir.name}' for {space.name}", "unknown-label")
             continue
         for f in files:
             rel = col.rel(f)

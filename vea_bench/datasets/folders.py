@@ -74,11 +74,8 @@ def read_imagefolder(
             files = list_images(cdir, recursive=True)
             if not files:
                 continue
-            lab = col.label(cdir.name, col.rel(files[0]))
+            lab = col.folder_label(cdir, files)
             if lab is None:
-                # The first file was recorded by `label`; record the rest of the folder too.
-                for f in files[1:]:
-                    col.skip(col.rel(f), f"unknown label '{cdir.name}' for {space.name}", "unknown-label")
                 continue
             for f in files:
                 rel = col.rel(f)
