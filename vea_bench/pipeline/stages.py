@@ -155,11 +155,10 @@ def build_stages(exp: Experiment) -> list[Stage]:
             return load_head_data(cache, visual=keys["vlm"], teacher=keys["teacher"], vlm=keys["vlm"],
                                   need=need, vlm_input=vlm_input)
 
-    def distill_base(alpha: float | None = None, depth: int | None = None) -> Any:
+    def distill_base() -> Any:
         from vea_bench.heads.pipeline import DistillConfig, apply_schedule
 
-        cfg = DistillConfig(depth=depth or d.depth, alpha=d.alpha if alpha is None else alpha, tau=d.tau,
-                            epochs=d.epochs, schedule=d.schedule)
+        cfg = DistillConfig(depth=d.depth, alpha=d.alpha, tau=d.tau, epochs=d.epochs, schedule=d.schedule)
         if d.lr:
             cfg.lr = d.lr
         if d.batch_size:
@@ -184,15 +183,20 @@ def build_stages(exp: Experiment) -> list[Stage]:
 
         return run
 
-    def distill_plan() -> Any:
-        from vea_bench.heads.sweep import plan_sweep
+    def distill_grid(kind: str, seeds: list[int], **grid: Any) -> Callable[[], Any]:
+        """A plan of distill heads over ``grid`` (alphas or depths) x seeds around the [distill] settings."""
 
-        from vea_bench.heads.pipeline import GateConfig
+        def plan() -> Any:
+            from vea_bench.heads.pipeline import GateConfig
+            from vea_bench.heads.sweep import plan_sweep
 
-        return plan_sweep("alpha", distill_base(), GateConfig(), seeds=d.seeds, alphas=[d.alpha])
+            return plan_sweep(kind, distill_base(), GateConfig(), seeds=seeds, **grid)
+
+        return plan
 
     distill_cfg = {"distill": asdict(d)}
-    stages.append(Stage("distill", distill_cfg, run_plan_stage(distill_plan, ("visual", "teacher")),
+    stages.append(Stage("distill", distill_cfg,
+                        run_plan_stage(distill_grid("alpha", d.seeds, alphas=[d.alpha]), ("visual", "teacher")),
                         deps=["extract"]))
 
     # One stage per gate, each over the distill heads of the "distill" stage (one per seed).
@@ -218,23 +222,13 @@ def build_stages(exp: Experiment) -> list[Stage]:
 
     sw = exp.sweep
     if sw.alpha:
-        def alpha_plan() -> Any:
-            from vea_bench.heads.pipeline import GateConfig
-            from vea_bench.heads.sweep import plan_sweep
-
-            return plan_sweep("alpha", distill_base(), GateConfig(), seeds=sw.seeds, alphas=sw.alpha)
-
         stages.append(Stage("sweep:alpha", {"alphas": sw.alpha, "seeds": sw.seeds, "distill": asdict(d)},
-                            run_plan_stage(alpha_plan, ("visual", "teacher")), deps=["extract"]))
+                            run_plan_stage(distill_grid("alpha", sw.seeds, alphas=sw.alpha), ("visual", "teacher")),
+                            deps=["extract"]))
     if sw.depth:
-        def depth_plan() -> Any:
-            from vea_bench.heads.pipeline import GateConfig
-            from vea_bench.heads.sweep import plan_sweep
-
-            return plan_sweep("depth", distill_base(), GateConfig(), seeds=sw.seeds, depths=sw.depth)
-
         stages.append(Stage("sweep:depth", {"depths": sw.depth, "seeds": sw.seeds, "distill": asdict(d)},
-                            run_plan_stage(depth_plan, ("visual", "teacher")), deps=["extract"]))
+                            run_plan_stage(distill_grid("depth", sw.seeds, depths=sw.depth), ("visual", "teacher")),
+                            deps=["extract"]))
 
     if exp.baselines.enabled:
         def run_baselines_stage(ctx: StageContext) -> dict[str, Any]:
