@@ -32,7 +32,7 @@ def _summary(results: list[Any], workdir: Path, wall: float) -> None:
     t.add_column("outputs")
     for r in results:
         outs = r.outputs
-        what = ", ".join(f"{len(outs['run_ids'])} run(s)" for _ in [0] if outs.get("run_ids")) or ""
+        what = f"{len(outs['run_ids'])} run(s)" if outs.get("run_ids") else ""
         if "checkpoint" in outs:
             what = f"checkpoint {outs['checkpoint']}"
         if "adapter" in outs:
