@@ -89,7 +89,10 @@ def vlm_cmd(
     vlm: Annotated[str, typer.Option("--vlm", help="Base VLM: hub id (Qwen/Qwen2-VL-7B-Instruct) or local folder.")],
     instructions: Annotated[Path, typer.Option("--instructions", help="Instruction data: reference JSON list, `instruct generate` JSONL or `instruct build` triplets.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: adapter/ (peft), checkpoint/ (resume), run record.")],
-    no_quant: Annotated[bool, typer.Option("--no-quant", help="Plain LoRA on unquantised weights (CPU, or GPUs without bitsandbytes).")] = False,
+    quant: Annotated[str, typer.Option("--quant", help="4bit: NF4 + double quantisation (SPEC; GPU, or CPU with bitsandbytes >= 0.45); none: plain LoRA on unquantised weights.")] = "4bit",
+    no_quant: Annotated[bool, typer.Option("--no-quant", help="Same as --quant none.")] = False,
+    loss_on: Annotated[str, typer.Option("--loss-on", help="answer: loss on the answer tokens only (default); all: on every non-pad, non-image token, as the reference trains.")] = "answer",
+    image_position: Annotated[str, typer.Option("--image-position", help="first: image before the question in the user turn (default); last: after it, as the reference does. Pass the same to extract.")] = "first",
     epochs: Annotated[int, typer.Option(help="Epochs (SPEC: 5).")] = 5,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (SPEC: 1e-4).")] = 1e-4,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimiser steps.")] = None,
@@ -114,15 +117,19 @@ def vlm_cmd(
 
     [bold]Example[/]: vea-bench train vlm fi --root data/FI --vlm Qwen/Qwen2-VL-7B-Instruct --instructions fi.jsonl --out runs/fi-qlora
     """
+    if quant.lower() not in ("4bit", "nf4", "none"):
+        raise typer.BadParameter(f"'{quant}' is not 4bit or none", param_hint="--quant")
     _logging(quiet)
 
     def go() -> None:
         from vea_bench.datasets import load_dataset
         from vea_bench.train.qlora import QLoRAConfig, train_vlm
 
+        cfg = QLoRAConfig(vlm=vlm, quantize=not no_quant and quant.lower() != "none", epochs=epochs, lr=lr,
+                          max_steps=max_steps, seed=seed, gradient_checkpointing=gradient_checkpointing,
+                          max_side=max_side, max_pixels=max_pixels, loss_on=loss_on, image_position=image_position)
+        cfg.validate()
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space)
-        cfg = QLoRAConfig(vlm=vlm, quantize=not no_quant, epochs=epochs, lr=lr, max_steps=max_steps, seed=seed,
-                          gradient_checkpointing=gradient_checkpointing, max_side=max_side, max_pixels=max_pixels)
         result = train_vlm(index, cfg, instructions, out, device=device, save_every=save_every,
                            eval_split=None if no_eval else "test", eval_limit=eval_limit, results_dir=results,
                            progress=RichProgress("step", quiet=quiet))

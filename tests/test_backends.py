@@ -288,7 +288,7 @@ def test_unreachable_hub_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_quantization_on_cpu_and_bad_options(tiny_dirs: dict[str, Path]) -> None:
     d = str(tiny_dirs["qwen2-vl"])
-    for opts, needle in [(LoadOptions(model=d, quantization="4bit", device="cpu"), "CUDA"),
+    for opts, needle in [(LoadOptions(model=d, quantization="8bit", device="cpu"), "CUDA"),
                          (LoadOptions(model=d, quantization="3bit", device="cpu"), "unknown quantization"),
                          (LoadOptions(model=d, dtype="fp8"), "unknown dtype")]:
         with pytest.raises(ModelError) as e:

@@ -25,12 +25,14 @@ class LoadOptions:
     revision: str | None = None
     adapter: str | None = None          # peft LoRA adapter dir from `vea-bench train vlm`
     dtype: str = "auto"                 # auto | bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)
-    quantization: str | None = None     # None | "4bit" | "8bit" (bitsandbytes, GPU only)
+    quantization: str | None = None     # None | "4bit" (NF4, GPU or CPU) | "8bit" (GPU only)
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     trust_remote_code: bool = False
     max_side: int = 1024                # SPEC: longer image side capped before the processor
     max_pixels: int | None = None       # optional processor pixel budget (speed vs fidelity)
     attn_implementation: str | None = None
+    image_position: str = "first"       # image before ("first") or after ("last", the reference) the question
+    instructblip_prompt: str = "raw"    # InstructBLIP's LM prompt: the raw question (LAVIS) or "vicuna" chat wrapper
 
 
 @dataclass(frozen=True)

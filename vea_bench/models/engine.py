@@ -24,7 +24,7 @@ import numpy as np
 from vea_bench.errors import ModelError
 from vea_bench.models.base import BatchOutput, GenerationOptions, LoadOptions, SYSTEM_MESSAGE
 from vea_bench.models import loading
-from vea_bench.prompts import categorical_answer
+from vea_bench.prompts import categorical_answer, user_content
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Preparer:
     max_pixels: int | None = None
     chat_template: str | None = None      # used when the processor has none (InstructBLIP)
     image_in_template: bool = True        # False: the processor inserts image tokens itself
+    image_position: str = "first"         # image before ("first") or after ("last", the reference) the question
     _text_cache: dict[str, str] = field(default_factory=dict, repr=False)
 
     def chat_text(self, prompt: str) -> str:
@@ -67,9 +68,7 @@ class Preparer:
         cached = self._text_cache.get(prompt)
         if cached is not None:
             return cached
-        user: list[dict[str, str]] = [{"type": "text", "text": prompt}]
-        if self.image_in_template:
-            user.insert(0, {"type": "image"})
+        user = user_content(prompt, with_image=self.image_in_template, image_position=self.image_position)
         messages = [{"role": "system", "content": [{"type": "text", "text": SYSTEM_MESSAGE}]},
                     {"role": "user", "content": user}]
         kwargs: dict[str, Any] = {"add_generation_prompt": True, "tokenize": False}
@@ -119,12 +118,16 @@ class HFVLMBackend:
         self.decoder = self.core.get_decoder()
         self.head = self.core.get_output_embeddings()
         self.embed = self.core.get_input_embeddings()
-        self._preparer = Preparer(processor, opts.max_side, opts.max_pixels, self.chat_template,
-                                  self.image_in_template)
+        self._preparer = self._make_preparer(processor, opts)
         vocab = int(getattr(self.head, "out_features", 0) or self.head.weight.shape[0])
         self._stop_mask, self._eos_mask = self._stop_masks(vocab)
         self._answers: dict[tuple[str, ...], list[list[int]]] = {}
         self._provenance: dict[str, Any] | None = None
+
+    def _make_preparer(self, processor: Any, opts: LoadOptions) -> Preparer:
+        """The CPU half for this backend (InstructBLIP overrides it: its Q-Former reads the question)."""
+        return Preparer(processor, opts.max_side, opts.max_pixels, self.chat_template, self.image_in_template,
+                        image_position=opts.image_position)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -170,6 +173,7 @@ class HFVLMBackend:
             prov["embed_dim"] = self.embed_dim
             prov["pooling"] = self.pooling
             prov["chat_template_sha256"] = _sha(self._preparer.chat_text("{prompt}"))
+            prov["image_position"] = self.opts.image_position
             self._provenance = prov
         return dict(self._provenance)
 

@@ -14,8 +14,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from vea_bench.errors import ModelError
+from vea_bench.errors import ModelError, VeaError
 from vea_bench.models.base import LoadOptions
+
+INSTRUCTBLIP_PROMPTS: tuple[str, ...] = ("raw", "vicuna")
+"""InstructBLIP's language-model prompt: the raw question (LAVIS' training, lmms-eval, VLMEvalKit)
+or SPEC's system message + Vicuna's ``USER: ... ASSISTANT:`` wrapper."""
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +127,22 @@ def resolve_dtype(dtype: str, device: str) -> Any:
 
 
 def quantization_config(quantization: str | None, device: str, compute_dtype: Any) -> Any | None:
-    """bitsandbytes NF4 (double quantisation, SPEC's QLoRA recipe) or LLM.int8; GPU only."""
+    """bitsandbytes NF4 (double quantisation, SPEC's QLoRA recipe; GPU or CPU) or LLM.int8 (GPU only).
+
+    bitsandbytes >= 0.45 has CPU kernels for NF4, so the paper's 4-bit stage-1 path runs (slowly)
+    on a CPU too; LLM.int8 has none there.
+    """
     if quantization in (None, "", "none"):
         return None
     q = str(quantization).lower().replace("-", "")
     if q not in ("4bit", "8bit", "nf4", "int8"):
         raise ModelError(f"unknown quantization '{quantization}' (4bit, 8bit)")
-    if not device.startswith("cuda"):
-        raise ModelError(f"{quantization} loading needs a CUDA GPU (bitsandbytes); drop --quantization on CPU")
+    if q in ("8bit", "int8") and not device.startswith("cuda"):
+        raise ModelError(f"{quantization} loading needs a CUDA GPU (bitsandbytes); use 4bit or no quantization on CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelError(f"{quantization} loading needs the bitsandbytes package (pip install bitsandbytes)") from None
     from transformers import BitsAndBytesConfig
 
     if q in ("4bit", "nf4"):
@@ -149,7 +161,7 @@ def from_pretrained_kwargs(opts: LoadOptions) -> tuple[str, dict[str, Any], str,
     qconf = quantization_config(opts.quantization, device, dtype)
     if qconf is not None:
         kwargs["quantization_config"] = qconf
-        kwargs["device_map"] = {"": device if ":" in device else f"{device}:0"}
+        kwargs["device_map"] = {"": device if ":" in device or device == "cpu" else f"{device}:0"}
     elif device.startswith("cuda"):
         kwargs["device_map"] = {"": device if ":" in device else "cuda:0"}
     if opts.attn_implementation:
@@ -165,6 +177,15 @@ def validate_options(opts: LoadOptions) -> None:
     quantization_config(opts.quantization, device, dtype)
     if opts.adapter:
         read_adapter_config(opts.adapter)
+    from vea_bench.prompts import check_image_position
+
+    try:
+        check_image_position(opts.image_position)
+    except VeaError as err:
+        raise ModelError(str(err)) from None
+    if opts.instructblip_prompt not in INSTRUCTBLIP_PROMPTS:
+        raise ModelError(f"InstructBLIP prompt '{opts.instructblip_prompt}' is not one of "
+                         f"{', '.join(INSTRUCTBLIP_PROMPTS)}")
     if opts.max_side is not None and opts.max_side < 28:
         raise ModelError(f"max_side {opts.max_side} is too small (SPEC caps the long side at 1024)")
     if opts.max_pixels is not None and opts.max_pixels < 28 * 28:

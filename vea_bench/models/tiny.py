@@ -187,6 +187,30 @@ def make_tiny_qwen2_vl(out: Path, seed: int = 0) -> Path:
     return _save_qwen(model, Qwen2VLProcessor, tok, ids, out)
 
 
+@TINY_BUILDERS.register("qwen2-vl-nf4", aliases=("qwen2-vl-4bit",))
+def make_tiny_qwen2_vl_nf4(out: Path, seed: int = 0) -> Path:
+    """Tiny Qwen2-VL whose every Linear the 4-bit loader quantises is a multiple of 64 wide on both
+    sides (vision 64, merger 256 -> 64, text 64 with 4 KV heads, MLPs 128): NF4 blocks are 64 values,
+    so these layers quantise in whole blocks, as every layer of the real 7B does."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    tok = _qwen_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
+    text = _qwen_text_config(tok, ids, 64)
+    text["num_key_value_heads"] = 4          # k/v projections 64 wide, not 32
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config=dict(depth=2, embed_dim=64, hidden_size=64, num_heads=2, mlp_ratio=2,
+                           patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                           initializer_range=0.2),
+        **_qwen_token_ids(tok),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    return _save_qwen(model, Qwen2VLProcessor, tok, ids, out)
+
+
 @TINY_BUILDERS.register("qwen2.5-vl")
 def make_tiny_qwen2_5_vl(out: Path, seed: int = 0) -> Path:
     """Tiny Qwen2_5_VLForConditionalGeneration (window attention, merger out 64) + its processor."""

@@ -24,6 +24,7 @@ import logging
 import math
 import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from vea_bench.errors import ConfigError, DatasetError, ModelError
 from vea_bench.hashing import config_hash, file_sha256
 from vea_bench.models.engine import cap_image
 from vea_bench.progress import Progress, ensure
-from vea_bench.prompts import SYSTEM_MESSAGE, categorical_instruction
+from vea_bench.prompts import SYSTEM_MESSAGE, categorical_instruction, user_content
 from vea_bench.records import RunRecord
 from vea_bench.train.instructions import (
     INSTRUCTION_KINDS,
@@ -63,6 +64,7 @@ CHECKPOINT_DIR = "checkpoint"
 ADAPTER_META = "vea_bench_adapter.json"
 ADAPTER_FORMAT = "vea-bench/adapter/1"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+LOSS_ON = ("answer", "all")
 
 
 @dataclass
@@ -70,7 +72,7 @@ class QLoRAConfig:
     """What decides the adapter (hashed into the run identity); device and eval options are not in it."""
 
     vlm: str
-    quantize: bool = True               # 4-bit NF4 + double quant (GPU); False: plain LoRA (--no-quant)
+    quantize: bool = True               # 4-bit NF4 + double quant (GPU or CPU); False: plain LoRA (--quant none)
     epochs: int = 5
     lr: float = 1e-4
     max_steps: int | None = None        # cap on optimiser steps (smoke runs, tests)
@@ -88,8 +90,15 @@ class QLoRAConfig:
     max_pixels: int | None = None       # optional pixel budget; use the same at extraction
     kinds: tuple[str, ...] = INSTRUCTION_KINDS
     dtype: str = "auto"                 # compute / weight dtype when not quantised (auto: bf16 GPU, fp32 CPU)
+    loss_on: str = "answer"             # "answer" (+ its end-of-turn); "all": every non-pad, non-image token (reference)
+    image_position: str = "first"       # image before the question; "last": after it (reference)
 
     def validate(self) -> None:
+        from vea_bench.prompts import check_image_position
+
+        if self.loss_on not in LOSS_ON:
+            raise ConfigError(f"--loss-on '{self.loss_on}' is not one of {', '.join(LOSS_ON)}")
+        check_image_position(self.image_position)
         if self.epochs < 1:
             raise ConfigError("--epochs must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
@@ -159,9 +168,6 @@ def load_base(cfg: QLoRAConfig, device: str) -> tuple[Any, Any, dict[str, Any]]:
         weights_sha256,
     )
 
-    if cfg.quantize and not device.startswith("cuda"):
-        raise ModelError("4-bit QLoRA needs a CUDA GPU (bitsandbytes); on this machine pass --no-quant "
-                         "for plain LoRA on unquantised weights")
     _quiet_transformers()
     opts = LoadOptions(model=cfg.vlm, device=device, dtype=cfg.dtype,
                        quantization="4bit" if cfg.quantize else None)
@@ -171,7 +177,7 @@ def load_base(cfg: QLoRAConfig, device: str) -> tuple[Any, Any, dict[str, Any]]:
 
         # SPEC: bf16 compute for the 4-bit weights.
         kwargs["quantization_config"].bnb_4bit_compute_dtype = torch.bfloat16
-        kwargs["dtype"] = torch.bfloat16
+        kwargs["dtype"] = dtype = torch.bfloat16
     try:
         model = _model_class(source).from_pretrained(source, **kwargs)
         processor = AutoProcessor.from_pretrained(source)
@@ -195,46 +201,53 @@ def wrap_lora(model: Any, cfg: QLoRAConfig) -> Any:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    gc_kwargs = {"use_reentrant": False}
+    gc_kwargs = {"use_reentrant": False}  # non-reentrant: no input-grad hook needed for frozen embeddings
+    for c in (model.config, getattr(model.config, "text_config", None)):
+        if c is not None:
+            c.use_cache = False  # no KV cache while training (and no notice about checkpointing)
     if cfg.quantize:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=gc_kwargs)
+        # peft's own checkpointing call uses transformers' deprecated name: enable it below instead.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         for p in model.parameters():
             p.requires_grad_(False)
-        if cfg.gradient_checkpointing:
-            # transformers 5 renamed it (the old name still works but warns).
-            if hasattr(model, "activation_checkpointing_enable"):
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
-            else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
-    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        # transformers 5 renamed it (the old name still works but warns).
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
                       target_modules=lora_target_regex(model, cfg.target_modules), task_type="CAUSAL_LM")
     torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn here
-    return get_peft_model(model, lcfg)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lcfg)
 
 
 # ------------------------------------------------------------------------------------------------
 # Examples and the label mask
 # ------------------------------------------------------------------------------------------------
 
-def chat_messages(question: str, image: Any, answer: str | None = None) -> list[dict[str, Any]]:
-    """System message, the user's image then question, then the answer.
+def chat_messages(question: str, image: Any, answer: str | None = None, *,
+                  image_position: str = "first") -> list[dict[str, Any]]:
+    """System message, the user's image and question, then the answer.
 
-    Image before text, exactly as extraction's `Preparer.chat_text` builds the prompt, so the tuned
-    model is evaluated on the prompt layout it was trained on.
+    The order of image and question follows ``image_position`` exactly as extraction's
+    `Preparer.chat_text` does (pass the same ``--image-position`` to both), so the tuned model is
+    evaluated on the prompt layout it was trained on.
     """
     msgs: list[dict[str, Any]] = [
         {"role": "system", "content": [{"type": "text", "text": SYSTEM_MESSAGE}]},
-        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]},
+        {"role": "user", "content": user_content(question, image, image_position=image_position)},
     ]
     if answer is not None:
         msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return msgs
 
 
-def answer_span(processor: Any, question: str, answer: str, image: Any) -> tuple[dict[str, Any], int, int]:
+def answer_span(processor: Any, question: str, answer: str, image: Any, *,
+                image_position: str = "first") -> tuple[dict[str, Any], int, int]:
     """(model inputs of the full chat, start, end): positions ``[start, end)`` are the answer's tokens.
 
     ``start`` is where the full chat's ids leave the prompt's (prompt = the chat up to the
@@ -242,9 +255,10 @@ def answer_span(processor: Any, question: str, answer: str, image: Any) -> tuple
     after the answer (the end-of-turn / eos, included so that the model learns to stop); what
     the template puts after it (a newline) is not trained.
     """
-    full_text = processor.apply_chat_template(chat_messages(question, image, answer), tokenize=False)
-    prompt_text = processor.apply_chat_template(chat_messages(question, image), tokenize=False,
-                                                add_generation_prompt=True)
+    full_text = processor.apply_chat_template(chat_messages(question, image, answer, image_position=image_position),
+                                              tokenize=False)
+    prompt_text = processor.apply_chat_template(chat_messages(question, image, image_position=image_position),
+                                                tokenize=False, add_generation_prompt=True)
     if not full_text.startswith(prompt_text):
         raise ModelError("the processor's chat template does not render the prompt as a prefix of the "
                          "conversation; cannot tell answer tokens from prompt tokens")
@@ -265,12 +279,45 @@ def answer_span(processor: Any, question: str, answer: str, image: Any) -> tuple
     return dict(full), start, end
 
 
-def encode_example(processor: Any, inst: Instruction, image: Any) -> dict[str, Any]:
-    """Model inputs plus ``labels``: -100 everywhere except the answer span."""
-    inputs, start, end = answer_span(processor, inst.question, inst.answer, image)
-    labels = inputs["input_ids"].clone()
-    labels[:, :start] = -100
-    labels[:, end:] = -100
+def _image_token_ids(processor: Any) -> set[int]:
+    """Ids of the image placeholder tokens the processor expands (never trained on)."""
+    tok = processor.tokenizer
+    ids: set[int] = set()
+    for attr in ("image_token_id", "video_token_id"):
+        v = getattr(processor, attr, None)
+        if isinstance(v, int):
+            ids.add(v)
+    for attr in ("image_token", "video_token"):
+        t = getattr(processor, attr, None)
+        t = getattr(t, "content", t)
+        if isinstance(t, str):
+            v = tok.convert_tokens_to_ids(t)
+            if isinstance(v, int) and v != tok.unk_token_id:
+                ids.add(v)
+    return ids
+
+
+def encode_example(processor: Any, inst: Instruction, image: Any, *, loss_on: str = "answer",
+                   image_position: str = "first") -> dict[str, Any]:
+    """Model inputs plus ``labels``.
+
+    ``loss_on="answer"``: -100 everywhere except the answer span (ours). ``"all"``: every token
+    but padding and image placeholders carries loss: system message, question and template
+    text too, as the reference's stage 1 trains.
+    """
+    inputs, start, end = answer_span(processor, inst.question, inst.answer, image, image_position=image_position)
+    ids = inputs["input_ids"]
+    labels = ids.clone()
+    if loss_on == "all":
+        pad = processor.tokenizer.pad_token_id
+        drop = _image_token_ids(processor) | ({pad} if pad is not None else set())
+        for t in drop:
+            labels[ids == t] = -100
+        if "attention_mask" in inputs:
+            labels[inputs["attention_mask"] == 0] = -100
+    else:
+        labels[:, :start] = -100
+        labels[:, end:] = -100
     inputs["labels"] = labels
     return inputs
 
@@ -302,13 +349,11 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
 class _Examples:
     """Lazy instruction examples: the image is opened, capped and processed when the step needs it."""
 
-    def __init__(self, instructions: list[Instruction], root: Path, processor: Any, max_side: int,
-                 max_pixels: int | None) -> None:
+    def __init__(self, instructions: list[Instruction], root: Path, processor: Any, cfg: QLoRAConfig) -> None:
         self.instructions = instructions
         self.root = root
         self.processor = processor
-        self.max_side = max_side
-        self.max_pixels = max_pixels
+        self.cfg = cfg
 
     def __len__(self) -> int:
         return len(self.instructions)
@@ -319,7 +364,8 @@ class _Examples:
         inst = self.instructions[i]
         path = Path(inst.image)
         img = open_image(path if path.is_absolute() else self.root / path)
-        return encode_example(self.processor, inst, cap_image(img, self.max_side, self.max_pixels))
+        return encode_example(self.processor, inst, cap_image(img, self.cfg.max_side, self.cfg.max_pixels),
+                              loss_on=self.cfg.loss_on, image_position=self.cfg.image_position)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -457,7 +503,7 @@ def train_vlm(
 
     processor.tokenizer.padding_side = "right"
     pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
-    examples = _Examples(insts, index.root, processor, cfg.max_side, cfg.max_pixels)
+    examples = _Examples(insts, index.root, processor, cfg)
 
     def checkpoint(finished: bool = False, record: str | None = None) -> None:
         with atomic_dir(ckpt_dir) as tmp:
@@ -513,7 +559,8 @@ def train_vlm(
     if eval_split is not None:
         metrics[eval_split] = evaluate_categorical(model, processor, index, eval_split, device=device,
                                                    dtype=compute_dtype, max_side=cfg.max_side,
-                                                   max_pixels=cfg.max_pixels, limit=eval_limit, progress=progress)
+                                                   max_pixels=cfg.max_pixels, limit=eval_limit, progress=progress,
+                                                   image_position=cfg.image_position)
     window = max(1, min(10, len(losses) // 4 or 1))
     record = RunRecord(
         kind="vlm",
@@ -550,6 +597,7 @@ def evaluate_categorical(
     limit: int | None = None,
     max_new_tokens: int = 24,
     progress: Progress | None = None,
+    image_position: str = "first",
 ) -> dict[str, Any]:
     """Greedy categorical answers on ``split``, parsed into labels: SplitMetrics as a dict.
 
@@ -578,8 +626,8 @@ def evaluate_categorical(
                 failed += 1
                 prog.advance(1)
                 continue
-            text = processor.apply_chat_template(chat_messages(question, img), tokenize=False,
-                                                 add_generation_prompt=True)
+            text = processor.apply_chat_template(chat_messages(question, img, image_position=image_position),
+                                                 tokenize=False, add_generation_prompt=True)
             inputs = _to(dict(processor(text=[text], images=[img], return_tensors="pt")), device, dtype)
             gen = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
             answer = processor.batch_decode(gen[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
