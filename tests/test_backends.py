@@ -67,14 +67,23 @@ def _direct_pooled(kind: str, be: Any, batch: dict[str, Any]) -> torch.Tensor:
             merged = core.model.visual(batch["pixel_values"], grid_thw=grid).pooler_output
             sizes = (grid.prod(-1) // core.config.vision_config.spatial_merge_size ** 2).tolist()
             return torch.stack([t.mean(0) for t in torch.split(merged, sizes)])
-        if kind == "llava-next":
+        if kind == "llava-next":  # base view + unpadded tiles (tests/test_backend_prompts.py checks the geometry)
+            from transformers.models.llava_next.modeling_llava_next import unpad_image
+
             rows = []
             counts = be.crops_per_image(batch["image_sizes"])
+            p = core.config.vision_config.image_size // core.config.vision_config.patch_size
             for i, n in enumerate(counts):
                 crops = batch["pixel_values"][i, :n]
                 hs = core.model.vision_tower(crops, output_hidden_states=True).hidden_states
-                feats = hs[core.config.vision_feature_layer][:, 1:]      # 'default': drop CLS
-                rows.append(core.model.multi_modal_projector(feats).mean(dim=(0, 1)))
+                feats = core.model.multi_modal_projector(hs[core.config.vision_feature_layer][:, 1:])  # drop CLS
+                from transformers.image_processing_utils import select_best_resolution
+
+                bh, bw = select_best_resolution(batch["image_sizes"][i].tolist(), core.config.image_grid_pinpoints)
+                gh, gw = bh // core.config.vision_config.image_size, bw // core.config.vision_config.image_size
+                grid = feats[1:].view(gh, gw, p, p, -1).permute(4, 0, 2, 1, 3).flatten(1, 2).flatten(2, 3)
+                tiles = unpad_image(grid, batch["image_sizes"][i]).flatten(1, 2).T
+                rows.append(torch.cat([feats[0], tiles]).mean(0))
             return torch.stack(rows)
         image_embeds = core.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
         query = core.query_tokens.expand(image_embeds.shape[0], -1, -1)

@@ -3,15 +3,22 @@
 The visual embedding is the language projection of the Q-Former's query outputs (the tokens the
 language model reads as the image), mean-pooled over the query tokens. It is the result of the
 model's own `get_image_features` call (vision tower + Q-Former + projection), made once per batch.
-The hub processor has no chat template: the prompt follows Vicuna v1.1's `USER: ... ASSISTANT:`
-form with SPEC's system message first, and the processor itself prepends the query placeholders.
+
+Prompt: by default the raw question, to the language model and to the Q-Former alike, as LAVIS
+trained InstructBLIP and as lmms-eval and VLMEvalKit evaluate it. ``instructblip_prompt="vicuna"``
+wraps the language model's prompt in SPEC's system message and Vicuna v1.1's
+``USER: ... ASSISTANT:`` form (the hub processor has no chat template); the Q-Former still reads
+the question only (its instruction input was the task text, never a chat transcript). The
+processor itself prepends the query placeholders.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from vea_bench.models.base import VLM_BACKENDS
-from vea_bench.models.engine import HFVLMBackend
+from vea_bench.errors import ModelError
+from vea_bench.models.base import VLM_BACKENDS, LoadOptions
+from vea_bench.models.engine import HFVLMBackend, Preparer, cap_image
 
 VICUNA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -22,6 +29,45 @@ VICUNA_CHAT_TEMPLATE = (
     "{% elif message['role'] == 'assistant' %}{{ 'ASSISTANT: ' + text + '</s>' }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
+
+
+def check_num_query_tokens(processor: Any, config: Any | None = None) -> None:
+    """An InstructBLIP processor saved without ``num_query_tokens`` cannot place the image tokens
+    (transformers fails with a TypeError inside the call): one line naming the fix instead."""
+    if getattr(processor, "num_query_tokens", None) is not None:
+        return
+    n = getattr(config, "num_query_tokens", None) if config is not None else None
+    value = n if n is not None else "<num_query_tokens of config.json>"
+    raise ModelError(f"the InstructBLIP processor has no num_query_tokens; add \"num_query_tokens\": {value} "
+                     "to the model's processor_config.json (it must equal config.json's num_query_tokens)")
+
+
+@dataclass
+class InstructBlipPreparer(Preparer):
+    """The CPU half: the LM prompt per ``prompt_style``, the Q-Former's input the question only."""
+
+    prompt_style: str = "raw"            # "raw" | "vicuna"
+
+    def chat_text(self, prompt: str) -> str:
+        if self.prompt_style == "vicuna":
+            return super().chat_text(prompt)
+        if not prompt or not prompt.strip():
+            raise ModelError("empty prompt: extraction needs the categorical instruction")
+        return prompt
+
+    def __call__(self, images: list[Any], prompt: str) -> dict[str, Any]:
+        if not images:
+            raise ModelError("prepare() got an empty batch of images")
+        check_num_query_tokens(self.processor)
+        ims = [cap_image(im, self.max_side, self.max_pixels) for im in images]
+        text = self.chat_text(prompt)
+        out = dict(self.processor(images=ims, text=[text] * len(ims), return_tensors="pt", padding=True))
+        if text != prompt:
+            q = self.processor.qformer_tokenizer([prompt] * len(ims), return_tensors="pt", padding=True,
+                                                 return_token_type_ids=False)
+            out["qformer_input_ids"] = q["input_ids"]
+            out["qformer_attention_mask"] = q["attention_mask"]
+        return out
 
 
 @VLM_BACKENDS.register("instructblip", aliases=("instruct-blip",))
@@ -35,14 +81,25 @@ class InstructBlipBackend(HFVLMBackend):
     image_in_template: ClassVar[bool] = False
     pooling: ClassVar[str] = "mean over query tokens of language_projection(Q-Former output)"
 
-    def __init__(self, model: Any, *args: Any, **kwargs: Any) -> None:
-        from vea_bench.errors import ModelError
+    def __init__(self, model: Any, processor: Any, opts: LoadOptions, *args: Any, **kwargs: Any) -> None:
         from vea_bench.models.loading import unwrap
 
-        if not getattr(unwrap(model).config, "use_decoder_only_language_model", True):
+        config = unwrap(model).config
+        if not getattr(config, "use_decoder_only_language_model", True):
             raise ModelError("InstructBLIP with an encoder-decoder language model (Flan-T5) is not supported; "
                              "use a Vicuna variant such as Salesforce/instructblip-vicuna-7b")
-        super().__init__(model, *args, **kwargs)
+        check_num_query_tokens(processor, config)
+        super().__init__(model, processor, opts, *args, **kwargs)
+
+    def _make_preparer(self, processor: Any, opts: LoadOptions) -> Preparer:
+        return InstructBlipPreparer(processor, opts.max_side, opts.max_pixels, self.chat_template,
+                                    self.image_in_template, prompt_style=opts.instructblip_prompt)
+
+    def provenance(self) -> dict[str, Any]:
+        """The base provenance plus which LM prompt was used (the Q-Former always reads the question)."""
+        prov = super().provenance()
+        prov["instructblip_prompt"] = self.opts.instructblip_prompt
+        return prov
 
     @classmethod
     def embed_dim_of(cls, config: Any) -> int:

@@ -1,10 +1,14 @@
 """LLaVA-NeXT (LLaVA-1.6) backend: one of the paper's zero-shot rows.
 
 The visual embedding is the multi-modal projector output (the vision features mapped into the
-language model's width), mean-pooled over all tokens of all of the image's crops (base view and
-any-resolution tiles, before unpadding and the learned newline tokens). A forward hook on the
-projector captures it during the model's own `get_image_features` call, which runs once per
-batch; its packed result is what the language model sees.
+language model's width), mean-pooled over exactly the tokens the language model reads as the
+image minus its learned newline tokens: the base view's tokens plus the any-resolution tiles'
+tokens after unpadding. The tiles cover a padded canvas (the image resized into the best grid
+resolution and padded to it); averaging the padded area too would make the embedding depend on
+the aspect ratio, so the padded rows and columns are cut exactly as transformers'
+`pack_image_features` / `unpad_image` cut them. A forward hook on the projector captures its
+output during the model's own `get_image_features` call, which runs once per batch; its packed
+result is what the language model sees.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ class LlavaNextBackend(HFVLMBackend):
     name: ClassVar[str] = "llava-next"
     model_class: ClassVar[str] = "LlavaNextForConditionalGeneration"
     model_types: ClassVar[tuple[str, ...]] = ("llava_next",)
-    pooling: ClassVar[str] = "mean over all crop tokens of multi_modal_projector output"
+    pooling: ClassVar[str] = ("mean over base-view and unpadded tile tokens (no newline tokens) "
+                              "of multi_modal_projector output")
 
     @classmethod
     def embed_dim_of(cls, config: Any) -> int:
@@ -49,6 +54,16 @@ class LlavaNextBackend(HFVLMBackend):
             hook.remove()
         packed = out.pooler_output
         feats = torch.cat(list(packed), dim=0) if isinstance(packed, (list, tuple)) else packed
-        proj = captured[0]                                   # crops x tokens x D
-        counts = self.crops_per_image(b["image_sizes"])
-        return feats, segment_mean(proj.float().mean(1), counts)  # equal tokens per crop
+        return feats, self.pool_unpadded(captured[0], b["image_sizes"])
+
+    def pool_unpadded(self, proj: Any, image_sizes: Any) -> Any:
+        """Mean over each image's base-view + unpadded tile tokens of the projector output
+        (all crops x tokens x D): transformers' own unpadding, without the newline tokens."""
+        import torch
+
+        counts = self.crops_per_image(image_sizes)
+        per_image = torch.split(proj, counts, dim=0)
+        unpadded, lens = self.core.model.pack_image_features(
+            list(per_image), image_sizes, vision_feature_select_strategy=self.core.config.vision_feature_select_strategy,
+            image_newline=None)
+        return segment_mean(torch.cat(unpadded, dim=0), [int(n) for n in lens])
