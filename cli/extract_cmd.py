@@ -39,7 +39,9 @@ def extract_command(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")] = 8,
     workers: Annotated[int, typer.Option("--workers", "-j", help="Data-loader worker processes (0: load in the main process).")] = 2,
     dtype: Annotated[str, typer.Option("--dtype", help="auto, bf16, fp16 or fp32 (auto: bf16 on GPU, fp32 on CPU).")] = "auto",
-    quant: Annotated[Optional[str], typer.Option("--quant", help="4bit or 8bit loading through bitsandbytes (GPU).")] = None,
+    quant: Annotated[Optional[str], typer.Option("--quant", help="4bit (NF4; GPU or CPU) or 8bit (GPU) loading through bitsandbytes.")] = None,
+    image_position: Annotated[str, typer.Option("--image-position", help="first: image before the question in the user turn; last: after it, as the reference (pass what train vlm used).")] = "first",
+    instructblip_prompt: Annotated[str, typer.Option("--instructblip-prompt", help="InstructBLIP's LM prompt: raw (the question, as LAVIS trained it) or vicuna (system + USER/ASSISTANT wrapper). The Q-Former always reads the question.")] = "raw",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads of the main process (CPU runs on shared machines: 1).")] = None,
     revision: Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit) of --vlm.")] = None,
@@ -66,7 +68,8 @@ def extract_command(
         _run, dataset=dataset, root=root, cache=cache, vlm=vlm, adapter=adapter, teachers=list(teacher or []),
         backbones=list(backbone or []), backbone_weights=backbone_weights, modes=modes, sample=sample,
         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, max_side=max_side,
-        max_pixels=max_pixels, batch_size=batch_size, workers=workers, dtype=dtype, quant=quant, device=device,
+        max_pixels=max_pixels, image_position=image_position, instructblip_prompt=instructblip_prompt,
+        batch_size=batch_size, workers=workers, dtype=dtype, quant=quant, device=device,
         revision=revision, trust_remote_code=trust_remote_code, threads=threads, limit=limit, shard=shard, splits=list(split or []),
         label_space=label_space, keys=keys, overwrite=overwrite, retry_failed=retry_failed, quiet=quiet,
     )
@@ -100,6 +103,7 @@ def _run(**a: Any) -> None:
             model=a["vlm"], revision=a["revision"], adapter=str(a["adapter"]) if a["adapter"] else None,
             dtype=a["dtype"], quantization=a["quant"], device=a["device"],
             trust_remote_code=a["trust_remote_code"], max_side=a["max_side"], max_pixels=a["max_pixels"],
+            image_position=a["image_position"], instructblip_prompt=a["instructblip_prompt"],
         )
     gen = GenerationOptions(sample=a["sample"], temperature=a["temperature"], top_p=a["top_p"],
                             max_new_tokens=a["max_new_tokens"], seed=a["seed"])

@@ -13,6 +13,7 @@ from vea_bench.datasets import load_dataset
 from vea_bench.datasets.synthetic import make_synthetic
 from vea_bench.errors import ModelError, VeaError
 from vea_bench.models.tiny import make_tiny
+from vea_bench.prompts import SYSTEM_MESSAGE
 from vea_bench.train.instructions import Instruction, load_instructions
 from vea_bench.train.qlora import (
     ADAPTER_META,
@@ -93,6 +94,62 @@ def test_label_mask_covers_exactly_the_answer_tokens(setup) -> None:
     assert (ids == image_id).sum() > 0 and (labels == image_id).sum() == 0
     n_answer = len(proc.tokenizer(answer, add_special_tokens=False)["input_ids"])
     assert int(kept.sum()) == n_answer + 1
+
+
+def test_loss_on_all_trains_every_non_pad_non_image_token_like_the_reference(setup) -> None:
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(setup["vlm"])
+    answer = "The dog lies calmly on the grass; the viewer feels content."
+    inst = Instruction("x.jpg", "conversation", "Observe the image and describe key elements of the image.", answer, "positive")
+    img = Image.new("RGB", (40, 28), (200, 120, 30))
+    ours = encode_example(proc, inst, img)
+    ref = encode_example(proc, inst, img, loss_on="all")
+    ids, labels = ref["input_ids"][0], ref["labels"][0]
+    image_id = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert torch.equal(ref["input_ids"], ours["input_ids"])
+    kept = labels != -100
+    # Everything but the image placeholders (no padding in a single example) carries loss ...
+    assert torch.equal(kept, ids != image_id) and torch.equal(labels[kept], ids[kept])
+    # ... system message and question included, which the default leaves out.
+    text = proc.tokenizer.decode(ids[kept])
+    assert SYSTEM_MESSAGE in text and inst.question in text and answer in text
+    assert int(kept.sum()) > int((ours["labels"][0] != -100).sum())
+    with pytest.raises(VeaError, match="loss-on"):
+        _cfg(setup["vlm"], loss_on="prompt").validate()
+
+
+def test_image_position_last_puts_the_question_before_the_image_in_training_and_extraction(setup) -> None:
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from vea_bench.models import LoadOptions, load_vlm
+
+    proc = AutoProcessor.from_pretrained(setup["vlm"])
+    inst = Instruction("x.jpg", "categorical", "Which emotion is it?", "{'emotion': 'positive'}", "positive")
+    img = Image.new("RGB", (32, 32), (10, 200, 30))
+
+    def order(ids: torch.Tensor) -> tuple[int, int]:
+        text = proc.tokenizer.decode(ids)
+        return text.index("<|vision_start|>"), text.index(inst.question)
+
+    vision, question = order(encode_example(proc, inst, img)["input_ids"][0])
+    assert vision < question                                  # ours: image first
+    ex = encode_example(proc, inst, img, image_position="last")
+    vision, question = order(ex["input_ids"][0])
+    assert question < vision                                  # the reference: text first
+    assert proc.tokenizer.decode(ex["input_ids"][0][ex["labels"][0] != -100], skip_special_tokens=True) == inst.answer
+    first = load_vlm(LoadOptions(model=str(setup["vlm"]), device="cpu"))
+    last = load_vlm(LoadOptions(model=str(setup["vlm"]), device="cpu", image_position="last"))
+    t = last.chat_text(inst.question)
+    assert t.index(inst.question) < t.index("<|vision_start|>")
+    f = first.chat_text(inst.question)
+    assert f.index("<|vision_start|>") < f.index(inst.question)
+    assert last.provenance()["image_position"] == "last"
+    assert last.provenance()["chat_template_sha256"] != first.provenance()["chat_template_sha256"]
+    with pytest.raises(ModelError, match="first, last"):
+        load_vlm(LoadOptions(model=str(setup["vlm"]), device="cpu", image_position="middle"))
 
 
 def test_lora_targets_language_model_only_and_only_lora_changes(setup) -> None:
@@ -273,9 +330,18 @@ def test_cli_trains_and_prints_adapter_path(setup, tmp_path, steps) -> None:
     out = tmp_path / "cli-ok"
     r = CliRunner().invoke(app, ["train", "vlm", "imagefolder", "--root", str(setup["index"].root), "--vlm",
                                  str(setup["vlm"]), "--instructions", str(setup["instructions"]), "--out", str(out),
-                                 "--no-quant", "--device", "cpu", "--max-steps", str(steps), "--no-eval", "--quiet",
-                                 "--results", str(tmp_path / "results")])
+                                 "--quant", "none", "--device", "cpu", "--max-steps", str(steps), "--no-eval", "--quiet",
+                                 "--loss-on", "all", "--image-position", "last", "--results", str(tmp_path / "results")])
     assert r.exit_code == 0, r.output
     assert r.stdout.strip().endswith(str(out / "adapter"))
     assert (out / "adapter" / "adapter_config.json").is_file()
-    assert math.isfinite(json.loads(next(out.glob("vlm-*.json")).read_text())["config"]["train_loss_last"])
+    rec = json.loads(next(out.glob("vlm-*.json")).read_text())
+    assert math.isfinite(rec["config"]["train_loss_last"])
+    assert rec["config"]["loss_on"] == "all" and rec["config"]["image_position"] == "last"
+    assert rec["config"]["quantize"] is False
+    for bad, hint in ((["--quant", "3bit"], "--quant"), (["--loss-on", "everything"], "loss-on")):
+        r = CliRunner().invoke(app, ["train", "vlm", "imagefolder", "--root", str(setup["index"].root), "--vlm",
+                                     str(setup["vlm"]), "--instructions", str(setup["instructions"]), "--out",
+                                     str(tmp_path / "bad"), "--device", "cpu", *bad])
+        assert r.exit_code != 0 and "Traceback" not in r.output and hint in r.output
+        assert not (tmp_path / "bad" / "adapter").exists()

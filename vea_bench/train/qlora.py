@@ -1,15 +1,16 @@
 """Stage 1: QLoRA instruction tuning of the VLM on the three emotion instruction kinds (SPEC).
 
 Recipe (all from SPEC, all overridable): the base model in 4-bit NF4 with double quantisation and
-bf16 compute; LoRA r 8, alpha 8, dropout 0.05 on q_proj, k_proj, v_proj, o_proj of the LANGUAGE
+bf16 compute (bitsandbytes' CUDA kernels, or its CPU kernels for small models and tests); LoRA r 8, alpha 8, dropout 0.05 on q_proj, k_proj, v_proj, o_proj of the LANGUAGE
 MODEL only (a target-module regex rooted at the model's ``language_model`` submodule keeps the
 vision tower frozen and untouched); AdamW lr 1e-4, grad-norm clip 0.3, warmup ratio 0.03 then a
 constant rate, gradient checkpointing, batch 1, 5 epochs.
 
-Each instruction is a chat (system message, user turn with the question and the image, assistant
-answer) rendered by the processor's own chat template. Only the assistant's answer tokens (and the
-end-of-turn token that closes it, so the model learns to stop) carry loss: prompt, image and
-padding positions are -100.
+Each instruction is a chat (system message, user turn with the image and the question, assistant
+answer) rendered by the processor's own chat template; ``image_position="last"`` puts the question
+first, as the reference does. By default only the assistant's answer tokens (and the end-of-turn
+token that closes it, so the model learns to stop) carry loss: prompt, image and padding positions
+are -100. ``loss_on="all"`` trains on every non-pad, non-image token instead, as the reference does.
 
 A plain loop rather than a Trainer: every step reseeds from (seed, step), so runs are deterministic
 and a resumed run continues exactly. Checkpoints (adapter + optimizer + scheduler + position) are
