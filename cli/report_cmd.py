@@ -120,7 +120,7 @@ def plot(
 
 
 def params(
-    vlm: Annotated[str, typer.Option("--vlm", help="VLM preset (qwen2-vl-7b-instruct, llava-next-mistral-7b, instructblip-vicuna-7b) or config path.")] = "qwen2-vl-7b-instruct",
+    vlm: Annotated[str, typer.Option("--vlm", help="VLM preset (qwen2-vl-7b-instruct, llava-next-mistral-7b, instructblip-vicuna-7b), its hub id (Qwen/Qwen2-VL-7B-Instruct, offline) or config path.")] = "qwen2-vl-7b-instruct",
     classes: Annotated[int, typer.Option("--classes", "-c", help="Number of classes C (FI 8, Emotion6 6, binary 2).")] = 8,
     depth: Annotated[int, typer.Option("--depth", help="Distill head depth 1-5 (hidden dims [1024, 512, 256, 128, 64][:depth]).")] = 1,
     teacher: Annotated[str, typer.Option("--teacher", help="Teacher: preset (vit, resnet50, vgg16) or timm name.")] = "vit_base_patch16_224",
@@ -142,10 +142,12 @@ def params(
     t.add_row("  vision tower", f"{v.vision_tower:,}", "encoder + merger / projector")
     t.add_row("  language model", f"{v.language_model:,}", "decoder stack + embeddings")
     t.add_row("  merger width D", f"{v.embed_dim:,}", "pooled visual embedding = distill input")
-    t.add_row("VLM trainable (paper)", f"{v.quantised_trainable:,}", "left trainable by 4-bit loading: non-Linear params + lm_head")
+    t.add_row("VLM trainable (paper)", f"{v.quantised_trainable:,}", "all but the quantised Linears: non-Linear params + lm_head")
+    t.add_row("  trainable after 4-bit load", f"{v.quantised_trainable_actual:,}",
+              f"transformers 5.x: + the quantised Linears' biases ({v.quantised_linear_biases:,})")
     t.add_row(f"  LoRA adapter r={v.lora_r}", f"{v.lora:,}", "q/k/v/o of the language model")
     t.add_row(f"distill head {rep.hidden_dims}", f"{rep.distill_head:,}", f"Linear({v.embed_dim}, ...) -> {classes}")
-    t.add_row(f"gate {gate}", f"{rep.gate_params:,}", "over [distill logits, VLM one-hot]")
+    t.add_row(f"gate {gate}", f"{rep.gate_params:,}", "over \\[distill logits, VLM one-hot]")
     t.add_row(f"teacher {teacher}", f"{rep.teacher_params:,}", "timm, meta device")
     t.add_row("EmoVLM-KD trainable", f"{rep.emovlm_kd_trainable:,}", "VLM trainable + distill head + gate", style="bold")
     console.print(t)

@@ -107,3 +107,49 @@ def test_cli_params_prints_the_paper_counts(qwen_counts: P.VLMCounts) -> None:
         assert n in out.stdout, n
     bad = CliRunner().invoke(app, ["params", "--depth", "7"])
     assert bad.exit_code != 0 and "depth" in bad.stderr
+
+
+def test_cli_params_resolves_a_bundled_presets_hub_id_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    out = CliRunner().invoke(app, ["params", "--vlm", "Qwen/Qwen2-VL-7B-Instruct"],
+                             env={"COLUMNS": "200", "HF_HUB_OFFLINE": "1"})
+    assert out.exit_code == 0, out.output
+    assert "8,291,375,616" in out.stdout and "1,091,870,720" in out.stdout
+    assert "[distill logits, VLM one-hot]" in out.stdout          # not eaten as rich markup
+    from vea_bench.models.arch import config_path
+
+    assert config_path("llava-hf/llava-v1.6-mistral-7b-hf") == config_path("llava-next-mistral-7b")
+    assert config_path("salesforce/instructblip-vicuna-7b") == config_path("instructblip-vicuna-7b")
+    bad = CliRunner().invoke(app, ["params", "--vlm", "Qwen/Qwen2-VL-72B-Instruct"])
+    assert bad.exit_code != 0 and "Qwen/Qwen2-VL-7B-Instruct" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_paper_trainable_vs_what_4bit_loading_leaves_trainable(qwen_counts: P.VLMCounts) -> None:
+    # Qwen2-VL-7B's quantised Linears with a bias: q/k/v of the 28 text layers (3584 + 512 + 512),
+    # qkv/proj/fc1/fc2 of the 32 vision blocks (3 * 1280 + 1280 + 5120 + 1280) and the merger's two.
+    biases = 28 * (3584 + 512 + 512) + 32 * (3 * 1280 + 1280 + 5120 + 1280) + (5120 + 3584)
+    assert qwen_counts.quantised_linear_biases == biases
+    assert qwen_counts.quantised_trainable_actual == 1_091_870_720 + biases
+    out = CliRunner().invoke(app, ["params"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0 and f"{1_091_870_720 + biases:,}" in out.stdout and f"{biases:,}" in out.stdout
+
+
+def test_4bit_load_leaves_exactly_the_paper_set_plus_linear_biases_trainable(tmp_path: Path) -> None:
+    """Checked on a real NF4 load (bitsandbytes' CPU kernels) with the installed transformers."""
+    import torch
+    from transformers import BitsAndBytesConfig, Qwen2VLForConditionalGeneration
+
+    from vea_bench.models.tiny import make_tiny
+
+    d = make_tiny("qwen2-vl-nf4", tmp_path / "nf4")
+    plain = Qwen2VLForConditionalGeneration.from_pretrained(d)
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=torch.bfloat16)
+    quant = Qwen2VLForConditionalGeneration.from_pretrained(d, quantization_config=q, dtype=torch.bfloat16,
+                                                            device_map={"": "cpu"})
+    trainable = sum(p.numel() for p in quant.parameters() if p.requires_grad)
+    paper, biases = P.quantised_trainable_params(plain), P.quantised_linear_bias_params(plain)
+    assert biases > 0
+    assert trainable == paper + biases

@@ -30,18 +30,29 @@ HUB_IDS: dict[str, str] = {
 """Friendly name -> the hub checkpoint whose config the preset reproduces."""
 
 
+def preset_of_hub_id(hub_id: str) -> str | None:
+    """The bundled preset whose config reproduces hub checkpoint ``hub_id`` (case-insensitive), if any."""
+    key = str(hub_id).strip().rstrip("/").lower()
+    return next((name for name, hid in HUB_IDS.items() if hid.lower() == key), None)
+
+
 def config_path(preset_or_path: str | Path) -> Path:
-    """The config.json for a preset name, a config file, or a model directory."""
+    """The config.json for a preset name, a bundled preset's hub id (offline), a config file, or a
+    model directory. A local path wins over a hub id of the same spelling."""
     key = str(preset_or_path).strip().lower().replace("_", "-")
     if key in PRESETS:
         return CONFIG_DIR / PRESETS[key]
     p = Path(preset_or_path).expanduser()
     if p.is_dir():
         p = p / "config.json"
-    if not p.is_file():
-        raise ModelError(f"unknown architecture '{preset_or_path}': not a preset ({', '.join(PRESETS)}) "
-                         "nor a config.json file or model directory")
-    return p
+    if p.is_file():
+        return p
+    preset = preset_of_hub_id(str(preset_or_path))
+    if preset is not None:
+        return CONFIG_DIR / PRESETS[preset]
+    raise ModelError(f"unknown architecture '{preset_or_path}': not a preset ({', '.join(PRESETS)}), "
+                     f"nor a bundled preset's hub id ({', '.join(HUB_IDS.values())}), "
+                     "nor a config.json file or model directory")
 
 
 def load_arch_config(preset_or_path: str | Path) -> Any:

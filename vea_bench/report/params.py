@@ -7,16 +7,22 @@ architectures ship as configs in `vea_bench/data/configs/`, built by `vea_bench.
 
 The paper's "trainable parameters" of the VLM (Table 2: 1,091,870,720 for Qwen2-VL-7B-Instruct)
 is not the LoRA adapter (r = 8 on q/k/v/o gives 5,046,272) nor the full model (8,291,375,616). It is
-exactly the number of parameters left with ``requires_grad=True`` after loading the model in 4 bit
-with bitsandbytes and before attaching LoRA: transformers replaces every ``nn.Linear`` (vision tower
-and language model alike) by a frozen ``Linear4bit`` (weight *and* bias frozen) except the output
-embedding (``lm_head``), which bitsandbytes keeps in full precision. What stays trainable is:
-token embeddings 544,997,376 + lm_head 544,997,376 + the language model's 57 RMSNorms 204,288 +
-the vision tower's LayerNorms (32 blocks x 2 + merger ln_q, weight and bias) 166,400 + the vision
-patch embedding Conv3d 1,505,280 = 1,091,870,720. `quantised_trainable_params` counts exactly
-this set for any model (the non-``Linear`` parameters plus the output embedding), so the paper's
-figure is reproduced rather than copied. EmoVLM-KD's 1,095,550,096 is that plus the distill head
-(3,679,240) plus the Concat & Linear gate (136).
+the number of parameters of the model minus every quantised ``nn.Linear`` layer, weight *and*
+bias: transformers replaces every ``nn.Linear`` (vision tower and language model alike) by a
+``Linear4bit`` except the output embedding (``lm_head``), which bitsandbytes keeps in full
+precision. That set is: token embeddings 544,997,376 + lm_head 544,997,376 + the language model's
+57 RMSNorms 204,288 + the vision tower's LayerNorms (32 blocks x 2 + merger ln_q, weight and bias)
+166,400 + the vision patch embedding Conv3d 1,505,280 = 1,091,870,720. `quantised_trainable_params`
+counts exactly this set for any model (the non-``Linear`` parameters plus the output embedding),
+so the paper's figure is reproduced rather than copied. EmoVLM-KD's 1,095,550,096 is that plus the
+distill head (3,679,240) plus the Concat & Linear gate (136).
+
+What is left with ``requires_grad=True`` after a 4-bit load depends on the transformers version:
+in transformers 5.x the ``Linear4bit`` weights are frozen but their *biases* stay trainable, so
+``sum(p.numel() for p in model.parameters() if p.requires_grad)`` gives the paper's figure plus
+the quantised layers' biases (`quantised_linear_bias_params`; Qwen2-VL-7B has biases on the
+language model's q/k/v and on the vision tower's and merger's Linears). `vea-bench params` prints
+both. None of these counts is what QLoRA trains: that is the LoRA adapter alone.
 """
 from __future__ import annotations
 
@@ -224,6 +230,16 @@ def quantised_trainable_params(model: Any) -> int:
     return int(sum(p.numel() for p in model.parameters() if id(p) not in frozen))
 
 
+def quantised_linear_bias_params(model: Any) -> int:
+    """Biases of the ``nn.Linear`` layers 4-bit loading quantises (all but the output embedding):
+    transformers 5.x leaves them trainable, on top of `quantised_trainable_params`."""
+    from torch import nn
+
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return int(sum(mod.bias.numel() for mod in model.modules()
+                   if isinstance(mod, nn.Linear) and mod is not out and mod.bias is not None))
+
+
 def lora_params(model: Any, *, r: int = 8, targets: Sequence[str] = LORA_TARGETS, language_path: str | None = None) -> int:
     """LoRA adapter size: ``r * (in + out)`` for every ``nn.Linear`` named like a target in the language model.
 
@@ -249,9 +265,15 @@ class VLMCounts:
     vision_tower: int
     language_model: int
     embed_dim: int
-    quantised_trainable: int
+    quantised_trainable: int             # the paper's definition (Table 2)
+    quantised_linear_biases: int         # + these are trainable after a 4-bit load in transformers 5.x
     lora: int
     lora_r: int
+
+    @property
+    def quantised_trainable_actual(self) -> int:
+        """``requires_grad`` parameters after a 4-bit load in transformers 5.x (biases not frozen)."""
+        return self.quantised_trainable + self.quantised_linear_biases
 
 
 def vlm_counts(preset_or_path: str = DEFAULT_VLM, *, lora_r: int = 8) -> VLMCounts:
@@ -272,6 +294,7 @@ def vlm_counts(preset_or_path: str = DEFAULT_VLM, *, lora_r: int = 8) -> VLMCoun
         language_model=count(language),
         embed_dim=int(parts.embed_dim(model.config)),
         quantised_trainable=quantised_trainable_params(model),
+        quantised_linear_biases=quantised_linear_bias_params(model),
         lora=lora_params(model, r=lora_r, language_path=parts.language_path),
         lora_r=lora_r,
     )
