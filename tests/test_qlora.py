@@ -297,13 +297,6 @@ def test_nf4_qlora_on_cpu_trains_saves_reloads_onto_4bit_base_and_extracts(setup
     assert be.provenance()["quantization"] == "4bit"
 
 
-def test_lora_on_cpu_8bit_is_a_one_line_error(setup) -> None:
-    from vea_bench.models import LoadOptions, load_vlm
-
-    with pytest.raises(ModelError, match="CUDA"):
-        load_vlm(LoadOptions(model=str(setup["vlm"]), quantization="8bit", device="cpu"))
-
-
 def test_cli_bad_instruction_file_is_one_line_and_leaves_nothing(setup, tmp_path) -> None:
     from typer.testing import CliRunner
     from vea_bench_cli.main import app
