@@ -164,3 +164,25 @@ def test_llava_next_padded_area_no_longer_enters_the_pool(tiny) -> None:
     np.testing.assert_allclose(new, old, atol=1e-5, rtol=0)
     new, old = pooled[(48, 32)]
     assert np.abs(new - old).max() > 1e-3
+
+
+def test_extract_records_the_instructblip_prompt_and_refuses_mixing_it(tiny, synthetic_root, tmp_path) -> None:
+    from typer.testing import CliRunner
+    from vea_bench_cli.main import app
+
+    from vea_bench.cache import FeatureCache
+
+    root = synthetic_root("fi", per_class=3)
+    cache = tmp_path / "blip.h5"
+    args = ["extract", "fi", "--root", str(root), "--vlm", str(tiny["instructblip"]), "--cache", str(cache),
+            "--device", "cpu", "--workers", "0", "--max-new-tokens", "4", "--limit", "1", "--quiet"]
+    r = CliRunner().invoke(app, [*args, "--instructblip-prompt", "vicuna"])
+    assert r.exit_code == 0, r.output
+    with FeatureCache.open(cache) as c:
+        (src,) = c.sources("vlm")
+        assert src.provenance["instructblip_prompt"] == "vicuna"
+    # Rows answered under the other prompt do not join those rows.
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code != 0 and "Traceback" not in r.output and "instructblip_prompt" in r.output, r.output
+    bad = CliRunner().invoke(app, [*args[:-1], "--image-position", "middle"])
+    assert bad.exit_code != 0 and "first, last" in bad.output and "Traceback" not in bad.output
