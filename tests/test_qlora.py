@@ -338,3 +338,22 @@ def test_cli_trains_and_prints_adapter_path(setup, tmp_path, steps) -> None:
                                      str(tmp_path / "bad"), "--device", "cpu", *bad])
         assert r.exit_code != 0 and "Traceback" not in r.output and hint in r.output
         assert not (tmp_path / "bad" / "adapter").exists()
+
+
+def test_experiment_file_passes_loss_and_image_position_to_stage_1_and_extraction(tmp_path) -> None:
+    from vea_bench.errors import ConfigError
+    from vea_bench.pipeline.experiment import parse_experiment
+    from vea_bench.pipeline.stages import build_stages
+
+    data = {"dataset": {"name": "fi", "root": str(tmp_path)},
+            "vlm": {"model": "Qwen/Qwen2-VL-7B-Instruct", "image_position": "last", "instructblip_prompt": "vicuna"},
+            "qlora": {"instructions": str(tmp_path / "i.jsonl"), "loss_on": "all"}}
+    stages = {s.name: s for s in build_stages(parse_experiment(data, base=tmp_path))}
+    assert stages["qlora"].config["loss_on"] == "all" and stages["qlora"].config["image_position"] == "last"
+    assert stages["extract"].config["vlm"]["image_position"] == "last"
+    assert stages["extract"].config["vlm"]["instructblip_prompt"] == "vicuna"
+    for section, key, value in (("qlora", "loss_on", "prompt"), ("vlm", "image_position", "middle")):
+        bad = {k: dict(v) for k, v in data.items()}
+        bad[section][key] = value
+        with pytest.raises(ConfigError, match=rf"\[{section}\]\.{key}"):
+            parse_experiment(bad, base=tmp_path)

@@ -61,6 +61,8 @@ class VLMSection:
     dtype: str = "auto"
     quantization: str = ""       # "", "4bit", "8bit"
     trust_remote_code: bool = False
+    image_position: str = "first"        # "last": question before the image (the reference); stage 1 too
+    instructblip_prompt: str = "raw"     # "vicuna": system + USER/ASSISTANT wrapper (InstructBLIP only)
 
 
 @dataclass
@@ -70,6 +72,7 @@ class QLoRASection:
     max_steps: int = 0
     lr: float = 1e-4
     quantize: bool = True
+    loss_on: str = "answer"              # "all": every non-pad, non-image token (the reference)
     kinds: list[str] = field(default_factory=lambda: ["categorical", "conversation", "reasoning"])
     gradient_checkpointing: bool = True   # memory for speed; the same numbers either way
 
@@ -223,6 +226,13 @@ def parse_experiment(data: dict[str, Any], *, path: Path | None = None, base: Pa
         raise ConfigError(f"{where}: [qlora] needs instructions (a file from `vea-bench instruct`)")
     if exp.qlora is not None and exp.vlm.adapter:
         raise ConfigError(f"{where}: give [vlm].adapter or a [qlora] section, not both")
+    choices = [("[vlm].image_position", exp.vlm.image_position, ("first", "last")),
+               ("[vlm].instructblip_prompt", exp.vlm.instructblip_prompt, ("raw", "vicuna"))]
+    if exp.qlora is not None:
+        choices.append(("[qlora].loss_on", exp.qlora.loss_on, ("answer", "all")))
+    for key, value, allowed in choices:
+        if value not in allowed:
+            raise ConfigError(f"{where}: {key} must be one of {', '.join(allowed)}, got '{value}'")
     bad = sorted(set(exp.extract.answer) - {"generate", "score"})
     if bad or not exp.extract.answer:
         raise ConfigError(f"{where}: [extract].answer must list generate and/or score, got {exp.extract.answer}")

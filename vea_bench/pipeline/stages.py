@@ -88,14 +88,15 @@ def build_stages(exp: Experiment) -> list[Stage]:
     if exp.qlora is not None:
         q = exp.qlora
         q_cfg = {"dataset": data_cfg, "vlm": exp.vlm.model, "revision": exp.vlm.revision, **asdict(q), "seed": seed,
-                 "instructions_file": str(exp.resolve(q.instructions))}
+                 "instructions_file": str(exp.resolve(q.instructions)), "image_position": exp.vlm.image_position}
 
         def run_qlora(ctx: StageContext) -> dict[str, Any]:
             from vea_bench.train.qlora import QLoRAConfig, train_vlm
 
             cfg = QLoRAConfig(vlm=exp.vlm.model, quantize=q.quantize, epochs=q.epochs, lr=q.lr,
                               max_steps=q.max_steps or None, seed=seed, kinds=tuple(q.kinds),
-                              gradient_checkpointing=q.gradient_checkpointing)
+                              gradient_checkpointing=q.gradient_checkpointing, loss_on=q.loss_on,
+                              image_position=exp.vlm.image_position)
             # The tuned VLM's accuracy comes from the extract stage's cache (baseline "vlm"), so the
             # trainer's own greedy evaluation pass would only repeat that work.
             out_dir = artifacts / f"qlora-{config_hash(q_cfg)[:12]}"
@@ -125,7 +126,8 @@ def build_stages(exp: Experiment) -> list[Stage]:
         opts = LoadOptions(model=v.model if not Path(v.model).exists() else str(Path(v.model).resolve()),
                            revision=v.revision or None, adapter=adapter, dtype=v.dtype,
                            quantization=v.quantization or None, device=device,
-                           trust_remote_code=v.trust_remote_code, max_pixels=x.max_pixels or None)
+                           trust_remote_code=v.trust_remote_code, max_pixels=x.max_pixels or None,
+                           image_position=v.image_position, instructblip_prompt=v.instructblip_prompt)
         gen = GenerationOptions(sample=x.sample, max_new_tokens=x.max_new_tokens, seed=seed)
         summary = extract(_load_index(exp), exp.cache_path, vlm=opts, answer_modes=x.answer, generation=gen,
                           teachers=teachers, backbones=list(x.backbones), limit=x.limit or None,
