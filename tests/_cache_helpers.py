@@ -138,6 +138,18 @@ def write_all(
     return done
 
 
+def walk_datasets(group: h5py.Group, prefix: str = ""):
+    """(path, dataset) of every dataset under ``group``, following the index's external links
+    (``visititems`` does not cross into the per-source files)."""
+    for name in group:
+        obj = group[name]
+        path = f"{prefix}{name}"
+        if isinstance(obj, h5py.Dataset):
+            yield path, obj
+        else:
+            yield from walk_datasets(obj, path + "/")
+
+
 def source_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of every source (values, ``_status``, ``_error``) by HDF5 path, raw from disk."""
     out: dict[str, np.ndarray] = {}
@@ -145,12 +157,8 @@ def source_arrays(path: Path) -> dict[str, np.ndarray]:
         for kind in ("visual", "vlm", "teacher", "backbone"):
             if kind not in h5:
                 continue
-
-            def visit(name: str, obj: object, kind: str = kind) -> None:
-                if isinstance(obj, h5py.Dataset):
-                    out[f"{kind}/{name}"] = obj[()]
-
-            h5[kind].visititems(visit)
+            for name, ds in walk_datasets(h5[kind]):
+                out[f"{kind}/{name}"] = ds[()]
     return out
 
 
@@ -194,7 +202,7 @@ if __name__ == "__main__":
     _main()
 
 __all__ = [
-    "C", "D", "FIELDS", "LABELS", "PROVENANCE", "ROW_FAILED", "SPLIT_SIZES", "assert_same_sources",
+    "C", "D", "FIELDS", "walk_datasets", "LABELS", "PROVENANCE", "ROW_FAILED", "SPLIT_SIZES", "assert_same_sources",
     "failure_reason", "is_failed", "make_cache", "row_values", "source_arrays", "split_specs",
     "write_all", "write_rows",
 ]
