@@ -27,7 +27,7 @@ from types import FrameType
 from vea_bench.errors import CacheError, VeaError
 
 # Free space kept in reserve beyond the estimate (HDF5 metadata, the index rewrite, other writers).
-_RESERVE_BYTES = 8 << 20
+_RESERVE_BYTES = 1 << 20
 
 _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -172,9 +172,10 @@ class StopFlag:
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum is not None else ""
 
-    def error(self, detail: str) -> Stopped:
+    def error(self, detail: str, *, at_once: bool = False) -> Stopped:
         code = _SIGNAL_EXIT.get(self.signum or 0, 128 + int(self.signum or 0))
-        return Stopped(f"stopped by {self.name} after the current batch: {detail}; rerun the same command to resume", code)
+        when = "at once on a second signal" if at_once else "after the current batch"
+        return Stopped(f"stopped by {self.name} {when}: {detail}; rerun the same command to resume", code)
 
 
 @contextmanager
@@ -191,7 +192,7 @@ def stop_on_signals() -> Iterator[StopFlag]:
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if flag.requested:  # asked twice: stop now (files are closed by the callers' finally blocks)
-            raise flag.error("stopped at once on a second signal")
+            raise flag.error("every batch written before it is kept", at_once=True)
         flag.signum = signum
 
     old = {s: signal.getsignal(s) for s in _SIGNAL_EXIT}

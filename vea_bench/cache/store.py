@@ -312,10 +312,11 @@ class SourceWriter:
 
     @property
     def file(self) -> h5py.File:
-        f = self.cache._files.get(self.name)
-        if f is None or not f.id.valid:
-            raise CacheError(f"{self.cache.path}: source {self.name} is not open for writing (cache closed?)")
-        return f
+        """The source's file, opened for writing at the first write (a complete source that is
+        only checked stays readable by other processes)."""
+        if not self.cache._h5.id.valid:
+            raise CacheError(f"{self.cache.path}: the cache is closed")
+        return self.cache._open_for_writing(self.name)
 
     @property
     def group(self) -> h5py.Group:
@@ -328,11 +329,11 @@ class SourceWriter:
             raise os_error(self.file.filename, exc, f"write source {self.name}") from None
 
     def status(self, split: str) -> np.ndarray:
-        return self.group[f"{split}/_status"][()]
+        return self.cache._group(self.name)[f"{split}/_status"][()]
 
     def fingerprints(self, split: str) -> np.ndarray | None:
         """Stored per-row image fingerprints (None for sources written before they existed)."""
-        g = self.group[split]
+        g = self.cache._group(self.name)[split]
         return g["_fp"][()] if "_fp" in g else None
 
     def invalidate(self, split: str, rows: Sequence[int] | np.ndarray) -> None:
@@ -501,6 +502,7 @@ class FeatureCache:
         self._h5 = h5  # the index, always opened read-only (it is replaced, never edited)
         self._lock = lock  # held while open for writing
         self._files: dict[str, h5py.File] = {}  # source name -> its file, open for writing
+        self._readers: dict[str, h5py.File] = {}  # source name -> its file, open read-only
 
     @property
     def writable(self) -> bool:
@@ -714,6 +716,10 @@ class FeatureCache:
             except OSError as exc:  # a full disk can refuse the final flush; the rows before it are kept
                 log.warning("%s", os_error(self.path, exc, "close a source file"))
         self._files.clear()
+        for f in self._readers.values():
+            if f.id.valid:
+                f.close()
+        self._readers.clear()
         if self._h5.id.valid:
             self._h5.close()
         if self._lock is not None:
@@ -733,9 +739,15 @@ class FeatureCache:
                 out[f"{kind}/{key}"] = link.filename if isinstance(link, h5py.ExternalLink) else None
         return out
 
-    def _source_file(self, name: str) -> Path | None:
-        rel = self._links().get(name)
-        return None if rel is None else self.path.parent / rel
+    def _source_file(self, name: str, rel: str | None = None) -> Path | None:
+        """Where a source's file is: in this index's own ``.sources`` folder (so a cache copied or
+        renamed together with its folder works), else where the link itself points."""
+        rel = rel if rel is not None else self._links().get(name)
+        if rel is None:
+            return None
+        kind = name.split("/", 1)[0]
+        own = self.sources_dir / kind / Path(rel).name
+        return own if own.exists() else self.path.parent / rel
 
     def _new_source_path(self, kind: str, key: str) -> tuple[Path, str]:
         safe = re.sub(r"[^A-Za-z0-9._+-]", "_", key)[:80] or "source"
@@ -760,7 +772,14 @@ class FeatureCache:
                 links[name] = self._externalize(name)
         for name, rel in changes.items():
             links[name] = rel
-        keep = {n: r for n, r in links.items() if r is not None}
+        keep = {}
+        for n, r in links.items():
+            if r is None:
+                continue
+            f = self._source_file(n, r)
+            own = self.sources_dir / n.split("/", 1)[0] / Path(r).name
+            keep[n] = f"{self.path.name}{SOURCES_SUFFIX}/{n.split('/', 1)[0]}/{Path(r).name}" if f == own else r
+        self._close_readers()
         tmp = self.path.with_name(f"{self.path.name}.index-{secrets.token_hex(4)}.tmp")
         try:
             with h5py.File(tmp, "w") as new:
@@ -785,6 +804,12 @@ class FeatureCache:
         for name in [n for n in self._files if n not in keep]:
             self._files.pop(name).close()
         self._collect_garbage()
+
+    def _close_readers(self) -> None:
+        for f in self._readers.values():
+            if f.id.valid:
+                f.close()
+        self._readers.clear()
 
     def _externalize(self, name: str) -> str | None:
         kind, key = name.split("/", 1)
@@ -822,7 +847,8 @@ class FeatureCache:
         d = self.sources_dir
         if not self.writable or not d.is_dir():
             return
-        used = {(self.path.parent / r).resolve() for r in self._links().values() if r is not None}
+        used = {p.resolve() for n, r in self._links().items() if r is not None
+                and (p := self._source_file(n, r)) is not None}
         for f in d.rglob("*"):
             if f.is_file() and f.resolve() not in used:
                 try:
@@ -839,6 +865,9 @@ class FeatureCache:
         p = self._source_file(name)
         if p is None:
             raise CacheError(f"{self.path}: source {name} is stored in the index itself")
+        r = self._readers.pop(name, None)
+        if r is not None and r.id.valid:
+            r.close()  # HDF5 refuses to reopen for writing a file this process has open read-only
         try:
             f = h5py.File(p, "r+")
         except OSError as exc:
@@ -862,11 +891,20 @@ class FeatureCache:
 
     def _group(self, name: str) -> h5py.Group:
         """A source's group: from its file open for writing, else through the index's link."""
-        f = self._files.get(name)
+        f = self._files.get(name) or self._readers.get(name)
         if f is not None and f.id.valid:
             return f[name]
         try:
-            return self._h5[name]
+            p = self._source_file(name)
+            if p is None:
+                return self._h5[name]  # old layout: stored in the index itself
+            if name not in self._links():
+                raise KeyError(f"no source {name}")
+            if not p.exists():
+                raise KeyError(f"its file {p.name} is missing")
+            f = h5py.File(p, "r")
+            self._readers[name] = f
+            return f[name]
         except (KeyError, OSError) as exc:
             if is_lock_error(exc):
                 raise CacheError(
@@ -1036,7 +1074,6 @@ class FeatureCache:
         name = f"{kind}/{key}"
         if name in self._h5 and not overwrite:
             try:
-                self._open_for_writing(name)
                 info = self.source(kind, key)
             except DamagedSourceError as exc:
                 # Its rows cannot be trusted or read: recompute the source from scratch.
@@ -1076,7 +1113,6 @@ class FeatureCache:
         if old is not None and old.id.valid:
             old.close()
         self._commit_index({name: rel})
-        self._open_for_writing(name)
         return SourceWriter(self, kind, key, specs)
 
     def delete_source(self, kind: str, key: str) -> None:
