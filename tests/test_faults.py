@@ -86,10 +86,9 @@ def _helper(path: Path, *args: str, **kw) -> subprocess.Popen:
 
 
 def _resume(path: Path) -> None:
-    done = subprocess.run([sys.executable, str(HELPER), str(path), "--chunk", "16", "--catch"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "Traceback" not in done.stderr
+    """Write every missing row (in this process: the faulted writer is gone)."""
+    with make_cache(path) as cache:
+        write_all(cache, chunk=16)
 
 
 # ------------------------------------------------------------------------- kills, cache level
@@ -215,7 +214,7 @@ def test_extract_cli_signalled_as_a_process_group(tmp_path, teacher_set, teacher
     """The scheduler case: the signal goes to the whole process group (main + loader workers)."""
     from _extract_helpers import cache_arrays
 
-    n = 20 if _full(request.config) else 1
+    n = 5  # each run starts torch and the models anew (the cache-level test does 20+ per signal)
     rng = random.Random(f"cli-{sig}")
     path = tmp_path / "c.h5"
     args = ["extract", "fi", "--root", str(teacher_set["fi"]), "--teacher", str(teacher_set["teacher"]),
@@ -296,7 +295,7 @@ def test_truncation_at_random_offsets(tmp_path: Path, reference: Path, request) 
     with make_cache(base) as cache:
         write_all(cache, ["visual/toy", "vlm/toy"])
         write_rows(cache, "teacher/toy", "train", np.arange(30))
-    n = 40 if _full(request.config) else 8
+    n = 40 if _full(request.config) else 5
     rng = random.Random("truncate")
     for i in range(n):
         d = tmp_path / f"t{i}"
@@ -409,7 +408,7 @@ def test_full_disk_refused_up_front_with_an_estimate(tmpfs: Path, reference: Pat
 
 def test_disk_filling_up_mid_run(tmpfs: Path, reference: Path, request) -> None:
     """Another process fills the disk while a source is being written (past the up-front check)."""
-    n = 20 if _full(request.config) else 3
+    n = 20 if _full(request.config) else 2
     rng = random.Random("fill")
     outcomes = []
     for _ in range(n):
