@@ -12,8 +12,8 @@ from vea_bench_cli.common import RichProgress, console, err_console, run_guarded
 app = typer.Typer(
     no_args_is_help=True,
     help=(
-        "Inspect, verify and merge HDF5 feature caches (one file per dataset, written by "
-        "`vea-bench extract`)."
+        "Inspect, verify, repair and merge HDF5 feature caches (an index file per dataset plus one "
+        "file per source in <cache>.sources/, written by `vea-bench extract`)."
     ),
 )
 
@@ -102,8 +102,11 @@ def info(
         splits.add_row(escape(name), str(sp["rows"]), escape(per), sp["manifest_hash"][:12])
     console.print(splits)
 
+    for name, msg in s.get("damaged", {}).items():
+        err_console.print(f"[bold red]damaged:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     if not s["sources"]:
-        console.print("no sources yet; run `vea-bench extract` to add some")
+        if not s.get("damaged"):
+            console.print("no sources yet; run `vea-bench extract` to add some")
         return
     split_names = list(s["splits"])
     sources = Table(title="Sources (written / failed / missing)", title_justify="left", show_lines=True)
@@ -198,8 +201,10 @@ def merge(
     finally:
         progress.finish()
     if delete_shards:
+        from vea_bench.cache import delete_cache_files
+
         for p in shards:
-            p.unlink(missing_ok=True)
+            delete_cache_files(p)
     if quiet:
         typer.echo(str(report.output))
         return
@@ -226,3 +231,65 @@ def merge(
         console.print(f"  {n:,} rows from {escape(path)}", highlight=False)
     if delete_shards:
         console.print(f"deleted {len(shards)} shard file(s)")
+
+
+@app.command("repair")
+def repair(
+    file: CacheFile,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the cache path.")] = False,
+) -> None:
+    """Drop the damaged sources of a cache (file missing or unopenable, a dataset removed, data
+    that does not read back), and only those, so that `vea-bench extract` recomputes them.
+    Complete, readable sources are not touched.
+
+    [bold]Examples[/]
+
+      vea-bench cache repair cache/fi.h5
+    """
+    from rich.markup import escape
+
+    from vea_bench.cache import repair_cache
+
+    report = run_guarded(repair_cache, file)
+    if quiet:
+        typer.echo(str(report.path))
+        return
+    for name, why in report.dropped.items():
+        console.print(f"[yellow]dropped[/] {escape(name)}: {escape(why)}", highlight=False, soft_wrap=True)
+    if not report.dropped:
+        console.print(f"[green]ok[/] {escape(str(file))}: no damaged source", highlight=False)
+    console.print(f"kept {len(report.kept)} source(s): {escape(', '.join(report.kept) or 'none')}", highlight=False)
+    if report.dropped:
+        console.print("rerun the same `vea-bench extract` command to recompute the dropped source(s)")
+
+
+@app.command("changed")
+def changed(
+    file: CacheFile,
+    root: Annotated[Path, typer.Option("--root", help="The dataset folder to compare the cache with.")],
+    limit: Annotated[int, typer.Option("--limit", help="List at most this many rows.")] = 20,
+) -> None:
+    """List cached rows whose image under --root differs from the file they were computed from
+    (per-image fingerprints: size and a hash of the first and last 64 KiB). Exits 1 when any
+    changed; `vea-bench extract` recomputes them.
+
+    [bold]Examples[/]
+
+      vea-bench cache changed cache/fi.h5 --root /data/FI
+    """
+    from rich.markup import escape
+
+    from vea_bench.cache import changed_rows
+
+    rows = run_guarded(changed_rows, file, root)
+    if not rows:
+        console.print(f"[green]ok[/] no cached row of {escape(str(file))} has a changed image under {escape(str(root))}",
+                      highlight=False)
+        return
+    err_console.print(f"[bold red]{len(rows)} row(s)[/] have a changed image:", highlight=False)
+    for r in rows[:limit]:
+        err_console.print(f"  - {r.split}/{r.row} {r.id} ({', '.join(r.sources)})", highlight=False, markup=False)
+    if len(rows) > limit:
+        err_console.print(f"  ... and {len(rows) - limit} more")
+    err_console.print("rerun `vea-bench extract` with the same options to recompute them")
+    raise typer.Exit(1)

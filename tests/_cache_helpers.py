@@ -138,6 +138,18 @@ def write_all(
     return done
 
 
+def walk_datasets(group: h5py.Group, prefix: str = ""):
+    """(path, dataset) of every dataset under ``group``, following the index's external links
+    (``visititems`` does not cross into the per-source files)."""
+    for name in group:
+        obj = group[name]
+        path = f"{prefix}{name}"
+        if isinstance(obj, h5py.Dataset):
+            yield path, obj
+        else:
+            yield from walk_datasets(obj, path + "/")
+
+
 def source_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of every source (values, ``_status``, ``_error``) by HDF5 path, raw from disk."""
     out: dict[str, np.ndarray] = {}
@@ -145,12 +157,8 @@ def source_arrays(path: Path) -> dict[str, np.ndarray]:
         for kind in ("visual", "vlm", "teacher", "backbone"):
             if kind not in h5:
                 continue
-
-            def visit(name: str, obj: object, kind: str = kind) -> None:
-                if isinstance(obj, h5py.Dataset):
-                    out[f"{kind}/{name}"] = obj[()]
-
-            h5[kind].visititems(visit)
+            for name, ds in walk_datasets(h5[kind]):
+                out[f"{kind}/{name}"] = ds[()]
     return out
 
 
@@ -167,26 +175,64 @@ def assert_same_sources(a: Path, b: Path) -> None:
             assert xa[k].tobytes() == xb[k].tobytes(), k
 
 
+def fill_disk(path: Path) -> None:
+    """Write ``path`` until the file system is full (the full-disk fault)."""
+    block = b"\0" * (64 << 10)
+    with open(path, "ab") as f:
+        try:
+            while True:
+                f.write(block)
+                f.flush()
+        except OSError:
+            pass
+    try:  # the last partial block may still sit in the buffer
+        with open(path, "ab") as f:
+            while True:
+                f.write(b"\0" * 512)
+                f.flush()
+    except OSError:
+        pass
+
+
 def _main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("path", type=Path)
     ap.add_argument("--chunk", type=int, default=16)
     ap.add_argument("--pause-after", type=int, default=0)
     ap.add_argument("--names", default=",".join(FIELDS))
+    ap.add_argument("--fill-after", type=int, default=0, help="after this many chunks, fill the disk")
+    ap.add_argument("--filler", type=Path, default=None)
+    ap.add_argument("--catch", action="store_true", help="user-facing errors: one stderr line, exit 2")
     args = ap.parse_args()
-    cache = make_cache(args.path)
     flushed = 0
 
     def on_chunk() -> None:
         nonlocal flushed
         flushed += 1
         print(f"flushed {flushed}", flush=True)
+        if args.fill_after and flushed == args.fill_after and args.filler is not None:
+            fill_disk(args.filler)
         if args.pause_after and flushed >= args.pause_after:
             while True:  # wait here to be killed
                 time.sleep(1)
 
-    n = write_all(cache, args.names.split(","), chunk=args.chunk, on_chunk=on_chunk)
-    cache.close()
+    def run() -> int:
+        cache = make_cache(args.path)
+        try:
+            return write_all(cache, args.names.split(","), chunk=args.chunk, on_chunk=on_chunk)
+        finally:
+            cache.close()
+
+    if args.catch:
+        from vea_bench.errors import VeaError
+
+        try:
+            n = run()
+        except VeaError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
+    else:
+        n = run()
     print(f"done {n}", flush=True)
 
 
@@ -194,7 +240,7 @@ if __name__ == "__main__":
     _main()
 
 __all__ = [
-    "C", "D", "FIELDS", "LABELS", "PROVENANCE", "ROW_FAILED", "SPLIT_SIZES", "assert_same_sources",
+    "C", "D", "FIELDS", "fill_disk", "walk_datasets", "LABELS", "PROVENANCE", "ROW_FAILED", "SPLIT_SIZES", "assert_same_sources",
     "failure_reason", "is_failed", "make_cache", "row_values", "source_arrays", "split_specs",
     "write_all", "write_rows",
 ]

@@ -34,17 +34,15 @@ def fi_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cache_arrays(path: Path) -> dict[str, Any]:
     """Every source dataset of a cache file (values and status), for exact comparisons."""
     out: dict[str, Any] = {}
+    from _cache_helpers import walk_datasets
+
     with h5py.File(path, "r") as h5:
         for kind in ("visual", "vlm", "teacher", "backbone"):
             if kind not in h5:
                 continue
-
-            def visit(name: str, obj: Any, kind: str = kind) -> None:
-                if isinstance(obj, h5py.Dataset):
-                    v = obj[()]
-                    if v.dtype.kind in ("O", "S"):
-                        v = np.array([x.decode() if isinstance(x, bytes) else x for x in v], dtype=object)
-                    out[f"{kind}/{name}"] = v
-
-            h5[kind].visititems(visit)
+            for name, ds in walk_datasets(h5[kind]):
+                v = ds[()]
+                if v.dtype.kind in ("O", "S"):
+                    v = np.array([x.decode() if isinstance(x, bytes) else x for x in v], dtype=object)
+                out[f"{kind}/{name}"] = v
     return out

@@ -52,3 +52,26 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--faults",
+        action="store_true",
+        default=False,
+        help="Run the full fault suite (tests/test_faults.py: 20+ kills per signal, more fill levels "
+             "and truncation offsets); without it only a fast subset runs.",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "faults_full: part of the full fault suite only (run with --faults)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--faults"):
+        return
+    skip = pytest.mark.skip(reason="full fault suite: run with --faults")
+    for item in items:
+        if "faults_full" in item.keywords:
+            item.add_marker(skip)

@@ -17,7 +17,9 @@ backbone on the same batch. Results go into cache sources::
 
 Only rows a source is missing are computed, so a killed run resumes where it stopped; ``shard``
 splits rows by ``row % n`` into per-shard files that `vea-bench cache merge` joins; a corrupt
-image fails its row (with the reason) and the run goes on.
+image fails its row (with the reason) and the run goes on. SIGTERM / SIGINT stop the run after
+the current batch (`vea_bench.cache.guard`); rows whose image file changed since they were
+computed (per-image fingerprints, `vea_bench.cache.fingerprints`) are recomputed.
 """
 from __future__ import annotations
 
@@ -96,6 +98,7 @@ class SourceSummary:
     failed: int = 0        # failed by this run (reason in the cache's _error)
     unparsed: int = 0      # vlm: answers that named no single label (all-zero one-hot)
     missing: int = 0       # still missing when the run ended (--limit, --shard, interruption)
+    changed: int = 0       # rows recomputed because their image file changed since they were written
 
 
 @dataclass
@@ -133,6 +136,7 @@ class _Target:
     writer: SourceWriter
     summary: SourceSummary
     missing: dict[str, set[int]] = field(default_factory=dict)
+    fingerprints: dict[str, np.ndarray] = field(default_factory=dict)  # per split, of the images now
 
 
 class _Group:
@@ -314,7 +318,10 @@ class _Collate:
 def _worker_init(_: int) -> None:
     import torch
 
+    from vea_bench.cache.guard import ignore_stop_signals
+
     torch.set_num_threads(1)  # workers preprocess; the model owns the cores
+    ignore_stop_signals()  # the main process stops the run after its current batch
 
 
 # ------------------------------------------------------------------------------------- extract
@@ -346,6 +353,8 @@ def extract(
     default. ``vlm_backend`` passes an already loaded backend (benchmarks, repeated runs). Returns
     per-source counts; interrupting (KeyboardInterrupt) keeps every batch already written.
     """
+    from vea_bench.cache.fingerprints import fingerprints, stale_rows
+    from vea_bench.cache.guard import stop_on_signals
     from vea_bench.cache.ops import parse_shard, shard_path, shard_rows
     from vea_bench.cache.store import FeatureCache
 
@@ -398,8 +407,16 @@ def extract(
         # Rows to compute: per split, the union of what any source is missing.
         jobs: list[_Job] = []
         for split in use_splits:
+            current = fingerprints(index.root, [smp.path for smp in index.split(split)])
             for g in groups:
                 for t in g.targets:
+                    t.fingerprints[split] = current
+                    stale = stale_rows(t.writer.fingerprints(split), t.writer.status(split), current)
+                    if stale.size:  # the image changed under the same path: recompute those rows
+                        t.writer.invalidate(split, stale)
+                        t.summary.changed += int(stale.size)
+                        log.info("%s: %d row(s) of '%s' have a changed image file; recomputing them",
+                                 t.summary.name, stale.size, split)
                     miss = t.writer.missing(split, retry_failed=retry_failed)
                     n_rows = cache.num_rows(split)
                     t.summary.rows += n_rows
@@ -420,14 +437,22 @@ def extract(
         summary.sources = [t.summary for g in groups for t in g.targets]
         progress.start(f"extract {index.name}", total=len(jobs))
         t_loop = time.perf_counter()
-        if jobs:
-            loader = _make_loader(index.root, jobs, groups, batch_size, num_workers)
-            loader_iter = iter(loader)
-            for batch in loader_iter:
-                _process(batch, groups, summary)
-                summary.loop_s = time.perf_counter() - t_loop
-                progress.advance(len(batch.jobs), failed=summary.failed_images,
-                                 unparsed=sum(s.unparsed for s in summary.sources))
+        # SIGTERM / SIGINT only set a flag (workers forked below inherit that): the run stops
+        # between two flushed batches, never in the middle of a write.
+        with stop_on_signals() as stop:
+            if jobs:
+                loader = _make_loader(index.root, jobs, groups, batch_size, num_workers)
+                loader_iter = iter(loader)
+                for batch in loader_iter:
+                    _process(batch, groups, summary)
+                    summary.loop_s = time.perf_counter() - t_loop
+                    progress.advance(len(batch.jobs), failed=summary.failed_images,
+                                     unparsed=sum(s.unparsed for s in summary.sources))
+                    if stop.requested:
+                        break
+            if stop.requested:
+                done = summary.images + summary.failed_images
+                raise stop.error(f"{done} of {len(jobs)} image(s) done by this run, kept in {out_path}")
     finally:
         progress.finish()  # also on Ctrl-C, so the terminal's progress display is closed
         summary.elapsed_s = time.perf_counter() - t0
@@ -492,7 +517,9 @@ def _fail(target: _Target, items: list[tuple[_Job, str]]) -> None:
         if job.row in target.missing.get(job.split, ()):
             by_split.setdefault(job.split, []).append((job.row, reason))
     for split, pairs in by_split.items():
-        target.writer.fail(split, [r for r, _ in pairs], [m for _, m in pairs])
+        rows = [r for r, _ in pairs]
+        fp = target.fingerprints.get(split)
+        target.writer.fail(split, rows, [m for _, m in pairs], fingerprints=None if fp is None else fp[rows])
         target.summary.failed += len(pairs)
         target.missing[split] -= {r for r, _ in pairs}
 
@@ -504,7 +531,9 @@ def _write(target: _Target, jobs: list[_Job], arrays: dict[str, np.ndarray]) -> 
             by_split.setdefault(job.split, []).append(i)
     for split, idx in by_split.items():
         rows = [jobs[i].row for i in idx]
-        target.writer.write(split, rows, **{k: v[idx] for k, v in arrays.items()})
+        fp = target.fingerprints.get(split)
+        target.writer.write(split, rows, fingerprints=None if fp is None else fp[rows],
+                            **{k: v[idx] for k, v in arrays.items()})
         target.summary.done += len(rows)
         if "onehot" in arrays:
             target.summary.unparsed += int((arrays["onehot"][idx].sum(axis=1) == 0).sum())

@@ -25,6 +25,8 @@ import platform
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,27 @@ RECORD_SCHEMA = "vea-bench/run-record/1"
 # Heads' safetensors and their config JSON go under <results>/artifacts/<run_id>/, which record
 # readers skip; every other *.json below a results folder is expected to be a run record.
 ARTIFACTS_DIR = "artifacts"
+
+@contextmanager
+def writing_results(path: str | Path) -> Iterator[None]:
+    """Turn a failed write under a results folder (full disk, read-only, permissions; from the OS
+    or from safetensors) into one line naming the path and what to do."""
+    try:
+        yield
+    except OSError as exc:
+        raise _results_error(path, exc) from None
+    except Exception as exc:
+        if type(exc).__name__ == "SafetensorError":  # safetensors wraps the OS error in its own type
+            raise _results_error(path, exc) from None
+        raise
+
+
+def _results_error(path: str | Path, exc: BaseException) -> ConfigError:
+    from vea_bench.cache.guard import os_error
+
+    msg = str(os_error(path, exc, "write results"))
+    return ConfigError(msg.replace("--cache", "--results folder"))
+
 
 # Run kinds a record may have; the table layer groups by these.
 RUN_KINDS = (
@@ -134,11 +157,17 @@ class RunRecord:
     def save(self, results_dir: str | Path, *, subdir: str | None = None) -> Path:
         """Write ``<results>/<subdir or kind>/<run_id>.json`` atomically; returns the path."""
         out = Path(results_dir) / (subdir or self.kind)
-        out.mkdir(parents=True, exist_ok=True)
         path = out / f"{self.run_id}.json"
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False, default=_json_default))
-        os.replace(tmp, path)
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=False, default=_json_default)
+        with writing_results(path):
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(text)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         return path
 
     @classmethod

@@ -1,14 +1,20 @@
 """The HDF5 feature cache (see `vea_bench.cache.store` for the on-disk layout).
 
 `store` holds the file format, writers and readers; `ops` the whole-file operations built on it
-(shard helpers, merging shards, end-to-end verification, summaries for `vea-bench cache info`).
+(shard helpers, merging shards, end-to-end verification, repair, summaries for `vea-bench cache
+info`); `guard` the writer lock, free-space checks, one-line OS errors and clean stops on
+SIGTERM / SIGINT; `fingerprints` the per-image content fingerprints that find changed images.
 """
+from vea_bench.cache.fingerprints import ChangedRow, changed_rows
 from vea_bench.cache.ops import (
     MergeReport,
+    RepairReport,
     VerifyReport,
     cache_summary,
+    delete_cache_files,
     merge_caches,
     parse_shard,
+    repair_cache,
     shard_path,
     shard_rows,
     verify_cache,
@@ -21,16 +27,21 @@ from vea_bench.cache.store import (
     SOURCE_KINDS,
     STANDARD_FIELDS,
     VOLATILE_PROVENANCE,
+    DamagedSourceError,
     FeatureCache,
     FieldSpec,
     SourceData,
     SourceInfo,
     SourceWriter,
     SplitSpec,
+    cache_files,
     package_versions,
+    sources_dir,
 )
 
 __all__ = [
+    "ChangedRow", "DamagedSourceError", "RepairReport", "cache_files", "changed_rows", "delete_cache_files",
+    "repair_cache", "sources_dir",
     "ROW_FAILED", "ROW_MISSING", "ROW_OK", "SCHEMA_VERSION", "SOURCE_KINDS", "STANDARD_FIELDS",
     "VOLATILE_PROVENANCE", "FeatureCache", "FieldSpec", "MergeReport", "SourceData", "SourceInfo",
     "SourceWriter", "SplitSpec", "VerifyReport", "cache_summary", "merge_caches", "package_versions",

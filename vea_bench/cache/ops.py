@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +27,18 @@ from vea_bench.cache.store import (
     SCHEMA_VERSION,
     SOURCE_KINDS,
     VOLATILE_PROVENANCE,
+    DamagedSourceError,
     FeatureCache,
     FieldSpec,
     SourceInfo,
     _create_source_group,
+    cache_files,
+    remove_cache,
+    sources_dir,
     _empty_rows,
     _stable_provenance,
 )
+from vea_bench.cache.guard import CacheLock, fsync_path, os_error
 from vea_bench.errors import CacheError, ConfigError
 from vea_bench.hashing import manifest_hash
 from vea_bench.progress import Progress, ensure
@@ -43,10 +49,13 @@ _BLOCK_BYTES = 64 << 20
 
 __all__ = [
     "MergeReport",
+    "RepairReport",
     "VerifyReport",
     "cache_summary",
+    "delete_cache_files",
     "merge_caches",
     "parse_shard",
+    "repair_cache",
     "shard_path",
     "shard_rows",
     "verify_cache",
@@ -168,6 +177,8 @@ def merge_caches(
 
     caches: list[FeatureCache] = []
     tmp = out.with_name(out.name + ".merging")
+    lock = CacheLock(out)
+    lock.acquire()  # no extract may write the output while it is being replaced
     try:
         for p in paths:
             caches.append(FeatureCache.open(p))
@@ -208,12 +219,24 @@ def merge_caches(
         prog.finish()
         for c in caches:
             c.close()
+        fsync_path(tmp)
         os.replace(tmp, out)
+        fsync_path(out.parent, folder=True)
+        # The merged file holds every source itself: the old output's source files are obsolete
+        # (the next writer moves the sources back out into their own files).
+        shutil.rmtree(sources_dir(out), ignore_errors=True)
+    except OSError as exc:
+        for c in caches:
+            c.close()
+        tmp.unlink(missing_ok=True)
+        raise os_error(out, exc, "write the merged cache") from None
     except BaseException:
         for c in caches:
             c.close()
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        lock.release()
 
     with FeatureCache.open(out) as merged:
         sources = merged.sources()
@@ -241,6 +264,7 @@ def _merge_source(
             hi = min(n, lo + step)
             m = hi - lo
             st_out = np.zeros(m, dtype=np.uint8)
+            fp_out = np.zeros(m, dtype=np.uint64)
             owner = np.full(m, -1, dtype=np.int64)
             err_out = np.asarray([""] * m, dtype=object)
             sts = [g["_status"][lo:hi] for _, g in srcs]
@@ -261,6 +285,8 @@ def _merge_source(
                     _raise_conflict(bad, lo, name, split, ref, c, srcs, owner)
                 st_out[new] = st[new]
                 owner[new] = j
+                if "_fp" in g:
+                    fp_out[new] = g["_fp"][lo:hi][new]
                 if err is not None:
                     take = new & (st == ROW_FAILED)
                     err_out[take] = err[take]
@@ -283,6 +309,7 @@ def _merge_source(
             failed = np.flatnonzero(st_out == ROW_FAILED)
             if failed.size:
                 dst["_error"][lo + failed[0] : lo + failed[-1] + 1] = err_out[failed[0] : failed[-1] + 1]
+            dst["_fp"][lo:hi] = fp_out
             dst["_status"][lo:hi] = st_out
             prog.advance(m)
     h5.flush()
@@ -438,12 +465,17 @@ def _verify(cache: FeatureCache, report: VerifyReport) -> None:
         if kind not in h5:
             continue
         for key in h5[kind]:
-            _verify_source(cache, f"{kind}/{key}", rows, C, report)
+            try:
+                _verify_source(cache, f"{kind}/{key}", rows, C, report)
+            except (KeyError, OSError, DamagedSourceError) as exc:
+                msg = str(exc).split("; run `")[0] if isinstance(exc, CacheError) else (
+                    f"{cache.path}: source {kind}/{key} is damaged ({type(exc).__name__}: {str(exc)[:100]})")
+                p.append(f"{msg}; `vea-bench cache repair {cache.path}` drops it so `extract` can recompute it")
 
 
 def _verify_source(cache: FeatureCache, name: str, rows: dict[str, int], C: int, report: VerifyReport) -> None:
     p = report.problems
-    g = cache._h5[name]
+    g = cache._group(name)
     try:
         fields = {n: FieldSpec.from_json(v) for n, v in json.loads(g.attrs["fields"]).items()}
         json.loads(g.attrs.get("provenance", "{}"))
@@ -560,7 +592,15 @@ def cache_summary(path: str | Path) -> dict[str, Any]:
                 "manifest_hash": cache.manifest_hashes.get(s, ""),
             }
         sources = []
-        for info in cache.sources():
+        damaged = {}
+        infos = []
+        for kind in SOURCE_KINDS:
+            for key in cache.source_keys(kind):
+                try:
+                    infos.append(cache.source(kind, key))
+                except DamagedSourceError as exc:
+                    damaged[f"{kind}/{key}"] = str(exc)
+        for info in infos:
             sources.append(
                 {
                     "name": info.name,
@@ -574,7 +614,7 @@ def cache_summary(path: str | Path) -> dict[str, Any]:
             )
     return {
         "path": str(p),
-        "size_bytes": p.stat().st_size,
+        "size_bytes": sum(f.stat().st_size for f in cache_files(p)),
         "schema_version": int(attrs.get("schema_version", SCHEMA_VERSION)),
         "vea_bench_version": str(attrs.get("vea_bench_version", "")),
         "dataset": str(attrs.get("dataset", "")),
@@ -585,5 +625,38 @@ def cache_summary(path: str | Path) -> dict[str, Any]:
         "extra": attrs.get("extra", {}),
         "splits": splits,
         "sources": sources,
+        "damaged": damaged,
         "volatile_provenance_keys": sorted(VOLATILE_PROVENANCE),
     }
+
+
+# ------------------------------------------------------------------------------------ repair
+@dataclass
+class RepairReport:
+    """What `repair_cache` dropped (name -> reason) and which sources remain."""
+
+    path: Path
+    dropped: dict[str, str] = field(default_factory=dict)
+    kept: list[str] = field(default_factory=list)
+
+
+def repair_cache(path: str | Path) -> RepairReport:
+    """Drop the damaged sources of a cache (and only those) so that `extract` can recompute them.
+
+    A source is damaged when its file is missing or cannot be opened, a dataset is gone, or its
+    data does not read back in full. The index itself must open (a lost index is refused in one
+    line: its splits cannot be rebuilt from the sources).
+    """
+    p = Path(path)
+    with FeatureCache.open(p, "a") as cache:
+        report = RepairReport(p)
+        report.dropped = cache.damaged_sources()
+        for name in report.dropped:
+            cache.delete_source(*name.split("/", 1))
+        report.kept = [s.name for s in cache.sources()]
+    return report
+
+
+def delete_cache_files(path: str | Path) -> None:
+    """Remove a cache with its source folder and lock file (e.g. merged shards)."""
+    remove_cache(path)

@@ -1,27 +1,51 @@
-"""The HDF5 feature cache: one file per dataset, filled once per image, read by every head.
+"""The HDF5 feature cache: one index file per dataset plus one file per source, filled once per image.
 
 Layout (schema version 1)::
 
-    /                         attrs: schema_version, vea_bench_version, dataset, label_space,
+    fi.h5                     the index: attrs schema_version, vea_bench_version, dataset, label_space,
                                      label_names (JSON), manifest_hashes (JSON), split_seed, created_at
-    /splits/<split>/ids       relative image paths (UTF-8), the split's stable order
-    /splits/<split>/labels    int16 class indices in ``label_names`` order
-    /<kind>/<key>             a source; attrs: provenance (JSON), fields (JSON) + flat provenance attrs
-    /<kind>/<key>/<split>/<field>     N x ... arrays (e.g. ``emb`` N x D float16)
-    /<kind>/<key>/<split>/_status     uint8 per row: 0 missing, 1 written, 2 failed
-    /<kind>/<key>/<split>/_error      UTF-8 reason for failed rows
+    fi.h5:/splits/<split>/ids       relative image paths (UTF-8), the split's stable order
+    fi.h5:/splits/<split>/labels    int16 class indices in ``label_names`` order
+    fi.h5:/<kind>/<key>       an HDF5 external link to the source's own file:
+    fi.h5.sources/<kind>/<key>.<token>.h5:/<kind>/<key>
+                              attrs: provenance (JSON), fields (JSON) + flat provenance attrs
+        <split>/<field>       N x ... arrays (e.g. ``emb`` N x D float16)
+        <split>/_status       uint8 per row: 0 missing, 1 written, 2 failed
+        <split>/_error        UTF-8 reason for failed rows
+        <split>/_fp           uint64 fingerprint of the image each row came from (0: not recorded;
+                              see `vea_bench.cache.fingerprints`)
+    fi.h5.lock                the writer's lock (``flock``), one writer per cache at a time
+
+Why one file per source: a fault while writing (SIGKILL in the middle of an HDF5 metadata
+flush, a full disk, a crash of the HDF5 library) can damage at most the file being written. The
+index is never modified in place: adding, replacing or dropping a source writes a new index
+beside it, fsyncs it and renames it over the old one (and a new source's file is likewise
+created under a temporary name, fsynced and renamed before the index links to it), so whatever
+happens the index and every other source stay readable. Readers open the index read-only and
+reach sources through the links (plain h5py works too); a writer holds the lock file for as long
+as it is open, so two writers of one cache are refused in one line, never interleaved.
 
 Sources are written by row index into arrays preallocated at creation (numeric fields are
 contiguous with their file space allocated up front, so a write touches raw data only and never
-the file's metadata) and flushed after every write, so a killed job loses at most its current
-batch, resumes with exactly the missing rows and ends byte-identical to an uninterrupted one.
-Failed rows hold zeros (and empty strings) so that shards and resumed runs compare exactly. A source is complete when no row is missing (failed rows are resolved, and
-readers exclude them through the status mask).
+the file's metadata) and flushed after every write, values first and ``_status`` last, so a
+killed job loses at most its current batch, readers never see half-written rows, and a resumed
+run computes exactly the missing rows and ends byte-identical to an uninterrupted one. Failed
+rows hold zeros (and empty strings) so that shards and resumed runs compare exactly. A source is
+complete when no row is missing (failed rows are resolved, and readers exclude them through the
+status mask). A source whose file is damaged (truncated, a dataset removed) is refused in one
+line; `vea-bench cache repair` (or the next `extract` of it) drops it so it can be recomputed.
+
+Files written before this layout (sources stored inside ``fi.h5``) are read as they are; the
+first time such a file is opened for writing, its sources are copied out into their own files.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import secrets
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +56,10 @@ import h5py
 import numpy as np
 
 from vea_bench import __version__
+from vea_bench.cache.guard import CacheLock, check_free_space, fsync_path, is_lock_error, os_error
 from vea_bench.errors import CacheError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SOURCE_KINDS: tuple[str, ...] = ("visual", "vlm", "teacher", "backbone")
@@ -51,6 +78,59 @@ STANDARD_FIELDS: dict[str, tuple[str, ...]] = {
 
 _STR = "str"
 _TARGET_CHUNK_BYTES = 1 << 20
+SOURCES_SUFFIX = ".sources"
+# Bytes per row assumed for a string field when estimating the space a run needs (answers,
+# parse statuses and failure reasons are short; HDF5's heap adds its overhead).
+_STR_ROW_BYTES = 256
+# Per-row bytes of the auxiliary arrays: _status (1), _fp (8) and the _error heap reference.
+_AUX_ROW_BYTES = 1 + 8 + 16
+
+
+class DamagedSourceError(CacheError):
+    """A source's file or datasets cannot be read: drop it (`cache repair`) and recompute it."""
+
+
+def sources_dir(path: str | Path) -> Path:
+    """The folder holding the per-source files of cache ``path`` (``fi.h5`` -> ``fi.h5.sources``)."""
+    p = Path(path)
+    return p.with_name(p.name + SOURCES_SUFFIX)
+
+
+def cache_files(path: str | Path) -> list[Path]:
+    """Every file that belongs to cache ``path``: the index, its source files and its lock file."""
+    p = Path(path)
+    out = [p] if p.is_file() else []
+    d = sources_dir(p)
+    if d.is_dir():
+        out.extend(sorted(x for x in d.rglob("*") if x.is_file()))
+    lock = p.with_name(p.name + ".lock")
+    if lock.is_file():
+        out.append(lock)
+    return out
+
+
+def remove_cache(path: str | Path) -> None:
+    """Delete a cache: its index, its source folder and its lock file."""
+    p = Path(path)
+    p.unlink(missing_ok=True)
+    shutil.rmtree(sources_dir(p), ignore_errors=True)
+    p.with_name(p.name + ".lock").unlink(missing_ok=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
+
+
+def _row_bytes(specs: Mapping[str, FieldSpec]) -> int:
+    """Estimated bytes one row of a source takes on disk (numeric exact, strings estimated)."""
+    n = _AUX_ROW_BYTES
+    for spec in specs.values():
+        if spec.dtype == _STR:
+            n += _STR_ROW_BYTES
+        else:
+            n += int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+    return n
 
 
 @dataclass(frozen=True)
@@ -182,6 +262,7 @@ def _create_source_group(
         for fname, spec in specs.items():
             _create_field(sg, fname, (n, *spec.shape), spec.dtype)
         _create_field(sg, "_status", (n,), "uint8")
+        _create_field(sg, "_fp", (n,), "uint64")
         sg.create_dataset("_error", shape=(n,), dtype=_h5_dtype(_STR), chunks=(max(1, min(n, 4096)),) if n else None)
     return g
 
@@ -197,7 +278,7 @@ def _create_field(g: h5py.Group, name: str, shape: tuple[int, ...], dtype: str) 
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     # ``_status`` must read 0 (missing) before it is written; data fields are never read where
     # the status says missing, so they skip the fill (a 700 MB source is created instantly).
-    fill_time = "alloc" if name == "_status" else "never"
+    fill_time = "alloc" if name in ("_status", "_fp") else "never"
     return g.create_dataset(
         name, shape=shape, dtype=np.dtype(dtype), dcpl=dcpl, fillvalue=0, fill_time=fill_time
     )
@@ -226,11 +307,53 @@ class SourceWriter:
         self.fields = fields
 
     @property
+    def name(self) -> str:
+        return f"{self.kind}/{self.key}"
+
+    @property
+    def file(self) -> h5py.File:
+        """The source's file, opened for writing at the first write (a complete source that is
+        only checked stays readable by other processes)."""
+        if not self.cache._h5.id.valid:
+            raise CacheError(f"{self.cache.path}: the cache is closed")
+        return self.cache._open_for_writing(self.name)
+
+    @property
     def group(self) -> h5py.Group:
-        return self.cache._h5[f"{self.kind}/{self.key}"]
+        return self.file[self.name]
+
+    def _flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as exc:
+            raise os_error(self.file.filename, exc, f"write source {self.name}") from None
 
     def status(self, split: str) -> np.ndarray:
-        return self.group[f"{split}/_status"][()]
+        return self.cache._group(self.name)[f"{split}/_status"][()]
+
+    def fingerprints(self, split: str) -> np.ndarray | None:
+        """Stored per-row image fingerprints (None for sources written before they existed)."""
+        g = self.cache._group(self.name)[split]
+        return g["_fp"][()] if "_fp" in g else None
+
+    def invalidate(self, split: str, rows: Sequence[int] | np.ndarray) -> None:
+        """Mark rows missing again (their image changed): readers see the source incomplete until redone."""
+        g, _, srows = self._rows(split, rows)
+        if srows.size == 0:
+            return
+        try:
+            _write_rows(g["_status"], srows, np.full(len(srows), ROW_MISSING, dtype=np.uint8))
+        except OSError as exc:
+            raise os_error(self.file.filename, exc, f"write source {self.name}") from None
+        self._flush()
+
+    def _write_fp(self, g: h5py.Group, srows: np.ndarray, order: np.ndarray, fingerprints: Any) -> None:
+        if fingerprints is None or "_fp" not in g:
+            return
+        fp = np.asarray(fingerprints, dtype=np.uint64)
+        if fp.shape != (len(srows),):
+            raise CacheError(f"source {self.name}: {fp.shape[0] if fp.ndim else 0} fingerprints for {len(srows)} rows")
+        _write_rows(g["_fp"], srows, fp[order])
 
     def missing(self, split: str, *, retry_failed: bool = False) -> np.ndarray:
         """Row indices still to compute (optionally also the failed ones), ascending."""
@@ -242,7 +365,7 @@ class SourceWriter:
 
     def _rows(self, split: str, rows: Sequence[int] | np.ndarray) -> tuple[h5py.Group, np.ndarray, np.ndarray]:
         """Validate row indices; returns the split group, the sort order and the sorted rows."""
-        name = f"{self.kind}/{self.key}"
+        name = self.name
         if split not in self.group:
             raise CacheError(f"{self.cache.path}: source {name} has no split '{split}'")
         g = self.group[split]
@@ -267,10 +390,11 @@ class SourceWriter:
         if was_failed.size:
             _write_rows(g["_error"], was_failed, np.asarray([""] * was_failed.size, dtype=object))
 
-    def write(self, split: str, rows: Sequence[int] | np.ndarray, **arrays: Any) -> None:
+    def write(self, split: str, rows: Sequence[int] | np.ndarray, *, fingerprints: Any = None, **arrays: Any) -> None:
         """Store ``arrays`` (each with ``len(rows)`` rows) at ``rows`` and mark them written.
 
         Every field of the source must be given: a row marked written has all its values.
+        ``fingerprints`` (one uint64 per row) records the image each row was computed from.
         """
         g, order, srows = self._rows(split, rows)
         if srows.size == 0:
@@ -299,13 +423,19 @@ class SourceWriter:
                 raise CacheError(f"source {name}: field '{fname}' has {len(vals)} rows for {len(srows)} indices")
             prepared[fname] = vals[order] if len(order) > 1 and np.any(np.diff(order) != 1) else vals
         # Values first, status last: a kill in between leaves the rows missing, never half-written.
-        for fname, vals in prepared.items():
-            _write_rows(g[fname], srows, vals)
-        self._clear_errors(g, srows)
-        _write_rows(g["_status"], srows, np.full(len(srows), ROW_OK, dtype=np.uint8))
-        self.cache._h5.flush()
+        try:
+            for fname, vals in prepared.items():
+                _write_rows(g[fname], srows, vals)
+            self._clear_errors(g, srows)
+            self._write_fp(g, srows, order, fingerprints)
+            self._flush()  # values on disk before the status says they are there
+            _write_rows(g["_status"], srows, np.full(len(srows), ROW_OK, dtype=np.uint8))
+        except OSError as exc:
+            raise os_error(self.file.filename, exc, f"write source {self.name}") from None
+        self._flush()
 
-    def fail(self, split: str, rows: Sequence[int] | np.ndarray, reasons: Sequence[str]) -> None:
+    def fail(self, split: str, rows: Sequence[int] | np.ndarray, reasons: Sequence[str], *,
+             fingerprints: Any = None) -> None:
         """Mark rows failed with a reason each (a corrupt image, say); the job goes on.
 
         Their values are reset to zeros / empty strings so that every copy of a failed row
@@ -317,11 +447,16 @@ class SourceWriter:
         reasons = [str(r) for r in reasons]
         if len(reasons) != len(srows):
             raise CacheError(f"source {self.kind}/{self.key}: {len(reasons)} reasons for {len(srows)} failed rows")
-        for fname, spec in self.fields.items():
-            _write_rows(g[fname], srows, _empty_rows(spec, len(srows)))
-        _write_rows(g["_error"], srows, np.asarray(reasons, dtype=object)[order])
-        _write_rows(g["_status"], srows, np.full(len(srows), ROW_FAILED, dtype=np.uint8))
-        self.cache._h5.flush()
+        try:
+            for fname, spec in self.fields.items():
+                _write_rows(g[fname], srows, _empty_rows(spec, len(srows)))
+            _write_rows(g["_error"], srows, np.asarray(reasons, dtype=object)[order])
+            self._write_fp(g, srows, order, fingerprints)
+            self._flush()
+            _write_rows(g["_status"], srows, np.full(len(srows), ROW_FAILED, dtype=np.uint8))
+        except OSError as exc:
+            raise os_error(self.file.filename, exc, f"write source {self.name}") from None
+        self._flush()
 
     def info(self) -> SourceInfo:
         return self.cache.source(self.kind, self.key)
@@ -362,9 +497,20 @@ def _write_rows(ds: h5py.Dataset, rows: np.ndarray, vals: np.ndarray) -> None:
 class FeatureCache:
     """An open cache file. Use `FeatureCache.create` for writers and `FeatureCache.open` for readers."""
 
-    def __init__(self, path: str | Path, h5: h5py.File) -> None:
+    def __init__(self, path: str | Path, h5: h5py.File, *, lock: CacheLock | None = None) -> None:
         self.path = Path(path)
-        self._h5 = h5
+        self._h5 = h5  # the index, always opened read-only (it is replaced, never edited)
+        self._lock = lock  # held while open for writing
+        self._files: dict[str, h5py.File] = {}  # source name -> its file, open for writing
+        self._readers: dict[str, h5py.File] = {}  # source name -> its file, open read-only
+
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None
+
+    @property
+    def sources_dir(self) -> Path:
+        return sources_dir(self.path)
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -385,28 +531,43 @@ class FeatureCache:
         than silently mixed (stale features are the worst kind of wrong result).
         """
         path = Path(path)
-        if path.exists():
-            cache = cls.open(
-                path,
-                mode="a",
-                expect_dataset=dataset,
-                expect_label_names=label_names,
-                expect_manifests={s: sp.manifest_hash for s, sp in splits.items()},
-            )
-            missing = set(splits) - set(cache.splits)
-            if missing:
-                cache.close()
-                raise CacheError(f"{path}: cache lacks split(s) {sorted(missing)}; use a new cache file")
-            return cache
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".creating")
-        try:
-            cls._write_new(tmp, dataset, label_space, label_names, splits, split_seed, extra)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, path)  # a cache file either exists whole or not at all
-        return cls.open(path, mode="a")
+        if path.is_dir():
+            raise CacheError(f"{path} is a folder, not a cache file; give a file name such as {path / 'cache.h5'}")
+        if not path.exists():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise os_error(path.parent, exc, "create the cache's folder") from None
+            lock = CacheLock(path)
+            lock.acquire()
+            try:
+                if not path.exists():  # not created by another process meanwhile
+                    tmp = path.with_name(path.name + ".creating")
+                    try:
+                        cls._write_new(tmp, dataset, label_space, label_names, splits, split_seed, extra)
+                        fsync_path(tmp)
+                        os.replace(tmp, path)  # a cache file either exists whole or not at all
+                        fsync_path(path.parent, folder=True)
+                    except OSError as exc:
+                        tmp.unlink(missing_ok=True)
+                        raise os_error(path, exc, "create the cache file") from None
+                    except BaseException:
+                        tmp.unlink(missing_ok=True)
+                        raise
+            finally:
+                lock.release()
+        cache = cls.open(
+            path,
+            mode="a",
+            expect_dataset=dataset,
+            expect_label_names=label_names,
+            expect_manifests={s: sp.manifest_hash for s, sp in splits.items()},
+        )
+        missing = set(splits) - set(cache.splits)
+        if missing:
+            cache.close()
+            raise CacheError(f"{path}: cache lacks split(s) {sorted(missing)}; use a new cache file")
+        return cache
 
     @staticmethod
     def _write_new(
@@ -448,14 +609,49 @@ class FeatureCache:
         expect_label_names: Sequence[str] | None = None,
         expect_manifests: Mapping[str, str] | None = None,
     ) -> FeatureCache:
-        """Open and validate a cache; every mismatch is a one-line `CacheError`."""
+        """Open and validate a cache; every mismatch is a one-line `CacheError`.
+
+        ``mode="a"`` (or ``"r+"``) opens it for writing: the writer's lock is taken (a second
+        writer is refused) and a file of the older single-file layout gets its own source files.
+        """
         path = Path(path)
+        if mode not in ("r", "a", "r+"):
+            raise CacheError(f"cache mode must be 'r' or 'a', got {mode!r}")
         if not path.exists():
             raise CacheError(f"no cache file at {path}; run `vea-bench extract` first")
         if path.is_dir():
             raise CacheError(f"{path} is a folder, not a cache file")
+        lock = None
+        if mode != "r":
+            lock = CacheLock(path)
+            lock.acquire()
         try:
-            h5 = h5py.File(path, mode)
+            cache = cls._open_index(path, lock, expect_dataset, expect_label_names, expect_manifests)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        if lock is not None:
+            try:
+                cache._collect_garbage()
+                if any(rel is None for rel in cache._links().values()):
+                    cache._commit_index({})  # copy the sources of an old single-file cache out
+            except BaseException:
+                cache.close()
+                raise
+        return cache
+
+    @classmethod
+    def _open_index(
+        cls,
+        path: Path,
+        lock: CacheLock | None,
+        expect_dataset: str | None,
+        expect_label_names: Sequence[str] | None,
+        expect_manifests: Mapping[str, str] | None,
+    ) -> FeatureCache:
+        try:
+            h5 = h5py.File(path, "r")
         except OSError as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if "unable to lock file" in msg.lower():
@@ -464,14 +660,14 @@ class FeatureCache:
                     f"wait for it to finish"
                 ) from None
             if "permission" in msg.lower():
-                raise CacheError(f"{path}: permission denied") from None
+                raise CacheError(f"{path}: permission denied; make it readable for this user") from None
             try:
                 is_h5 = h5py.is_hdf5(path)
             except OSError:
                 is_h5 = False
             kind = "truncated or corrupt HDF5 file" if is_h5 else "not an HDF5 file"
             raise CacheError(f"{path}: {kind} ({msg[:120]})") from None
-        cache = cls(path, h5)
+        cache = cls(path, h5, lock=lock)
         try:
             cache._validate(expect_dataset, expect_label_names, expect_manifests)
         except CacheError:
@@ -513,8 +709,211 @@ class FeatureCache:
                     )
 
     def close(self) -> None:
+        for f in self._files.values():
+            try:
+                if f.id.valid:
+                    f.close()
+            except OSError as exc:  # a full disk can refuse the final flush; the rows before it are kept
+                log.warning("%s", os_error(self.path, exc, "close a source file"))
+        self._files.clear()
+        for f in self._readers.values():
+            if f.id.valid:
+                f.close()
+        self._readers.clear()
         if self._h5.id.valid:
             self._h5.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # ------------------------------------------------------------ index writes
+    def _links(self) -> dict[str, str | None]:
+        """Source name -> file its link points to (relative to the index), None when stored inline."""
+        out: dict[str, str | None] = {}
+        for kind in SOURCE_KINDS:
+            if kind not in self._h5:
+                continue
+            grp = self._h5[kind]
+            for key in grp:
+                link = grp.get(key, getlink=True)
+                out[f"{kind}/{key}"] = link.filename if isinstance(link, h5py.ExternalLink) else None
+        return out
+
+    def _source_file(self, name: str, rel: str | None = None) -> Path | None:
+        """Where a source's file is: in this index's own ``.sources`` folder (so a cache copied or
+        renamed together with its folder works), else where the link itself points."""
+        rel = rel if rel is not None else self._links().get(name)
+        if rel is None:
+            return None
+        kind = name.split("/", 1)[0]
+        own = self.sources_dir / kind / Path(rel).name
+        return own if own.exists() else self.path.parent / rel
+
+    def _new_source_path(self, kind: str, key: str) -> tuple[Path, str]:
+        safe = re.sub(r"[^A-Za-z0-9._+-]", "_", key)[:80] or "source"
+        fname = f"{safe}.{secrets.token_hex(4)}.h5"
+        return self.sources_dir / kind / fname, f"{self.path.name}{SOURCES_SUFFIX}/{kind}/{fname}"
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise CacheError(f"{self.path}: opened read-only")
+
+    def _commit_index(self, changes: Mapping[str, str | None]) -> None:
+        """Replace the index atomically with one whose links are the current ones updated by ``changes``.
+
+        ``changes`` maps a source name to its new file (relative to the index) or None to drop
+        it. Sources still stored inline (old layout) are first copied out into their own files;
+        one that cannot be copied (damaged) is dropped with a warning.
+        """
+        self._require_writable()
+        links = self._links()
+        for name, rel in list(links.items()):
+            if rel is None and name not in changes:
+                links[name] = self._externalize(name)
+        for name, rel in changes.items():
+            links[name] = rel
+        keep = {}
+        for n, r in links.items():
+            if r is None:
+                continue
+            f = self._source_file(n, r)
+            own = self.sources_dir / n.split("/", 1)[0] / Path(r).name
+            keep[n] = f"{self.path.name}{SOURCES_SUFFIX}/{n.split('/', 1)[0]}/{Path(r).name}" if f == own else r
+        self._close_readers()
+        tmp = self.path.with_name(f"{self.path.name}.index-{secrets.token_hex(4)}.tmp")
+        try:
+            with h5py.File(tmp, "w") as new:
+                for k, v in self._h5.attrs.items():
+                    new.attrs[k] = v
+                self._h5.copy("splits", new)
+                for name in sorted(keep):
+                    new[name] = h5py.ExternalLink(keep[name], "/" + name)
+            fsync_path(tmp)
+            self._h5.close()
+            os.replace(tmp, self.path)
+            fsync_path(self.path.parent, folder=True)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise os_error(self.path, exc, "rewrite the cache index") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            if not self._h5.id.valid:
+                self._h5 = h5py.File(self.path, "r")
+        for name in [n for n in self._files if n not in keep]:
+            self._files.pop(name).close()
+        self._collect_garbage()
+
+    def _close_readers(self) -> None:
+        for f in self._readers.values():
+            if f.id.valid:
+                f.close()
+        self._readers.clear()
+
+    def _externalize(self, name: str) -> str | None:
+        kind, key = name.split("/", 1)
+        final, rel = self._new_source_path(kind, key)
+        try:
+            self._write_source_file(final, lambda f: self._h5.copy(self._h5[name], f.require_group(kind), key))
+        except CacheError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged inline source is dropped, the rest kept
+            log.warning("%s: dropping damaged source %s while moving it to its own file (%s)",
+                        self.path, name, _first_line(exc))
+            return None
+        return rel
+
+    @staticmethod
+    def _write_source_file(final: Path, fill: Any) -> None:
+        """Create a source file under a temporary name, fsync it, then rename it into place."""
+        tmp = final.with_name(final.name + ".creating")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with h5py.File(tmp, "w") as f:
+                fill(f)
+            fsync_path(tmp)
+            os.replace(tmp, final)
+            fsync_path(final.parent, folder=True)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise os_error(final.parent, exc, "create a source file") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _collect_garbage(self) -> None:
+        """Delete source files no link points to (replaced, dropped, or left by a killed creation)."""
+        d = self.sources_dir
+        if not self.writable or not d.is_dir():
+            return
+        used = {p.resolve() for n, r in self._links().items() if r is not None
+                and (p := self._source_file(n, r)) is not None}
+        for f in d.rglob("*"):
+            if f.is_file() and f.resolve() not in used:
+                try:
+                    f.unlink()
+                except OSError:
+                    pass
+        for stale in self.path.parent.glob(f"{self.path.name}.index-*.tmp"):
+            stale.unlink(missing_ok=True)
+
+    def _open_for_writing(self, name: str) -> h5py.File:
+        f = self._files.get(name)
+        if f is not None and f.id.valid:
+            return f
+        p = self._source_file(name)
+        if p is None:
+            raise CacheError(f"{self.path}: source {name} is stored in the index itself")
+        r = self._readers.pop(name, None)
+        if r is not None and r.id.valid:
+            r.close()  # HDF5 refuses to reopen for writing a file this process has open read-only
+        try:
+            f = h5py.File(p, "r+")
+        except OSError as exc:
+            if is_lock_error(exc):
+                raise CacheError(f"{p}: open in another process; wait for it to finish") from None
+            from vea_bench.cache.guard import _errno_of
+
+            if p.exists() and _errno_of(exc) is None:
+                raise DamagedSourceError(
+                    f"{self.path}: source {name} is damaged ({_first_line(exc)[:100]}); "
+                    f"run `vea-bench cache repair {self.path}` to drop it, then extract it again"
+                ) from None
+            if not p.exists():
+                raise DamagedSourceError(
+                    f"{self.path}: source {name} has lost its file {p.name}; "
+                    f"run `vea-bench cache repair {self.path}` to drop it, then extract it again"
+                ) from None
+            raise os_error(p, exc, f"open source {name} for writing") from None
+        self._files[name] = f
+        return f
+
+    def _group(self, name: str) -> h5py.Group:
+        """A source's group: from its file open for writing, else through the index's link."""
+        f = self._files.get(name) or self._readers.get(name)
+        if f is not None and f.id.valid:
+            return f[name]
+        try:
+            p = self._source_file(name)
+            if p is None:
+                return self._h5[name]  # old layout: stored in the index itself
+            if name not in self._links():
+                raise KeyError(f"no source {name}")
+            if not p.exists():
+                raise KeyError(f"its file {p.name} is missing")
+            f = h5py.File(p, "r")
+            self._readers[name] = f
+            return f[name]
+        except (KeyError, OSError) as exc:
+            if is_lock_error(exc):
+                raise CacheError(
+                    f"{self.path}: source {name} is being written by another process; wait for it to finish"
+                ) from None
+            raise DamagedSourceError(
+                f"{self.path}: source {name} is damaged or its file is missing ({_first_line(exc)[:100]}); "
+                f"run `vea-bench cache repair {self.path}` to drop it, then extract it again"
+            ) from None
 
     def __enter__(self) -> FeatureCache:
         return self
@@ -605,20 +1004,31 @@ class FeatureCache:
         if not self.has_source(kind, key):
             have = ", ".join(s.name for s in self.sources()) or "none"
             raise CacheError(f"{self.path}: no source {kind}/{key} (sources: {have})")
-        g = self._h5[f"{kind}/{key}"]
-        fields = {n: FieldSpec.from_json(v) for n, v in json.loads(g.attrs["fields"]).items()}
-        prov = json.loads(g.attrs.get("provenance", "{}"))
-        counts: dict[str, dict[str, int]] = {}
-        for split in self.splits:
-            if split not in g:
-                continue
-            st = g[f"{split}/_status"][()]
-            counts[split] = {
-                "rows": int(st.size),
-                "done": int((st == ROW_OK).sum()),
-                "failed": int((st == ROW_FAILED).sum()),
-                "missing": int((st == ROW_MISSING).sum()),
-            }
+        name = f"{kind}/{key}"
+        g = self._group(name)
+        try:
+            fields = {n: FieldSpec.from_json(v) for n, v in json.loads(g.attrs["fields"]).items()}
+            prov = json.loads(g.attrs.get("provenance", "{}"))
+            counts: dict[str, dict[str, int]] = {}
+            for split in self.splits:
+                if split not in g:
+                    raise KeyError(f"no group for split '{split}'")
+                sg = g[split]
+                lacking = [f for f in (*fields, "_status", "_error") if f not in sg]
+                if lacking:
+                    raise KeyError(f"'{split}' lacks dataset(s) {', '.join(lacking)}")
+                st = sg["_status"][()]
+                counts[split] = {
+                    "rows": int(st.size),
+                    "done": int((st == ROW_OK).sum()),
+                    "failed": int((st == ROW_FAILED).sum()),
+                    "missing": int((st == ROW_MISSING).sum()),
+                }
+        except (KeyError, OSError, ValueError, TypeError, IndexError, CacheError) as exc:
+            raise DamagedSourceError(
+                f"{self.path}: source {name} is damaged ({str(exc).strip(chr(39) + chr(34))[:120]}); "
+                f"run `vea-bench cache repair {self.path}` to drop it, then extract it again"
+            ) from None
         return SourceInfo(kind, key, fields, prov, counts)
 
     def resolve_key(self, kind: str, key: str | None = None) -> str:
@@ -655,19 +1065,22 @@ class FeatureCache:
             raise CacheError(f"unknown source kind '{kind}' (choices: {', '.join(SOURCE_KINDS)})")
         if not key or "/" in key:
             raise CacheError(f"invalid source key '{key}' (non-empty, no '/')")
-        if self._h5.mode == "r":
-            raise CacheError(f"{self.path}: opened read-only")
+        self._require_writable()
         specs = {n: f if isinstance(f, FieldSpec) else FieldSpec(tuple(f[0]), str(f[1])) for n, f in fields.items()}
         prov = dict(provenance)
         prov.setdefault("versions", package_versions())
         prov.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         prov = _json_roundtrip(prov)  # compare exactly what was stored, not tuples against lists
         name = f"{kind}/{key}"
-        if name in self._h5:
-            if overwrite:
-                del self._h5[name]
-            else:
+        if name in self._h5 and not overwrite:
+            try:
                 info = self.source(kind, key)
+            except DamagedSourceError as exc:
+                # Its rows cannot be trusted or read: recompute the source from scratch.
+                log.warning("%s; recomputing it", str(exc).split("; run `")[0])
+                self._files.pop(name, None)
+                info = None
+            if info is not None:
                 if info.fields != specs:
                     raise CacheError(
                         f"{self.path}: source {name} exists with other fields; use another key or overwrite"
@@ -679,20 +1092,65 @@ class FeatureCache:
                         f"{self.path}: source {name} was written with other settings ({', '.join(diff)}); "
                         f"use another key or overwrite"
                     )
+                if any(f.dtype == _STR for f in specs.values()):
+                    todo = sum(c["missing"] for c in info.counts.values())
+                    str_bytes = sum(_STR_ROW_BYTES for f in specs.values() if f.dtype == _STR)
+                    check_free_space(self.sources_dir, todo * str_bytes,
+                                     f"the {todo:,} missing rows of {name} (~{str_bytes} bytes/row of text)")
                 return SourceWriter(self, kind, key, specs)
         if not specs:
             raise CacheError(f"source {name}: no fields given")
         bad = [n for n in specs if not n or n.startswith("_") or "/" in n]
         if bad:
             raise CacheError(f"source {name}: invalid field name(s) {bad} (no leading '_', no '/')")
-        _create_source_group(self._h5, name, specs, prov, {s: self.num_rows(s) for s in self.splits})
-        self._h5.flush()
+        split_rows = {s: self.num_rows(s) for s in self.splits}
+        n = sum(split_rows.values())
+        per_row = _row_bytes(specs)
+        check_free_space(self.sources_dir, n * per_row, f"source {name} ({n:,} rows x ~{per_row:,} bytes/row)")
+        final, rel = self._new_source_path(kind, key)
+        self._write_source_file(final, lambda f: _create_source_group(f, name, specs, prov, split_rows))
+        old = self._files.pop(name, None)
+        if old is not None and old.id.valid:
+            old.close()
+        self._commit_index({name: rel})
         return SourceWriter(self, kind, key, specs)
 
     def delete_source(self, kind: str, key: str) -> None:
-        self.source(kind, key)
-        del self._h5[f"{kind}/{key}"]
-        self._h5.flush()
+        """Drop a source (its link and its file); a damaged one can always be dropped."""
+        self._require_writable()
+        name = f"{kind}/{key}"
+        if name not in self._links():
+            self.source(kind, key)  # the one-line "no source" error
+        self._commit_index({name: None})
+
+    def damaged_sources(self) -> dict[str, str]:
+        """Sources that cannot be read, with the reason: file missing or unopenable, datasets lost,
+        or data that does not read back in full (truncation)."""
+        out: dict[str, str] = {}
+        for name in self._links():
+            kind, key = name.split("/", 1)
+            try:
+                info = self.source(kind, key)
+                g = self._group(name)
+                for split in info.counts:
+                    for fname in (*info.fields, "_status", "_error"):
+                        ds = g[f"{split}/{fname}"]
+                        step = max(1, min(ds.shape[0] or 1, 8192))
+                        for lo in range(0, ds.shape[0], step):
+                            ds[lo : lo + step]
+            except DamagedSourceError as exc:
+                out[name] = str(exc).split(" is damaged ", 1)[-1].split("; run `")[0].strip()
+            except CacheError:
+                raise  # in use by another process: not damage
+            except Exception as exc:  # noqa: BLE001 - unreadable data is the damage being looked for
+                out[name] = f"({type(exc).__name__}: {_first_line(exc)[:100]})"
+        return out
+
+    def fingerprints(self, kind: str, key: str, split: str) -> tuple[np.ndarray | None, np.ndarray]:
+        """A source's stored per-row image fingerprints (None if not recorded) and its row status."""
+        self._check_split(split)
+        g = self._group(f"{kind}/{key}")[split]
+        return (g["_fp"][()] if "_fp" in g else None), g["_status"][()]
 
     def read(
         self,
@@ -715,13 +1173,19 @@ class FeatureCache:
                 f"{self.path}: source {info.name} is incomplete on '{split}' "
                 f"({c['missing']} of {c['rows']} rows missing); resume `vea-bench extract`"
             )
-        g = self._h5[f"{kind}/{key}/{split}"]
+        g = self._group(info.name)[split]
         names = list(fields) if fields is not None else list(info.fields)
         unknown = [n for n in names if n not in info.fields]
         if unknown:
             raise CacheError(f"{self.path}: source {info.name} has no field(s) {unknown}")
-        arrays = {n: _decode(g[n][()]) for n in names}
-        status = g["_status"][()]
+        try:
+            arrays = {n: _decode(g[n][()]) for n in names}
+            status = g["_status"][()]
+        except (OSError, KeyError, ValueError) as exc:
+            raise DamagedSourceError(
+                f"{self.path}: source {info.name} is damaged ({_first_line(exc)[:100]}); "
+                f"run `vea-bench cache repair {self.path}` to drop it, then extract it again"
+            ) from None
         missing = status == ROW_MISSING
         if missing.any():  # never written: show zeros / '' rather than whatever the disk held
             for n in names:
@@ -731,6 +1195,6 @@ class FeatureCache:
 
     def iter_chunks(self, kind: str, key: str, split: str, field: str, rows: int = 8192) -> Iterator[np.ndarray]:
         """Stream a large field in row blocks without loading it whole."""
-        ds = self._h5[f"{kind}/{key}/{split}/{field}"]
+        ds = self._group(f"{kind}/{key}")[f"{split}/{field}"]
         for s in range(0, ds.shape[0], rows):
             yield ds[s : s + rows]

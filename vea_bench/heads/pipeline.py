@@ -385,15 +385,18 @@ def _save_artifacts(results_dir: Path, run_id: str, weights: dict[str, dict[str,
                     config: dict[str, Any]) -> dict[str, str]:
     from safetensors.torch import save_file
 
+    from vea_bench.records import writing_results
+
     d = Path(results_dir) / ARTIFACTS_DIR / run_id
-    d.mkdir(parents=True, exist_ok=True)
     out = {}
-    for name, sd in weights.items():
-        p = d / f"{name}.safetensors"
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(p))
-        out[name] = str(p)
     cfg_path = d / "config.json"
-    cfg_path.write_text(json.dumps(config, indent=2, default=str))
+    with writing_results(d):  # a full disk or read-only folder: one line, not a safetensors traceback
+        d.mkdir(parents=True, exist_ok=True)
+        for name, sd in weights.items():
+            p = d / f"{name}.safetensors"
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(p))
+            out[name] = str(p)
+        cfg_path.write_text(json.dumps(config, indent=2, default=str))
     out["config"] = str(cfg_path)
     return out
 
