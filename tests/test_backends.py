@@ -213,7 +213,7 @@ def test_sampling_is_seeded(kind: str, backends: dict[str, Any]) -> None:
     be = backends[kind]
     batch = be.prepare(IMAGES, PROMPT)
     s = [be.run(batch, generate=True, score_labels=None,
-                generation=GenerationOptions(sample=True, seed=seed, max_new_tokens=10)).texts
+                generation=GenerationOptions(decoding="sample", seed=seed, max_new_tokens=10)).texts
          for seed in (1, 1, 2)]
     assert s[0] == s[1]
     assert s[0] != s[2]
