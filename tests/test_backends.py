@@ -167,18 +167,109 @@ def test_score_equals_bruteforce_full_forward(kind: str, backends: dict[str, Any
     np.testing.assert_allclose(out.logprobs, brute, atol=LOGPROB_ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["qwen2-vl", "qwen2.5-vl", "llava-next"])
-def test_greedy_equals_transformers_generate(kind: str, backends: dict[str, Any]) -> None:
-    """Our decode loop reproduces `model.generate(do_sample=False)` up to the stop at '}'."""
+def _generate_text(be: Any, batch: dict[str, Any], seed: int = 0, **kwargs: Any) -> str:
+    """transformers' own `generate` on one image, new tokens decoded and cut after the first '}'."""
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        ref = be.core.generate(**batch, max_new_tokens=GREEDY.max_new_tokens, **kwargs)
+    text = be.tokenizer.decode(ref[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    cut = text.find("}")
+    return text[: cut + 1] if cut >= 0 else text
+
+
+@pytest.fixture
+def reference_config(backends: dict[str, Any]) -> Any:
+    """Every tiny model's generation_config as Qwen2-VL-Instruct's: top_k 1, repetition penalty 1.05
+    (the tiny Qwen models ship it; the others get it here and have it restored after)."""
+    saved = {k: (be.generation_config.top_k, be.generation_config.repetition_penalty) for k, be in backends.items()}
+    for kind in ("qwen2-vl", "qwen2.5-vl"):
+        gc = backends[kind].generation_config
+        assert (gc.top_k, gc.repetition_penalty) == (1, 1.05)  # saved by make_tiny, as on the hub
+
+    def apply(top_k: int = 1, penalty: float = 1.05) -> None:
+        for be in backends.values():  # InstructBLIP's generate decodes with its language model's config
+            be.generation_config.top_k = top_k
+            be.generation_config.repetition_penalty = penalty
+
+    yield apply
+    for k, (top_k, penalty) in saved.items():
+        backends[k].generation_config.top_k = top_k
+        backends[k].generation_config.repetition_penalty = penalty
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_equals_transformers_generate(kind: str, backends: dict[str, Any], reference_config: Any) -> None:
+    """Greedy is a plain argmax: `generate(do_sample=False)` with the checkpoint's penalty switched off.
+    (A bare greedy `generate` would inherit the 1.05 penalty from generation_config.)"""
     be = backends[kind]
+    reference_config()
     for im in IMAGES[:2]:
         batch = be.prepare([im], PROMPT)
         ours = be.run(batch, generate=True, score_labels=None, generation=GREEDY).texts[0]
-        with torch.inference_mode():
-            ref = be.core.generate(**batch, max_new_tokens=GREEDY.max_new_tokens, do_sample=False)
-        text = be.tokenizer.decode(ref[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        cut = text.find("}")
-        assert ours == (text[: cut + 1] if cut >= 0 else text)
+        assert ours == _generate_text(be, batch, do_sample=False, repetition_penalty=1.0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("penalty", [1.05, 3.0])
+def test_reference_decoding_equals_transformers_generate(kind: str, penalty: float, backends: dict[str, Any],
+                                                         reference_config: Any) -> None:
+    """`--decoding reference` == the reference code's `generate(do_sample=True, temperature=0.8, top_p=1.0)`
+    on a checkpoint whose generation_config has top_k 1 and a repetition penalty: greedy with the
+    penalty over prompt + generated ids, batched rows as alone. (3.0 makes the penalty bite.)"""
+    be = backends[kind]
+    reference_config(top_k=1, penalty=penalty)
+    gen = GenerationOptions(decoding="reference", seed=5, max_new_tokens=GREEDY.max_new_tokens)
+    batch = be.prepare(IMAGES, PROMPT)
+    ours = be.run(batch, generate=True, score_labels=None, generation=gen).texts
+    refs = [_generate_text(be, be.prepare([im], PROMPT), seed=11, do_sample=True, temperature=0.8, top_p=1.0)
+            for im in IMAGES]
+    assert ours == refs
+    greedy = be.run(batch, generate=True, score_labels=None, generation=GREEDY).texts
+    if penalty == 3.0:
+        assert ours != greedy  # the penalty is really applied
+    prov = be.decoding_provenance(gen)
+    assert (prov["decoding"], prov["top_k"], prov["repetition_penalty"], prov["temperature"]) == \
+        ("reference", 1, penalty, 0.8)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_true_sampling_equals_transformers_generate(kind: str, backends: dict[str, Any],
+                                                    reference_config: Any) -> None:
+    """`--decoding sample` == `generate(do_sample=True, temperature=0.8, top_p=1.0)` with top_k off and no
+    penalty, draw for draw from the same seed, whatever the checkpoint's generation_config says."""
+    be = backends[kind]
+    reference_config(top_k=1, penalty=1.05)
+    im = IMAGES[0]
+    batch = be.prepare([im], PROMPT)
+    texts = []
+    for seed in (0, 1, 2, 3):
+        gen = GenerationOptions(decoding="sample", seed=seed, max_new_tokens=GREEDY.max_new_tokens)
+        ours = be.run(batch, generate=True, score_labels=None, generation=gen).texts[0]
+        assert ours == _generate_text(be, batch, seed=seed, do_sample=True, temperature=0.8, top_p=1.0, top_k=0,
+                                      repetition_penalty=1.0)
+        texts.append(ours)
+    assert len(set(texts)) > 1  # it samples
+    assert be.decoding_provenance(GenerationOptions(decoding="sample"))["top_k"] is None
+
+
+def test_reference_refuses_generation_settings_it_cannot_apply(backends: dict[str, Any]) -> None:
+    be = backends["qwen2-vl"]
+    gc = be.generation_config
+    gc.no_repeat_ngram_size = 3
+    try:
+        with pytest.raises(VeaError) as e:
+            be.run(be.prepare(IMAGES[:1], PROMPT), generate=True, score_labels=None,
+                   generation=GenerationOptions(decoding="reference"))
+        assert "no_repeat_ngram_size=3" in _one_line(e.value)
+    finally:
+        gc.no_repeat_ngram_size = None
+
+
+def test_decoding_options_are_checked() -> None:
+    for kwargs, needle in [({"decoding": "beam"}, "unknown decoding"), ({"max_new_tokens": 0}, "max-new-tokens"),
+                           ({"top_p": 1.5}, "top-p"), ({"score_memory_gb": 0}, "score memory")]:
+        with pytest.raises(VeaError, match=needle):
+            GenerationOptions(**kwargs)
 
 
 @pytest.mark.parametrize("kind", KINDS)

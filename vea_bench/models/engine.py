@@ -375,7 +375,7 @@ class HFVLMBackend:
             return {"temperature": None, "top_k": None, "top_p": None, "repetition_penalty": None}
         if gen.decoding == "sample":
             return {"temperature": gen.temperature, "top_k": None, "top_p": gen.top_p, "repetition_penalty": None}
-        gc = getattr(self.core, "generation_config", None)
+        gc = self.generation_config
         defaults = _generate_defaults()
 
         def value(name: str) -> Any:
@@ -392,6 +392,11 @@ class HFVLMBackend:
         penalty = value("repetition_penalty")
         return {"temperature": gen.temperature, "top_k": int(top_k) if top_k else None, "top_p": gen.top_p,
                 "repetition_penalty": float(penalty) if penalty is not None and float(penalty) != 1.0 else None}
+
+    @property
+    def generation_config(self) -> Any:
+        """The GenerationConfig the model's own `generate` decodes with (None if it has none)."""
+        return getattr(self.core, "generation_config", None)
 
     def decoding_provenance(self, gen: GenerationOptions) -> dict[str, Any]:
         """Decoding mode, its resolved settings, the token budget and (when sampled) the seed."""
