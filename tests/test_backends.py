@@ -272,6 +272,125 @@ def test_decoding_options_are_checked() -> None:
             GenerationOptions(**kwargs)
 
 
+def _decoder_calls(be: Any) -> tuple[list[tuple[int, int]], Any]:
+    """(rows, tokens) of every language-model forward, and the hook handle to remove."""
+    calls: list[tuple[int, int]] = []
+    hook = be.decoder.register_forward_hook(
+        lambda _m, _a, kw, _o: calls.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True)
+    return calls, hook
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_score_runs_shared_prefix_once_and_branches_per_label(kind: str, backends: dict[str, Any]) -> None:
+    """No forward carries more rows than images (the prompt cache is never copied per label): one
+    prefill, one forward of the answers' shared prefix, then one per label of its own tokens."""
+    from vea_bench.models.engine import shared_prefix_len
+
+    be = backends[kind]
+    ans = be.answer_ids(LABELS)
+    P = shared_prefix_len(ans)
+    assert P >= 1 and all(a[:P] == ans[0][:P] for a in ans)      # "{'emotion':'" is shared
+    calls, hook = _decoder_calls(be)
+    try:
+        out = be.run(be.prepare(IMAGES, PROMPT), generate=False, score_labels=LABELS, generation=GREEDY)
+    finally:
+        hook.remove()
+    n_own = sum(len(a) - P > 1 for a in ans)
+    assert len(calls) == 1 + 1 + n_own
+    assert all(rows <= len(IMAGES) for rows, _ in calls), calls
+    assert calls[1] == (len(IMAGES), P)
+    assert max(tokens for _, tokens in calls[2:]) == max(len(a) - P for a in ans) - 1
+    assert out.logprobs.shape == (len(IMAGES), len(LABELS))
+
+
+@pytest.mark.parametrize("kind", ["qwen2-vl", "llava-next"])
+def test_score_chunks_follow_memory_budget(kind: str, backends: dict[str, Any]) -> None:
+    """--score-memory-gb sets the images per scoring forward; the scores do not depend on it."""
+    from vea_bench.models.engine import shared_prefix_len
+
+    be = backends[kind]
+    batch = be.prepare(IMAGES, PROMPT)
+    ans = be.answer_ids(LABELS)
+    P = shared_prefix_len(ans)
+    L = batch["input_ids"].shape[1]
+    S = max(len(a) - P for a in ans)
+    n_own = sum(len(a) - P > 1 for a in ans)
+    per_row = 2 * (L + P + S) * be.kv_bytes_per_token() + max(P, S) * be.head.out_features * 12
+    full = be.run(batch, generate=False, score_labels=LABELS, generation=GenerationOptions(score_memory_gb=1.0))
+    for n_rows, chunks in [(1, [1, 1, 1]), (2, [2, 1])]:
+        gen = GenerationOptions(score_memory_gb=(n_rows + 0.5) * per_row / 1e9)
+        assert be.score_rows_per_chunk(gen, len(IMAGES), L, P, S) == n_rows
+        calls, hook = _decoder_calls(be)
+        try:
+            out = be.run(batch, generate=False, score_labels=LABELS, generation=gen)
+        finally:
+            hook.remove()
+        assert [rows for rows, _ in calls[1:]] == [n for n in chunks for _ in range(1 + n_own)]
+        np.testing.assert_allclose(out.logprobs, full.logprobs, atol=LOGPROB_ATOL, rtol=0)
+
+
+def test_kv_bytes_and_chunk_rows_of_the_real_7b_configs() -> None:
+    """KV bytes per token from the real configs (bf16), and the images per chunk a 4 GB budget allows
+    for a ~2,900-token LLaVA-NeXT prompt (the old code copied the prompt cache for 64 rows)."""
+    from vea_bench.models.arch import load_arch_config
+    from vea_bench.models.engine import kv_bytes_per_token, score_rows_per_chunk
+
+    kv = {name: kv_bytes_per_token(load_arch_config(name), torch.bfloat16)
+          for name in ("qwen2-vl-7b-instruct", "llava-next-mistral-7b", "instructblip-vicuna-7b")}
+    assert kv == {"qwen2-vl-7b-instruct": 28 * 4 * 128 * 2 * 2, "llava-next-mistral-7b": 32 * 8 * 128 * 2 * 2,
+                  "instructblip-vicuna-7b": 32 * 32 * 128 * 2 * 2}
+    llava = kv["llava-next-mistral-7b"]
+    assert score_rows_per_chunk(4e9, 8, 2900, 5, 4, llava, 32064) == 5
+    assert score_rows_per_chunk(4e9, 3, 2900, 5, 4, llava, 32064) == 3
+    assert score_rows_per_chunk(1e6, 8, 2900, 5, 4, llava, 32064) == 1
+    assert score_rows_per_chunk(24e9, 8, 2900, 5, 4, llava, 32064) == 8
+
+
+def _rigged(tiny_dir: Path, up: str, down: str) -> Any:
+    """A backend whose every step picks ``up`` or ``down`` (final norm and head zeroed but for one unit)."""
+    be = load_vlm(LoadOptions(model=str(tiny_dir), device="cpu"))
+    tok = be.tokenizer
+    with torch.no_grad():
+        be.decoder.norm.weight.zero_()
+        be.decoder.norm.weight[0] = 1.0
+        be.head.weight.zero_()
+        be.head.weight[tok.convert_tokens_to_ids(tok.tokenize(up)[-1]), 0] = 10.0
+        be.head.weight[tok.convert_tokens_to_ids(tok.tokenize(down)[-1]), 0] = -10.0
+    return be
+
+
+def test_zero_shot_rows_get_a_longer_token_budget(tiny_dirs: dict[str, Path]) -> None:
+    """Without an adapter a chatty answer gets 128 new tokens (not 24), an explicit budget wins, and a
+    tuned model (adapter) keeps 24; the stop at '}' is unchanged (see the test below)."""
+    from vea_bench.models.base import TUNED_MAX_NEW_TOKENS, ZERO_SHOT_MAX_NEW_TOKENS
+
+    be = _rigged(tiny_dirs["qwen2-vl"], "x", "a")  # never '}' nor end-of-sequence
+    batch = be.prepare(IMAGES[:1], PROMPT)
+    for gen, n in [(GenerationOptions(), ZERO_SHOT_MAX_NEW_TOKENS), (GenerationOptions(max_new_tokens=30), 30),
+                   (GenerationOptions(zero_shot_max_new_tokens=40), 40)]:
+        text = be.run(batch, generate=True, score_labels=None, generation=gen).texts[0]
+        assert len(text) == n and set(text) <= {"x", "a"}, text
+    assert ZERO_SHOT_MAX_NEW_TOKENS == 128 and TUNED_MAX_NEW_TOKENS == 24
+    tuned = type(be)(be.model, be.processor, LoadOptions(model=be.opts.model, adapter="runs/x/adapter"), be.config,
+                     "cpu", torch.float32)
+    assert len(tuned.run(batch, generate=True, score_labels=None, generation=GenerationOptions()).texts[0]) == 24
+    assert be.decoding_provenance(GenerationOptions())["max_new_tokens"] == 128
+    assert tuned.decoding_provenance(GenerationOptions())["max_new_tokens"] == 24
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_engine_emits_no_future_warning(kind: str, backends: dict[str, Any]) -> None:
+    """The prefill/decode loop uses the installed transformers' own cache argument (`cache` from 5.24,
+    `past_key_values` before), so none of its calls is deprecated."""
+    import warnings
+
+    be = backends[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        be.run(be.prepare(IMAGES[:2], PROMPT), generate=True, score_labels=LABELS,
+               generation=GenerationOptions(max_new_tokens=4))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_generation_stops_at_closing_brace(kind: str, tiny_dirs: dict[str, Path]) -> None:
     """Weights rigged so every step picks either 'x' or '}': rows end at their first '}'."""
