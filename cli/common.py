@@ -1,6 +1,7 @@
 """Shared pieces of the CLI: consoles, the rich progress renderer, one-line error handling."""
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -80,6 +81,35 @@ def setup_logging(quiet: bool = False) -> None:
     if not any(isinstance(h, RichHandler) for h in root.handlers):
         root.addHandler(RichHandler(console=err_console, show_path=False, show_time=False))
     root.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+# Third-party notices that say nothing about the user's run, hidden unless `vea-bench --verbose`:
+# (logger, text the message holds).
+THIRD_PARTY_NOTICES: tuple[tuple[str, str], ...] = (
+    # bitsandbytes on a CPU with AVX512-BF16 tries an optional hub kernel package at import time.
+    ("bitsandbytes.backends.cpu.ops", "kernels-community"),
+)
+
+
+class _DropNotice(logging.Filter):
+    """Drops one logger's records whose message holds ``needle``; everything else passes."""
+
+    def __init__(self, needle: str) -> None:
+        super().__init__()
+        self.needle = needle
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.needle not in record.getMessage()
+
+
+def quiet_third_party(verbose: bool = False) -> None:
+    """Install (or, with ``verbose``, remove) the filters of `THIRD_PARTY_NOTICES`; idempotent."""
+    for name, needle in THIRD_PARTY_NOTICES:
+        logger = logging.getLogger(name)
+        for f in [f for f in logger.filters if isinstance(f, _DropNotice)]:
+            logger.removeFilter(f)
+        if not verbose:
+            logger.addFilter(_DropNotice(needle))
 
 
 def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -29,11 +29,15 @@ def extract_command(
     backbone: Annotated[Optional[list[str]], typer.Option("--backbone", help="Frozen timm backbone NAME or NAME@WEIGHTS (file or 'random'); repeatable.")] = None,
     backbone_weights: Annotated[Optional[str], typer.Option("--backbone-weights", help="Local weights file (or 'random') for every --backbone without @WEIGHTS.")] = None,
     answer: Annotated[str, typer.Option("--answer", help="VLM answer modes: generate, score or generate,score.")] = "generate",
-    sample: Annotated[bool, typer.Option("--sample", help="Sample like the reference (temperature 0.8, top_p 1.0) instead of greedy.")] = False,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (with --sample).")] = 0.8,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (with --sample).")] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Token budget of a generated answer (it stops at '}').")] = 24,
-    seed: Annotated[int, typer.Option("--seed", help="Sampling seed; also the split seed of datasets without their own split.")] = 42,
+    decoding: Annotated[str, typer.Option("--decoding", help="greedy (argmax); reference: the reference code's generate(do_sample=True, temperature 0.8, top_p 1.0) with the checkpoint's top_k and repetition penalty (Qwen2-VL-Instruct: in effect greedy with a 1.05 penalty); sample: true sampling at --temperature / --top-p, no top_k, no penalty.")] = "greedy",
+    sample: Annotated[bool, typer.Option("--sample", hidden=True, help="Deprecated: same as --decoding sample.")] = False,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (--decoding reference or sample).")] = 0.8,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (--decoding reference or sample).")] = 1.0,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Token budget of a generated answer; it stops at '}' [default: 24 with --adapter, else --zero-shot-max-new-tokens].")] = None,
+    zero_shot_max_new_tokens: Annotated[int, typer.Option("--zero-shot-max-new-tokens", help="Token budget without --adapter: a zero-shot model may write a sentence before its answer.")] = 128,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (--decoding reference or sample); does not change the split.")] = 42,
+    split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the stratified split where the dataset has none (SPEC: 42).")] = 42,
+    score_memory_gb: Annotated[float, typer.Option("--score-memory-gb", help="Working memory for --answer score (KV copies + logits); sets how many images share one scoring forward.")] = 4.0,
     max_side: Annotated[int, typer.Option("--max-side", help="Cap on the image's longer side before the VLM processor (SPEC: 1024).")] = 1024,
     max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Pixel budget per image for the VLM (speed vs fidelity).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")] = 8,
@@ -66,9 +70,11 @@ def extract_command(
     keys = _parse_pairs(list(key or []), "--key")
     run_guarded(
         _run, dataset=dataset, root=root, cache=cache, vlm=vlm, adapter=adapter, teachers=list(teacher or []),
-        backbones=list(backbone or []), backbone_weights=backbone_weights, modes=modes, sample=sample,
-        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, max_side=max_side,
-        max_pixels=max_pixels, image_position=image_position, instructblip_prompt=instructblip_prompt,
+        backbones=list(backbone or []), backbone_weights=backbone_weights, modes=modes, decoding=decoding,
+        sample=sample, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+        zero_shot_max_new_tokens=zero_shot_max_new_tokens, seed=seed, split_seed=split_seed,
+        score_memory_gb=score_memory_gb, max_side=max_side, max_pixels=max_pixels,
+        image_position=image_position, instructblip_prompt=instructblip_prompt,
         batch_size=batch_size, workers=workers, dtype=dtype, quant=quant, device=device,
         revision=revision, trust_remote_code=trust_remote_code, threads=threads, limit=limit, shard=shard, splits=list(split or []),
         label_space=label_space, keys=keys, overwrite=overwrite, retry_failed=retry_failed, quiet=quiet,
@@ -90,7 +96,17 @@ def _run(**a: Any) -> None:
     if a["adapter"] is not None and not a["vlm"]:
         raise ConfigError("--adapter needs --vlm (the adapter's base model)")
     shard = parse_shard(a["shard"]) if a["shard"] else None
-    index = load_dataset(a["dataset"], a["root"], seed=a["seed"], label_space=a["label_space"])
+    decoding = a["decoding"]
+    if a["sample"]:
+        if decoding not in ("greedy", "sample"):
+            raise ConfigError(f"--sample (deprecated) contradicts --decoding {decoding}; pass --decoding only")
+        err_console.print("[yellow]--sample is deprecated[/]: use --decoding sample (true sampling) or "
+                          "--decoding reference (the reference code's decoding)")
+        decoding = "sample"
+    gen = GenerationOptions(decoding=decoding, temperature=a["temperature"], top_p=a["top_p"],
+                            max_new_tokens=a["max_new_tokens"], zero_shot_max_new_tokens=a["zero_shot_max_new_tokens"],
+                            seed=a["seed"], score_memory_gb=a["score_memory_gb"])
+    index = load_dataset(a["dataset"], a["root"], seed=a["split_seed"], label_space=a["label_space"])
     cache = a["cache"] or Path("cache") / f"{index.name}.h5"
     opts = None
     if a["vlm"] and Path(a["vlm"]).expanduser().is_dir():
@@ -105,8 +121,6 @@ def _run(**a: Any) -> None:
             trust_remote_code=a["trust_remote_code"], max_side=a["max_side"], max_pixels=a["max_pixels"],
             image_position=a["image_position"], instructblip_prompt=a["instructblip_prompt"],
         )
-    gen = GenerationOptions(sample=a["sample"], temperature=a["temperature"], top_p=a["top_p"],
-                            max_new_tokens=a["max_new_tokens"], seed=a["seed"])
     backbones = [BackboneSpec.parse(b, default_weights=a["backbone_weights"]) for b in a["backbones"]]
     keys = dict(a["keys"])
     # --key accepts the backbone string exactly as typed on the command line.

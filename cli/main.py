@@ -44,6 +44,16 @@ app = _VeaTyper(
     rich_markup_mode="rich",
 )
 
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", help="Also show third-party notices (e.g. bitsandbytes' CPU kernel message)."),
+) -> None:
+    """Options for every command."""
+    from vea_bench_cli.common import quiet_third_party
+
+    quiet_third_party(verbose)
+
+
 # Command groups and top-level commands, one module each.
 from vea_bench_cli import (  # noqa: E402
     baselines_cmd,

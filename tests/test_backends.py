@@ -176,18 +176,228 @@ def test_score_equals_bruteforce_full_forward(kind: str, backends: dict[str, Any
     np.testing.assert_allclose(out.logprobs, brute, atol=LOGPROB_ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["qwen2-vl", "qwen2.5-vl", "llava-next"])
-def test_greedy_equals_transformers_generate(kind: str, backends: dict[str, Any]) -> None:
-    """Our decode loop reproduces `model.generate(do_sample=False)` up to the stop at '}'."""
+def _generate_text(be: Any, batch: dict[str, Any], seed: int = 0, **kwargs: Any) -> str:
+    """transformers' own `generate` on one image, new tokens decoded and cut after the first '}'."""
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        ref = be.core.generate(**batch, max_new_tokens=GREEDY.max_new_tokens, **kwargs)
+    text = be.tokenizer.decode(ref[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    cut = text.find("}")
+    return text[: cut + 1] if cut >= 0 else text
+
+
+@pytest.fixture
+def reference_config(backends: dict[str, Any]) -> Any:
+    """Every tiny model's generation_config as Qwen2-VL-Instruct's: top_k 1, repetition penalty 1.05
+    (the tiny Qwen models ship it; the others get it here and have it restored after)."""
+    saved = {k: (be.generation_config.top_k, be.generation_config.repetition_penalty) for k, be in backends.items()}
+    for kind in ("qwen2-vl", "qwen2.5-vl"):
+        gc = backends[kind].generation_config
+        assert (gc.top_k, gc.repetition_penalty) == (1, 1.05)  # saved by make_tiny, as on the hub
+
+    def apply(top_k: int = 1, penalty: float = 1.05) -> None:
+        for be in backends.values():  # InstructBLIP's generate decodes with its language model's config
+            be.generation_config.top_k = top_k
+            be.generation_config.repetition_penalty = penalty
+
+    yield apply
+    for k, (top_k, penalty) in saved.items():
+        backends[k].generation_config.top_k = top_k
+        backends[k].generation_config.repetition_penalty = penalty
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_equals_transformers_generate(kind: str, backends: dict[str, Any], reference_config: Any) -> None:
+    """Greedy is a plain argmax: `generate(do_sample=False)` with the checkpoint's penalty switched off.
+    (A bare greedy `generate` would inherit the 1.05 penalty from generation_config.)"""
     be = backends[kind]
+    reference_config()
     for im in IMAGES[:2]:
         batch = be.prepare([im], PROMPT)
         ours = be.run(batch, generate=True, score_labels=None, generation=GREEDY).texts[0]
-        with torch.inference_mode():
-            ref = be.core.generate(**batch, max_new_tokens=GREEDY.max_new_tokens, do_sample=False)
-        text = be.tokenizer.decode(ref[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        cut = text.find("}")
-        assert ours == (text[: cut + 1] if cut >= 0 else text)
+        assert ours == _generate_text(be, batch, do_sample=False, repetition_penalty=1.0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("penalty", [1.05, 3.0])
+def test_reference_decoding_equals_transformers_generate(kind: str, penalty: float, backends: dict[str, Any],
+                                                         reference_config: Any) -> None:
+    """`--decoding reference` == the reference code's `generate(do_sample=True, temperature=0.8, top_p=1.0)`
+    on a checkpoint whose generation_config has top_k 1 and a repetition penalty: greedy with the
+    penalty over prompt + generated ids, batched rows as alone. (3.0 makes the penalty bite.)"""
+    be = backends[kind]
+    reference_config(top_k=1, penalty=penalty)
+    gen = GenerationOptions(decoding="reference", seed=5, max_new_tokens=GREEDY.max_new_tokens)
+    batch = be.prepare(IMAGES, PROMPT)
+    ours = be.run(batch, generate=True, score_labels=None, generation=gen).texts
+    refs = [_generate_text(be, be.prepare([im], PROMPT), seed=11, do_sample=True, temperature=0.8, top_p=1.0)
+            for im in IMAGES]
+    assert ours == refs
+    greedy = be.run(batch, generate=True, score_labels=None, generation=GREEDY).texts
+    if penalty == 3.0:
+        assert ours != greedy  # the penalty is really applied
+    prov = be.decoding_provenance(gen)
+    assert (prov["decoding"], prov["top_k"], prov["repetition_penalty"], prov["temperature"]) == \
+        ("reference", 1, penalty, 0.8)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_true_sampling_equals_transformers_generate(kind: str, backends: dict[str, Any],
+                                                    reference_config: Any) -> None:
+    """`--decoding sample` == `generate(do_sample=True, temperature=0.8, top_p=1.0)` with top_k off and no
+    penalty, draw for draw from the same seed, whatever the checkpoint's generation_config says."""
+    be = backends[kind]
+    reference_config(top_k=1, penalty=1.05)
+    im = IMAGES[0]
+    batch = be.prepare([im], PROMPT)
+    texts = []
+    for seed in (0, 1, 2, 3):
+        gen = GenerationOptions(decoding="sample", seed=seed, max_new_tokens=GREEDY.max_new_tokens)
+        ours = be.run(batch, generate=True, score_labels=None, generation=gen).texts[0]
+        assert ours == _generate_text(be, batch, seed=seed, do_sample=True, temperature=0.8, top_p=1.0, top_k=0,
+                                      repetition_penalty=1.0)
+        texts.append(ours)
+    assert len(set(texts)) > 1  # it samples
+    assert be.decoding_provenance(GenerationOptions(decoding="sample"))["top_k"] is None
+
+
+def test_reference_refuses_generation_settings_it_cannot_apply(backends: dict[str, Any]) -> None:
+    be = backends["qwen2-vl"]
+    gc = be.generation_config
+    gc.no_repeat_ngram_size = 3
+    try:
+        with pytest.raises(VeaError) as e:
+            be.run(be.prepare(IMAGES[:1], PROMPT), generate=True, score_labels=None,
+                   generation=GenerationOptions(decoding="reference"))
+        assert "no_repeat_ngram_size=3" in _one_line(e.value)
+    finally:
+        gc.no_repeat_ngram_size = None
+
+
+def test_decoding_options_are_checked() -> None:
+    for kwargs, needle in [({"decoding": "beam"}, "unknown decoding"), ({"max_new_tokens": 0}, "max-new-tokens"),
+                           ({"top_p": 1.5}, "top-p"), ({"score_memory_gb": 0}, "score memory")]:
+        with pytest.raises(VeaError, match=needle):
+            GenerationOptions(**kwargs)
+
+
+def _decoder_calls(be: Any) -> tuple[list[tuple[int, int]], Any]:
+    """(rows, tokens) of every language-model forward, and the hook handle to remove."""
+    calls: list[tuple[int, int]] = []
+    hook = be.decoder.register_forward_hook(
+        lambda _m, _a, kw, _o: calls.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True)
+    return calls, hook
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_score_runs_shared_prefix_once_and_branches_per_label(kind: str, backends: dict[str, Any]) -> None:
+    """No forward carries more rows than images (the prompt cache is never copied per label): one
+    prefill, one forward of the answers' shared prefix, then one per label of its own tokens."""
+    from vea_bench.models.engine import shared_prefix_len
+
+    be = backends[kind]
+    ans = be.answer_ids(LABELS)
+    P = shared_prefix_len(ans)
+    assert P >= 1 and all(a[:P] == ans[0][:P] for a in ans)      # "{'emotion':'" is shared
+    calls, hook = _decoder_calls(be)
+    try:
+        out = be.run(be.prepare(IMAGES, PROMPT), generate=False, score_labels=LABELS, generation=GREEDY)
+    finally:
+        hook.remove()
+    n_own = sum(len(a) - P > 1 for a in ans)
+    assert len(calls) == 1 + 1 + n_own
+    assert all(rows <= len(IMAGES) for rows, _ in calls), calls
+    assert calls[1] == (len(IMAGES), P)
+    assert max(tokens for _, tokens in calls[2:]) == max(len(a) - P for a in ans) - 1
+    assert out.logprobs.shape == (len(IMAGES), len(LABELS))
+
+
+@pytest.mark.parametrize("kind", ["qwen2-vl", "llava-next"])
+def test_score_chunks_follow_memory_budget(kind: str, backends: dict[str, Any]) -> None:
+    """--score-memory-gb sets the images per scoring forward; the scores do not depend on it."""
+    from vea_bench.models.engine import shared_prefix_len
+
+    be = backends[kind]
+    batch = be.prepare(IMAGES, PROMPT)
+    ans = be.answer_ids(LABELS)
+    P = shared_prefix_len(ans)
+    L = batch["input_ids"].shape[1]
+    S = max(len(a) - P for a in ans)
+    n_own = sum(len(a) - P > 1 for a in ans)
+    per_row = 2 * (L + P + S) * be.kv_bytes_per_token() + max(P, S) * be.head.out_features * 12
+    full = be.run(batch, generate=False, score_labels=LABELS, generation=GenerationOptions(score_memory_gb=1.0))
+    for n_rows, chunks in [(1, [1, 1, 1]), (2, [2, 1])]:
+        gen = GenerationOptions(score_memory_gb=(n_rows + 0.5) * per_row / 1e9)
+        assert be.score_rows_per_chunk(gen, len(IMAGES), L, P, S) == n_rows
+        calls, hook = _decoder_calls(be)
+        try:
+            out = be.run(batch, generate=False, score_labels=LABELS, generation=gen)
+        finally:
+            hook.remove()
+        assert [rows for rows, _ in calls[1:]] == [n for n in chunks for _ in range(1 + n_own)]
+        np.testing.assert_allclose(out.logprobs, full.logprobs, atol=LOGPROB_ATOL, rtol=0)
+
+
+def test_kv_bytes_and_chunk_rows_of_the_real_7b_configs() -> None:
+    """KV bytes per token from the real configs (bf16), and the images per chunk a 4 GB budget allows
+    for a ~2,900-token LLaVA-NeXT prompt (the old code copied the prompt cache for 64 rows)."""
+    from vea_bench.models.arch import load_arch_config
+    from vea_bench.models.engine import kv_bytes_per_token, score_rows_per_chunk
+
+    kv = {name: kv_bytes_per_token(load_arch_config(name), torch.bfloat16)
+          for name in ("qwen2-vl-7b-instruct", "llava-next-mistral-7b", "instructblip-vicuna-7b")}
+    assert kv == {"qwen2-vl-7b-instruct": 28 * 4 * 128 * 2 * 2, "llava-next-mistral-7b": 32 * 8 * 128 * 2 * 2,
+                  "instructblip-vicuna-7b": 32 * 32 * 128 * 2 * 2}
+    llava = kv["llava-next-mistral-7b"]
+    assert score_rows_per_chunk(4e9, 8, 2900, 5, 4, llava, 32064) == 5
+    assert score_rows_per_chunk(4e9, 3, 2900, 5, 4, llava, 32064) == 3
+    assert score_rows_per_chunk(1e6, 8, 2900, 5, 4, llava, 32064) == 1
+    assert score_rows_per_chunk(24e9, 8, 2900, 5, 4, llava, 32064) == 8
+
+
+def _rigged(tiny_dir: Path, up: str, down: str) -> Any:
+    """A backend whose every step picks ``up`` or ``down`` (final norm and head zeroed but for one unit)."""
+    be = load_vlm(LoadOptions(model=str(tiny_dir), device="cpu"))
+    tok = be.tokenizer
+    with torch.no_grad():
+        be.decoder.norm.weight.zero_()
+        be.decoder.norm.weight[0] = 1.0
+        be.head.weight.zero_()
+        be.head.weight[tok.convert_tokens_to_ids(tok.tokenize(up)[-1]), 0] = 10.0
+        be.head.weight[tok.convert_tokens_to_ids(tok.tokenize(down)[-1]), 0] = -10.0
+    return be
+
+
+def test_zero_shot_rows_get_a_longer_token_budget(tiny_dirs: dict[str, Path]) -> None:
+    """Without an adapter a chatty answer gets 128 new tokens (not 24), an explicit budget wins, and a
+    tuned model (adapter) keeps 24; the stop at '}' is unchanged (see the test below)."""
+    from vea_bench.models.base import TUNED_MAX_NEW_TOKENS, ZERO_SHOT_MAX_NEW_TOKENS
+
+    be = _rigged(tiny_dirs["qwen2-vl"], "x", "a")  # never '}' nor end-of-sequence
+    batch = be.prepare(IMAGES[:1], PROMPT)
+    for gen, n in [(GenerationOptions(), ZERO_SHOT_MAX_NEW_TOKENS), (GenerationOptions(max_new_tokens=30), 30),
+                   (GenerationOptions(zero_shot_max_new_tokens=40), 40)]:
+        text = be.run(batch, generate=True, score_labels=None, generation=gen).texts[0]
+        assert len(text) == n and set(text) <= {"x", "a"}, text
+    assert ZERO_SHOT_MAX_NEW_TOKENS == 128 and TUNED_MAX_NEW_TOKENS == 24
+    tuned = type(be)(be.model, be.processor, LoadOptions(model=be.opts.model, adapter="runs/x/adapter"), be.config,
+                     "cpu", torch.float32)
+    assert len(tuned.run(batch, generate=True, score_labels=None, generation=GenerationOptions()).texts[0]) == 24
+    assert be.decoding_provenance(GenerationOptions())["max_new_tokens"] == 128
+    assert tuned.decoding_provenance(GenerationOptions())["max_new_tokens"] == 24
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_engine_emits_no_future_warning(kind: str, backends: dict[str, Any]) -> None:
+    """The prefill/decode loop uses the installed transformers' own cache argument (`cache` from 5.24,
+    `past_key_values` before), so none of its calls is deprecated."""
+    import warnings
+
+    be = backends[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        be.run(be.prepare(IMAGES[:2], PROMPT), generate=True, score_labels=LABELS,
+               generation=GenerationOptions(max_new_tokens=4))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -222,7 +432,7 @@ def test_sampling_is_seeded(kind: str, backends: dict[str, Any]) -> None:
     be = backends[kind]
     batch = be.prepare(IMAGES, PROMPT)
     s = [be.run(batch, generate=True, score_labels=None,
-                generation=GenerationOptions(sample=True, seed=seed, max_new_tokens=10)).texts
+                generation=GenerationOptions(decoding="sample", seed=seed, max_new_tokens=10)).texts
          for seed in (1, 1, 2)]
     assert s[0] == s[1]
     assert s[0] != s[2]

@@ -70,7 +70,8 @@ def test_one_extract_fills_visual_vlm_and_teacher_sources(full_run, index, backe
         assert cache.source("backbone", "vit_tiny_patch16_224-random").width == 24
         prov = cache.source("vlm", "qwen").provenance
         assert prov["prompt"] == categorical_instruction(index.label_space) and prov["system"] == SYSTEM_MESSAGE
-        assert prov["decoding"]["sample"] is False and prov["decoding"]["max_new_tokens"] == 6
+        assert prov["decoding"] == {"decoding": "greedy", "temperature": None, "top_p": None, "top_k": None,
+                                    "repetition_penalty": None, "max_new_tokens": 6, "seed": None}
         assert prov["label_names"] == list(index.label_space.labels)
         assert cache.source("teacher", "vit-fi").provenance["weights_sha256"]
         unparsed = 0

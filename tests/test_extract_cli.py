@@ -165,3 +165,27 @@ def test_extract_help_lists_the_issue_flags(flag) -> None:
                 "--max-new-tokens", "--max-pixels", "--batch-size", "--workers", "--dtype", "--quant", "--limit",
                 "--shard", "--split", "--revision", "--trust-remote-code", "--quiet"):
         assert opt in result.stdout, opt
+
+
+def test_extract_cli_decoding_and_seeds(tmp_path, fi_root, tiny_dir) -> None:  # noqa: F811
+    """--decoding is recorded in the cache; --seed (sampling) leaves the split alone, --split-seed moves it."""
+    cache = tmp_path / "fi.h5"
+    base = ("extract", "fi", "--root", fi_root, "--cache", cache, "--vlm", tiny_dir["qwen"], "--max-new-tokens", "4",
+            "--workers", "0", "--split", "test", "--device", "cpu", "--quiet")
+    assert _invoke(*base, "--decoding", "reference", "--seed", "1", "--limit", "2").exit_code == 0
+    with FeatureCache.open(cache) as c:
+        dec = c.source("vlm", "qwen").provenance["decoding"]
+        assert (dec["decoding"], dec["top_k"], dec["repetition_penalty"], dec["seed"]) == ("reference", 1, 1.05, 1)
+        assert c.attrs()["split_seed"] == 42
+    # Another sampling seed (greedy: the seed is not even recorded) resumes the same cache, same split.
+    result = _invoke(*base, "--seed", "7", "--key", "vlm=greedy")
+    assert result.exit_code == 0, result.output
+    with FeatureCache.open(cache) as c:
+        assert c.attrs()["split_seed"] == 42 and c.source("vlm", "greedy").counts["test"]["missing"] == 0
+        assert c.source("vlm", "greedy").provenance["decoding"]["decoding"] == "greedy"
+    _assert_one_line_error(_invoke(*base, "--split-seed", "5"), "split")
+    _assert_one_line_error(_invoke(*base, "--decoding", "beam"), "unknown decoding 'beam'")
+    result = _invoke(*base, "--sample", "--key", "vlm=sampled", "--limit", "1")
+    assert result.exit_code == 0 and "deprecated" in result.stderr
+    with FeatureCache.open(cache) as c:
+        assert c.source("vlm", "sampled").provenance["decoding"]["decoding"] == "sample"

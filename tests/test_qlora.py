@@ -357,3 +357,27 @@ def test_experiment_file_passes_loss_and_image_position_to_stage_1_and_extractio
         bad[section][key] = value
         with pytest.raises(ConfigError, match=rf"\[{section}\]\.{key}"):
             parse_experiment(bad, base=tmp_path)
+
+
+def test_training_eval_decodes_with_extractions_engine(setup) -> None:
+    """`train vlm`'s check answers exactly as extraction does: the same engine, prompt and decoding
+    (greedy by default: not `generate`'s inherited 1.05 repetition penalty), and it records how."""
+    from vea_bench.datasets import open_image
+    from vea_bench.models import GenerationOptions, LoadOptions, load_vlm
+    from vea_bench.models.parse import parse_answer
+    from vea_bench.prompts import categorical_instruction
+    from vea_bench.train.qlora import evaluate_categorical
+
+    index, space = setup["index"], setup["index"].label_space
+    model, processor, _ = load_base(_cfg(setup["vlm"]), "cpu")
+    backend = load_vlm(LoadOptions(model=str(setup["vlm"]), device="cpu"))
+    samples = index.split("test")
+    for gen in (GenerationOptions(), GenerationOptions(decoding="reference", seed=3)):
+        m = evaluate_categorical(model, processor, index, "test", device="cpu", dtype=torch.float32, generation=gen,
+                                 model_ref=str(setup["vlm"]))
+        assert m["extra"]["decoding"] == backend.decoding_provenance(gen)
+        assert m["extra"]["decoding"]["decoding"] == gen.decoding
+        answers = [backend.run(backend.prepare([open_image(index.root / s.path)], categorical_instruction(space)),
+                               generate=True, score_labels=None, generation=gen).texts[0] for s in samples]
+        hits = sum(parse_answer(a, space).label == s.label for a, s in zip(answers, samples))
+        assert m["n"] == len(samples) and math.isclose(m["accuracy"], hits / len(samples))

@@ -180,7 +180,7 @@ class _VLMGroup(_Group):
     def run(self, inputs: Any, jobs: list[_Job]) -> dict[str, dict[str, np.ndarray]]:
         from vea_bench.models.parse import onehot, parse_answers
 
-        # Sampling (``--sample``) is seeded by the backend from ``generation.seed`` per batch, so a
+        # Sampled decoding is seeded by the backend from ``generation.seed`` per batch, so a
         # resumed run redraws what an uninterrupted one would have drawn for the same batch.
         out = self.backend.run(
             inputs,
@@ -584,7 +584,8 @@ def _build_groups(
         vlm_prov = dict(base, answer_modes=sorted(modes), parser=PARSER_VERSION)
         fields: dict[str, tuple[tuple[int, ...], str]] = {}
         if "generate" in modes:
-            vlm_prov["decoding"] = generation.provenance()
+            describe = getattr(backend, "decoding_provenance", None)
+            vlm_prov["decoding"] = describe(generation) if callable(describe) else generation.provenance()
             fields.update(text=((), "str"), onehot=((C,), "uint8"), parse=((), "str"))
         if "score" in modes:
             vlm_prov["score_answers"] = [categorical_answer(lab) for lab in labels]

@@ -35,20 +35,66 @@ class LoadOptions:
     instructblip_prompt: str = "raw"    # InstructBLIP's LM prompt: the raw question (LAVIS) or "vicuna" chat wrapper
 
 
+DECODING_MODES: tuple[str, ...] = ("greedy", "reference", "sample")
+TUNED_MAX_NEW_TOKENS = 24        # a tuned model answers with the short dict at once
+ZERO_SHOT_MAX_NEW_TOKENS = 128   # a chatty zero-shot model may write a sentence first (lmms-eval: 128)
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
-    """Decoding for `generate` mode: greedy by default; `sample=True` reproduces the reference."""
+    """How `generate` mode decodes, and how much memory score mode may use.
 
-    sample: bool = False
+    ``decoding``: ``greedy`` (default, argmax); ``reference`` reproduces the reference code's
+    ``generate(do_sample=True, temperature=0.8, top_p=1.0)``, which inherits ``top_k`` and
+    ``repetition_penalty`` from the checkpoint's generation_config (Qwen2-VL-Instruct: top_k 1,
+    penalty 1.05, so in effect greedy with a penalty); ``sample`` is true sampling at
+    ``temperature`` / ``top_p`` with top_k off and no penalty. ``max_new_tokens`` None picks
+    `TUNED_MAX_NEW_TOKENS` with an adapter and ``zero_shot_max_new_tokens`` without one; every
+    row still stops at its closing brace. ``score_memory_gb`` bounds score mode's working memory
+    (KV copies + logits) and sets how many images share one scoring forward.
+    """
+
+    decoding: str = "greedy"
     temperature: float = 0.8
     top_p: float = 1.0
-    max_new_tokens: int = 24            # the dict answer is short; stop at the closing brace
+    max_new_tokens: int | None = None
+    zero_shot_max_new_tokens: int = ZERO_SHOT_MAX_NEW_TOKENS
     seed: int = 0
+    score_memory_gb: float = 4.0
 
-    def provenance(self) -> dict[str, Any]:
-        return {"sample": self.sample, "temperature": self.temperature if self.sample else None,
-                "top_p": self.top_p if self.sample else None, "max_new_tokens": self.max_new_tokens,
-                "seed": self.seed if self.sample else None}
+    def __post_init__(self) -> None:
+        from vea_bench.errors import ConfigError
+
+        if self.decoding not in DECODING_MODES:
+            raise ConfigError(f"unknown decoding '{self.decoding}' (choices: {', '.join(DECODING_MODES)})")
+        for name in ("max_new_tokens", "zero_shot_max_new_tokens"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {v}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top-p must be in (0, 1], got {self.top_p}")
+        if not self.score_memory_gb > 0:
+            raise ConfigError(f"score memory must be > 0 GB, got {self.score_memory_gb}")
+
+    @property
+    def sampled(self) -> bool:
+        """Whether decoding draws from a distribution (and so depends on ``seed``)."""
+        return self.decoding != "greedy"
+
+    def token_budget(self, zero_shot: bool) -> int:
+        """New-token budget of one answer: the explicit one, else by whether an adapter is loaded."""
+        if self.max_new_tokens is not None:
+            return int(self.max_new_tokens)
+        return int(self.zero_shot_max_new_tokens if zero_shot else TUNED_MAX_NEW_TOKENS)
+
+    def provenance(self, zero_shot: bool | None = None) -> dict[str, Any]:
+        """What changes the answers (the score-memory budget does not, so it is left out)."""
+        budget = self.max_new_tokens if zero_shot is None else self.token_budget(zero_shot)
+        return {"decoding": self.decoding, "temperature": self.temperature if self.sampled else None,
+                "top_p": self.top_p if self.sampled else None, "max_new_tokens": budget,
+                "seed": self.seed if self.sampled else None}
 
 
 @dataclass

@@ -1,13 +1,20 @@
 """The one-pass extraction engine shared by every transformers VLM backend.
 
 Why a hand-written prefill/decode loop instead of `model.generate`: extraction needs three things
-from ONE vision pass per batch: the pooled visual-encoder output, a greedy (or seeded sampled)
-answer that stops at the closing brace, and the log-likelihood of every label's answer. `generate`
+from ONE vision pass per batch: the pooled visual-encoder output, an answer (greedy, the
+reference's decoding, or seeded sampling) that stops at the closing brace, and the
+log-likelihood of every label's answer. `generate`
 can give the first two, but then scoring would need a second prefill (and a second vision pass).
 Here each backend runs its model's own image-feature function exactly once (the vision tower,
 merger / projector and, for InstructBLIP, the Q-Former), pools what it needs from that result,
 scatters the features into the prompt embeddings, and the language model does one prefill whose KV
-cache is then shared by scoring (expanded over labels, never recomputed) and by decoding.
+cache is then shared by scoring and by decoding. Scoring runs the answers' shared prefix
+(``{'emotion':'``) once per image and branches only for each label's own tokens; it never copies
+the prompt cache once per (image, label) row, and it sizes its image chunks from a memory budget.
+
+transformers 5.24 renamed the decoder's ``past_key_values=`` argument and output to ``cache``
+(the old names warn and go in 5.40); `cache_kwarg` / `output_cache` pick whichever the
+installed version has, so the same loop runs on the lowest supported version too.
 
 Positions follow the left padding (cumulative attention mask, or Qwen2-VL's 3-D M-RoPE indices
 plus its per-row delta), so a padded row gives what it gives alone: batched == batch-size-1.
@@ -15,13 +22,14 @@ plus its per-row delta), so a padded row gives what it gives alone: batched == b
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
-from vea_bench.errors import ModelError
+from vea_bench.errors import ConfigError, ModelError
 from vea_bench.models.base import BatchOutput, GenerationOptions, LoadOptions, SYSTEM_MESSAGE
 from vea_bench.models import loading
 from vea_bench.prompts import categorical_answer, user_content
@@ -118,6 +126,7 @@ class HFVLMBackend:
         self.decoder = self.core.get_decoder()
         self.head = self.core.get_output_embeddings()
         self.embed = self.core.get_input_embeddings()
+        self._cache_kw = cache_kwarg(self.decoder)
         self._preparer = self._make_preparer(processor, opts)
         vocab = int(getattr(self.head, "out_features", 0) or self.head.weight.shape[0])
         self._stop_mask, self._eos_mask = self._stop_masks(vocab)
@@ -223,12 +232,12 @@ class HFVLMBackend:
         return out
 
     def _lm(self, embeds: Any, mask: Any, pos: Any, cache: Any, *, last_only: bool) -> tuple[Any, Any]:
-        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
-                           past_key_values=cache, use_cache=True)
+        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True,
+                           **{self._cache_kw: cache})
         h = out.last_hidden_state
         if last_only:
             h = h[:, -1:]
-        return self.head(h).float(), out.past_key_values
+        return self.head(h).float(), output_cache(out)
 
     def encode(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Vision pass + prefill: pooled features, last-position logits, the prompt KV cache, positions."""
@@ -244,7 +253,7 @@ class HFVLMBackend:
         embeds = embeds.masked_scatter(img_mask, feats.to(embeds.dtype))
         pos, next_pos = self._prefill_positions(b, mask)
         logits, cache = self._lm(embeds, mask, pos, None, last_only=True)
-        return {"pooled": pooled.float(), "logits": logits[:, -1], "cache": cache, "mask": mask,
+        return {"pooled": pooled.float(), "logits": logits[:, -1], "cache": cache, "mask": mask, "ids": ids,
                 "next_pos": next_pos, "batch_size": ids.shape[0]}
 
     def run(self, batch: dict[str, Any], *, generate: bool, score_labels: list[str] | None,
@@ -254,7 +263,7 @@ class HFVLMBackend:
 
         with torch.inference_mode():
             enc = self.encode(batch)
-            logprobs = self._score(enc, list(score_labels)) if score_labels else None
+            logprobs = self._score(enc, list(score_labels), generation) if score_labels else None
             texts = self._generate(enc, generation) if generate else None
             pooled = enc["pooled"].cpu().numpy().astype(np.float32)
         return BatchOutput(pooled=pooled, texts=texts, logprobs=logprobs)
@@ -267,11 +276,24 @@ class HFVLMBackend:
             self._answers[key] = [list(x) for x in enc["input_ids"]]
         return self._answers[key]
 
-    def _score(self, enc: dict[str, Any], labels: list[str]) -> np.ndarray:
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one token costs in this model (all layers, keys + values)."""
+        return kv_bytes_per_token(self.core.config, self.dtype)
+
+    def score_rows_per_chunk(self, gen: GenerationOptions, batch: int, prompt_len: int, prefix_len: int,
+                             max_suffix: int) -> int:
+        """Images per scoring forward under ``gen.score_memory_gb`` (see `score_rows_per_chunk`)."""
+        vocab = int(getattr(self.head, "out_features", 0) or self.head.weight.shape[0])
+        return score_rows_per_chunk(gen.score_memory_gb * 1e9, batch, prompt_len, prefix_len, max_suffix,
+                                    self.kv_bytes_per_token(), vocab)
+
+    def _score(self, enc: dict[str, Any], labels: list[str], gen: GenerationOptions) -> np.ndarray:
         """Sum of token log-probs of each label's answer after the assistant prefix (B x C).
 
-        The first answer token is scored from the prefill's last logits; the rest from ONE forward
-        of all (image, label) rows over the prompt's KV cache, selected (not recomputed) per row.
+        The answers' shared first tokens (``{'emotion':'``) run once per image over the prompt's
+        KV cache; each label then runs only its own remaining tokens over that shared cache (a
+        shallow fork, so the label's keys never land in it). Images go in chunks sized by
+        ``gen.score_memory_gb``; the prompt cache itself is never copied per label.
         """
         import torch
 
@@ -279,31 +301,45 @@ class HFVLMBackend:
         ans = self.answer_ids(labels)
         C = len(ans)
         dev = self.device
-        first_lp = torch.log_softmax(enc["logits"], dim=-1)                       # B x V
-        out = first_lp[:, torch.tensor([a[0] for a in ans], device=dev)]          # B x C
-        lmax = max(len(a) for a in ans)
-        if lmax == 1:
-            return out.cpu().numpy().astype(np.float32)
-        pad = self.tokenizer.pad_token_id or 0
-        toks = torch.full((C, lmax), pad, dtype=torch.long, device=dev)
-        valid = torch.zeros((C, lmax), dtype=torch.long, device=dev)
-        for c, a in enumerate(ans):
-            toks[c, :len(a)] = torch.tensor(a, device=dev)
-            valid[c, :len(a)] = 1
-        per_chunk = max(1, self.score_chunk_rows // max(B, 1))
-        for c0 in range(0, C, per_chunk):
-            cs = list(range(c0, min(C, c0 + per_chunk)))
-            n = len(cs)
-            rows = torch.arange(B, device=dev).repeat_interleave(n)               # image of each row
-            labs = torch.tensor(cs, device=dev).repeat(B)                         # label of each row
-            cache = select_cache(enc["cache"], rows)
-            inp = toks[labs, :-1]
-            mask = torch.cat([enc["mask"][rows], valid[labs, :-1]], dim=1)
-            pos = enc["next_pos"][rows, None] + torch.arange(lmax - 1, device=dev)[None]
-            logits, _ = self._lm(self.embed(inp), mask, self._format_positions(pos), cache, last_only=False)
-            lp = torch.log_softmax(logits, dim=-1).gather(-1, toks[labs, 1:, None]).squeeze(-1)
-            lp = (lp * valid[labs, 1:]).sum(-1).view(B, n)
-            out[:, c0:c0 + n] += lp
+        P = shared_prefix_len(ans)
+        suffixes = [a[P:] for a in ans]
+        first_lp = torch.log_softmax(enc["logits"], dim=-1)                       # B x V, predicts token 0
+        out = torch.zeros((B, C), dtype=torch.float32, device=dev)
+        n_rows = self.score_rows_per_chunk(gen, B, int(enc["mask"].shape[1]), P, max(len(x) for x in suffixes))
+        prefix = torch.tensor(ans[0][:P], dtype=torch.long, device=dev)
+        for r0 in range(0, B, n_rows):
+            rows = torch.arange(r0, min(B, r0 + n_rows), device=dev)
+            n = len(rows)
+            cache = fork_cache(enc["cache"]) if n == B else select_cache(enc["cache"], rows)
+            mask = enc["mask"][rows]
+            pos0 = enc["next_pos"][rows]
+            lp_next = first_lp[rows]                                             # n x V
+            base = torch.zeros(n, dtype=torch.float32, device=dev)
+            if P:
+                base += lp_next[:, prefix[0]]
+                mask = torch.cat([mask, torch.ones((n, P), dtype=mask.dtype, device=dev)], dim=1)
+                pos = pos0[:, None] + torch.arange(P, device=dev)[None]
+                logits, cache = self._lm(self.embed(prefix[None].expand(n, P)), mask, self._format_positions(pos),
+                                         cache, last_only=False)
+                lp = torch.log_softmax(logits, dim=-1)                           # n x P x V
+                if P > 1:
+                    base += lp[:, :-1].gather(-1, prefix[None, 1:, None].expand(n, P - 1, 1)).squeeze(-1).sum(-1)
+                lp_next = lp[:, -1]
+                del logits, lp
+            for c, suf in enumerate(suffixes):
+                score = base + lp_next[:, suf[0]]
+                if len(suf) > 1:
+                    toks = torch.tensor(suf, dtype=torch.long, device=dev)
+                    k = len(suf) - 1
+                    m = torch.cat([mask, torch.ones((n, k), dtype=mask.dtype, device=dev)], dim=1)
+                    pos = pos0[:, None] + P + torch.arange(k, device=dev)[None]
+                    logits, _ = self._lm(self.embed(toks[None, :-1].expand(n, k)), m, self._format_positions(pos),
+                                         fork_cache(cache), last_only=False)
+                    lp = torch.log_softmax(logits, dim=-1)
+                    score = score + lp.gather(-1, toks[None, 1:, None].expand(n, k, 1)).squeeze(-1).sum(-1)
+                    del logits, lp
+                out[rows, c] = score
+            del cache
         return out.cpu().numpy().astype(np.float32)
 
     # ---------------------------------------------------------------- generation
@@ -331,30 +367,102 @@ class HFVLMBackend:
                 eos[int(i)] = True
         return stop.to(self.device), eos.to(self.device)
 
+    def decoding_settings(self, gen: GenerationOptions) -> dict[str, Any]:
+        """The logits processing ``gen.decoding`` applies, resolved against this checkpoint.
+
+        ``reference`` is what ``generate(do_sample=True, temperature=T, top_p=p)`` does with this
+        model's generation_config: ``top_k`` and ``repetition_penalty`` from the checkpoint (or
+        transformers' global defaults where it sets none). Settings of the checkpoint that would add
+        other processors are refused rather than silently dropped.
+        """
+        if gen.decoding == "greedy":
+            return {"temperature": None, "top_k": None, "top_p": None, "repetition_penalty": None}
+        if gen.decoding == "sample":
+            return {"temperature": gen.temperature, "top_k": None, "top_p": gen.top_p, "repetition_penalty": None}
+        gc = self.generation_config
+        defaults = _generate_defaults()
+
+        def value(name: str) -> Any:
+            v = getattr(gc, name, None) if gc is not None else None
+            return defaults.get(name) if v is None else v
+
+        unsupported = {name: value(name) for name, off in _OFF_SETTINGS.items()
+                       if value(name) is not None and value(name) != off and value(name) != defaults.get(name, off)}
+        if unsupported:
+            raise ConfigError(f"--decoding reference: the generation_config of '{self.opts.model}' sets "
+                              f"{', '.join(f'{k}={v}' for k, v in sorted(unsupported.items()))}, which vea-bench "
+                              "does not apply; use --decoding greedy or sample")
+        top_k = value("top_k")
+        penalty = value("repetition_penalty")
+        return {"temperature": gen.temperature, "top_k": int(top_k) if top_k else None, "top_p": gen.top_p,
+                "repetition_penalty": float(penalty) if penalty is not None and float(penalty) != 1.0 else None}
+
+    @property
+    def generation_config(self) -> Any:
+        """The GenerationConfig the model's own `generate` decodes with (None if it has none)."""
+        return getattr(self.core, "generation_config", None)
+
+    def decoding_provenance(self, gen: GenerationOptions) -> dict[str, Any]:
+        """Decoding mode, its resolved settings, the token budget and (when sampled) the seed."""
+        prov = gen.provenance(zero_shot=self.zero_shot)
+        prov.update(self.decoding_settings(gen))
+        return prov
+
+    @property
+    def zero_shot(self) -> bool:
+        """No adapter loaded: the model answers zero-shot (a longer token budget, see GenerationOptions)."""
+        return not self.opts.adapter
+
+    def _processors(self, gen: GenerationOptions) -> list[Any]:
+        """transformers' own logits processors, in `generate`'s order, for ``gen``."""
+        from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                                            TopKLogitsWarper, TopPLogitsWarper)
+
+        st = self.decoding_settings(gen)
+        procs: list[Any] = []
+        if st["repetition_penalty"] is not None:
+            procs.append(RepetitionPenaltyLogitsProcessor(penalty=st["repetition_penalty"]))
+        if st["temperature"] is not None and st["temperature"] != 1.0:
+            procs.append(TemperatureLogitsWarper(st["temperature"]))
+        if st["top_k"]:
+            procs.append(TopKLogitsWarper(top_k=st["top_k"]))
+        if st["top_p"] is not None and st["top_p"] < 1.0:
+            procs.append(TopPLogitsWarper(top_p=st["top_p"]))
+        return procs
+
     def _generate(self, enc: dict[str, Any], gen: GenerationOptions) -> list[str]:
-        """Greedy (or seeded temperature/top-p sampling) decode from the shared prefill; stops each
-        row at its first token holding '}' or at end-of-sequence, within ``max_new_tokens``."""
+        """Decode from the shared prefill by ``gen.decoding``; stops each row at its first token
+        holding '}' or at end-of-sequence, within the token budget (longer for zero-shot rows).
+
+        The repetition penalty (reference mode) sees each row's own prompt and answer tokens,
+        never the left padding, so a batched row decodes as it would alone.
+        """
         import torch
 
         B = enc["batch_size"]
         dev = self.device
-        cache = select_cache(enc["cache"], torch.arange(B, device=dev))  # leave enc's cache intact
+        budget = gen.token_budget(self.zero_shot)
+        procs = self._processors(gen)
+        cache = fork_cache(enc["cache"])  # leave enc's cache intact
         mask = enc["mask"]
+        ids = enc["ids"]
+        history = torch.where(mask.bool(), ids, ids[:, -1:])  # left pads -> a token the row already has
         logits = enc["logits"]
         pad = self.tokenizer.pad_token_id or 0
         g = None
-        if gen.sample:
+        if gen.sampled:
             g = torch.Generator(device=dev)
             g.manual_seed(int(gen.seed))
         finished = torch.zeros(B, dtype=torch.bool, device=dev)
         steps: list[Any] = []
-        for step in range(max(1, gen.max_new_tokens)):
-            nxt = _pick(logits, gen, g)
+        for step in range(budget):
+            nxt = _pick(logits, history, procs, g)
             nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
             steps.append(nxt)
             finished = finished | self._stop_mask[nxt] | self._eos_mask[nxt]
-            if step == gen.max_new_tokens - 1 or bool(finished.all()):
+            if step == budget - 1 or bool(finished.all()):
                 break
+            history = torch.cat([history, nxt[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=dev)], dim=1)
             pos = (enc["next_pos"] + step)[:, None]               # position of the token just picked
             lg, cache = self._lm(self.embed(nxt[:, None]), mask, self._format_positions(pos), cache,
@@ -374,26 +482,107 @@ class HFVLMBackend:
         return texts
 
 
-def _pick(logits: Any, gen: GenerationOptions, g: Any) -> Any:
+# generation_config settings that would add a logits processor `decoding_settings` does not apply,
+# with the value that leaves it off.
+_OFF_SETTINGS: dict[str, Any] = {"no_repeat_ngram_size": 0, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0,
+                                 "eta_cutoff": 0.0, "top_h": None, "bad_words_ids": None, "sequence_bias": None,
+                                 "suppress_tokens": None, "begin_suppress_tokens": None, "min_new_tokens": None,
+                                 "min_length": 0, "encoder_repetition_penalty": 1.0, "guidance_scale": None,
+                                 "forced_bos_token_id": None, "forced_eos_token_id": None,
+                                 "exponential_decay_length_penalty": None}
+
+
+def _generate_defaults() -> dict[str, Any]:
+    """transformers' global generation defaults (what `generate` uses where a checkpoint sets nothing)."""
+    from transformers import GenerationConfig
+
+    get = getattr(GenerationConfig, "_get_default_generation_params", None)
+    return dict(get()) if callable(get) else {"top_k": 50, "repetition_penalty": 1.0, "temperature": 1.0,
+                                              "top_p": 1.0}
+
+
+def _pick(logits: Any, history: Any, procs: list[Any], g: Any) -> Any:
+    """Next token per row: argmax when greedy, else a draw after transformers' own processors."""
     import torch
 
-    if not gen.sample:
+    if g is None:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / max(gen.temperature, 1e-5), dim=-1)
-    if gen.top_p < 1.0:
-        sp, si = probs.sort(dim=-1, descending=True)
-        drop = sp.cumsum(-1) - sp > gen.top_p
-        sp = sp.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, si, sp)
+    scores = logits.float()
+    for proc in procs:
+        scores = proc(history, scores)
+    probs = torch.softmax(scores, dim=-1)
     return torch.multinomial(probs, 1, generator=g).squeeze(-1)
 
 
+def cache_kwarg(decoder: Any) -> str:
+    """The decoder's KV-cache argument: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
+    try:
+        params = inspect.signature(decoder.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """A model output's KV cache under its own field name (``cache`` from 5.24, ``past_key_values`` before)."""
+    fields = getattr(type(out), "__dataclass_fields__", {})
+    return out.cache if "cache" in fields else out.past_key_values
+
+
+def kv_bytes_per_token(config: Any, dtype: Any) -> int:
+    """KV-cache bytes per token: layers x KV heads x head dim x (key + value) x element size."""
+    import torch
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(getattr(text, "num_attention_heads"))
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+    itemsize = torch.empty((), dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else int(dtype)
+    return int(text.num_hidden_layers) * kv_heads * head_dim * 2 * itemsize
+
+
+def score_rows_per_chunk(budget_bytes: float, batch: int, prompt_len: int, prefix_len: int, max_suffix: int,
+                         kv_bytes: int, vocab: int) -> int:
+    """Images per scoring forward so that one chunk's working memory fits ``budget_bytes``.
+
+    Per image: the forked cache a label forward extends (a copy of prompt + prefix + label keys:
+    the prefix forward's copy plus the label forward's, each ``(prompt + prefix + suffix) x kv``),
+    and the fp32 logits and log-probs of its longest query (``x vocab x 12`` bytes, head output
+    included). At least one image, at most the batch.
+    """
+    per_row = 2 * (prompt_len + prefix_len + max_suffix) * kv_bytes + max(prefix_len, max_suffix, 1) * vocab * 12
+    return max(1, min(batch, int(budget_bytes // per_row)))
+
+
+def shared_prefix_len(answers: list[list[int]]) -> int:
+    """Length of the token prefix every answer shares, leaving each answer at least one own token."""
+    if not answers:
+        return 0
+    n = min(len(a) for a in answers) - 1
+    for i in range(max(n, 0)):
+        if any(a[i] != answers[0][i] for a in answers[1:]):
+            return i
+    return max(n, 0)
+
+
+def fork_cache(cache: Any) -> Any:
+    """A cache sharing ``cache``'s tensors whose later updates (torch.cat) land only in the fork."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return select_cache(cache, None)
+    new = copy.copy(cache)
+    new.layers = [copy.copy(layer) for layer in layers]
+    return new
+
+
 def select_cache(cache: Any, rows: Any) -> Any:
-    """A new cache whose batch rows are ``cache``'s rows ``rows`` (repeats allowed); ``cache`` unchanged."""
+    """A new cache whose batch rows are ``cache``'s rows ``rows`` (repeats allowed; None: all rows,
+    copied); ``cache`` unchanged."""
     layers = getattr(cache, "layers", None)
     if layers is None:
         new = copy.deepcopy(cache)
-        new.batch_select_indices(rows)
+        if rows is not None:
+            new.batch_select_indices(rows)
         return new
     new = copy.copy(cache)
     new.layers = [copy.copy(layer) for layer in layers]

@@ -101,6 +101,11 @@ class InstructBlipBackend(HFVLMBackend):
         prov["instructblip_prompt"] = self.opts.instructblip_prompt
         return prov
 
+    @property
+    def generation_config(self) -> Any:
+        """InstructBLIP's `generate` hands decoding to its language model, which uses its own config."""
+        return getattr(self.core.language_model, "generation_config", None)
+
     @classmethod
     def embed_dim_of(cls, config: Any) -> int:
         """Language-projection width = the language model's hidden size (4096 for Vicuna-7B)."""

@@ -153,8 +153,13 @@ def _save_qwen(model: Any, processor_cls: Any, tok: Any, ids: dict[str, int], ou
     video_processor = Qwen2VLVideoProcessor(patch_size=4, temporal_patch_size=2, merge_size=2, size=size)
     processor = processor_cls(image_processor=image_processor, tokenizer=tok,
                               video_processor=video_processor, chat_template=QWEN2_VL_CHAT_TEMPLATE)
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    gc = model.generation_config
+    gc.eos_token_id = ids["<|im_end|>"]
+    gc.pad_token_id = ids["<|endoftext|>"]
+    # As Qwen2-VL-7B-Instruct's generation_config.json (SPEC): sampling on, top_k 1 and a 1.05 repetition
+    # penalty, which a bare `generate` inherits: they turn the reference's "T=0.8 sampling" into greedy
+    # with a penalty. The low temperature / top_p are overridden by the reference's own 0.8 / 1.0.
+    gc.do_sample, gc.top_k, gc.top_p, gc.temperature, gc.repetition_penalty = True, 1, 0.001, 0.1, 1.05
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out

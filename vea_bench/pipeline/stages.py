@@ -128,7 +128,8 @@ def build_stages(exp: Experiment) -> list[Stage]:
                            quantization=v.quantization or None, device=device,
                            trust_remote_code=v.trust_remote_code, max_pixels=x.max_pixels or None,
                            image_position=v.image_position, instructblip_prompt=v.instructblip_prompt)
-        gen = GenerationOptions(sample=x.sample, max_new_tokens=x.max_new_tokens, seed=seed)
+        gen = GenerationOptions(decoding="sample" if x.sample else "greedy", max_new_tokens=x.max_new_tokens,
+                                seed=seed)
         summary = extract(_load_index(exp), exp.cache_path, vlm=opts, answer_modes=x.answer, generation=gen,
                           teachers=teachers, backbones=list(x.backbones), limit=x.limit or None,
                           batch_size=x.batch_size, num_workers=x.workers, device=device,

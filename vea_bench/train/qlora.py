@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from vea_bench.errors import ConfigError, DatasetError, ModelError
 from vea_bench.hashing import config_hash, file_sha256
+from vea_bench.models.base import GenerationOptions
 from vea_bench.models.engine import cap_image
 from vea_bench.progress import Progress, ensure
 from vea_bench.prompts import SYSTEM_MESSAGE, categorical_instruction, user_content
@@ -221,8 +222,9 @@ def wrap_lora(model: Any, cfg: QLoRAConfig) -> Any:
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
                       target_modules=lora_target_regex(model, cfg.target_modules), task_type="CAUSAL_LM")
     torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn here
-    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` (peft's call, not ours).
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         return get_peft_model(model, lcfg)
 
 
@@ -430,13 +432,15 @@ def train_vlm(
     eval_split: str | None = "test",
     eval_limit: int | None = None,
     results_dir: str | Path | None = "results",
+    eval_generation: GenerationOptions | None = None,
     progress: Progress | None = None,
 ) -> QLoRAResult:
     """Instruction-tune ``cfg.vlm`` with LoRA on ``instructions`` (validated against ``index``).
 
     Resumes an unfinished run in ``out`` with the same config; refuses one with another config.
-    ``eval_split``: categorical accuracy of the tuned model there (greedy answer, parsed) goes into
-    the run record; None skips it.
+    ``eval_split``: categorical accuracy of the tuned model there (answers decoded by extraction's
+    engine with ``eval_generation``, greedy by default, then parsed) goes into the run record;
+    None skips it.
     """
     import torch
     from safetensors.torch import load_file
@@ -560,7 +564,9 @@ def train_vlm(
     if eval_split is not None:
         metrics[eval_split] = evaluate_categorical(model, processor, index, eval_split, device=device,
                                                    dtype=compute_dtype, max_side=cfg.max_side,
-                                                   max_pixels=cfg.max_pixels, limit=eval_limit, progress=progress,
+                                                   max_pixels=cfg.max_pixels, limit=eval_limit,
+                                                   generation=eval_generation, model_ref=cfg.vlm,
+                                                   adapter=str(adapter_dir), progress=progress,
                                                    image_position=cfg.image_position)
     window = max(1, min(10, len(losses) // 4 or 1))
     record = RunRecord(
@@ -596,22 +602,34 @@ def evaluate_categorical(
     max_side: int = 1024,
     max_pixels: int | None = None,
     limit: int | None = None,
-    max_new_tokens: int = 24,
+    generation: GenerationOptions | None = None,
+    model_ref: str | None = None,
+    adapter: str | None = None,
     progress: Progress | None = None,
     image_position: str = "first",
 ) -> dict[str, Any]:
-    """Greedy categorical answers on ``split``, parsed into labels: SplitMetrics as a dict.
+    """Categorical answers on ``split``, parsed into labels: SplitMetrics as a dict.
 
-    Unparseable answers count as wrong (the paper's 'none'). Extraction (`vlm-eval` records) is
-    the full evaluation; this is the training run's own check.
+    The answers come from extraction's own engine (`HFVLMBackend.run`: the same chat prompt, the
+    same ``generation`` decoding, greedy by default, and the same stop at the closing brace), so
+    this check and a later `vea-bench extract --adapter` agree. Unparseable answers count as
+    wrong (the paper's 'none'). Extraction (`vlm-eval` records) is the full evaluation; this is
+    the training run's own check.
     """
     import numpy as np
-    import torch
 
     from vea_bench.datasets import open_image
     from vea_bench.metrics import split_metrics
+    from vea_bench.models import backend_for_model_type
+    from vea_bench.models.base import LoadOptions
+    from vea_bench.models.loading import unwrap
     from vea_bench.models.parse import onehot, parse_answer
 
+    gen = generation or GenerationOptions()
+    core = unwrap(model)
+    opts = LoadOptions(model=model_ref or str(getattr(core.config, "_name_or_path", "") or "vlm"), adapter=adapter,
+                       device=device, max_side=max_side, max_pixels=max_pixels, image_position=image_position)
+    backend = backend_for_model_type(core.config.model_type)(model, processor, opts, core.config, device, dtype)
     space = index.label_space
     samples = index.split(split)[:limit] if limit else index.split(split)
     question = categorical_instruction(space)
@@ -619,23 +637,19 @@ def evaluate_categorical(
     prog.start(f"eval {split}", total=len(samples))
     results, y, failed = [], [], 0
     model.eval()
-    with torch.inference_mode():
-        for s in samples:
-            try:
-                img = cap_image(open_image(index.root / s.path), max_side, max_pixels)
-            except DatasetError:
-                failed += 1
-                prog.advance(1)
-                continue
-            text = processor.apply_chat_template(chat_messages(question, img, image_position=image_position),
-                                                 tokenize=False, add_generation_prompt=True)
-            inputs = _to(dict(processor(text=[text], images=[img], return_tensors="pt")), device, dtype)
-            gen = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            answer = processor.batch_decode(gen[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
-            results.append(parse_answer(answer, space))
-            y.append(s.label)
+    for s in samples:
+        try:
+            img = open_image(index.root / s.path)
+        except DatasetError:
+            failed += 1
             prog.advance(1)
+            continue
+        out = backend.run(backend.prepare([img], question), generate=True, score_labels=None, generation=gen)
+        results.append(parse_answer(out.texts[0], space))
+        y.append(s.label)
+        prog.advance(1)
     prog.finish()
     m = split_metrics(np.asarray(y, dtype=np.int64), onehot(results, space.num_classes), list(space.labels))
-    m.extra.update({"skipped": failed, "eval": "greedy categorical answer, parsed", "limit": limit})
+    m.extra.update({"skipped": failed, "eval": "categorical answer from extraction's engine, parsed", "limit": limit,
+                    "decoding": backend.decoding_provenance(gen)})
     return asdict(m)
