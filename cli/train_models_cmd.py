@@ -89,7 +89,7 @@ def vlm_cmd(
     vlm: Annotated[str, typer.Option("--vlm", help="Base VLM: hub id (Qwen/Qwen2-VL-7B-Instruct) or local folder.")],
     instructions: Annotated[Path, typer.Option("--instructions", help="Instruction data: reference JSON list, `instruct generate` JSONL or `instruct build` triplets.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: adapter/ (peft), checkpoint/ (resume), run record.")],
-    quant: Annotated[str, typer.Option("--quant", help="4bit: NF4 + double quantisation (SPEC; GPU, or CPU with bitsandbytes >= 0.45); none: plain LoRA on unquantised weights.")] = "4bit",
+    quant: Annotated[str, typer.Option("--quant", help="4bit: NF4 + double quantisation (SPEC; GPU, or CPU through bitsandbytes' CPU kernels); none: plain LoRA on unquantised weights.")] = "4bit",
     no_quant: Annotated[bool, typer.Option("--no-quant", help="Same as --quant none.")] = False,
     loss_on: Annotated[str, typer.Option("--loss-on", help="answer: loss on the answer tokens only (default); all: on every non-pad, non-image token, as the reference trains.")] = "answer",
     image_position: Annotated[str, typer.Option("--image-position", help="first: image before the question in the user turn (default); last: after it, as the reference does. Pass the same to extract.")] = "first",

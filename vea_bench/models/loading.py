@@ -129,8 +129,8 @@ def resolve_dtype(dtype: str, device: str) -> Any:
 def quantization_config(quantization: str | None, device: str, compute_dtype: Any) -> Any | None:
     """bitsandbytes NF4 (double quantisation, SPEC's QLoRA recipe; GPU or CPU) or LLM.int8 (GPU only).
 
-    bitsandbytes >= 0.45 has CPU kernels for NF4, so the paper's 4-bit stage-1 path runs (slowly)
-    on a CPU too; LLM.int8 has none there.
+    Recent bitsandbytes releases (0.50 tested here) have CPU kernels for NF4, so the paper's 4-bit
+    stage-1 path runs (slowly) on a CPU too; LLM.int8 is refused there.
     """
     if quantization in (None, "", "none"):
         return None
@@ -139,10 +139,10 @@ def quantization_config(quantization: str | None, device: str, compute_dtype: An
         raise ModelError(f"unknown quantization '{quantization}' (4bit, 8bit)")
     if q in ("8bit", "int8") and not device.startswith("cuda"):
         raise ModelError(f"{quantization} loading needs a CUDA GPU (bitsandbytes); use 4bit or no quantization on CPU")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise ModelError(f"{quantization} loading needs the bitsandbytes package (pip install bitsandbytes)") from None
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:  # located, not imported (its import prints notices)
+        raise ModelError(f"{quantization} loading needs the bitsandbytes package (pip install bitsandbytes)")
     from transformers import BitsAndBytesConfig
 
     if q in ("4bit", "nf4"):
