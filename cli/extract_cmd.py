@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vea_bench_cli.common import RichProgress, console, echo_path, err_console, run_guarded
+from vea_bench_cli.common import AllowOutsideRootOpt, RichProgress, console, echo_path, err_console, run_guarded
 
 
 def _parse_pairs(pairs: list[str], option: str) -> dict[str, str]:
@@ -51,6 +51,9 @@ def extract_command(
     key: Annotated[Optional[list[str]], typer.Option("--key", help="REF=KEY: cache key for 'vlm', a --teacher path or a --backbone as given; repeatable.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute these sources from scratch instead of resuming.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also retry rows that failed before (e.g. images since repaired).")] = False,
+    parse: Annotated[str, typer.Option("--parse", help="Answer parse: strict (the reference's: only {'emotion': '...'}, else none) or lenient (also other dict shapes and negation-aware label words; recorded in provenance).")] = "strict",
+    exif: Annotated[str, typer.Option("--exif", help="EXIF orientation: apply (upright images) or ignore (the reference's decoding); recorded in provenance.")] = "apply",
+    allow_outside_root: AllowOutsideRootOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table; print only the cache path.")] = False,
 ) -> None:
     """Run the VLM (one pass per batch: pooled visual embedding + answer), teachers and backbones
@@ -69,6 +72,7 @@ def extract_command(
         max_pixels=max_pixels, batch_size=batch_size, workers=workers, dtype=dtype, quant=quant, device=device,
         revision=revision, trust_remote_code=trust_remote_code, threads=threads, limit=limit, shard=shard, splits=list(split or []),
         label_space=label_space, keys=keys, overwrite=overwrite, retry_failed=retry_failed, quiet=quiet,
+        parse=parse, exif=exif, allow_outside_root=allow_outside_root,
     )
 
 
@@ -87,7 +91,8 @@ def _run(**a: Any) -> None:
     if a["adapter"] is not None and not a["vlm"]:
         raise ConfigError("--adapter needs --vlm (the adapter's base model)")
     shard = parse_shard(a["shard"]) if a["shard"] else None
-    index = load_dataset(a["dataset"], a["root"], seed=a["seed"], label_space=a["label_space"])
+    index = load_dataset(a["dataset"], a["root"], seed=a["seed"], label_space=a["label_space"],
+                         allow_outside_root=a["allow_outside_root"])
     cache = a["cache"] or Path("cache") / f"{index.name}.h5"
     opts = None
     if a["vlm"] and Path(a["vlm"]).expanduser().is_dir():
@@ -115,7 +120,7 @@ def _run(**a: Any) -> None:
         backbones=backbones, splits=a["splits"] or None, limit=a["limit"], shard=shard,
         batch_size=a["batch_size"], num_workers=a["workers"], source_keys=keys, overwrite=a["overwrite"],
         retry_failed=a["retry_failed"], device=None if a["device"] == "auto" else a["device"],
-        progress=progress,
+        progress=progress, parse=a["parse"], exif=a["exif"],
     )
     if a["quiet"]:
         echo_path(summary.cache_path, True)
