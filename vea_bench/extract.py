@@ -391,9 +391,14 @@ def extract(
         from vea_bench.models.loading import resolve_source
 
         resolve_source(vlm.model)
+    from vea_bench import lineage
+
     for t in teachers:
         if not Path(t).exists():
             raise ModelError(f"teacher checkpoint {t} does not exist")
+        lineage.check_teacher(t, index)  # trained on another split of this dataset: refused
+    if vlm is not None and vlm.adapter:
+        lineage.check_adapter(vlm.adapter, index)
 
     out_path = Path(cache_path) if shard is None else shard_path(cache_path, *shard)
     cache = FeatureCache.create(
