@@ -183,17 +183,38 @@ def _split_multi(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+_TABLES: dict[int, tuple[LabelSpace, dict[str, int]]] = {}
+
+
+def _table(space: LabelSpace) -> dict[str, int]:
+    """Normalised spelling -> index for every label and synonym of ``space`` (what `lookup` reads)."""
+    hit = _TABLES.get(id(space))
+    if hit is not None and hit[0] is space:
+        return hit[1]
+    from vea_bench.labels import _SYNONYMS
+
+    table = {k: space.labels.index(v) for k, v in _SYNONYMS.items() if v in space.labels}
+    for k, v in space.synonyms.items():
+        if v in space.labels:
+            table[k] = space.labels.index(v)
+        else:
+            table.pop(k, None)
+    table.update({lab: i for i, lab in enumerate(space.labels)})
+    _TABLES[id(space)] = (space, table)  # holding the space keeps its id from being reused
+    return table
+
+
 def _word_labels(space: LabelSpace, text: str, *, prose: bool) -> set[int]:
     """Labels named by words or short phrases of ``text``; negated ones are dropped.
 
     ``prose`` also drops synonyms that are ordinary words (`_PROSE_AMBIGUOUS`).
     """
-    tokens = _TOKEN.findall(text)
+    table = _table(space)
+    words = [t.lower().replace("\u2019", "'").replace("-", " ") for t in _TOKEN.findall(text)]
     max_n = max((len(lab.split()) for lab in space.labels), default=1)
     found: set[int] = set()
     last_negator = -10**9  # token index of the most recent negator in the current scope
-    for i, tok in enumerate(tokens):
-        low = tok.lower().replace("\u2019", "'")
+    for i, low in enumerate(words):
         if low in _SCOPE_BREAK:
             last_negator = -10**9
             continue
@@ -201,13 +222,13 @@ def _word_labels(space: LabelSpace, text: str, *, prose: bool) -> set[int]:
             last_negator = i
             continue
         for n in range(1, max_n + 1):
-            phrase = tokens[i : i + n]
+            phrase = words[i : i + n]
             if len(phrase) < n or any(p in _SCOPE_BREAK for p in phrase):
                 break
-            key = normalise(" ".join(phrase))
+            key = low if n == 1 else " ".join(phrase)
             if prose and key in _PROSE_AMBIGUOUS:
                 continue
-            idx = space.lookup(key)
+            idx = table.get(key)
             if idx is not None and i - last_negator > _NEGATION_WINDOW:
                 found.add(idx)
     return found
