@@ -228,3 +228,12 @@ def test_onehot_is_all_zero_when_unparsed() -> None:
     assert oh.dtype == np.uint8 and oh.shape == (4, 8)
     assert oh.sum(axis=1).tolist() == [1, 0, 1, 0]
     assert oh[0, M.labels.index("awe")] == 1 and oh[2, M.labels.index("fear")] == 1
+
+
+def test_lenient_reads_multi_word_labels_of_custom_spaces() -> None:
+    from vea_bench.labels import LabelSpace
+
+    space = LabelSpace("custom:calm sea,deep sorrow", ("calm sea", "deep sorrow"))
+    assert parse_answer("It shows a deep sorrow.", space, mode="lenient") == parse_answer("", space).__class__(1, OK_FALLBACK)
+    assert parse_answer("There is no deep sorrow here.", space, mode="lenient").label is None
+    assert parse_answer("{'emotion': 'deep sorrow'}", space).label == 1

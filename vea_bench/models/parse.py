@@ -56,6 +56,7 @@ MAX_ANSWER_CHARS = 8192
 # dictionary is a few dozen characters), and only the first MAX_BLOCKS blocks are read.
 MAX_BLOCK_CHARS = 512
 MAX_BLOCKS = 16
+_MAX_PAIRS = 32  # key/value pairs read from one broken dictionary
 
 _STRICT_OPEN = "{'emotion':"
 _STRICT_CLOSE = "'}"
@@ -221,15 +222,16 @@ def _word_labels(space: LabelSpace, text: str, *, prose: bool) -> set[int]:
         if low in _NEGATORS or low.endswith("n't"):
             last_negator = i
             continue
-        for n in range(1, max_n + 1):
+        negated = i - last_negator <= _NEGATION_WINDOW
+        idx = None if prose and low in _PROSE_AMBIGUOUS else table.get(low)
+        if idx is not None and not negated:
+            found.add(idx)
+        for n in range(2, max_n + 1):  # multi-word labels (custom spaces)
             phrase = words[i : i + n]
             if len(phrase) < n or any(p in _SCOPE_BREAK for p in phrase):
                 break
-            key = low if n == 1 else " ".join(phrase)
-            if prose and key in _PROSE_AMBIGUOUS:
-                continue
-            idx = table.get(key)
-            if idx is not None and i - last_negator > _NEGATION_WINDOW:
+            idx = table.get(" ".join(phrase))
+            if idx is not None and not negated:
                 found.add(idx)
     return found
 
@@ -309,8 +311,9 @@ def _key_values(block: str) -> dict[str, str]:
     """Broken dictionaries (bad quoting, ``=``, no closing brace): ``key: value`` pairs by scanning."""
     inner = block.strip()[1:].rstrip("}")
     pairs: dict[str, str] = {}
-    for item in inner.split(","):
-        sep = min((p for p in (item.find(":"), item.find("=")) if p != -1), default=-1)
+    for item in inner.split(",", _MAX_PAIRS)[:_MAX_PAIRS]:  # an answer dict has a few keys
+        colon, equals = item.find(":"), item.find("=")
+        sep = colon if equals == -1 or (colon != -1 and colon < equals) else equals
         if sep <= 0:
             continue
         key = item[:sep].strip().strip(_QUOTES).strip()
