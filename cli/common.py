@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -20,6 +20,12 @@ from rich.progress import (
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+# `--allow-outside-root`, on every command that opens a dataset (the dataset layer refuses such paths).
+AllowOutsideRootOpt = Annotated[bool, typer.Option(
+    "--allow-outside-root",
+    help="Read images that resolve outside --root (.., absolute paths, escaping symlinks); refused by default.")]
 
 
 def fail(message: str, code: int = 2) -> None:

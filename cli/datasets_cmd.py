@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vea_bench_cli.common import console, err_console, fail, run_guarded
+from vea_bench_cli.common import AllowOutsideRootOpt, console, err_console, fail, run_guarded
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -97,12 +97,14 @@ def check_cmd(
     decode: Annotated[bool, typer.Option("--decode/--no-decode", help="Read, hash and decode every image (slow on 100k images).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
     show: Annotated[int, typer.Option(help="How many example paths to show per problem kind.")] = 5,
+    allow_outside_root: AllowOutsideRootOpt = False,
 ) -> None:
     """Check a dataset where it lies: counts per split and class, and every fault found.
 
     Reports unreadable/corrupt and zero-byte images, unknown labels, malformed rows, images missing
-    for labelled ids, excluded ties and neutral votes, and duplicates across splits (same path or
-    same bytes). Faults do not make the command fail: it exits 0 with a summary. It exits 1 only
+    for labelled ids, excluded ties and neutral votes, duplicates across splits (same path or
+    same bytes), and paths that resolve outside the root (outside-root: `..`, absolute paths,
+    escaping symlinks; `extract` refuses them unless --allow-outside-root). Faults do not make the command fail: it exits 0 with a summary. It exits 1 only
     when the root cannot be read at all.
 
     [bold]Examples[/]:
@@ -117,7 +119,8 @@ def check_cmd(
     opts = _parse_options(option or [])
     progress = RichProgress("img", quiet=as_json)
     try:
-        report = check_dataset(name, root, seed=seed, label_space=label_space, decode=decode, progress=progress, **opts)
+        report = check_dataset(name, root, seed=seed, label_space=label_space, decode=decode, progress=progress,
+                               allow_outside_root=allow_outside_root, **opts)
     except UnknownLabelError as exc:  # cannot happen with on_error=skip unless a caller forced raise
         fail(str(exc), 2)
         return

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vea_bench_cli.common import RichProgress, console, echo_path, err_console, run_guarded
+from vea_bench_cli.common import AllowOutsideRootOpt, RichProgress, console, echo_path, err_console, run_guarded
 
 
 def _parse_pairs(pairs: list[str], option: str) -> dict[str, str]:
@@ -57,6 +57,9 @@ def extract_command(
     key: Annotated[Optional[list[str]], typer.Option("--key", help="REF=KEY: cache key for 'vlm', a --teacher path or a --backbone as given; repeatable.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute these sources from scratch instead of resuming.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also retry rows that failed before (e.g. images since repaired).")] = False,
+    parse: Annotated[str, typer.Option("--parse", help="Answer parse: strict (the reference's: only {'emotion': '...'}, else none) or lenient (also other dict shapes and negation-aware label words; recorded in provenance).")] = "strict",
+    exif: Annotated[str, typer.Option("--exif", help="EXIF orientation: apply (upright images) or ignore (the reference's decoding); recorded in provenance.")] = "apply",
+    allow_outside_root: AllowOutsideRootOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table; print only the cache path.")] = False,
 ) -> None:
     """Run the VLM (one pass per batch: pooled visual embedding + answer), teachers and backbones
@@ -78,6 +81,7 @@ def extract_command(
         batch_size=batch_size, workers=workers, dtype=dtype, quant=quant, device=device,
         revision=revision, trust_remote_code=trust_remote_code, threads=threads, limit=limit, shard=shard, splits=list(split or []),
         label_space=label_space, keys=keys, overwrite=overwrite, retry_failed=retry_failed, quiet=quiet,
+        parse=parse, exif=exif, allow_outside_root=allow_outside_root,
     )
 
 
@@ -106,7 +110,8 @@ def _run(**a: Any) -> None:
     gen = GenerationOptions(decoding=decoding, temperature=a["temperature"], top_p=a["top_p"],
                             max_new_tokens=a["max_new_tokens"], zero_shot_max_new_tokens=a["zero_shot_max_new_tokens"],
                             seed=a["seed"], score_memory_gb=a["score_memory_gb"])
-    index = load_dataset(a["dataset"], a["root"], seed=a["split_seed"], label_space=a["label_space"])
+    index = load_dataset(a["dataset"], a["root"], seed=a["split_seed"], label_space=a["label_space"],
+                         allow_outside_root=a["allow_outside_root"])
     cache = a["cache"] or Path("cache") / f"{index.name}.h5"
     opts = None
     if a["vlm"] and Path(a["vlm"]).expanduser().is_dir():
@@ -133,7 +138,7 @@ def _run(**a: Any) -> None:
         backbones=backbones, splits=a["splits"] or None, limit=a["limit"], shard=shard,
         batch_size=a["batch_size"], num_workers=a["workers"], source_keys=keys, overwrite=a["overwrite"],
         retry_failed=a["retry_failed"], device=None if a["device"] == "auto" else a["device"],
-        progress=progress,
+        progress=progress, parse=a["parse"], exif=a["exif"],
     )
     if a["quiet"]:
         echo_path(summary.cache_path, True)

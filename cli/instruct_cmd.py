@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from vea_bench_cli.common import (
+    AllowOutsideRootOpt,
     setup_logging,
     RichProgress,
     console,
@@ -42,6 +43,7 @@ def generate_cmd(
     max_side: Annotated[int, typer.Option("--max-side", help="Images larger than this on the long side are re-encoded smaller.")] = 1024,
     split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the stratified split where the dataset has none.")] = 42,
     label_space: Annotated[str | None, typer.Option("--label-space", help="Force a label space (e.g. binary).")] = None,
+    allow_outside_root: AllowOutsideRootOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")] = False,
 ) -> None:
     """Ask a vision chat model for the "Key elements" and "Reasoning" of every training image (EmoVIT-style).
@@ -63,7 +65,8 @@ def generate_cmd(
         endpoint = Endpoint(base_url=base_url, model=model, api_key=key, timeout=timeout, max_tokens=max_tokens,
                             temperature=temperature)
         endpoint.url  # noqa: B018  (a malformed --base-url fails here, before any work)
-        index = load_dataset(dataset, root, seed=split_seed, label_space=label_space)
+        index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
+                             allow_outside_root=allow_outside_root)
         report = generate_instructions(index, out, endpoint, split=split, concurrency=concurrency,
                                        max_retries=max_retries, limit=limit, max_side=max_side,
                                        progress=RichProgress("img", quiet=quiet))
@@ -89,6 +92,7 @@ def build_cmd(
     kinds: Annotated[str, typer.Option(help="Comma-separated instruction kinds.")] = "categorical,conversation,reasoning",
     split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the stratified split where the dataset has none.")] = 42,
     label_space: Annotated[str | None, typer.Option("--label-space", help="Force a label space (e.g. binary).")] = None,
+    allow_outside_root: AllowOutsideRootOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")] = False,
 ) -> None:
     """Validate generated responses and write the paper's three instruction kinds per training image.
@@ -107,7 +111,8 @@ def build_cmd(
             write_jsonl,
         )
 
-        index = load_dataset(dataset, root, seed=split_seed, label_space=label_space)
+        index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
+                             allow_outside_root=allow_outside_root)
         entries = load_responses(responses, index.label_space, index=index)
         insts = build_instructions(entries, index.label_space, [k.strip() for k in kinds.split(",") if k.strip()])
         n = write_jsonl(out, (i.to_dict() for i in insts))

@@ -441,3 +441,25 @@ def test_open_image(tmp_path: Path) -> None:
 def test_registry_aliases() -> None:
     assert DATASETS.canonical("EmoSet-118K") == "emoset"
     assert DATASETS.canonical("csv") == "manifest"
+
+
+def test_katsurai_votes_with_spaces_and_tabs_mixed(tmp_path: Path) -> None:
+    # Issue 15: a hand-edited votes file mixing tabs and spaces gave "no usable images found".
+    root = tmp_path / "k"
+    (root / "images").mkdir(parents=True)
+    for i in range(8):
+        Image.new("RGB", (8, 8), (i * 30, 0, 0)).save(root / "images" / f"{200 + i}.jpg")
+    rows = ["200\t3 0 0", "201 2\t0\t1", "202\t2\t1\t0", "203  0 0\t3", "204 1 0 2", "205\t0 1  2", "206\t0\t2\t1",
+            "207 1 1 1"]
+    for header in ("id\tpositive neutral negative", "id\tpositive\tneutral\tnegative", None):
+        (root / "votes.txt").write_text("\n".join(([header] if header else []) + rows) + "\n")
+        idx = load_dataset("instagram", root)
+        labels = {Path(s.path).stem: BINARY.labels[s.label] for v in idx.splits.values() for s in v}
+        assert labels == {"200": "positive", "201": "positive", "202": "positive", "203": "negative",
+                          "204": "negative", "205": "negative"}, header
+        assert (idx.meta["excluded_ties"], idx.meta["excluded_neutral"]) == (1, 1)
+    # Tab-separated names with spaces still read as columns when every line uses tabs.
+    (root / "votes.txt").write_text("image id\thighly positive\tnegative\n" + "\n".join(
+        f"{200 + i}\t{3 if i < 4 else 0}\t{0 if i < 4 else 3}" for i in range(8)) + "\n")
+    idx = load_dataset("flickr", root)
+    assert sum(len(v) for v in idx.splits.values()) == 8 and idx.meta["label_mode"] == "vote counts"

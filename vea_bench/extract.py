@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ANSWER_MODES: tuple[str, ...] = ("generate", "score")
-PARSER_VERSION = "vea_bench.models.parse/1"
+PARSER_VERSION = "vea_bench.models.parse/2"
 
 
 # --------------------------------------------------------------------------------------- keys
@@ -158,8 +158,9 @@ class _Group:
 
 class _VLMGroup(_Group):
     def __init__(self, backend: Any, prompt: str, modes: set[str], labels: list[str], space: Any,
-                 generation: GenerationOptions, visual: _Target, vlm: _Target) -> None:
+                 generation: GenerationOptions, visual: _Target, vlm: _Target, parse: str = "strict") -> None:
         self.name = "vlm"
+        self.parse = parse
         self.backend = backend
         self.prompt = prompt
         self.modes = modes
@@ -199,7 +200,7 @@ class _VLMGroup(_Group):
             texts = list(out.texts or [])
             if len(texts) != len(jobs):
                 raise ModelError(f"VLM backend {self.backend.name} returned {len(texts)} answers for {len(jobs)} images")
-            parsed = parse_answers(texts, self.space)
+            parsed = parse_answers(texts, self.space, mode=self.parse)
             # HDF5 strings cannot hold NUL; a model can emit one (byte-level tokens), keep it visible.
             vlm["text"] = np.asarray([str(t).replace("\x00", "\\x00") for t in texts], dtype=object)
             vlm["onehot"] = onehot(parsed, len(self.labels))
@@ -262,9 +263,10 @@ class _Batch:
 class _ImageJobs:
     """Map-style dataset over the jobs: decodes each image once (in a worker)."""
 
-    def __init__(self, root: Path, jobs: list[_Job]) -> None:
+    def __init__(self, root: Path, jobs: list[_Job], exif: str = "apply") -> None:
         self.root = root
         self.jobs = jobs
+        self.exif = exif
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -273,7 +275,7 @@ class _ImageJobs:
         from vea_bench.datasets import open_image
 
         try:
-            return i, open_image(self.root / self.jobs[i].path), None
+            return i, open_image(self.root / self.jobs[i].path, exif=self.exif), None
         except DatasetError as exc:
             return i, None, str(exc)
         except Exception as exc:  # noqa: BLE001  a decoder crash is this row's failure, not the run's
@@ -345,12 +347,17 @@ def extract(
     device: str | None = None,
     vlm_backend: Any | None = None,
     progress: Progress | None = None,
+    parse: str = "strict",
+    exif: str = "apply",
 ) -> ExtractSummary:
     """Fill ``cache_path`` with the sources of ``vlm`` / ``teachers`` / ``backbones`` for the dataset.
 
     ``backbones`` are timm names, ``NAME@WEIGHTS`` strings or `BackboneSpec`s. ``source_keys`` maps
     ``"vlm"``, a teacher path or a backbone string (as given) to the cache key to use instead of the
-    default. ``vlm_backend`` passes an already loaded backend (benchmarks, repeated runs). Returns
+    default. ``vlm_backend`` passes an already loaded backend (benchmarks, repeated runs).
+    ``parse`` is the answer parse mode (`vea_bench.models.parse`: strict, the reference's, or
+    lenient); ``exif`` applies or ignores EXIF orientation (`vea_bench.datasets.images`); both are
+    recorded in the sources' provenance. Returns
     per-source counts; interrupting (KeyboardInterrupt) keeps every batch already written.
     """
     from vea_bench.cache.fingerprints import fingerprints, stale_rows
@@ -373,6 +380,11 @@ def extract(
     if limit is not None and limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {limit}")
     generation = generation or GenerationOptions()
+    from vea_bench.datasets.images import decoding_provenance
+    from vea_bench.models.parse import check_mode
+
+    check_mode(parse)
+    decoding = decoding_provenance(exif)
     keys = dict(source_keys or {})
     if isinstance(shard, str):
         shard = parse_shard(shard)
@@ -388,9 +400,14 @@ def extract(
         from vea_bench.models.loading import resolve_source
 
         resolve_source(vlm.model)
+    from vea_bench import lineage
+
     for t in teachers:
         if not Path(t).exists():
             raise ModelError(f"teacher checkpoint {t} does not exist")
+        lineage.check_teacher(t, index)  # trained on another split of this dataset: refused
+    if vlm is not None and vlm.adapter:
+        lineage.check_adapter(vlm.adapter, index)
 
     out_path = Path(cache_path) if shard is None else shard_path(cache_path, *shard)
     cache = FeatureCache.create(
@@ -403,7 +420,7 @@ def extract(
     loader_iter = None
     try:
         groups = _build_groups(cache, index, vlm, vlm_backend, modes, generation, teachers, backbones, keys,
-                               overwrite, shard, device)
+                               overwrite, shard, device, parse=parse, decoding=decoding)
         # Rows to compute: per split, the union of what any source is missing.
         jobs: list[_Job] = []
         for split in use_splits:
@@ -441,7 +458,7 @@ def extract(
         # between two flushed batches, never in the middle of a write.
         with stop_on_signals() as stop:
             if jobs:
-                loader = _make_loader(index.root, jobs, groups, batch_size, num_workers)
+                loader = _make_loader(index.root, jobs, groups, batch_size, num_workers, exif)
                 loader_iter = iter(loader)
                 for batch in loader_iter:
                     _process(batch, groups, summary)
@@ -468,7 +485,8 @@ def extract(
     return summary
 
 
-def _make_loader(root: Path, jobs: list[_Job], groups: list[_Group], batch_size: int, num_workers: int) -> Any:
+def _make_loader(root: Path, jobs: list[_Job], groups: list[_Group], batch_size: int, num_workers: int,
+                 exif: str = "apply") -> Any:
     import multiprocessing as mp
 
     from torch.utils.data import DataLoader
@@ -483,7 +501,7 @@ def _make_loader(root: Path, jobs: list[_Job], groups: list[_Group], batch_size:
         kwargs["worker_init_fn"] = _worker_init
         kwargs["prefetch_factor"] = 2
     return DataLoader(
-        _ImageJobs(root, jobs),
+        _ImageJobs(root, jobs, exif),
         batch_size=batch_size,
         shuffle=False,
         num_workers=max(0, num_workers),
@@ -554,6 +572,9 @@ def _build_groups(
     overwrite: bool,
     shard: tuple[int, int] | None,
     device: str | None,
+    *,
+    parse: str = "strict",
+    decoding: Mapping[str, Any] | None = None,
 ) -> list[_Group]:
     from vea_bench.models.backbone import BackboneSpec, load_backbone
     from vea_bench.models.loading import resolve_device
@@ -563,7 +584,9 @@ def _build_groups(
     space = index.label_space
     labels = list(space.labels)
     C = len(labels)
-    extra = {"shard": f"{shard[0]}/{shard[1]}"} if shard else {}
+    extra: dict[str, Any] = {"shard": f"{shard[0]}/{shard[1]}"} if shard else {}
+    if decoding is not None:
+        extra["image_decoding"] = dict(decoding)
     groups: list[_Group] = []
     if vlm is not None or vlm_backend is not None:
         backend = vlm_backend
@@ -582,6 +605,10 @@ def _build_groups(
         visual_prov = dict(base, pooling="mean over the image's visual tokens (merger / projector output)",
                            dim=int(backend.embed_dim))
         vlm_prov = dict(base, answer_modes=sorted(modes), parser=PARSER_VERSION)
+        if "generate" in modes:
+            from vea_bench.models.parse import parser_provenance
+
+            vlm_prov["parse"] = parser_provenance(parse)
         fields: dict[str, tuple[tuple[int, ...], str]] = {}
         if "generate" in modes:
             describe = getattr(backend, "decoding_provenance", None)
@@ -595,7 +622,7 @@ def _build_groups(
         vlm_w = cache.writer("vlm", key, fields, vlm_prov, overwrite=overwrite)
         groups.append(_VLMGroup(backend, prompt, modes, labels, space, generation,
                                 _Target(vis_w, SourceSummary(f"visual/{key}")),
-                                _Target(vlm_w, SourceSummary(f"vlm/{key}"))))
+                                _Target(vlm_w, SourceSummary(f"vlm/{key}")), parse=parse))
     if device is None:
         device = resolve_device("auto")
     device = str(device)

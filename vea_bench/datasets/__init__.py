@@ -70,6 +70,7 @@ def load_dataset(
     *,
     seed: int = 42,
     label_space: str | None = None,
+    allow_outside_root: bool = False,
     **options: Any,
 ) -> DatasetIndex:
     """Load dataset ``name`` from ``root`` in its native layout.
@@ -77,9 +78,13 @@ def load_dataset(
     ``seed`` drives the stratified split where a dataset has none of its own (and is recorded in
     ``DatasetIndex.split_seed``); ``label_space`` forces one (e.g. ``"binary"`` for EmoSet/FI);
     ``on_error="skip"`` records unknown labels and malformed rows in ``DatasetIndex.skipped``
-    instead of raising. Other options are the loader's own (see `loader_options`); a misspelt
-    option is a one-line `ConfigError`, not silently ignored.
+    instead of raising. Image paths are confined to ``root``: a row or symlink that resolves
+    outside it is refused (or skipped as ``outside-root``) unless ``allow_outside_root``. Other
+    options are the loader's own (see `loader_options`); a misspelt option is a one-line
+    `ConfigError`, not silently ignored.
     """
+    from vea_bench.datasets._common import outside_root
+
     entry = get_dataset(name)
     allowed = loader_options(entry.name)
     unknown = sorted(set(options) - set(allowed))
@@ -88,4 +93,5 @@ def load_dataset(
             f"dataset '{entry.name}' has no option {', '.join(repr(u) for u in unknown)} "
             f"(options: {', '.join(sorted(set(allowed) - {'seed', 'label_space'}))})"
         )
-    return entry.loader(root, seed=seed, label_space=label_space, **options)
+    with outside_root(allow_outside_root):
+        return entry.loader(root, seed=seed, label_space=label_space, **options)

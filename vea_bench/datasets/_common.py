@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+import os
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,49 @@ from vea_bench.labels import BINARY, LABEL_SPACES, MIKELS_POSITIVE, LabelSpace, 
 log = logging.getLogger("vea_bench.datasets")
 
 ON_ERROR = ("raise", "skip")
+
+# Whether loaders may read images that resolve outside the dataset root; set by `load_dataset`.
+_ALLOW_OUTSIDE_ROOT: ContextVar[bool] = ContextVar("vea_bench_allow_outside_root", default=False)
+OUTSIDE_ROOT_OPTION = "--allow-outside-root"
+
+
+@contextmanager
+def outside_root(allow: bool) -> Iterator[None]:
+    """Within the block, loaders confine image paths to their root unless ``allow``."""
+    token = _ALLOW_OUTSIDE_ROOT.set(bool(allow))
+    try:
+        yield
+    finally:
+        _ALLOW_OUTSIDE_ROOT.reset(token)
+
+
+class Confinement:
+    """Tells whether a path, once ``..`` and symlinks are resolved, still lies under the root.
+
+    Directories are resolved once each (cached) and a file costs one ``lstat`` unless it is itself
+    a symlink, so confining 100k images stays cheap.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.path.realpath(root)
+        self._prefix = self.root.rstrip(os.sep) + os.sep
+        self._dirs: dict[str, str] = {}
+
+    def _inside(self, real: str) -> bool:
+        return real == self.root or real.startswith(self._prefix)
+
+    def escape(self, path: str | Path) -> str | None:
+        """The resolved target when ``path`` lies outside the root, else None."""
+        p = os.fspath(path)
+        head, tail = os.path.split(p)
+        if tail in ("", ".", "..") or os.path.islink(p):
+            real = os.path.realpath(p)
+        else:
+            real_dir = self._dirs.get(head)
+            if real_dir is None:
+                real_dir = self._dirs[head] = os.path.realpath(head or ".")
+            real = os.path.join(real_dir, tail)
+        return None if self._inside(real) else real
 
 
 def require_root(name: str, root: str | Path) -> Path:
@@ -105,6 +151,8 @@ class Collector:
         self.root = root
         self.space = space
         self.on_error = on_error
+        self.allow_outside_root = _ALLOW_OUTSIDE_ROOT.get()
+        self._confine = None if self.allow_outside_root else Confinement(root)
         self.skipped: list[Skipped] = []
         self.splits: dict[str, list[Sample]] = {}
         self._seen: dict[str, set[str]] = {}
@@ -143,9 +191,29 @@ class Collector:
                 self.skip(self.rel(f), f"unknown label '{folder.name}' for {self.space.name}", "unknown-label")
         return lab
 
+    def inside(self, path: Path) -> bool:
+        """True when ``path`` may be read: it resolves under the root, or outside reads are allowed."""
+        return self._confine is None or self._confine.escape(path) is None
+
     def file_ok(self, rel: str, path: Path | None = None) -> bool:
-        """False (and recorded) when the file is missing or zero bytes."""
-        problem = file_problem(path if path is not None else self.root / rel)
+        """False (and recorded) when the file is missing or zero bytes.
+
+        A path that resolves outside the root (``..``, an absolute path, an escaping symlink) is a
+        fault like a malformed row: raised by default, recorded as ``outside-root`` under
+        ``on_error="skip"``, read only when `load_dataset` was given ``allow_outside_root=True``.
+        """
+        full = path if path is not None else self.root / rel
+        if self._confine is not None:
+            target = self._confine.escape(full)
+            if target is not None:
+                self.problem(
+                    rel,
+                    f"lies outside the dataset root {self.root} (resolves to {target}); "
+                    f"pass {OUTSIDE_ROOT_OPTION} to read it",
+                    "outside-root",
+                )
+                return False
+        problem = file_problem(full)
         if problem is None:
             return True
         self.skip(rel, problem[1], problem[0])
@@ -176,6 +244,9 @@ class Collector:
             raise DatasetError(f"{self.name}: no usable images found under {self.root}")
         for sk in self.skipped:
             log.debug("%s: skipped %s (%s)", self.name, sk.path, sk.reason)
+        meta = dict(meta or {})
+        if self.allow_outside_root:
+            meta["outside_root_allowed"] = True
         return DatasetIndex(
             name=self.name,
             root=self.root,

@@ -96,7 +96,7 @@ def load_emoset(
     space = mikels_space(label_space, binary)
     idx2label, has_info = _idx2label(r)
     col = Collector("emoset", r, space, on_error)
-    ann_problems = {"missing": 0, "malformed": 0}
+    ann_problems = {"missing": 0, "malformed": 0, "outside_root": 0}
     shapes: dict[str, int] = {}
     for split in ("train", "val", "test"):
         path = r / f"{split}.json"
@@ -132,7 +132,9 @@ def load_emoset(
             meta: dict[str, Any] = {"image_id": str(image_id)}
             if isinstance(ann, str) and ann:
                 meta["annotation"] = _clean(ann)
-                if attributes:
+                if attributes and not col.inside(r / meta["annotation"]):
+                    ann_problems["outside_root"] += 1  # never read a file outside the root
+                elif attributes:
                     attrs, problem = _attributes(r, meta["annotation"])
                     meta.update(attrs)
                     if problem:
@@ -149,6 +151,7 @@ def load_emoset(
             "row_shapes": shapes,
             "annotations_missing": ann_problems["missing"],
             "annotations_malformed": ann_problems["malformed"],
+            "annotations_outside_root": ann_problems["outside_root"],
             "attributes": list(ATTRIBUTES) if attributes else [],
             "binary": space.name == "binary",
         },

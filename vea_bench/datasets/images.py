@@ -3,19 +3,56 @@
 Loaders never decode: a `stat` tells missing and zero-byte files apart cheaply; decoding failures
 are found by `check_dataset` and by extraction, both through `open_image` / `decode_image`, so a
 broken file always becomes a one-line `DatasetError` and never a traceback.
+
+Decoding to 8-bit RGB, whatever the file holds (`decoding_provenance` records the rules):
+
+- EXIF orientation is applied (``exif="apply"``: phone photos, common in Flickr and Instagram,
+  would otherwise reach the models rotated); ``exif="ignore"`` keeps the stored pixel order, as
+  the reference implementation's ``Image.open(p).convert("RGB")`` does.
+- 16-bit greyscale (PIL modes ``I;16*``, and ``I`` holding 16-bit values) is scaled to 8 bits by
+  its high byte, the way PIL itself reduces 16-bit colour PNGs, instead of being clipped at 255
+  (PIL's own conversion turns almost every pixel white). ``I`` beyond 16 bits is scaled by its
+  maximum; float images (``F``) in [0, 1] are scaled by 255, others clipped to [0, 255].
+- Palette, grey+alpha and RGBA images drop their alpha channel; CMYK and YCbCr go through PIL's
+  conversion.
 """
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
 from vea_bench.errors import DatasetError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+EXIF_MODES = ("apply", "ignore")
+DECODER_VERSION = "vea_bench.datasets.images/2"
+
+log = logging.getLogger(__name__)
+
+
+def check_exif_mode(exif: str) -> str:
+    """``exif`` if valid, else a one-line `ConfigError` listing the modes."""
+    if exif not in EXIF_MODES:
+        from vea_bench.errors import ConfigError
+
+        raise ConfigError(f"unknown EXIF mode '{exif}' (choices: {', '.join(EXIF_MODES)})")
+    return exif
+
+
+def decoding_provenance(exif: str = "apply") -> dict[str, Any]:
+    """How images were decoded, for cache provenance (a resume with other rules is refused)."""
+    return {
+        "decoder": DECODER_VERSION,
+        "exif_orientation": check_exif_mode(exif),
+        "high_bit_depth": "scaled to 8 bit (16-bit: high byte)",
+    }
 
 
 def is_image_name(name: str) -> bool:
@@ -54,8 +91,31 @@ def file_problem(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def decode_image(data: bytes, where: str = "") -> Image.Image:
-    """Decode ``data`` fully to RGB; any failure is a one-line `DatasetError` naming ``where``."""
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """An ``I;16*`` / ``I`` / ``F`` image as 8-bit greyscale, scaled rather than clipped."""
+    arr = np.asarray(im)
+    if im.mode == "F":
+        a = arr.astype(np.float64)
+        finite = a[np.isfinite(a)]
+        if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
+            a = a * 255.0
+        out = np.clip(np.nan_to_num(a), 0, 255).round()
+    else:
+        a = arr.astype(np.int64)
+        lo = int(a.min()) if a.size else 0
+        hi = int(a.max()) if a.size else 0
+        if lo >= 0 and hi <= 0xFFFF:
+            out = a >> 8
+        else:  # wider than 16 bits: scale its range onto 0..255
+            a = a - min(lo, 0)
+            top = max(int(a.max()), 1)
+            out = (a * 255 + top // 2) // top
+    return Image.fromarray(out.astype(np.uint8))  # 2-D uint8: mode L
+
+
+def decode_image(data: bytes, where: str = "", *, exif: str = "apply") -> Image.Image:
+    """Decode ``data`` fully to 8-bit RGB (rules in the module doc); a failure is one line naming ``where``."""
+    check_exif_mode(exif)
     loc = f"{where}: " if where else ""
     if not data:
         raise DatasetError(f"{loc}zero-byte image file")
@@ -65,6 +125,13 @@ def decode_image(data: bytes, where: str = "") -> Image.Image:
             warnings.simplefilter("ignore")
             im = Image.open(io.BytesIO(data))
             im.load()
+            if exif == "apply":
+                try:
+                    im = ImageOps.exif_transpose(im)
+                except Exception as exc:  # noqa: BLE001  a malformed EXIF block: keep the stored orientation
+                    log.debug("%signoring unreadable EXIF orientation (%s)", loc, exc)
+            if im.mode.startswith("I") or im.mode == "F":
+                im = _to_8bit(im)
             if im.mode in ("P", "PA", "LA", "RGBA"):
                 im = im.convert("RGBA")
             return im.convert("RGB")
@@ -73,7 +140,7 @@ def decode_image(data: bytes, where: str = "") -> Image.Image:
         raise DatasetError(f"{loc}cannot decode image ({msg})") from None
 
 
-def open_image(path: str | Path) -> Image.Image:
+def open_image(path: str | Path, *, exif: str = "apply") -> Image.Image:
     """Open ``path`` as a fully decoded RGB image, or raise a one-line `DatasetError` saying why.
 
     Decoding happens here (not lazily in PIL) so a truncated file fails at this call, where the
@@ -87,4 +154,4 @@ def open_image(path: str | Path) -> Image.Image:
         data = p.read_bytes()
     except OSError as exc:
         raise DatasetError(f"{p}: cannot read ({exc.strerror or exc})") from None
-    return decode_image(data, str(p))
+    return decode_image(data, str(p), exif=exif)

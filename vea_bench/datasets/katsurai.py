@@ -1,7 +1,7 @@
 """Flickr and Instagram of Katsurai & Satoh (ICASSP 2016): binary sentiment from crowd votes.
 
 Released as photo ids with per-polarity votes; users fetch the images themselves. vea-bench reads
-a votes/label file (CSV, TSV or whitespace-separated) plus a folder of images named by id (any
+a votes/label file (CSV, TSV or whitespace-separated, tabs and spaces mixed) plus a folder of images named by id (any
 image extension), or the imagefolder layout.
 
 The file holds an id column and either a label column (positive/negative and spellings; 'neutral'
@@ -61,10 +61,28 @@ def _rows(path: Path, name: str) -> list[list[str]]:
     if not lines:
         raise DatasetError(f"{name}: {path} is empty")
     first = lines[0]
-    if "," in first or "\t" in first or ";" in first:
-        delim = "," if "," in first else ("\t" if "\t" in first else ";")
+    if "," in first or ";" in first:
+        delim = "," if "," in first else ";"
         return [[c.strip() for c in row] for row in csv.reader(io.StringIO("\n".join(lines)), delimiter=delim)]
-    return [ln.split() for ln in lines]
+    return _whitespace_rows(lines)
+
+
+def _whitespace_rows(lines: list[str]) -> list[list[str]]:
+    """Rows of a tab- and/or space-separated file (hand-edited files mix both).
+
+    Tabs are the separator only when every line splits into the same number of tab-separated
+    fields (so header names with spaces, 'highly positive', survive); otherwise any run of
+    whitespace separates, and a header whose tab fields match the body's width keeps them.
+    """
+    tabbed = [[c.strip() for c in ln.split("\t")] for ln in lines]
+    if all("\t" in ln for ln in lines) and len({len(r) for r in tabbed}) == 1:
+        return tabbed
+    rows = [ln.split() for ln in lines]
+    if len(rows) > 1 and "\t" in lines[0]:
+        body_widths = {len(r) for r in rows[1:]}
+        if len(body_widths) == 1 and len(tabbed[0]) in body_widths and len(rows[0]) not in body_widths:
+            rows[0] = tabbed[0]
+    return rows
 
 
 def _is_header(row: list[str]) -> bool:

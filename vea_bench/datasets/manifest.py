@@ -1,7 +1,7 @@
 """`manifest`: a CSV ``path,label[,split]`` for any dataset vea-bench has no loader for.
 
 Paths are relative to the CSV's folder (or to the root, when the CSV lies elsewhere); absolute
-paths are accepted. The label space is inferred (canonical if every label maps onto one via
+paths are accepted when they lie under the root (anywhere only with ``allow_outside_root``). The label space is inferred (canonical if every label maps onto one via
 synonyms, else custom) from the train rows when there is a split column, from all rows otherwise,
 unless ``label_space`` forces it. No split column -> stratified 80/5/15; no val rows -> 10 % of
 train.

@@ -401,6 +401,13 @@ def _save_artifacts(results_dir: Path, run_id: str, weights: dict[str, dict[str,
     return out
 
 
+def _lineage(data: HeadData) -> dict[str, Any]:
+    """The splits a head was trained on, so reusing it elsewhere can be checked (`vea_bench.lineage`)."""
+    from vea_bench.lineage import of_provenance
+
+    return of_provenance(data.provenance).to_dict()
+
+
 def distill_arch(data: HeadData, cfg: DistillConfig) -> dict[str, Any]:
     return {"head": "distill", "in_dim": data.input_dim, "num_classes": data.num_classes,
             "hidden_dims": cfg.hidden_dims, "dropout": cfg.dropout}
@@ -417,7 +424,8 @@ def distill_record(data: HeadData, res: HeadResult, *, results_dir: str | Path, 
                     seed=cfg.seed, params=res.params, group=group, label_names=list(data.label_names),
                     cache=data.provenance, wall_time_s=res.wall_time_s)
     rec.artifacts = _save_artifacts(Path(results_dir), rec.run_id, {"distill": res.state},
-                                    {"run_id": rec.run_id, "distill": distill_arch(data, cfg), "config": config})
+                                    {"run_id": rec.run_id, "distill": distill_arch(data, cfg), "config": config,
+                                     "data": _lineage(data)})
     rec.save(results_dir)
     return rec
 
@@ -444,7 +452,7 @@ def gate_record(data: HeadData, res: HeadResult, distill: HeadResult | None, *, 
         weights["distill"] = distill.state
         arch["distill"] = distill_arch(data, distill.config)
     rec.artifacts = _save_artifacts(Path(results_dir), rec.run_id, weights, {"run_id": rec.run_id, **arch,
-                                                                             "config": config})
+                                                                             "config": config, "data": _lineage(data)})
     rec.save(results_dir)
     return rec
 
@@ -462,6 +470,10 @@ def load_distill_run(ref: str | Path, results_dir: str | Path, data: HeadData) -
         raise ConfigError(f"no saved distill head at '{ref}' (a run id under {results_dir}/{ARTIFACTS_DIR} "
                           f"or a folder with config.json and distill.safetensors)")
     meta = json.loads((p / "config.json").read_text())
+    from vea_bench import lineage
+
+    # A head trained on another split of this dataset has seen this cache's test rows: refused.
+    lineage.check_head(p, lineage.head_lineage(p, meta, results_dir), lineage.of_provenance(data.provenance))
     arch = meta.get("distill") or {}
     if arch.get("in_dim") != data.input_dim or arch.get("num_classes") != data.num_classes:
         raise ConfigError(f"{p}: head of input {arch.get('in_dim')} x {arch.get('num_classes')} classes does not "

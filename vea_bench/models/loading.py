@@ -25,6 +25,39 @@ log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+CONVERT_HINT = ("convert it to safetensors: python -c \"import torch, safetensors.torch as st; "
+                "st.save_file(torch.load('{src}', weights_only=True), '{dst}')\"")
+
+
+def check_weights_dir(directory: str | Path, what: str, *, stem: str = "model") -> None:
+    """Refuse, in one line naming the file, a local model/adapter folder whose weights are pickles
+    only (vea-bench never unpickles) or whose safetensors files are malformed.
+
+    Reads only the safetensors headers, so a 15 GB model costs milliseconds.
+    """
+    d = Path(directory).expanduser()
+    if not d.is_dir():
+        return
+    files = [p for p in sorted(d.iterdir()) if p.is_file()]
+    safes = [p for p in files if p.suffix == ".safetensors"]
+    if not safes:
+        pickles = [p for p in files if p.suffix in _PICKLE_SUFFIXES]
+        if pickles:
+            src = pickles[0]
+            raise ModelError(f"{what} {d}: {src.name} is a pickled torch file and vea-bench loads safetensors only; "
+                             + CONVERT_HINT.format(src=src, dst=d / f"{stem}.safetensors"))
+        return
+    from safetensors import safe_open
+
+    for p in safes:
+        try:
+            with safe_open(str(p), framework="pt") as fh:
+                fh.keys()
+        except Exception as exc:  # noqa: BLE001  SafetensorError, OSError, ...: one line naming the file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{what} {d}: {p.name} is not a valid safetensors file ({first[:160]}); "
+                             f"re-download or re-save it") from None
 
 
 def _quiet_transformers() -> None:
@@ -156,8 +189,9 @@ def from_pretrained_kwargs(opts: LoadOptions) -> tuple[str, dict[str, Any], str,
     source, _ = resolve_source(opts.model)
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
+    # use_safetensors: never fall back to unpickling a pytorch_model.bin (hub or local).
     kwargs: dict[str, Any] = {"revision": opts.revision, "dtype": dtype,
-                              "trust_remote_code": opts.trust_remote_code}
+                              "trust_remote_code": opts.trust_remote_code, "use_safetensors": True}
     qconf = quantization_config(opts.quantization, device, dtype)
     if qconf is not None:
         kwargs["quantization_config"] = qconf
@@ -170,8 +204,10 @@ def from_pretrained_kwargs(opts: LoadOptions) -> tuple[str, dict[str, Any], str,
 
 
 def validate_options(opts: LoadOptions) -> None:
-    """Every cheap check before any weight is read: path, device, dtype, quantisation, adapter dir."""
-    resolve_source(opts.model)
+    """Every cheap check before any weight is read: path, weight files, device, dtype, quantisation, adapter dir."""
+    source, is_local = resolve_source(opts.model)
+    if is_local:
+        check_weights_dir(source, "model")
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
     quantization_config(opts.quantization, device, dtype)
@@ -198,7 +234,9 @@ def load_model(model_cls: Any, opts: LoadOptions) -> tuple[Any, str, Any]:
     source, kwargs, device, dtype = from_pretrained_kwargs(opts)
     try:
         model = model_cls.from_pretrained(source, **kwargs)
-    except (OSError, ValueError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001  OSError, ValueError, SafetensorError...: one line
+        if isinstance(err, MemoryError):
+            raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"cannot load weights of '{opts.model}' as {model_cls.__name__}: {first}") from None
     if "device_map" not in kwargs:
@@ -243,6 +281,7 @@ def read_adapter_config(adapter: str | Path) -> dict[str, Any]:
     cfg = path / "adapter_config.json"
     if not cfg.is_file():
         raise ModelError(f"'{adapter}' has no adapter_config.json (not a peft adapter directory)")
+    check_weights_dir(path, "adapter", stem="adapter_model")
     try:
         return json.loads(cfg.read_text())
     except ValueError as err:
@@ -338,7 +377,8 @@ def model_provenance(opts: LoadOptions, config: Any, device: str, dtype: Any) ->
     """What was loaded, precisely enough to refuse mixing rows from two different models in one cache."""
     source, is_local = resolve_source(opts.model)
     prov: dict[str, Any] = {
-        "model": opts.model,
+        # A local model by its resolved path: the same folder given relatively must compare equal.
+        "model": source if is_local else opts.model,
         "model_type": getattr(config, "model_type", None),
         "revision": opts.revision or getattr(config, "_commit_hash", None),
         "dtype": str(dtype).replace("torch.", ""),
@@ -352,7 +392,7 @@ def model_provenance(opts: LoadOptions, config: Any, device: str, dtype: Any) ->
         prov["weights_sha256"] = weights_sha256(source)
     if opts.adapter:
         acfg = read_adapter_config(opts.adapter)
-        prov["adapter"] = str(opts.adapter)
+        prov["adapter"] = str(Path(opts.adapter).expanduser().resolve())
         prov["adapter_sha256"] = weights_sha256(opts.adapter)
         prov["adapter_base"] = acfg.get("base_model_name_or_path")
     return prov

@@ -89,7 +89,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (any unreadable file is one user-facing line)
-        raise ModelError(f"cannot read weights {path}: {str(exc).splitlines()[0][:160]}") from None
+        if path.suffix != ".safetensors" and type(exc).__name__ == "UnpicklingError":
+            from vea_bench.models.loading import CONVERT_HINT
+
+            # weights_only refuses pickles holding more than tensors; we never unpickle code.
+            raise ModelError(f"cannot read weights {path}: a pickle holding more than tensors (refused, "
+                             f"never unpickled); " + CONVERT_HINT.format(src=path, dst=path.with_suffix(".safetensors"))
+                             ) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot read weights {path}: {first[:160]}") from None
     # Training scripts wrap state dicts in various ways; unwrap the common ones.
     for key in ("state_dict", "model", "model_state_dict", "module"):
         if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
@@ -175,7 +183,7 @@ def build_teacher(
     except Exception as exc:  # noqa: BLE001  hub download or config failures, one line each
         what = "download pretrained weights for" if pretrained else "build"
         raise ModelError(
-            f"cannot {what} timm model '{arch}': {str(exc).splitlines()[0][:160]}"
+            f"cannot {what} timm model '{arch}': {(str(exc).splitlines() or [type(exc).__name__])[0][:160]}"
             + ("; offline? pass a local weights file instead" if pretrained else "")
         ) from None
     if weights is not None:
@@ -308,7 +316,7 @@ def _load_hf(path: Path, hf_cfg: Mapping[str, Any], device: str) -> tuple[nn.Mod
     try:
         inner = AutoModelForImageClassification.from_pretrained(str(path))
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"cannot load transformers image classifier {path}: {str(exc).splitlines()[0][:160]}") from None
+        raise ModelError(f"cannot load transformers image classifier {path}: {(str(exc).splitlines() or [type(exc).__name__])[0][:160]}") from None
     id2label = {int(k): v for k, v in (hf_cfg.get("id2label") or {}).items()}
     labels = [str(id2label[i]) for i in sorted(id2label)]
     model = _wrap_hf(inner).to(device).eval()
@@ -331,9 +339,12 @@ def load_teacher(path: str | Path, *, device: str = "cpu", name: str = "best") -
     ``path`` is a checkpoint folder, a ``.safetensors`` file with ``config.json`` beside it, or a
     transformers image-classification folder. The returned meta gains ``weights`` (the file read).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise ModelError(f"teacher checkpoint {path} does not exist")
+    # Absolute, resolved paths in the returned meta: a resume given the same teacher by a relative
+    # path (or through a symlink) records the same provenance.
+    path = path.resolve()
     if path.is_file():
         weights, folder = path, path.parent
     else:
@@ -352,6 +363,12 @@ def load_teacher(path: str | Path, *, device: str = "cpu", name: str = "best") -
         raise ModelError(f"{cfg_path}: neither a vea-bench teacher config nor a transformers image classifier")
     if not weights.is_file():
         have = sorted(p.name for p in folder.glob("*.safetensors"))
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+        if not have and pickles:
+            from vea_bench.models.loading import CONVERT_HINT
+
+            raise ModelError(f"{folder}: {pickles[0]} is a pickled torch file and vea-bench loads safetensors only; "
+                             + CONVERT_HINT.format(src=folder / pickles[0], dst=weights))
         raise ModelError(f"{folder}: no weights {weights.name} (has: {', '.join(have) or 'none'})")
     import torch
 
@@ -364,11 +381,11 @@ def load_teacher(path: str | Path, *, device: str = "cpu", name: str = "best") -
     try:
         state = load_file(str(weights))
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"cannot read teacher weights {weights}: {str(exc).splitlines()[0][:160]}") from None
+        raise ModelError(f"cannot read teacher weights {weights}: {(str(exc).splitlines() or [type(exc).__name__])[0][:160]}") from None
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
-        raise ModelError(f"{weights}: weights do not fit {cfg['arch']} ({str(exc).splitlines()[0][:160]})") from None
+        raise ModelError(f"{weights}: weights do not fit {cfg['arch']} ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})") from None
     # Buffers not in the state dict (non-persistent) stay on meta: rebuild them by re-running init there.
     _materialise_leftovers(model, cfg)
     model = model.to(device).eval()

@@ -253,6 +253,7 @@ def train_teacher(
     import torch
     from safetensors.torch import load_file, save_file
 
+    from vea_bench.datasets.images import decoding_provenance
     from vea_bench.metrics import split_metrics
     from vea_bench.models.teacher import (
         data_config,
@@ -303,6 +304,7 @@ def train_teacher(
         "label_names": label_names, "label_space": space.name, "dataset": index.name,
         "img_size": cfg.img_size, "data_config": dcfg, "timm_kwargs": dict(cfg.timm_kwargs),
         "init": init, "seed": cfg.seed, "train_config": identity, "config_hash": chash,
+        "image_decoding": decoding_provenance(),  # how its training images were decoded (EXIF applied)
     }
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
