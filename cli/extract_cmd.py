@@ -33,7 +33,7 @@ def extract_command(
     sample: Annotated[bool, typer.Option("--sample", hidden=True, help="Deprecated: same as --decoding sample.")] = False,
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (--decoding reference or sample).")] = 0.8,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (--decoding reference or sample).")] = 1.0,
-    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Token budget of a generated answer; it stops at '}' [default: 24 with --adapter, else --zero-shot-max-new-tokens].")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Token budget of a generated answer, which stops at '}' (default: 24 with --adapter, else --zero-shot-max-new-tokens).")] = None,
     zero_shot_max_new_tokens: Annotated[int, typer.Option("--zero-shot-max-new-tokens", help="Token budget without --adapter: a zero-shot model may write a sentence before its answer.")] = 128,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (--decoding reference or sample); does not change the split.")] = 42,
     split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the stratified split where the dataset has none (SPEC: 42).")] = 42,

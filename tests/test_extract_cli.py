@@ -161,8 +161,8 @@ def test_models_list_and_make_tiny(tmp_path) -> None:
 def test_extract_help_lists_the_issue_flags(flag) -> None:
     result = _invoke("extract", flag)
     assert result.exit_code == 0
-    for opt in ("--root", "--cache", "--vlm", "--adapter", "--teacher", "--backbone", "--answer", "--sample",
-                "--max-new-tokens", "--max-pixels", "--batch-size", "--workers", "--dtype", "--quant", "--limit",
+    for opt in ("--root", "--cache", "--vlm", "--adapter", "--teacher", "--backbone", "--answer", "--decoding",
+                "--max-new-tokens", "--zero-shot-max-new-tokens", "--seed", "--split-seed", "--score-memory-gb", "--max-pixels", "--batch-size", "--workers", "--dtype", "--quant", "--limit",
                 "--shard", "--split", "--revision", "--trust-remote-code", "--quiet"):
         assert opt in result.stdout, opt
 

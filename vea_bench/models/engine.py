@@ -3,8 +3,8 @@
 Why a hand-written prefill/decode loop instead of `model.generate`: extraction needs three things
 from ONE vision pass per batch: the pooled visual-encoder output, an answer (greedy, the
 reference's decoding, or seeded sampling) that stops at the closing brace, and the
-log-likelihood of every label's answer. `generate`
-can give the first two, but then scoring would need a second prefill (and a second vision pass).
+log-likelihood of every label's answer. `generate` can give the first two, but then scoring
+would need a second prefill (and a second vision pass).
 Here each backend runs its model's own image-feature function exactly once (the vision tower,
 merger / projector and, for InstructBLIP, the Q-Former), pools what it needs from that result,
 scatters the features into the prompt embeddings, and the language model does one prefill whose KV
@@ -17,7 +17,8 @@ transformers 5.24 renamed the decoder's ``past_key_values=`` argument and output
 installed version has, so the same loop runs on the lowest supported version too.
 
 Positions follow the left padding (cumulative attention mask, or Qwen2-VL's 3-D M-RoPE indices
-plus its per-row delta), so a padded row gives what it gives alone: batched == batch-size-1.
+and the text position where its own forward continues), so a padded row gives what it gives
+alone: batched == batch-size-1.
 """
 from __future__ import annotations
 
@@ -107,7 +108,6 @@ class HFVLMBackend:
     model_types: ClassVar[tuple[str, ...]] = ()
     chat_template: ClassVar[str | None] = None
     image_in_template: ClassVar[bool] = True
-    score_chunk_rows: ClassVar[int] = 64   # rows (images x labels) per scoring forward
     pooling: ClassVar[str] = "mean"        # what `pooled` is, recorded in provenance
 
     def __init__(self, model: Any, processor: Any, opts: LoadOptions, config: Any, device: str,

@@ -50,9 +50,25 @@ class Qwen2VLBackend(HFVLMBackend):
                                               attention_mask=mask)
 
     def _prefill_positions(self, b: dict[str, Any], mask: Any) -> tuple[Any, Any]:
-        """3-D M-RoPE indices of the prompt; new tokens continue at text position + per-row delta."""
-        pos3, delta = self._rope_index(b, mask)
-        return pos3, mask.long().sum(-1) + delta.view(-1).to(mask.device)
+        """3-D M-RoPE indices of the prompt, and the text position the model's own full forward gives
+        the first answer token (new tokens then count up by one).
+
+        That position comes from the rope index of the prompt plus one text token, not from the
+        returned per-row delta: in some transformers versions (Qwen2.5-VL on 5.3) the delta
+        (max position + 1 - length) disagrees with where the full forward continues the text.
+        """
+        import torch
+
+        ids = b["input_ids"]
+        mm = b.get("mm_token_type_ids")
+        if mm is None:
+            mm = (ids == self._image_token_id()).int()
+        one = torch.ones((ids.shape[0], 1), dtype=ids.dtype, device=ids.device)
+        ext = {"input_ids": torch.cat([ids, one * (self.tokenizer.pad_token_id or 0)], dim=1),
+               "mm_token_type_ids": torch.cat([mm, torch.zeros_like(one, dtype=mm.dtype)], dim=1),
+               "image_grid_thw": b["image_grid_thw"]}
+        pos3, _ = self._rope_index(ext, torch.cat([mask, one.to(mask.dtype)], dim=1))
+        return pos3[..., :-1], pos3[0, :, -1].to(mask.device)
 
     def _format_positions(self, pos: Any) -> Any:
         return pos[None].expand(3, -1, -1)
