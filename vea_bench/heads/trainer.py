@@ -97,7 +97,7 @@ class StackedMLP:
         self._grads: list[torch.Tensor] | None = None
         self._low: list[torch.Tensor] | None = None     # bf16 copies of the grads (bf16 only)
         self._masks: dict[tuple[int, ...], torch.Tensor] = {}
-        self._cast: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}
+        self._cast: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -119,16 +119,23 @@ class StackedMLP:
         new._grads, new._low, new._masks, new._cast = None, None, {}, {}
         return new
 
+    def params_changed(self) -> None:
+        """Call after writing the weights outside the optimiser (restoring a best epoch)."""
+        self._cast = {}
+
     def _weight(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer i's weight and bias in the compute dtype (bf16 copies recast only after an update)."""
+        """Layer i's weight and bias in the compute dtype.
+
+        bf16 copies are made once per optimiser step: the cache is dropped at the end of each
+        backward (an update follows) and reused by every forward until then (eval chunks).
+        """
         w, b = self.weights[i].detach(), self.biases[i].detach()
         if self.compute_dtype == torch.float32:
             return w, b
-        version = w._version + b._version
         hit = self._cast.get(i)
-        if hit is None or hit[0] != version:
-            hit = self._cast[i] = (version, w.to(self.compute_dtype), b.to(self.compute_dtype))
-        return hit[1], hit[2]
+        if hit is None:
+            hit = self._cast[i] = (w.to(self.compute_dtype), b.to(self.compute_dtype))
+        return hit
 
     def _mask(self, layer: int, shape: torch.Size) -> torch.Tensor:
         """This step's keep-masks ``[M, B, H]`` (0/1), each member's from its own generator."""
@@ -197,6 +204,7 @@ class StackedMLP:
                     ga.div_(keep).mul_(mask)
                 g = torch.ops.aten.gelu_backward(ga, z)
         saved.clear()
+        self._cast = {}   # the optimiser step that follows changes the weights
 
     def state_dict(self, m: int) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -230,6 +238,9 @@ class VmappedModules:
             return functional_call(base, dict(zip(names, ps)), xs)
 
         return vmap(one)(tuple(self._params), *inputs)
+
+    def params_changed(self) -> None:
+        return None
 
     def subset(self, keep: Sequence[int]) -> VmappedModules:
         """A model of members ``keep`` only (see `StackedMLP.subset`)."""
@@ -326,18 +337,22 @@ class SplitInputs:
     y: torch.Tensor
     teacher: torch.Tensor | None = None
 
-    def gather(self, rows: torch.Tensor, m: int, buffers: dict[int, torch.Tensor] | None = None
-               ) -> list[torch.Tensor]:
+    def gather(self, rows: torch.Tensor, m: int, buffers: dict[int, torch.Tensor] | None = None,
+               members: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Rows ``[M, B]`` (one order per member) or ``[B]`` (the same rows for all) -> ``[M, B, F]``.
 
         ``buffers`` (a dict the caller keeps between steps) receives the gathered shared tables so
         each training step reuses the same memory instead of allocating ``M x B x F`` afresh.
+        ``members`` names which members' per-member tables to read (those still training).
         """
         out = []
-        ar = torch.arange(m, device=rows.device).unsqueeze(1)
+        ar = (torch.arange(m, device=rows.device) if members is None else members).unsqueeze(1)
         for k, (t, per) in enumerate(zip(self.tables, self.per_member)):
             if rows.dim() == 1:
-                out.append(t[:, rows] if per else t[rows].unsqueeze(0).expand(m, -1, -1))
+                if per:
+                    out.append(t[:, rows] if members is None else t[members][:, rows])
+                else:
+                    out.append(t[rows].unsqueeze(0).expand(m, -1, -1))
             elif per:
                 out.append(t[ar, rows])
             elif buffers is None:
@@ -394,14 +409,15 @@ class TrainOutput:
 
 
 @torch.no_grad()
-def predict(model: Any, split: SplitInputs, m: int, chunk: int = EVAL_CHUNK) -> torch.Tensor:
-    """Eval-mode logits ``[M, N, C]`` of all members on a whole split."""
+def predict(model: Any, split: SplitInputs, m: int, chunk: int = EVAL_CHUNK,
+            members: torch.Tensor | None = None) -> torch.Tensor:
+    """Eval-mode logits ``[M, N, C]`` of all members (or of ``members``, those still training) on a whole split."""
     n = len(split)
     outs = []
     dev = split.y.device
     for s in range(0, n, chunk):
         rows = torch.arange(s, min(n, s + chunk), device=dev)
-        outs.append(model.forward(split.gather(rows, m), train=False))
+        outs.append(model.forward(split.gather(rows, m, members=members), train=False))
     return torch.cat(outs, dim=1)
 
 
@@ -421,10 +437,10 @@ def _losses(out: torch.Tensor, split: SplitInputs, rows: torch.Tensor, loss: str
 
 
 @torch.no_grad()
-def _score(model: Any, split: SplitInputs, m: int, loss: str, alpha: torch.Tensor, tau: torch.Tensor
-           ) -> tuple[list[float], list[float]]:
+def _score(model: Any, split: SplitInputs, m: int, loss: str, alpha: torch.Tensor, tau: torch.Tensor,
+           members: torch.Tensor | None) -> tuple[list[float], list[float]]:
     """Per member: accuracy and mean training loss on a whole split (eval mode)."""
-    logits = predict(model, split, m)
+    logits = predict(model, split, m, members=members)
     acc = (logits.argmax(-1) == split.y.unsqueeze(0)).float().mean(1)
     rows = torch.arange(len(split), device=split.y.device)
     return acc.tolist(), _losses(logits, split, rows, loss, alpha, tau).tolist()
@@ -510,6 +526,7 @@ def train_members(
         if max_steps is not None and done >= max_steps:
             break
         m = len(live)
+        live_t = None if m == m_all else torch.as_tensor(live, device=dev)
         ar = torch.arange(m, device=dev).unsqueeze(1)
         perm = torch.stack([torch.randperm(n, generator=order_gens[j]) for j in live]).to(dev)
         order = train_rows[live][ar, perm]
@@ -520,7 +537,7 @@ def train_members(
                 break
             done += 1
             rows = order[:, i * batch_size:(i + 1) * batch_size]
-            out = model.forward(train.gather(rows, m, gather_bufs), train=True)
+            out = model.forward(train.gather(rows, m, gather_bufs, members=live_t), train=True)
             per = _losses(out, train, rows, loss, alpha, tau)
             per.sum().backward()
             opt.step()
@@ -532,7 +549,7 @@ def train_members(
         tl = (total / n).tolist()
         stopped: list[int] = []
         if sel is not None:
-            accs, vls = _score(model, sel, m, loss, alpha, tau)
+            accs, vls = _score(model, sel, m, loss, alpha, tau, live_t)
         for k, j in enumerate(live):
             h = hist[j]
             h.train_loss.append(float(tl[k]))
@@ -574,6 +591,7 @@ def train_members(
         with torch.no_grad():
             for bp, p in zip(best_params, full.params):
                 p.copy_(bp)
+        full.params_changed()
     for j, h in enumerate(hist):
         if keep == "best" and best[j] is not None:
             h.kept_epoch = h.best_val_epoch
