@@ -109,7 +109,8 @@ def show_records(records: list[Any], title: str) -> None:
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("run", "method", "config", "val acc", "test acc", "test macro-F1", "test KL", "params"):
+    for col in ("run", "method", "config", "val acc", "test acc", "test macro-F1", "test KL", "params",
+                "epoch kept / run"):
         t.add_column(col)
     for r in records:
         cfg = r.config
@@ -121,8 +122,10 @@ def show_records(records: list[Any], title: str) -> None:
             v = r.metrics.get(split, {}).get(key)
             return "-" if v is None else (f"{100 * v:.2f}" if key != "kl_to_teacher" else f"{v:.4f}")
 
+        conv = r.convergence or {}
+        epochs = f"{conv.get('kept_epoch')} / {conv.get('epochs_run')}" if conv.get("epochs_run") else "-"
         t.add_row(r.run_id, r.method, desc, f("val", "accuracy"), f("test", "accuracy"), f("test", "macro_f1"),
-                  f("test", "kl_to_teacher"), f"{r.params:,}")
+                  f("test", "kl_to_teacher"), f"{r.params:,}", epochs)
     console.print(t)
 
 
