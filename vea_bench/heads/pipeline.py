@@ -4,8 +4,8 @@ A *config* is one run (one seed); the functions take lists of configs and train 
 compatible configs (same architecture, schedule and row count) as one batched model. A single
 run is a list of one, so a sweep member and a single run follow exactly the same code path.
 
-Schedules: ``default`` trains with mini-batches (``DEFAULT_BATCH``) and batches members together;
-``reference`` reproduces the reference implementation's stages 2/3 (batch size 1, its learning
+Schedules: ``default`` (``DEFAULT_SCHEDULE``) trains with mini-batches to convergence, each member
+early-stopped on val with its best epoch restored, members batched together; ``reference`` reproduces the reference implementation's stages 2/3 (batch size 1, its learning
 rates, the last epoch kept, gate fitted on train, one configuration at a time) for parity checks.
 """
 from __future__ import annotations
