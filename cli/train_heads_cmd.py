@@ -58,7 +58,9 @@ def _patience(patience: int | None) -> Any:
     if patience is None:
         return None
     if patience < 0:
-        raise typer.BadParameter("--patience must be 0 (off) or positive")
+        from vea_bench.errors import ConfigError
+
+        raise ConfigError("--patience must be 0 (off) or positive")
     return "off" if patience == 0 else patience
 
 

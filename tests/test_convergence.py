@@ -199,6 +199,8 @@ def test_cli_precision_and_solver_options(vlm80, tmp_path):
     assert d.config["precision"] == "bf16" and d.convergence["precision"] == "bf16"
     g = RunRecord.load(r.stdout.strip().splitlines()[-1])
     assert g.config["solver"] == "lbfgs" and g.convergence["lbfgs"]["iterations"] > 0
-    bad = runner.invoke(app, ["train", "gate", "--cache", str(vlm80), "--gate", "moe", "--solver", "lbfgs",
-                              "--results", str(tmp_path)])
-    assert bad.exit_code != 0 and "lbfgs" in bad.stderr and "Traceback" not in bad.output
+    for args, expect in ((["--gate", "moe", "--solver", "lbfgs"], "lbfgs"), (["--patience", "-1"], "--patience"),
+                         (["--schedule", "reference", "--patience", "4"], "pins patience = off")):
+        bad = runner.invoke(app, ["train", "gate", "--cache", str(vlm80), *args, "--results", str(tmp_path)])
+        assert bad.exit_code != 0 and "Traceback" not in bad.output
+        assert len(bad.stderr.strip().splitlines()) == 1 and expect in bad.stderr, bad.stderr

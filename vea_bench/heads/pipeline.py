@@ -205,7 +205,8 @@ def apply_schedule(cfg: Any, kind: str, *, explicit: dict[str, Any] | None = Non
             pinned["precision"] = "fp32"
         for k, v in pinned.items():
             if explicit and k in explicit and explicit[k] is not None and explicit[k] != v:
-                raise ConfigError(f"--schedule reference pins {k.replace('_', '-')} = {v}; drop that option")
+                shown = "off" if v is None else v
+                raise ConfigError(f"--schedule reference pins {k.replace('_', '-')} = {shown}; drop that option")
         cfg = replace(cfg, **pinned)
     if cfg.patience is not None and cfg.keep != "best":
         cfg = replace(cfg, patience=None)   # early stopping restores the best epoch; keep=last trains the budget
