@@ -1,15 +1,28 @@
-"""Batched alpha sweep vs the reference schedule, on a realistic cache (20,000 x 3584 train rows).
+"""Heads and gates: the default schedule vs the reference's, and the alpha sweep in fp32 vs bf16, in one run.
 
-    python benchmarks/heads.py                      # CPU, 2 threads, reference timed on a fraction
-    python benchmarks/heads.py --device cuda        # the same sweep on a GPU
-    python benchmarks/heads.py --reference-full 1   # also train 1 member fully with the reference schedule
+    python benchmarks/heads.py                                  # full size (slow on a shared 2-core CPU)
+    python benchmarks/heads.py --rows 300 --dim 64 --sweep-rows 2000 --sweep-alphas 0.5 --sweep-steps 3
+    python benchmarks/heads.py --device cuda                    # the same on a GPU
 
-The cache is built once into a temp folder through the cache API (float16 embeddings carrying the
-class on the teacher's part of the images, see `vea_bench.heads.synthetic_cache`). The batched
-sweep trains 11 alphas x 3 seeds (SPEC's 5 epochs) as one stacked model with the default schedule;
-the reference schedule (batch size 1, lr 1e-5, one configuration at a time) is timed on
-``--reference-steps`` steps and extrapolated to the whole sweep (said so in the output), and with
-``--reference-full K`` the first K members are also trained fully to compare test accuracy.
+Part 1 (schedules). Two synthetic caches are built through the cache API (see
+`vea_bench.heads.synthetic_cache`): the complementary one (teacher right on 60 % of images, VLM on
+another 60 %) and one where the VLM alone is the stronger input (VLM right on 80 %, teacher on
+45 %). On each, for the distill head and each of the five gates, both schedules train 3 seeds on
+the same arrays: the reference (batch 1, lr 1e-5 / 1e-4, 5 / 10 epochs, last epoch) and the default
+(mini-batches, epoch budget, early stopping on val, best epoch restored). Printed: test accuracy
+mean +- std over seeds, the VLM alone and the distill head alone, and the wall time of each. The
+reference members of a row are trained as one batched model (each member's numbers are those of a
+run alone, as tests/test_heads.py checks), so its time is that of the batched run, far below the
+reference code's one-at-a-time time. Targets checked: default >= reference - 0.5 points on every
+row; Concat & Linear (default) >= the better of its two inputs. An extra row fits Concat & Linear
+exactly (L-BFGS, no schedule).
+
+Part 2 (alpha sweep). 11 alphas x 3 seeds (``--sweep-alphas``) x 5 epochs on ``--sweep-rows`` x
+``--sweep-dim`` (20,000 x 3584 by default), one stacked model, fixed epochs, in fp32 and in bf16;
+with ``--sweep-steps K`` only K steps are timed and the whole sweep's time is extrapolated (said
+so). Achieved GFLOP/s (the sweep's useful FLOPs) are printed against a bare ``bmm`` of the same
+shapes in the same precision, measured in the same run. Accuracy fp32 vs bf16 comes from training
+the same members fully on ``--acc-rows`` x ``--acc-dim``.
 """
 from __future__ import annotations
 
@@ -20,154 +33,264 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+CACHES = {
+    "complementary": dict(teacher_part=(0.0, 0.6), vlm_part=(0.35, 0.95)),
+    "vlm-stronger": dict(teacher_part=(0.0, 0.45), vlm_part=(0.2, 1.0)),
+}
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-train", type=int, default=20000)
-    ap.add_argument("--n-eval", type=int, default=2000, help="rows of val and of test")
-    ap.add_argument("--dim", type=int, default=3584)
-    ap.add_argument("--classes", type=int, default=8)
-    ap.add_argument("--signal", type=float, default=6.0, help="norm of the class direction in the embedding")
-    ap.add_argument("--alphas", default="0:1:0.1")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=None, help="default schedule batch (default: the library's)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reference-steps", type=int, default=300, help="reference steps timed for extrapolation")
-    ap.add_argument("--reference-full", type=int, default=0, help="members trained fully with the reference schedule")
-    ap.add_argument("--parity-rows", type=int, default=0,
-                    help="also train --parity-members members fully with both schedules on the first N train rows")
-    ap.add_argument("--parity-members", type=int, default=1)
-    ap.add_argument("--skip-sweep", action="store_true")
-    ap.add_argument("--cache", type=Path, default=None, help="reuse/keep the cache file here")
-    ap.add_argument("--json", type=Path, default=None, help="write the figures here")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
 
+def _ms(v: list[float]) -> str:
+    a = np.asarray(v) * 100
+    return f"{a.mean():.2f} ± {a.std(ddof=1) if a.size > 1 else 0.0:.2f}"
+
+
+def _vlm_acc(sa: Any) -> float:
+    return float(((sa.vlm.sum(1) > 0) & (sa.vlm.argmax(1) == sa.y)).mean())
+
+
+def _batched_reference(cfg: Any, kind: str) -> Any:
+    """The reference schedule's numbers (pinned by apply_schedule), grouped with its seeds in one model."""
+    from vea_bench.heads.pipeline import apply_schedule
+
+    return replace(apply_schedule(replace(cfg, schedule="reference"), kind), schedule="default")
+
+
+def schedules(args: argparse.Namespace, tmp: Path, seeds: list[int]) -> list[dict[str, Any]]:
     from vea_bench.cache.store import FeatureCache
     from vea_bench.heads.data import load_head_data
-    from vea_bench.heads.pipeline import DEFAULT_BATCH, DistillConfig, apply_schedule, train_distill
+    from vea_bench.heads.gates import GATES, gate_display_name
+    from vea_bench.heads.pipeline import DistillConfig, GateConfig, train_distill, train_gates
+    from vea_bench.heads.synthetic_cache import make_complementary_cache
+
+    rows_out = []
+    for name in args.caches.split(","):
+        parts = CACHES[name.strip()]
+        path = tmp / f"{name}.h5"
+        make_complementary_cache(path, n_train=args.rows, n_val=args.val_rows, n_test=args.test_rows, dim=args.dim,
+                                 seed=args.cache_seed, backbones=(), with_logprobs=False, **parts)
+        with FeatureCache.open(path) as c:
+            data = load_head_data(c, need=("visual", "teacher", "vlm"))
+        vlm = _vlm_acc(data.splits["test"])
+        splits = ["train", "val", "test"]
+        heads: dict[str, list[Any]] = {}
+        times: dict[str, float] = {}
+        for sched in ("reference", "default"):
+            base = DistillConfig()
+            cfgs = [replace(base, seed=s) for s in seeds]
+            if sched == "reference":
+                cfgs = [_batched_reference(c, "distill") for c in cfgs]
+            t0 = time.perf_counter()
+            heads[sched] = train_distill(data, cfgs, eval_splits=splits, device=args.device)
+            times[sched] = time.perf_counter() - t0
+        head_acc = {k: [r.metrics["test"]["accuracy"] for r in v] for k, v in heads.items()}
+        rows_out.append({"cache": name, "row": "distill head", "vlm": vlm,
+                         "head": {k: float(np.mean(v)) for k, v in head_acc.items()},
+                         "reference": head_acc["reference"], "default": head_acc["default"],
+                         "reference_s": times["reference"], "default_s": times["default"],
+                         "epochs_run": [r.convergence["epochs_run"] for r in heads["default"]]})
+        print(f"[{name}] distill: reference {_ms(head_acc['reference'])} ({times['reference']:.1f} s), default "
+              f"{_ms(head_acc['default'])} ({times['default']:.1f} s)", flush=True)
+        gate_rows = [(g, "adam") for g in GATES.names()] + [("concat", "lbfgs")]
+        for gate, solver in gate_rows:
+            res: dict[str, list[float]] = {}
+            for sched in ("reference", "default"):
+                if solver == "lbfgs" and sched == "reference":
+                    continue
+                cfgs = [GateConfig(gate=gate, seed=s, solver=solver) for s in seeds]
+                if sched == "reference":
+                    cfgs = [_batched_reference(c, "gate") for c in cfgs]
+                t0 = time.perf_counter()
+                out = train_gates(data, cfgs, [r.logits for r in heads[sched]], device=args.device, tau=2.0)
+                times[sched] = time.perf_counter() - t0
+                res[sched] = [r.metrics["test"]["accuracy"] for r in out]
+                if sched == "default":
+                    runs = [r.convergence.get("epochs_run") for r in out]
+            label = gate_display_name(gate) + (" (L-BFGS exact fit)" if solver == "lbfgs" else "")
+            row = {"cache": name, "row": label, "vlm": vlm, "head": {k: float(np.mean(v)) for k, v in head_acc.items()},
+                   "reference": res.get("reference"), "default": res["default"],
+                   "reference_s": times["reference"] if "reference" in res else None, "default_s": times["default"],
+                   "epochs_run": runs}
+            rows_out.append(row)
+            ref_txt = f"reference {_ms(res['reference'])} ({times['reference']:.1f} s), " if "reference" in res else ""
+            print(f"[{name}] {label}: {ref_txt}default {_ms(res['default'])} ({times['default']:.1f} s)", flush=True)
+    return rows_out
+
+
+def _sweep_flops(m: int, rows: int, dim: int, hidden: int, c: int) -> float:
+    """Useful FLOPs of one pass over ``rows`` rows for m members: forward, weight grads, hidden grad."""
+    return m * rows * (2 * dim * hidden + 2 * hidden * c + 2 * dim * hidden + 2 * hidden * c + 2 * c * hidden)
+
+
+def _bare_bmm(m: int, b: int, dim: int, hidden: int, dtype: torch.dtype, device: str, reps: int) -> float:
+    a = torch.randn(m, b, dim, device=device).to(dtype)
+    w = torch.randn(m, dim, hidden, device=device).to(dtype)
+    torch.bmm(a, w)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.bmm(a, w)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * m * b * dim * hidden * reps / (time.perf_counter() - t0) / 1e9
+
+
+def sweep(args: argparse.Namespace, tmp: Path, seeds: list[int]) -> dict[str, Any]:
+    from vea_bench.cache.store import FeatureCache
+    from vea_bench.heads.data import load_head_data
+    from vea_bench.heads.distill import build_distill_head
+    from vea_bench.heads.pipeline import DistillConfig, train_distill
     from vea_bench.heads.sweep import parse_grid
     from vea_bench.heads.synthetic_cache import make_complementary_cache
     from vea_bench.heads.trainer import MemberHyper, SplitInputs, StackedMLP, build_member_modules, train_members
-    from vea_bench.heads.distill import build_distill_head
 
-    out: dict = {"load_before": os.getloadavg(), "device": args.device, "threads": args.threads}
-    tmp = tempfile.TemporaryDirectory()
-    path = args.cache or Path(tmp.name) / "bench.h5"
-    t0 = time.perf_counter()
-    if not path.exists():
-        make_complementary_cache(path, n_train=args.n_train, n_val=args.n_eval, n_test=args.n_eval, dim=args.dim,
-                                 num_classes=args.classes, seed=0, signal=args.signal, backbones=(),
-                                 with_logprobs=False)
+    alphas = parse_grid(args.sweep_alphas)
+    m = len(alphas) * len(seeds)
+    bs, hidden, epochs = 256, 1024, 5
+    path = tmp / "sweep.h5"
+    make_complementary_cache(path, n_train=args.sweep_rows, n_val=256, n_test=256, dim=args.sweep_dim, seed=0,
+                             signal=6.0, backbones=(), with_logprobs=False)
     with FeatureCache.open(path) as c:
         data = load_head_data(c)
-    out["cache_build_and_load_s"] = time.perf_counter() - t0
-    print(f"cache: {args.n_train} x {args.dim} train rows (float16), {args.n_eval} val/test, "
-          f"{out['cache_build_and_load_s']:.1f} s; load avg {out['load_before'][0]:.2f}", flush=True)
-
-    alphas = parse_grid(args.alphas)
-    seeds = parse_grid(args.seeds, int)
-    bs = args.batch_size or DEFAULT_BATCH["distill"]
-    base = DistillConfig(epochs=args.epochs, batch_size=bs)
-    cfgs = [replace(base, alpha=a, seed=s) for a in alphas for s in seeds]
-    ref_cfgs = [apply_schedule(replace(c, schedule="reference"), "distill") for c in cfgs]
-    steps_per_epoch = args.n_train
-
-    # --- reference schedule: time a fraction, extrapolate
     dev = torch.device(args.device)
     tr = data.splits["train"]
-    inputs = SplitInputs([torch.from_numpy(tr.x).to(dev)], [False], torch.from_numpy(tr.y).to(dev),
-                         torch.from_numpy(tr.teacher).to(dev))
-    rc = ref_cfgs[0]
-    heads = build_member_modules(lambda: build_distill_head(data.input_dim, data.num_classes, rc.hidden_dims), [rc.seed])
-    model = StackedMLP(heads, [rc.seed], dev)
-    warm = min(20, args.reference_steps)
-    train_members(model, inputs, [MemberHyper(rc.seed, rc.lr, rc.weight_decay, rc.alpha, rc.tau)], loss="kd",
-                  epochs=1, batch_size=1, max_steps=warm)
-    t1, c1 = time.perf_counter(), time.process_time()
-    train_members(model, inputs, [MemberHyper(rc.seed, rc.lr, rc.weight_decay, rc.alpha, rc.tau)], loss="kd",
-                  epochs=1, batch_size=1, max_steps=args.reference_steps)
-    per_step = (time.perf_counter() - t1) / args.reference_steps
-    cpu_per_step = (time.process_time() - c1) / args.reference_steps
-    ref_total = per_step * steps_per_epoch * args.epochs * len(cfgs)
-    out["reference_s_per_step"] = per_step
-    out["reference_cpu_s_per_step"] = cpu_per_step
-    out["reference_sweep_s_extrapolated"] = ref_total
-    print(f"reference schedule: {per_step * 1e3:.2f} ms/step (timed on {args.reference_steps} steps of batch 1) -> "
-          f"EXTRAPOLATED {ref_total / 3600:.1f} h for {len(cfgs)} configs x {args.epochs} epochs x "
-          f"{steps_per_epoch} steps (CPU time {cpu_per_step * 1e3:.2f} ms/step)", flush=True)
-
-    # --- batched sweep, default schedule
-    res = []
-    if not args.skip_sweep:
-        t2, c2 = time.perf_counter(), time.process_time()
+    steps_total = epochs * -(-args.sweep_rows // bs)
+    out: dict[str, Any] = {"members": m, "rows": args.sweep_rows, "dim": args.sweep_dim, "steps_total": steps_total}
+    print(f"alpha sweep: {len(alphas)} alphas x {len(seeds)} seeds = {m} members, {epochs} epochs of "
+          f"{args.sweep_rows} x {args.sweep_dim}, batch {bs}", flush=True)
+    precs = [p.strip() for p in args.sweep_precisions.split(",") if p.strip()]
+    for prec in precs:
+        dtype = torch.bfloat16 if prec == "bf16" else torch.float32
+        x = torch.from_numpy(tr.x).to(dev)
+        inputs = SplitInputs([x.to(dtype)], [False], torch.from_numpy(tr.y).to(dev), torch.from_numpy(tr.teacher).to(dev))
+        cfgs = [(a, s) for a in alphas for s in seeds]
+        heads = build_member_modules(lambda: build_distill_head(data.input_dim, data.num_classes, [hidden]),
+                                     [s for _, s in cfgs])
+        model = StackedMLP(heads, [s for _, s in cfgs], dev, precision=prec)
+        hyper = [MemberHyper(s, 1e-5 * bs ** 0.5, 1e-4, a, 2.0) for a, s in cfgs]
+        train_members(model, inputs, hyper, loss="kd", epochs=1, batch_size=bs, max_steps=1)   # warm-up
+        steps = args.sweep_steps or steps_total
+        t0 = time.perf_counter()
+        train_members(model, inputs, hyper, loss="kd", epochs=epochs, batch_size=bs, max_steps=steps)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        per_step = (time.perf_counter() - t0) / steps
+        gflops = _sweep_flops(m, bs, args.sweep_dim, hidden, data.num_classes) / per_step / 1e9
+        bare = _bare_bmm(m, bs, args.sweep_dim, hidden, dtype, args.device, reps=3 if prec == "fp32" else 1)
+        total = per_step * steps_total
+        out[prec] = {"s_per_step": per_step, "sweep_s": total, "timed_steps": steps, "gflops": gflops,
+                     "bare_bmm_gflops": bare, "extrapolated": steps < steps_total}
+        how = f"EXTRAPOLATED from {steps} timed steps" if steps < steps_total else "measured"
+        print(f"  {prec}: {per_step:.3f} s/step -> sweep {total:.0f} s ({how}); {gflops:.1f} useful GFLOP/s vs bare "
+              f"bmm [{m}, {bs}, {args.sweep_dim}] x [{m}, {args.sweep_dim}, {hidden}] {bare:.1f} GFLOP/s "
+              f"({gflops / bare:.2f} of it)", flush=True)
+    # accuracy: the same members trained fully in both precisions on a smaller cache
+    path = tmp / "acc.h5"
+    make_complementary_cache(path, n_train=args.acc_rows, n_val=args.val_rows, n_test=args.test_rows, dim=args.acc_dim,
+                             seed=0, signal=6.0, backbones=(), with_logprobs=False)
+    with FeatureCache.open(path) as c:
+        data = load_head_data(c)
+    acc = {}
+    for prec in precs:
+        cfgs = [DistillConfig(alpha=a, seed=s, epochs=epochs, keep="last", patience=None, precision=prec)
+                for a in alphas for s in seeds]
+        t0 = time.perf_counter()
         res = train_distill(data, cfgs, device=args.device)
-        out["batched_sweep_s"] = time.perf_counter() - t2
-        out["batched_sweep_cpu_s"] = time.process_time() - c2
-        accs = np.array([r.metrics["test"]["accuracy"] for r in res])
-        out["batched_test_acc_mean"] = float(accs.mean())
-        out["batched_test_acc"] = {f"alpha={c.alpha:g},seed={c.seed}": float(a) for c, a in zip(cfgs, accs)}
-        print(f"batched sweep (default schedule, batch {bs}, effective lr {cfgs[0].effective_lr:g}): "
-              f"{len(cfgs)} members in {out['batched_sweep_s']:.1f} s wall ({out['batched_sweep_cpu_s']:.0f} s CPU over "
-              f"{args.threads} threads); mean test acc {100 * accs.mean():.2f} %",
-              flush=True)
+        acc[prec] = {"test_acc": [r.metrics["test"]["accuracy"] for r in res], "s": time.perf_counter() - t0}
+        print(f"  accuracy {prec} on {args.acc_rows} x {args.acc_dim}: mean test acc "
+              f"{100 * np.mean(acc[prec]['test_acc']):.2f} % ({acc[prec]['s']:.1f} s)", flush=True)
+    out["accuracy"] = acc
+    out["acc_rows"], out["acc_dim"] = args.acc_rows, args.acc_dim
+    return out
 
-    # --- reference schedule, fully, on the first K members
-    if args.reference_full:
-        t3 = time.perf_counter()
-        full = train_distill(data, ref_cfgs[: args.reference_full], device=args.device)
-        out["reference_full_s"] = time.perf_counter() - t3
-        out["reference_full_test_acc"] = [r.metrics["test"]["accuracy"] for r in full]
-        if res:
-            out["batched_same_members_test_acc"] = [r.metrics["test"]["accuracy"] for r in res[: args.reference_full]]
 
-    # --- both schedules fully on a subset of the same arrays (when the full reference is out of reach)
-    if args.parity_rows:
-        sub = np.arange(min(args.parity_rows, args.n_train))
-        k = args.parity_members
-        t4 = time.perf_counter()
-        ref_sub = train_distill(data, ref_cfgs[:k], rows=[sub] * k, device=args.device)
-        t_ref_sub = time.perf_counter() - t4
-        t5 = time.perf_counter()
-        def_sub = train_distill(data, cfgs[:k], rows=[sub] * k, device=args.device)
-        t_def_sub = time.perf_counter() - t5
-        out["parity"] = {"rows": int(sub.size), "members": k,
-                         "reference_test_acc": [r.metrics["test"]["accuracy"] for r in ref_sub],
-                         "default_test_acc": [r.metrics["test"]["accuracy"] for r in def_sub],
-                         "reference_s": t_ref_sub, "default_s": t_def_sub}
-        print(f"parity on the first {sub.size} train rows, {k} member(s): reference test acc "
-              f"{100 * np.mean(out['parity']['reference_test_acc']):.2f} % ({t_ref_sub:.0f} s), default "
-              f"{100 * np.mean(out['parity']['default_test_acc']):.2f} % ({t_def_sub:.0f} s)", flush=True)
-
-    out["load_after"] = os.getloadavg()
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=2000, help="train rows of the two schedule caches")
+    ap.add_argument("--val-rows", type=int, default=500)
+    ap.add_argument("--test-rows", type=int, default=2000)
+    ap.add_argument("--dim", type=int, default=3584, help="embedding width of the schedule caches")
+    ap.add_argument("--cache-seed", type=int, default=0)
+    ap.add_argument("--caches", default=",".join(CACHES), help="schedule caches: complementary, vlm-stronger")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--sweep-rows", type=int, default=20000)
+    ap.add_argument("--sweep-dim", type=int, default=3584)
+    ap.add_argument("--sweep-alphas", default="0:1:0.1")
+    ap.add_argument("--sweep-precisions", default="fp32,bf16")
+    ap.add_argument("--sweep-steps", type=int, default=0, help="time only this many steps and extrapolate (0: all)")
+    ap.add_argument("--acc-rows", type=int, default=2000, help="train rows for the fp32 vs bf16 accuracy check")
+    ap.add_argument("--acc-dim", type=int, default=3584)
+    ap.add_argument("--skip-schedules", action="store_true")
+    ap.add_argument("--skip-sweep", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"alpha sweep {len(alphas)} x {len(seeds)} seeds on {args.n_train} x {args.dim} ({args.device})")
-    for col in ("schedule", "wall time", "test acc (mean)", "note"):
-        t.add_column(col)
-    if res:
-        t.add_row(f"default (batched, batch {bs})", f"{out['batched_sweep_s']:.0f} s",
-                  f"{100 * out['batched_test_acc_mean']:.2f} %", f"{len(cfgs)} members, one stacked model")
-    ref_acc = "-"
-    note = "time extrapolated from a timed fraction of an epoch"
-    if args.reference_full:
-        ref_acc = f"{100 * float(np.mean(out['reference_full_test_acc'])):.2f} %"
-        note += f"; accuracy of {args.reference_full} member(s) trained fully"
-        if res:
-            same = 100 * float(np.mean(out["batched_same_members_test_acc"]))
-            t.add_row("default, same member(s)", "", f"{same:.2f} %", "for a like-for-like comparison")
-    t.add_row("reference (batch 1, sequential)", f"{ref_total:.0f} s (~{ref_total / 3600:.1f} h)", ref_acc, note)
-    Console().print(t)
-    print(f"load average before {out['load_before']}, after {out['load_after']} (shared machine)")
+    from vea_bench.heads.sweep import parse_grid
+
+    seeds = parse_grid(args.seeds, int)
+    out: dict[str, Any] = {"args": vars(args) | {"json": str(args.json)}, "load_before": os.getloadavg()}
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if not args.skip_schedules:
+            out["schedules"] = schedules(args, tmp, seeds)
+        if not args.skip_sweep:
+            out["sweep"] = sweep(args, tmp, seeds)
+    out["load_after"] = os.getloadavg()
+    out["total_s"] = time.perf_counter() - t_all
+    con = Console(width=200)
+    if "schedules" in out:
+        t = Table(title=f"reference vs default schedule, test accuracy % (mean ± std over {len(seeds)} seeds), "
+                        f"{args.rows} train rows x {args.dim}")
+        for col in ("cache", "row", "VLM alone", "head alone (ref / def)", "reference", "default", "Δ",
+                    "time ref / def (s)", "epochs run (def)", "target"):
+            t.add_column(col)
+        for r in out["schedules"]:
+            d_mean = 100 * np.mean(r["default"])
+            ref_mean = 100 * np.mean(r["reference"]) if r["reference"] else None
+            ok = []
+            if ref_mean is not None:
+                ok.append(d_mean >= ref_mean - 0.5)
+            if r["row"] == "Concat & Linear":
+                ok.append(d_mean >= 100 * max(r["vlm"], r["head"]["default"]))
+            r["target_met"] = all(ok)
+            t.add_row(r["cache"], r["row"], f"{100 * r['vlm']:.2f}",
+                      f"{100 * r['head']['reference']:.2f} / {100 * r['head']['default']:.2f}",
+                      _ms(r["reference"]) if r["reference"] else "-", _ms(r["default"]),
+                      f"{d_mean - ref_mean:+.2f}" if ref_mean is not None else "-",
+                      f"{r['reference_s']:.1f} / {r['default_s']:.1f}" if r["reference_s"] else f"- / {r['default_s']:.1f}",
+                      ",".join(str(e) for e in r["epochs_run"] if e is not None) or "-",
+                      "met" if r["target_met"] else "MISSED")
+        con.print(t)
+    if "sweep" in out:
+        s = out["sweep"]
+        t = Table(title=f"alpha sweep, {s['members']} members x 5 epochs on {s['rows']} x {s['dim']} ({args.device})")
+        for col in ("precision", "s/step", "sweep time", "useful GFLOP/s", "bare bmm GFLOP/s", "fraction",
+                    f"test acc ({s['acc_rows']} x {s['acc_dim']})"):
+            t.add_column(col)
+        for prec in (p for p in ("fp32", "bf16") if p in s):
+            p = s[prec]
+            when = f"{p['sweep_s']:.0f} s" + (" (extrapolated)" if p["extrapolated"] else "")
+            t.add_row(prec, f"{p['s_per_step']:.3f}", when, f"{p['gflops']:.1f}", f"{p['bare_bmm_gflops']:.1f}",
+                      f"{p['gflops'] / p['bare_bmm_gflops']:.2f}", f"{100 * np.mean(s['accuracy'][prec]['test_acc']):.2f}")
+        con.print(t)
+        if "fp32" in s and "bf16" in s:
+            print(f"bf16 / fp32 sweep time: {s['bf16']['sweep_s'] / s['fp32']['sweep_s']:.2f}x; test accuracy "
+                  f"bf16 - fp32: {100 * (np.mean(s['accuracy']['bf16']['test_acc']) - np.mean(s['accuracy']['fp32']['test_acc'])):+.2f} points")
+    print(f"total {out['total_s']:.0f} s; load average before {out['load_before']}, after {out['load_after']} "
+          f"(shared machine)")
     if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+        args.json.write_text(json.dumps(out, indent=2, default=float))
 
 
 if __name__ == "__main__":

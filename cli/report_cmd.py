@@ -95,8 +95,9 @@ def plot(
     dpi: Annotated[int, typer.Option("--dpi", help="Raster resolution.")] = 300,
     font_size: Annotated[float, typer.Option("--font-size", help="Base font size in points (>= 7 for print).")] = 7.5,
     confusion: Annotated[ConfusionChoice, typer.Option("--confusion", help="Confusion matrices of gate/distill runs: latest per config, all, none.")] = ConfusionChoice.latest,
+    loss_curves: Annotated[list[str] | None, typer.Option("--loss-curves", help="Also draw the per-epoch loss curves of these runs (id or prefix; repeat), or 'all'.")] = None,
 ) -> None:
-    """Draw Figure 1 (complementarity), Figure 3 (alpha sweep) and confusion matrices as PNG/PDF."""
+    """Draw Figure 1 (complementarity), Figure 3 (alpha sweep), confusion matrices and loss curves as PNG/PDF."""
     from vea_bench.report.plots import FigureStyle, render_plots
     from vea_bench.report.tables import require_records
 
@@ -110,7 +111,7 @@ def plot(
     run_guarded(require_records, res)
     style = FigureStyle(width=width, dpi=dpi, font_size=font_size)
     written, missing = run_guarded(render_plots, res, out, datasets=datasets, formats=formats, style=style,
-                                   confusion=confusion.value)
+                                   confusion=confusion.value, loss_curves=list(loss_curves or []))
     for why in missing:
         err_console.print(f"[yellow]not drawn:[/] {why}", highlight=False, soft_wrap=True)
     if not written:
@@ -231,6 +232,38 @@ def results_show(
         extra = m.get("extra")
         if extra:
             console.print(f"{split} extra: {json.dumps(extra, default=str)}", highlight=False)
+    if r.convergence:
+        _show_convergence(r.convergence)
+
+
+def _show_convergence(conv: dict[str, Any]) -> None:
+    """How a head converged: the stop reason, the epoch kept and why, and the per-epoch losses."""
+    from rich.table import Table
+
+    console.rule("convergence")
+    console.print(f"solver {conv.get('solver')}  precision {conv.get('precision')}  schedule {conv.get('schedule')}  "
+                  f"epochs run {conv.get('epochs_run')} of {conv.get('max_epochs')}  patience {conv.get('patience')}",
+                  highlight=False)
+    console.print(f"kept epoch {conv.get('kept_epoch')}: {conv.get('kept_because')}", highlight=False)
+    console.print(f"stopped: {conv.get('stop_reason')}", highlight=False)
+    if conv.get("still_improving"):
+        console.print("[yellow]warning:[/] still improving at its last epoch; a larger --epochs budget may help",
+                      highlight=False)
+    inp, gv = conv.get("inputs_val_accuracy"), conv.get("gate_val_accuracy")
+    if inp and gv is not None:
+        parts = ", ".join(f"{k} alone {100 * v:.2f}" for k, v in inp.items())
+        console.print(f"val accuracy: gate {100 * gv:.2f}, {parts}", highlight=False)
+        if gv < max(inp.values()):
+            console.print("[yellow]warning:[/] the gate ends below the better of its two inputs on val", highlight=False)
+    tl, vl, va = conv.get("train_loss") or [], conv.get("val_loss") or [], conv.get("val_accuracy") or []
+    if tl:
+        t = Table(title="per epoch", title_justify="left")
+        for col in ("epoch", "train loss", "val loss", "val acc", ""):
+            t.add_column(col, justify="right" if col else "left")
+        for e, loss in enumerate(tl, start=1):
+            t.add_row(str(e), f"{loss:.4f}", f"{vl[e - 1]:.4f}" if e <= len(vl) else "",
+                      f"{100 * va[e - 1]:.2f}" if e <= len(va) else "", "kept" if e == conv.get("kept_epoch") else "")
+        console.print(t)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vea_bench_cli.common import console, echo_path, err_console, run_guarded
+from vea_bench_cli.common import console, echo_path, err_console, run_guarded, setup_logging
 from vea_bench_cli.train_heads_cmd import (
     AlphaOpt,
     CacheOpt,
@@ -17,9 +17,12 @@ from vea_bench_cli.train_heads_cmd import (
     GateFitOpt,
     KeepOpt,
     LrScalingOpt,
+    PatienceOpt,
+    PrecisionOpt,
     QuietOpt,
     ResultsOpt,
     ScheduleOpt,
+    SolverOpt,
     TauOpt,
     TeacherOpt,
     VisualOpt,
@@ -36,11 +39,13 @@ app = typer.Typer(no_args_is_help=True)
 SeedsOpt = Annotated[str, typer.Option("--seeds", help="seeds: comma list or start:stop:step (inclusive).")]
 LrsOpt = Annotated[Optional[str], typer.Option("--lrs", help="distill learning rates to cross with the grid (comma list).")]
 DistillLrOpt = Annotated[Optional[float], typer.Option("--lr", help="distill Adam lr (1e-5).")]
-EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="distill epochs (5).")]
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="distill epoch budget (default schedule 60, early-stopped on val; reference 5).")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="distill mini-batch (default schedule: 256; Adam lr scaled by sqrt(batch)).")]
-GateLrOpt = Annotated[Optional[float], typer.Option("--gate-lr", help="gate Adam lr (1e-4).")]
-GateEpochsOpt = Annotated[Optional[int], typer.Option("--gate-epochs", help="gate epochs (10).")]
-GateBatchOpt = Annotated[Optional[int], typer.Option("--gate-batch-size", help="gate mini-batch (default schedule: 32; Adam lr scaled by sqrt(batch)).")]
+GateLrOpt = Annotated[Optional[float], typer.Option("--gate-lr", help="gate Adam batch-1 lr (default schedule 1e-3, reference 1e-4).")]
+GateEpochsOpt = Annotated[Optional[int], typer.Option("--gate-epochs", help="gate epoch budget (default schedule 200, early-stopped on val; reference 10).")]
+GatePatienceOpt = Annotated[Optional[int], typer.Option(
+    "--gate-patience", help="gate early-stopping patience (default schedule: 15; 0: never).")]
+GateBatchOpt = Annotated[Optional[int], typer.Option("--gate-batch-size", help="gate mini-batch (default schedule: 64; Adam lr scaled by sqrt(batch)).")]
 
 
 class LiveSweep:
@@ -95,6 +100,7 @@ def _sweep(kind: str, *, cache: Path, seeds: str, alphas: str | None, depths: st
     def go() -> None:
         from vea_bench.heads.sweep import parse_grid, parse_names, plan_sweep, run_plan
 
+        setup_logging(opts["quiet"])
         seed_list = parse_grid(seeds, int, flag="--seeds")
         alpha_list = parse_grid(alphas, float, flag="--alphas") if alphas else None
         depth_list = parse_grid(depths, int, flag="--depths") if depths else None
@@ -103,12 +109,14 @@ def _sweep(kind: str, *, cache: Path, seeds: str, alphas: str | None, depths: st
         dcfg = distill_config(depth=opts["depth"], alpha=opts["alpha"], tau=opts["tau"], lr=opts["lr"],
                               weight_decay=None, epochs=opts["epochs"], batch_size=opts["batch_size"],
                               dropout=opts["dropout"], seed=seed_list[0], keep=opts["keep"], schedule=opts["schedule"],
-                              lr_scaling=opts["lr_scaling"])
+                              lr_scaling=opts["lr_scaling"], patience=opts.get("patience"),
+                              precision=opts.get("precision", "fp32"))
         gcfg = gate_config(gate=opts.get("gate", "concat"), gate_fit=opts.get("gate_fit", "train"),
                            folds=opts.get("folds", 5), vlm_input=opts.get("vlm_input", "onehot"), lr=opts.get("gate_lr"),
                            weight_decay=None, epochs=opts.get("gate_epochs"), batch_size=opts.get("gate_batch_size"),
                            seed=seed_list[0], keep=opts["keep"], schedule=opts["schedule"],
-                           lr_scaling=opts["lr_scaling"])
+                           lr_scaling=opts["lr_scaling"], patience=opts.get("gate_patience"),
+                           solver=opts.get("solver", "adam"))
         plan = plan_sweep(kind, dcfg, gcfg, seeds=seed_list, alphas=alpha_list, depths=depth_list, lrs=lr_list,
                           gates=gate_list)
         need = ("visual", "teacher", "vlm") if plan.gates else ("visual", "teacher")
@@ -141,17 +149,19 @@ def sweep_alpha(
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
     dropout: DropoutOpt = 0.1,
-    keep: KeepOpt = "last",
+    keep: KeepOpt = None,
     schedule: ScheduleOpt = "default",
     lr_scaling: LrScalingOpt = "sqrt",
+    patience: PatienceOpt = None,
+    precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
 ) -> None:
     """Distill heads over alphas x seeds (paper Figure 3), all members as one batched model."""
     opts = dict(visual=visual, teacher=teacher, depth=depth, alpha=0.5, tau=tau, lr=lr, epochs=epochs,
-                batch_size=batch_size, dropout=dropout, keep=keep, schedule=schedule, lr_scaling=lr_scaling, device=device,
-                results=results, quiet=quiet)
+                batch_size=batch_size, dropout=dropout, keep=keep, schedule=schedule, lr_scaling=lr_scaling, patience=patience,
+                precision=precision, device=device, results=results, quiet=quiet)
     _sweep("alpha", cache=cache, seeds=seeds, alphas=alphas, depths=None, gates=None, lrs=lrs, opts=opts)
 
 
@@ -169,17 +179,19 @@ def sweep_depth(
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
     dropout: DropoutOpt = 0.1,
-    keep: KeepOpt = "last",
+    keep: KeepOpt = None,
     schedule: ScheduleOpt = "default",
     lr_scaling: LrScalingOpt = "sqrt",
+    patience: PatienceOpt = None,
+    precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
 ) -> None:
     """Distill heads over depths x seeds (paper Table 3); each depth's members batched."""
     opts = dict(visual=visual, teacher=teacher, depth=1, alpha=alpha, tau=tau, lr=lr, epochs=epochs,
-                batch_size=batch_size, dropout=dropout, keep=keep, schedule=schedule, lr_scaling=lr_scaling, device=device,
-                results=results, quiet=quiet)
+                batch_size=batch_size, dropout=dropout, keep=keep, schedule=schedule, lr_scaling=lr_scaling, patience=patience,
+                precision=precision, device=device, results=results, quiet=quiet)
     _sweep("depth", cache=cache, seeds=seeds, alphas=None, depths=depths, gates=None, lrs=lrs, opts=opts)
 
 
@@ -208,9 +220,13 @@ def sweep_gate(
     gate_lr: GateLrOpt = None,
     gate_epochs: GateEpochsOpt = None,
     gate_batch_size: GateBatchOpt = None,
-    keep: KeepOpt = "last",
+    gate_patience: GatePatienceOpt = None,
+    solver: SolverOpt = "adam",
+    keep: KeepOpt = None,
     schedule: ScheduleOpt = "default",
     lr_scaling: LrScalingOpt = "sqrt",
+    patience: PatienceOpt = None,
+    precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
@@ -219,7 +235,8 @@ def sweep_gate(
     opts = dict(visual=visual, teacher=teacher, vlm=vlm, vlm_input=vlm_input, gate_fit=gate_fit, folds=folds,
                 depth=depth, alpha=alpha, tau=tau, lr=lr, epochs=epochs, batch_size=batch_size, dropout=dropout,
                 gate_lr=gate_lr, gate_epochs=gate_epochs, gate_batch_size=gate_batch_size, keep=keep,
-                schedule=schedule, lr_scaling=lr_scaling, device=device, results=results, quiet=quiet)
+                schedule=schedule, lr_scaling=lr_scaling, patience=patience, precision=precision,
+                gate_patience=gate_patience, solver=solver, device=device, results=results, quiet=quiet)
     _gate_sweep("gate", cache, seeds, gates, opts)
 
 
@@ -244,9 +261,13 @@ def sweep_seed(
     gate_lr: GateLrOpt = None,
     gate_epochs: GateEpochsOpt = None,
     gate_batch_size: GateBatchOpt = None,
-    keep: KeepOpt = "last",
+    gate_patience: GatePatienceOpt = None,
+    solver: SolverOpt = "adam",
+    keep: KeepOpt = None,
     schedule: ScheduleOpt = "default",
     lr_scaling: LrScalingOpt = "sqrt",
+    patience: PatienceOpt = None,
+    precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
@@ -255,5 +276,6 @@ def sweep_seed(
     opts = dict(visual=visual, teacher=teacher, vlm=vlm, vlm_input=vlm_input, gate=gate, gate_fit=gate_fit,
                 folds=folds, depth=depth, alpha=alpha, tau=tau, lr=lr, epochs=epochs, batch_size=batch_size,
                 dropout=dropout, gate_lr=gate_lr, gate_epochs=gate_epochs, gate_batch_size=gate_batch_size, keep=keep,
-                schedule=schedule, lr_scaling=lr_scaling, device=device, results=results, quiet=quiet)
+                schedule=schedule, lr_scaling=lr_scaling, patience=patience, precision=precision,
+                gate_patience=gate_patience, solver=solver, device=device, results=results, quiet=quiet)
     _gate_sweep("seed", cache, seeds, gate, opts)

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vea_bench_cli.common import console, echo_path, run_guarded
+from vea_bench_cli.common import console, echo_path, run_guarded, setup_logging
 from vea_bench_cli.train_cmd import app
 
 # Shared option definitions (the sweep commands use them too).
@@ -20,8 +20,15 @@ TauOpt = Annotated[float, typer.Option("--tau", help="KD temperature.")]
 DropoutOpt = Annotated[float, typer.Option("--dropout", help="distill head dropout.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of init, data order and dropout.")]
 ScheduleOpt = Annotated[str, typer.Option(
-    "--schedule", help="default (mini-batches, members batched) or reference (batch 1, reference lrs, last epoch).")]
-KeepOpt = Annotated[str, typer.Option("--keep", help="which epoch's weights to keep: last (reference) or best (on val).")]
+    "--schedule", help="default (mini-batches, epoch budget, early stopping on val, best epoch kept; members "
+                       "batched) or reference (batch 1, reference lrs, fixed epochs, last epoch: a faithful reproduction).")]
+KeepOpt = Annotated[Optional[str], typer.Option(
+    "--keep", help="which epoch's weights to keep: best (on val; default schedule) or last (reference).")]
+PatienceOpt = Annotated[Optional[int], typer.Option(
+    "--patience", help="default schedule: stop a member after this many epochs without val improvement (0: never).")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="distill head matmuls: fp32, bf16 (fp32 master weights, Adam state and loss) or auto "
+                        "(bf16 on a bf16-capable CUDA device, fp32 elsewhere).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
 ResultsOpt = Annotated[Path, typer.Option("--results", help="folder for run records and weights.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="print only the record path(s).")]
@@ -31,6 +38,8 @@ GateFitOpt = Annotated[str, typer.Option(
 FoldsOpt = Annotated[int, typer.Option("--folds", help="K for --gate-fit crossfit.")]
 LrScalingOpt = Annotated[str, typer.Option(
     "--lr-scaling", help="--lr is the batch-1 rate; at batch B Adam uses lr*sqrt(B) (sqrt), lr*B (linear) or lr (none).")]
+SolverOpt = Annotated[str, typer.Option(
+    "--solver", help="gate fit: adam (the schedule) or lbfgs (concat only: exact full-batch fit, no schedule).")]
 VlmInputOpt = Annotated[str, typer.Option("--vlm-input", help="onehot (paper) or logprobs (softmax of per-label log-probs).")]
 
 
@@ -44,34 +53,56 @@ def load_data(cache: Path, *, need: tuple[str, ...], visual: str | None = None, 
         return load_head_data(c, visual=visual, teacher=teacher, vlm=vlm, need=need, vlm_input=vlm_input)
 
 
+def _patience(patience: int | None) -> Any:
+    """``--patience 0`` turns early stopping off (``None``); unset keeps the schedule's own."""
+    if patience is None:
+        return None
+    if patience < 0:
+        from vea_bench.errors import ConfigError
+
+        raise ConfigError("--patience must be 0 (off) or positive")
+    return "off" if patience == 0 else patience
+
+
 def distill_config(*, depth: int, alpha: float, tau: float, lr: float | None, weight_decay: float | None,
-                   epochs: int | None, batch_size: int | None, dropout: float, seed: int, keep: str,
-                   schedule: str, lr_scaling: str = "sqrt") -> Any:
+                   epochs: int | None, batch_size: int | None, dropout: float, seed: int, keep: str | None,
+                   schedule: str, lr_scaling: str = "sqrt", patience: int | None = None,
+                   precision: str = "fp32") -> Any:
     from dataclasses import replace
 
     from vea_bench.heads.pipeline import DistillConfig, apply_schedule
 
-    explicit = {"lr": lr, "weight_decay": weight_decay, "epochs": epochs, "batch_size": batch_size,
-                "keep": keep if keep != "last" else None, "lr_scaling": lr_scaling if lr_scaling != "sqrt" else None}
-    cfg = DistillConfig(depth=depth, alpha=alpha, tau=tau, dropout=dropout, seed=seed, keep=keep, schedule=schedule,
-                        lr_scaling=lr_scaling)
+    pat = _patience(patience)
+    explicit = {"lr": lr, "weight_decay": weight_decay, "epochs": epochs, "batch_size": batch_size, "keep": keep,
+                "lr_scaling": lr_scaling if lr_scaling != "sqrt" else None,
+                "precision": precision if precision != "fp32" else None}
+    cfg = DistillConfig(depth=depth, alpha=alpha, tau=tau, dropout=dropout, seed=seed, schedule=schedule,
+                        lr_scaling=lr_scaling, precision=precision)
     cfg = replace(cfg, **{k: v for k, v in explicit.items() if v is not None})
+    if pat is not None:
+        cfg = replace(cfg, patience=None if pat == "off" else pat)
+        explicit["patience"] = cfg.patience
     return apply_schedule(cfg, "distill", explicit=explicit)
 
 
 def gate_config(*, gate: str, gate_fit: str, folds: int, vlm_input: str, lr: float | None,
-                weight_decay: float | None, epochs: int | None, batch_size: int | None, seed: int, keep: str,
-                schedule: str, lr_scaling: str = "sqrt") -> Any:
+                weight_decay: float | None, epochs: int | None, batch_size: int | None, seed: int, keep: str | None,
+                schedule: str, lr_scaling: str = "sqrt", patience: int | None = None, solver: str = "adam") -> Any:
     from dataclasses import replace
 
     from vea_bench.heads.pipeline import GateConfig, apply_schedule
 
-    explicit = {"lr": lr, "weight_decay": weight_decay, "epochs": epochs, "batch_size": batch_size,
-                "keep": keep if keep != "last" else None, "gate_fit": gate_fit if gate_fit != "train" else None,
-                "lr_scaling": lr_scaling if lr_scaling != "sqrt" else None}
-    cfg = GateConfig(gate=gate, gate_fit=gate_fit, folds=folds, vlm_input=vlm_input, seed=seed, keep=keep,
-                     schedule=schedule, lr_scaling=lr_scaling)
+    pat = _patience(patience)
+    explicit = {"lr": lr, "weight_decay": weight_decay, "epochs": epochs, "batch_size": batch_size, "keep": keep,
+                "gate_fit": gate_fit if gate_fit != "train" else None,
+                "lr_scaling": lr_scaling if lr_scaling != "sqrt" else None,
+                "solver": solver if solver != "adam" else None}
+    cfg = GateConfig(gate=gate, gate_fit=gate_fit, folds=folds, vlm_input=vlm_input, seed=seed, schedule=schedule,
+                     lr_scaling=lr_scaling, solver=solver)
     cfg = replace(cfg, **{k: v for k, v in explicit.items() if v is not None})
+    if pat is not None:
+        cfg = replace(cfg, patience=None if pat == "off" else pat)
+        explicit["patience"] = cfg.patience
     return apply_schedule(cfg, "gate", explicit=explicit)
 
 
@@ -80,7 +111,8 @@ def show_records(records: list[Any], title: str) -> None:
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("run", "method", "config", "val acc", "test acc", "test macro-F1", "test KL", "params"):
+    for col in ("run", "method", "config", "val acc", "test acc", "test macro-F1", "test KL", "params",
+                "epoch kept / run"):
         t.add_column(col)
     for r in records:
         cfg = r.config
@@ -92,8 +124,10 @@ def show_records(records: list[Any], title: str) -> None:
             v = r.metrics.get(split, {}).get(key)
             return "-" if v is None else (f"{100 * v:.2f}" if key != "kl_to_teacher" else f"{v:.4f}")
 
+        conv = r.convergence or {}
+        epochs = f"{conv.get('kept_epoch')} / {conv.get('epochs_run')}" if conv.get("epochs_run") else "-"
         t.add_row(r.run_id, r.method, desc, f("val", "accuracy"), f("test", "accuracy"), f("test", "macro_f1"),
-                  f("test", "kl_to_teacher"), f"{r.params:,}")
+                  f("test", "kl_to_teacher"), f"{r.params:,}", epochs)
     console.print(t)
 
 
@@ -107,13 +141,15 @@ def distill_cmd(
     tau: TauOpt = 2.0,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adam lr (default 1e-5, the reference code's; the paper says 1e-3).")] = None,
     weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="Adam L2 weight decay (1e-4).")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="epochs (5).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="epoch budget (default schedule: 60, early-stopped on val; reference: 5).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="mini-batch size (default schedule: 256; Adam lr scaled by sqrt(batch)).")] = None,
     dropout: DropoutOpt = 0.1,
     seed: SeedOpt = 0,
-    keep: KeepOpt = "last",
+    keep: KeepOpt = None,
     schedule: ScheduleOpt = "default",
     lr_scaling: LrScalingOpt = "sqrt",
+    patience: PatienceOpt = None,
+    precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
@@ -124,9 +160,10 @@ def distill_cmd(
         from vea_bench.heads.sweep import SweepPlan, run_plan
         from vea_bench_cli.common import RichProgress
 
+        setup_logging(quiet)
         cfg = distill_config(depth=depth, alpha=alpha, tau=tau, lr=lr, weight_decay=weight_decay, epochs=epochs,
                              batch_size=batch_size, dropout=dropout, seed=seed, keep=keep, schedule=schedule,
-                             lr_scaling=lr_scaling)
+                             lr_scaling=lr_scaling, patience=patience, precision=precision)
         data = load_data(cache, need=("visual", "teacher"), visual=visual, teacher=teacher)
         recs = run_plan(SweepPlan("distill", [cfg], []), data, results_dir=results, device=device,
                         progress=RichProgress("step", quiet=quiet), group=None)
@@ -155,17 +192,20 @@ def gate_cmd(
     alpha: AlphaOpt = 0.5,
     tau: TauOpt = 2.0,
     distill_lr: Annotated[Optional[float], typer.Option("--distill-lr", help="distill Adam lr (1e-5).")] = None,
-    distill_epochs: Annotated[Optional[int], typer.Option("--distill-epochs", help="distill epochs (5).")] = None,
+    distill_epochs: Annotated[Optional[int], typer.Option("--distill-epochs", help="distill epoch budget (default schedule 60, early-stopped; reference 5).")] = None,
     distill_batch_size: Annotated[Optional[int], typer.Option("--distill-batch-size", help="distill mini-batch.")] = None,
     dropout: DropoutOpt = 0.1,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="gate Adam lr (default 1e-4, the reference code's).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="gate Adam batch-1 lr (default schedule 1e-3; reference 1e-4, the reference code's).")] = None,
     weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="gate Adam weight decay (1e-4).")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="gate epochs (10).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="gate mini-batch size (default schedule: 32; Adam lr scaled by sqrt(batch)).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="gate epoch budget (default schedule: 200, early-stopped on val; reference: 10).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="gate mini-batch size (default schedule: 64; Adam lr scaled by sqrt(batch)).")] = None,
     seed: SeedOpt = 0,
-    keep: KeepOpt = "last",
+    keep: KeepOpt = None,
     schedule: ScheduleOpt = "default",
     lr_scaling: LrScalingOpt = "sqrt",
+    patience: PatienceOpt = None,
+    solver: SolverOpt = "adam",
+    precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
@@ -177,12 +217,13 @@ def gate_cmd(
         from vea_bench.heads.sweep import SweepPlan, run_plan
         from vea_bench_cli.common import RichProgress
 
+        setup_logging(quiet)
         gcfg = gate_config(gate=gate, gate_fit=gate_fit, folds=folds, vlm_input=vlm_input, lr=lr,
                            weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, seed=seed, keep=keep,
-                           schedule=schedule, lr_scaling=lr_scaling)
+                           schedule=schedule, lr_scaling=lr_scaling, patience=patience, solver=solver)
         dcfg = distill_config(depth=depth, alpha=alpha, tau=tau, lr=distill_lr, weight_decay=None,
                               epochs=distill_epochs, batch_size=distill_batch_size, dropout=dropout, seed=seed,
-                              keep=keep, schedule=schedule, lr_scaling=lr_scaling)
+                              keep=keep, schedule=schedule, lr_scaling=lr_scaling, precision=precision)
         data = load_data(cache, need=("visual", "teacher", "vlm"), visual=visual, teacher=teacher, vlm=vlm,
                          vlm_input=gcfg.vlm_input)
         reused = None

@@ -139,6 +139,8 @@ class RunRecord:
     run_id: str = ""
     wall_time_s: float | None = None
     schema: str = RECORD_SCHEMA
+    # How a trained head converged (epochs run, epoch kept and why, per-epoch losses, stop reason).
+    convergence: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in RUN_KINDS:

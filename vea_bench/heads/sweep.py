@@ -24,8 +24,10 @@ from vea_bench.heads.pipeline import (
     distill_record,
     gate_inputs,
     gate_record,
+    member_label,
     train_distill,
     train_gates,
+    warn_convergence,
 )
 from vea_bench.progress import Progress
 from vea_bench.records import RunRecord
@@ -159,7 +161,9 @@ def run_plan(
         splits = list(data.splits) if need_train else data.eval_splits()
         distill_results = train_distill(data, plan.distill, eval_splits=splits, device=device, progress=progress)
         for r in distill_results:
-            records.append(distill_record(data, r, results_dir=results_dir, group=group, device=device))
+            rec = distill_record(data, r, results_dir=results_dir, group=group, device=device)
+            warn_convergence(f"{rec.run_id} ({member_label(r.config)})", r.convergence)
+            records.append(rec)
     if not plan.gates:
         return records
     by_fit: dict[tuple[str, int], list[int]] = {}
@@ -177,6 +181,8 @@ def run_plan(
             gate_res[j] = r
     for j, r in enumerate(gate_res):
         assert r is not None
-        records.append(gate_record(data, r, distill_results[plan.gates[j][1]], results_dir=results_dir, group=group,
-                                   distill_run=distill_run, device=device))
+        rec = gate_record(data, r, distill_results[plan.gates[j][1]], results_dir=results_dir, group=group,
+                          distill_run=distill_run, device=device)
+        warn_convergence(f"{rec.run_id} ({member_label(r.config)})", r.convergence)
+        records.append(rec)
     return records

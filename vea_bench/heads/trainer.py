@@ -29,6 +29,7 @@ from vea_bench.progress import Progress, ensure
 
 _STREAMS = {"init": 0, "order": 1, "dropout": 2, "gate-init": 3, "gate-order": 4, "folds": 5}
 KEEP_CHOICES = ("last", "best")
+PRECISIONS = ("fp32", "bf16")
 EVAL_CHUNK = 1024
 
 
@@ -74,7 +75,10 @@ class StackedMLP:
     that requires grad; calling ``backward`` on a loss of them fills each weight's ``.grad``.
     """
 
-    def __init__(self, heads: Sequence[nn.Module], dropout_seeds: Sequence[int], device: torch.device) -> None:
+    def __init__(self, heads: Sequence[nn.Module], dropout_seeds: Sequence[int], device: torch.device,
+                 precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown --precision '{precision}' (choices: fp32, bf16, auto)")
         linears = [[m for m in h.modules() if isinstance(m, nn.Linear)] for h in heads]
         self.names = [n for n, m in heads[0].named_modules() if isinstance(m, nn.Linear)]
         self.weights: list[torch.Tensor] = []
@@ -88,12 +92,50 @@ class StackedMLP:
         self.p = float(drops[0]) if drops else 0.0
         self.gens = [torch.Generator(device=device).manual_seed(stream_seed(s, "dropout")) for s in dropout_seeds]
         self.device = device
+        self.precision = precision
+        self.compute_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self._grads: list[torch.Tensor] | None = None
+        self._low: list[torch.Tensor] | None = None     # bf16 copies of the grads (bf16 only)
         self._masks: dict[tuple[int, ...], torch.Tensor] = {}
+        self._cast: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def params(self) -> list[torch.Tensor]:
         return [t for pair in zip(self.weights, self.biases) for t in pair]
+
+    def subset(self, keep: Sequence[int]) -> StackedMLP:
+        """A model of members ``keep`` only (copies of their current weights and dropout generators).
+
+        Why: members that stopped early leave the stacked GEMMs, so the rest run at their own cost;
+        each member's arithmetic is its own slice of the batched products, so it is unchanged.
+        """
+        new = object.__new__(StackedMLP)
+        idx = torch.as_tensor(list(keep), dtype=torch.long, device=self.device)
+        new.names, new.p, new.device = self.names, self.p, self.device
+        new.precision, new.compute_dtype = self.precision, self.compute_dtype
+        new.weights = [w.detach().index_select(0, idx).contiguous().requires_grad_() for w in self.weights]
+        new.biases = [b.detach().index_select(0, idx).contiguous().requires_grad_() for b in self.biases]
+        new.gens = [self.gens[k] for k in keep]
+        new._grads, new._low, new._masks, new._cast = None, None, {}, {}
+        return new
+
+    def params_changed(self) -> None:
+        """Call after writing the weights outside the optimiser (restoring a best epoch)."""
+        self._cast = {}
+
+    def _weight(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's weight and bias in the compute dtype.
+
+        bf16 copies are made once per optimiser step: the cache is dropped at the end of each
+        backward (an update follows) and reused by every forward until then (eval chunks).
+        """
+        w, b = self.weights[i].detach(), self.biases[i].detach()
+        if self.compute_dtype == torch.float32:
+            return w, b
+        hit = self._cast.get(i)
+        if hit is None:
+            hit = self._cast[i] = (w.to(self.compute_dtype), b.to(self.compute_dtype))
+        return hit
 
     def _mask(self, layer: int, shape: torch.Size) -> torch.Tensor:
         """This step's keep-masks ``[M, B, H]`` (0/1), each member's from its own generator."""
@@ -101,7 +143,7 @@ class StackedMLP:
         buf = self._masks.get(key)
         if buf is None:
             self._masks = {k: v for k, v in self._masks.items() if k[0] != layer}   # a new batch shape
-            buf = self._masks[key] = torch.empty(shape, device=self.device)
+            buf = self._masks[key] = torch.empty(shape, device=self.device, dtype=self.compute_dtype)
         keep = 1.0 - self.p
         for j, g in enumerate(self.gens):
             buf[j].bernoulli_(keep, generator=g)
@@ -109,16 +151,17 @@ class StackedMLP:
 
     @torch.no_grad()
     def forward(self, inputs: Sequence[torch.Tensor], train: bool) -> torch.Tensor:
-        h = inputs[0]
+        h = inputs[0].to(self.compute_dtype)
         last = len(self.weights) - 1
         drop = train and self.p > 0
         keep = 1.0 - self.p
         saved: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []  # (input, pre-act, mask)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for i in range(len(self.weights)):
+            w, b = self._weight(i)
             z = torch.baddbmm(b, h, w)
             if i == last:
                 saved.append((h, None, None))
-                h = z
+                h = z.float()   # the loss is always computed in fp32
                 break
             a = F.gelu(z)
             mask = None
@@ -138,22 +181,30 @@ class StackedMLP:
         """Weight and bias gradients from d(loss)/d(logits), written into the persistent buffers."""
         if self._grads is None:
             self._grads = [torch.empty_like(p) for p in self.params]
+            if self.compute_dtype != torch.float32:
+                self._low = [torch.empty_like(w, dtype=self.compute_dtype) for w in self.weights]
         keep = 1.0 - self.p
-        g = grad_out
+        g = grad_out.to(self.compute_dtype)
         for i in range(len(self.weights) - 1, -1, -1):
             x, _, _ = saved[i]
             gw, gb = self._grads[2 * i], self._grads[2 * i + 1]
-            torch.bmm(x.transpose(1, 2), g, out=gw)
-            torch.sum(g, dim=1, keepdim=True, out=gb)
+            if self._low is None:
+                torch.bmm(x.transpose(1, 2), g, out=gw)
+                torch.sum(g, dim=1, keepdim=True, out=gb)
+            else:   # bf16 products, fp32 gradients for the fp32 master weights and Adam state
+                torch.bmm(x.transpose(1, 2), g, out=self._low[i])
+                gw.copy_(self._low[i])
+                torch.sum(g, dim=1, keepdim=True, dtype=torch.float32, out=gb)
             self.weights[i].grad = gw
             self.biases[i].grad = gb
             if i > 0:
                 _, z, mask = saved[i - 1]
-                ga = torch.bmm(g, self.weights[i].detach().transpose(1, 2))
+                ga = torch.bmm(g, self._weight(i)[0].transpose(1, 2))
                 if mask is not None:
                     ga.div_(keep).mul_(mask)
                 g = torch.ops.aten.gelu_backward(ga, z)
         saved.clear()
+        self._cast = {}   # the optimiser step that follows changes the weights
 
     def state_dict(self, m: int) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -188,6 +239,17 @@ class VmappedModules:
 
         return vmap(one)(tuple(self._params), *inputs)
 
+    def params_changed(self) -> None:
+        return None
+
+    def subset(self, keep: Sequence[int]) -> VmappedModules:
+        """A model of members ``keep`` only (see `StackedMLP.subset`)."""
+        new = object.__new__(VmappedModules)
+        idx = torch.as_tensor(list(keep), dtype=torch.long, device=self._params[0].device)
+        new.names, new.base = self.names, self.base
+        new._params = [p.detach().index_select(0, idx).contiguous().requires_grad_() for p in self._params]
+        return new
+
     def state_dict(self, m: int) -> dict[str, torch.Tensor]:
         return {n: p[m].detach().contiguous().cpu() for n, p in zip(self.names, self._params)}
 
@@ -217,6 +279,15 @@ class BatchedAdam:
             groups.setdefault(key, []).append(j)
         self._groups = list(groups.items())
         self._fused = hasattr(torch, "_fused_adam_")
+
+    def subset(self, keep: Sequence[int], params: Sequence[torch.Tensor]) -> BatchedAdam:
+        """The optimiser of members ``keep`` over ``params`` (their compacted model): moments sliced, step kept."""
+        new = BatchedAdam(params, [self.lr[k] for k in keep], [self.wd[k] for k in keep], (self.b1, self.b2), self.eps)
+        idx = torch.as_tensor(list(keep), dtype=torch.long, device=self.params[0].device)
+        new.t = self.t
+        new.m = [m.index_select(0, idx).contiguous() for m in self.m]
+        new.v = [v.index_select(0, idx).contiguous() for v in self.v]
+        return new
 
     @torch.no_grad()
     def step(self) -> None:
@@ -266,18 +337,22 @@ class SplitInputs:
     y: torch.Tensor
     teacher: torch.Tensor | None = None
 
-    def gather(self, rows: torch.Tensor, m: int, buffers: dict[int, torch.Tensor] | None = None
-               ) -> list[torch.Tensor]:
+    def gather(self, rows: torch.Tensor, m: int, buffers: dict[int, torch.Tensor] | None = None,
+               members: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Rows ``[M, B]`` (one order per member) or ``[B]`` (the same rows for all) -> ``[M, B, F]``.
 
         ``buffers`` (a dict the caller keeps between steps) receives the gathered shared tables so
         each training step reuses the same memory instead of allocating ``M x B x F`` afresh.
+        ``members`` names which members' per-member tables to read (those still training).
         """
         out = []
-        ar = torch.arange(m, device=rows.device).unsqueeze(1)
+        ar = (torch.arange(m, device=rows.device) if members is None else members).unsqueeze(1)
         for k, (t, per) in enumerate(zip(self.tables, self.per_member)):
             if rows.dim() == 1:
-                out.append(t[:, rows] if per else t[rows].unsqueeze(0).expand(m, -1, -1))
+                if per:
+                    out.append(t[:, rows] if members is None else t[members][:, rows])
+                else:
+                    out.append(t[rows].unsqueeze(0).expand(m, -1, -1))
             elif per:
                 out.append(t[ar, rows])
             elif buffers is None:
@@ -307,26 +382,77 @@ class MemberHyper:
 
 
 @dataclass
+class MemberHistory:
+    """How one member converged: per-epoch losses and val accuracy, the epoch kept and why it stopped."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    kept_epoch: int = 0
+    kept_because: str = ""
+    stop_reason: str = ""
+    best_val_epoch: int = 0        # the epoch of best val score, whatever was kept
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.train_loss)
+
+
+@dataclass
 class TrainOutput:
-    """States (per member, standard module state dicts), eval logits per split ``[M, N, C]``, history."""
+    """States (per member, standard module state dicts), eval logits per split ``[M, N, C]``, histories."""
 
     states: list[dict[str, torch.Tensor]]
     logits: dict[str, np.ndarray]
     best_epoch: list[int]
-    train_loss: list[list[float]] = field(default_factory=list)   # per epoch, per member
-    val_accuracy: list[list[float]] = field(default_factory=list)
+    history: list[MemberHistory] = field(default_factory=list)
 
 
 @torch.no_grad()
-def predict(model: Any, split: SplitInputs, m: int, chunk: int = EVAL_CHUNK) -> torch.Tensor:
-    """Eval-mode logits ``[M, N, C]`` of all members on a whole split."""
+def predict(model: Any, split: SplitInputs, m: int, chunk: int = EVAL_CHUNK,
+            members: torch.Tensor | None = None) -> torch.Tensor:
+    """Eval-mode logits ``[M, N, C]`` of all members (or of ``members``, those still training) on a whole split."""
     n = len(split)
     outs = []
     dev = split.y.device
     for s in range(0, n, chunk):
         rows = torch.arange(s, min(n, s + chunk), device=dev)
-        outs.append(model.forward(split.gather(rows, m), train=False))
+        outs.append(model.forward(split.gather(rows, m, members=members), train=False))
     return torch.cat(outs, dim=1)
+
+
+def _losses(out: torch.Tensor, split: SplitInputs, rows: torch.Tensor, loss: str, alpha: torch.Tensor,
+            tau: torch.Tensor) -> torch.Tensor:
+    """Per-member batch-mean training loss of logits ``out`` ``[M, B, C]`` on ``rows`` (``[M, B]`` or ``[B]``)."""
+    y = split.y[rows]
+    if rows.dim() == 1:
+        y = y.unsqueeze(0).expand(out.shape[0], -1)
+    if loss == "kd":
+        assert split.teacher is not None
+        t = split.teacher[rows]
+        if rows.dim() == 1:
+            t = t.unsqueeze(0).expand(out.shape[0], -1, -1)
+        return kd_loss(out, t, y, alpha, tau)
+    return ce_loss(out, y)
+
+
+@torch.no_grad()
+def _score(model: Any, split: SplitInputs, m: int, loss: str, alpha: torch.Tensor, tau: torch.Tensor,
+           members: torch.Tensor | None) -> tuple[list[float], list[float]]:
+    """Per member: accuracy and mean training loss on a whole split (eval mode)."""
+    logits = predict(model, split, m, members=members)
+    acc = (logits.argmax(-1) == split.y.unsqueeze(0)).float().mean(1)
+    rows = torch.arange(len(split), device=split.y.device)
+    return acc.tolist(), _losses(logits, split, rows, loss, alpha, tau).tolist()
+
+
+def _better(acc: float, loss: float, best: tuple[float, float] | None, min_delta: float) -> bool:
+    """Val score order: higher accuracy wins; equal accuracy, a lower loss (by ``min_delta``) wins."""
+    if best is None:
+        return True
+    if acc > best[0] + 1e-12:
+        return True
+    return abs(acc - best[0]) <= 1e-12 and loss < best[1] - min_delta
 
 
 def train_members(
@@ -345,50 +471,65 @@ def train_members(
     progress: Progress | None = None,
     desc: str = "training",
     max_steps: int | None = None,
+    patience: int | None = None,
+    min_delta: float = 1e-4,
 ) -> TrainOutput:
     """Train all members of ``model`` together; evaluate on ``evals`` (eval mode) at the end.
 
     ``train_rows`` (``[M, n]``) gives each member its own training rows (cross-fitting folds);
     by default all members train on every row of ``train``. ``max_steps`` stops early (benchmarks
-    time a fraction of an epoch with it). ``keep="best"`` keeps each member's
-    epoch with the best accuracy on ``evals[select_split]``; ``"last"`` (the reference) the final one.
+    time a fraction of an epoch with it). After each epoch every member is scored on
+    ``evals[select_split]`` (accuracy, ties broken by the training loss on that split) and only on
+    it: no other split is read before the end. ``keep="best"`` keeps each member's best-scoring
+    epoch; ``"last"`` (the reference) the final one. ``patience`` (with ``keep="best"``) stops a
+    member once it has not improved for that many epochs: it leaves the stacked model (the others
+    train on without it) and its best epoch is restored, so it ends exactly as it would alone.
     """
     if keep not in KEEP_CHOICES:
         raise ConfigError(f"unknown --keep '{keep}' (choices: {', '.join(KEEP_CHOICES)})")
     if epochs < 1 or batch_size < 1:
         raise ConfigError("epochs and batch size must be at least 1")
+    if patience is not None and (patience < 1 or keep != "best"):
+        raise ConfigError("--patience must be at least 1 and needs --keep best")
     progress = ensure(progress)
     evals = dict(evals or {})
     if keep == "best" and select_split not in evals:
         raise ConfigError(f"--keep best needs a '{select_split}' split to select on")
-    m = len(members)
+    m_all = len(members)
     dev = train.y.device
     if train_rows is None:
-        train_rows = torch.arange(len(train), device=dev).unsqueeze(0).expand(m, -1)
+        train_rows = torch.arange(len(train), device=dev).unsqueeze(0).expand(m_all, -1)
     train_rows = train_rows.to(dev)
     n = int(train_rows.shape[1])
     if n == 0:
         raise ConfigError("no training rows")
+    full = model
+    live = list(range(m_all))                 # original indices of the members still training
     order_gens = [torch.Generator().manual_seed(stream_seed(h.seed, order_stream)) for h in members]
     opt = BatchedAdam(model.params, [h.lr for h in members], [h.weight_decay for h in members])
-    alpha = torch.tensor([h.alpha for h in members], dtype=torch.float32, device=dev)
-    tau = torch.tensor([h.tau for h in members], dtype=torch.float32, device=dev)
+    alpha_all = torch.tensor([h.alpha for h in members], dtype=torch.float32, device=dev)
+    tau_all = torch.tensor([h.tau for h in members], dtype=torch.float32, device=dev)
+    alpha, tau = alpha_all, tau_all
     steps = math.ceil(n / batch_size)
     report_every = max(1, steps // 50)
     progress.start(desc, total=epochs * steps)
-    best_acc = [-1.0] * m
-    best_epoch = [epochs] * m
+    hist = [MemberHistory() for _ in range(m_all)]
+    best: list[tuple[float, float] | None] = [None] * m_all
+    since = [0] * m_all
     best_params: list[torch.Tensor] | None = None
-    history: list[list[float]] = []
-    val_hist: list[list[float]] = []
-    ar = torch.arange(m, device=dev).unsqueeze(1)
+    if keep == "best":
+        best_params = [p.detach().clone() for p in model.params]
+    sel = evals.get(select_split)
     gather_bufs: dict[int, torch.Tensor] = {}
     done = 0
     for epoch in range(1, epochs + 1):
         if max_steps is not None and done >= max_steps:
             break
-        perm = torch.stack([torch.randperm(n, generator=g) for g in order_gens]).to(dev)
-        order = train_rows[ar, perm]
+        m = len(live)
+        live_t = None if m == m_all else torch.as_tensor(live, device=dev)
+        ar = torch.arange(m, device=dev).unsqueeze(1)
+        perm = torch.stack([torch.randperm(n, generator=order_gens[j]) for j in live]).to(dev)
+        order = train_rows[live][ar, perm]
         total = torch.zeros(m, device=dev)
         pending = 0
         for i in range(steps):
@@ -396,13 +537,8 @@ def train_members(
                 break
             done += 1
             rows = order[:, i * batch_size:(i + 1) * batch_size]
-            out = model.forward(train.gather(rows, m, gather_bufs), train=True)
-            y = train.y[rows]
-            if loss == "kd":
-                assert train.teacher is not None
-                per = kd_loss(out, train.teacher[rows], y, alpha, tau)
-            else:
-                per = ce_loss(out, y)
+            out = model.forward(train.gather(rows, m, gather_bufs, members=live_t), train=True)
+            per = _losses(out, train, rows, loss, alpha, tau)
             per.sum().backward()
             opt.step()
             total += per.detach() * rows.shape[1]
@@ -410,28 +546,62 @@ def train_members(
             if pending == report_every or i == steps - 1:
                 progress.advance(pending, epoch=epoch)
                 pending = 0
-        history.append((total / n).tolist())
-        if keep == "best" or epoch == epochs:
-            if select_split in evals:
-                sel = evals[select_split]
-                acc = (predict(model, sel, m).argmax(-1) == sel.y.unsqueeze(0)).float().mean(1).tolist()
-                val_hist.append(acc)
-                if keep == "best":
-                    improved = [a > b for a, b in zip(acc, best_acc)]
-                    if best_params is None:
-                        best_params = [p.detach().clone() for p in model.params]
-                    for j, imp in enumerate(improved):
-                        if imp:
-                            best_acc[j] = acc[j]
-                            best_epoch[j] = epoch
-                            for bp, p in zip(best_params, model.params):
-                                bp[j] = p.detach()[j]
-        progress.advance(0, epoch=epoch, loss=float(np.mean(history[-1])))
+        tl = (total / n).tolist()
+        stopped: list[int] = []
+        if sel is not None:
+            accs, vls = _score(model, sel, m, loss, alpha, tau, live_t)
+        for k, j in enumerate(live):
+            h = hist[j]
+            h.train_loss.append(float(tl[k]))
+            if sel is None:
+                continue
+            h.val_accuracy.append(float(accs[k]))
+            h.val_loss.append(float(vls[k]))
+            if _better(accs[k], vls[k], best[j], min_delta):
+                best[j] = (accs[k], vls[k])
+                h.best_val_epoch = epoch
+                since[j] = 0
+                if best_params is not None:
+                    for bp, p in zip(best_params, model.params):
+                        bp[j] = p.detach()[k]
+            else:
+                since[j] += 1
+                if patience is not None and since[j] >= patience and epoch < epochs:
+                    stopped.append(k)
+                    h.stop_reason = (f"patience: no val improvement in {patience} epoch(s) after epoch "
+                                     f"{h.best_val_epoch}")
+        progress.advance(0, epoch=epoch, loss=float(np.mean(tl)), live=m)
+        if stopped and len(stopped) == m:
+            live = []
+            break
+        if stopped:
+            keep_pos = [k for k in range(m) if k not in stopped]
+            live = [live[k] for k in keep_pos]
+            model = model.subset(keep_pos)
+            opt = opt.subset(keep_pos, model.params)
+            idx = torch.as_tensor(live, device=dev)
+            alpha, tau = alpha_all[idx], tau_all[idx]
+            gather_bufs = {}
     progress.finish()
-    if keep == "best" and best_params is not None:
+    for j in live:
+        hist[j].stop_reason = "epoch budget reached" if hist[j].epochs_run == epochs else "step limit reached"
+    if model is not full and keep == "last":   # pragma: no cover - compaction needs patience, so keep best
+        raise AssertionError("members were compacted without keep=best")
+    if best_params is not None:
         with torch.no_grad():
-            for bp, p in zip(best_params, model.params):
+            for bp, p in zip(best_params, full.params):
                 p.copy_(bp)
+        full.params_changed()
+    for j, h in enumerate(hist):
+        if keep == "best" and best[j] is not None:
+            h.kept_epoch = h.best_val_epoch
+            acc, vl = best[j]
+            h.kept_because = f"best {select_split} accuracy {100 * acc:.2f} % ({select_split} loss {vl:.4f})"
+        else:
+            h.kept_epoch = h.epochs_run
+            h.kept_because = "last epoch (keep=last)"
+    model = full
+    m = m_all
     logits = {name: predict(model, sp, m).float().cpu().numpy() for name, sp in evals.items()}
     states = [model.state_dict(j) for j in range(m)]
-    return TrainOutput(states=states, logits=logits, best_epoch=best_epoch, train_loss=history, val_accuracy=val_hist)
+    return TrainOutput(states=states, logits=logits, best_epoch=[h.kept_epoch for h in hist], history=hist)

@@ -271,6 +271,59 @@ def figure_confusion(rec: RunRecord, *, split: str = "test", style: FigureStyle 
     return fig
 
 
+# ============================================================================ loss curves
+
+def loss_curve_runs(results: Results, which: Sequence[str]) -> list[RunRecord]:
+    """Runs whose loss curves to draw: ``all`` (every run with a convergence history) or run ids/prefixes."""
+    with_hist = [r for r in results.records if r.convergence and r.convergence.get("train_loss")]
+    if not which:
+        return []
+    if "all" in which:
+        return with_hist
+    out = []
+    for ref in which:
+        hits = [r for r in results.records if r.run_id == ref] or [r for r in results.records if r.run_id.startswith(ref)]
+        if len(hits) != 1:
+            raise ConfigError(f"--loss-curves '{ref}' matches {len(hits)} runs; give a unique run id or prefix")
+        if not (hits[0].convergence and hits[0].convergence.get("train_loss")):
+            raise ConfigError(f"run {hits[0].run_id} has no per-epoch history (trained before it was recorded, "
+                              f"or an exact L-BFGS fit)")
+        out.append(hits[0])
+    return out
+
+
+def figure_loss_curves(rec: RunRecord, *, style: FigureStyle = FigureStyle()) -> Any:
+    """Train and val loss per epoch (left axis), val accuracy (right axis), the kept epoch marked."""
+    conv = rec.convergence or {}
+    tl, vl, va = conv.get("train_loss") or [], conv.get("val_loss") or [], conv.get("val_accuracy") or []
+    if not tl:
+        raise ConfigError(f"run {rec.run_id} has no per-epoch history")
+    plt = _plt()
+    with plt.rc_context(style.rc()):
+        fig, ax = plt.subplots(figsize=(style.width, style.width * 0.7), layout="constrained")
+        ep = np.arange(1, len(tl) + 1)
+        ax.plot(ep, tl, color=_ACC_COLOUR, label="train loss")
+        if vl:
+            ax.plot(ep[: len(vl)], vl, color=_KL_COLOUR, ls="--", label="val loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        kept = conv.get("kept_epoch")
+        if kept:
+            ax.axvline(kept, color="0.5", lw=0.6, ls=":", label=f"kept (epoch {kept})")
+        if va:
+            tw = ax.twinx()
+            tw.plot(ep[: len(va)], np.asarray(va) * 100, color="#009E73", lw=0.8, label="val accuracy")
+            tw.set_ylabel("val accuracy (%)", color="#009E73")
+            tw.tick_params(axis="y", colors="#009E73")
+            h2, l2 = tw.get_legend_handles_labels()
+        else:
+            h2, l2 = [], []
+        h1, l1 = ax.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, frameon=False, loc="upper right")
+        ax.set_title(f"{run_label(rec)} seed {rec.seed}\n{conv.get('stop_reason', '')}", loc="left")
+    return fig
+
+
 # ============================================================================ saving
 
 def save_figure(fig: Any, out_dir: str | Path, name: str, formats: Sequence[str] = ("png", "pdf"),
@@ -292,8 +345,11 @@ def save_figure(fig: Any, out_dir: str | Path, name: str, formats: Sequence[str]
 
 def render_plots(results: Results, out_dir: str | Path, *, datasets: Sequence[str] | None = None,
                  formats: Sequence[str] = ("png", "pdf"), style: FigureStyle = FigureStyle(),
-                 confusion: str = "latest") -> tuple[list[Path], list[str]]:
-    """Every figure the records allow: returns the files written and, per figure not drawn, why."""
+                 confusion: str = "latest", loss_curves: Sequence[str] = ()) -> tuple[list[Path], list[str]]:
+    """Every figure the records allow: returns the files written and, per figure not drawn, why.
+
+    ``loss_curves`` names runs (ids, prefixes, or ``all``) whose per-epoch loss curves to draw too.
+    """
     written: list[Path] = []
     missing: list[str] = []
     for name, build in (("figure1-complementarity", figure1), ("figure3-alpha", figure3)):
@@ -306,4 +362,6 @@ def render_plots(results: Results, out_dir: str | Path, *, datasets: Sequence[st
     for rec in confusion_runs(results, which=confusion, datasets=datasets):
         fig = figure_confusion(rec, style=style)
         written += save_figure(fig, out_dir, f"confusion-{rec.run_id}", formats, style.dpi)
+    for rec in loss_curve_runs(results, loss_curves):
+        written += save_figure(figure_loss_curves(rec, style=style), out_dir, f"loss-{rec.run_id}", formats, style.dpi)
     return written, missing
