@@ -135,6 +135,9 @@ class RunRecord:
         """Write ``<results>/<subdir or kind>/<run_id>.json`` atomically; returns the path."""
         out = Path(results_dir) / (subdir or self.kind)
         out.mkdir(parents=True, exist_ok=True)
+        from vea_bench.report.predictions import write_pending
+
+        write_pending(self, results_dir)  # per-image predictions a run attached, beside the record
         path = out / f"{self.run_id}.json"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False, default=_json_default))

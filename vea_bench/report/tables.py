@@ -207,6 +207,8 @@ class Cell:
     paper: float | int | None = None
     paper_note: str = ""
     run_ids: list[str] = field(default_factory=list)
+    ci: tuple[float, float] | None = None   # 95 % interval (percent), filled by `report.compare.annotate_tables`
+    mark: str = ""                          # "best" | "tie" (not significantly different from the best)
 
     @property
     def delta(self) -> float | int | None:
@@ -603,7 +605,14 @@ def _value_text(cell: Cell, fmt: str) -> str:
         s += f"{pm}{cell.std:.2f}"
     if cell.n >= 2:
         s += r" {\scriptsize (n=%d)}" % cell.n if fmt == "latex" else f" (n={cell.n})"
+    if cell.ci is not None:
+        s += r" {\scriptsize [%.2f, %.2f]}" % cell.ci if fmt == "latex" else f" [{cell.ci[0]:.2f}, {cell.ci[1]:.2f}]"
+    if cell.mark:
+        s += _MARKS[cell.mark].get(fmt, _MARKS[cell.mark]["text"])
     return s
+
+
+_MARKS = {"best": {"text": " ▲", "latex": r" $^{\ast}$"}, "tie": {"text": " ≈", "latex": r" $^{\approx}$"}}
 
 
 def _paper_text(cell: Cell, fmt: str) -> str:
@@ -661,6 +670,9 @@ def to_markdown(table: Table, *, compare: bool = False) -> str:
 
 _TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
         "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "Δ": r"$\Delta$", "±": r"$\pm$", "—": "---"}
+
+
+_TEX.update({"▲": r"$^{\ast}$", "≈": r"$^{\approx}$", "≥": r"$\geq$"})  # significance marks' notes
 
 
 def _tex_escape(s: str) -> str:
