@@ -112,7 +112,14 @@ def compare_pair(results: Results, a: RunRecord, b: RunRecord, *, method: str = 
         run_a=a.run_id, run_b=b.run_id, n=int(y.size),
         acc_a=S.bootstrap_ci(y, pa, **kw), acc_b=S.bootstrap_ci(y, pb, **kw),
         diff=S.paired_bootstrap(y, pa, pb, **kw), f1_diff=S.paired_bootstrap(y, pa, pb, "macro_f1", **kw),
-        mcnemar=S.mcnemar_exact(pa == y, pb == y), seed=a.seed if a.seed == b.seed else None)
+        mcnemar=S.mcnemar_exact(pa == y, pb == y), seed=_pair_seed(a.seed, b.seed))
+
+
+def _pair_seed(a: int | None, b: int | None) -> int | None:
+    """The seed a pair stands for: the shared one, or the seeded side's when the other is deterministic."""
+    if a == b or b is None:
+        return a
+    return b if a is None else None
 
 
 def _pairs(ra: list[RunRecord], rb: list[RunRecord]) -> list[tuple[RunRecord, RunRecord]]:
@@ -137,9 +144,16 @@ def compare(results: Results, spec_a: str, spec_b: str, *, method: str = DEFAULT
     if n_resamples < 100:
         raise ConfigError(f"--resamples must be at least 100, got {n_resamples}")
     ra, rb = resolve(results, spec_a), resolve(results, spec_b)
+    return compare_records(results, ra, rb, _label(spec_a, ra), _label(spec_b, rb), method=method, seed=seed,
+                           n_resamples=n_resamples)
+
+
+def compare_records(results: Results, ra: list[RunRecord], rb: list[RunRecord], label_a: str, label_b: str, *,
+                    method: str = DEFAULT_CI_METHOD, seed: int = S.DEFAULT_SEED,
+                    n_resamples: int = S.N_RESAMPLES) -> Comparison:
+    """`compare` on already chosen runs (one or several seeds per side)."""
     pairs = [compare_pair(results, a, b, method=method, seed=seed, n_resamples=n_resamples) for a, b in _pairs(ra, rb)]
-    cmp = Comparison(_label(spec_a, ra), _label(spec_b, rb), pairs, method=method, n_resamples=n_resamples,
-                     boot_seed=seed)
+    cmp = Comparison(label_a, label_b, pairs, method=method, n_resamples=n_resamples, boot_seed=seed)
     if len(pairs) >= 2:
         cmp.seeds = S.seed_difference([p.acc_a.estimate for p in pairs], [p.acc_b.estimate for p in pairs])
     if len(ra) > 1 and len(rb) > 1 and len(pairs) < min(len(ra), len(rb)):
@@ -269,7 +283,8 @@ def _cell_ci(results: Results, recs: list[RunRecord], *, method: str, seed: int,
 
         a = np.asarray(vals)
         half = float(st.t.ppf(0.975, a.size - 1)) * float(a.std(ddof=1)) / math.sqrt(a.size)
-        return (float(a.mean() - half) * 100, float(a.mean() + half) * 100)
+        # Accuracy lives in [0, 100]: a t interval over few seeds can reach past either end.
+        return (max(0.0, float(a.mean() - half) * 100), min(100.0, float(a.mean() + half) * 100))
     p = load_for(recs[0], results.root)
     if p is None:
         return None

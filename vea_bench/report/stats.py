@@ -60,7 +60,8 @@ def _accuracy(y: np.ndarray, pred: np.ndarray, axis: int = -1) -> np.ndarray:
 def _macro_f1(y: np.ndarray, pred: np.ndarray, axis: int = -1) -> np.ndarray:
     """Macro-F1 over classes present in truth or prediction, vectorised over leading axes.
 
-    Matches `vea_bench.metrics.macro_f1` (unanswered predictions, -1, count as wrong and belong to no class).
+    Matches the records' macro-F1 (`vea_bench.metrics.split_metrics`), which builds the confusion
+    matrix from answered rows only: an unanswered prediction (-1) counts in no class.
     """
     y = np.moveaxis(np.asarray(y), axis, -1)
     pred = np.moveaxis(np.asarray(pred), axis, -1)
@@ -68,8 +69,9 @@ def _macro_f1(y: np.ndarray, pred: np.ndarray, axis: int = -1) -> np.ndarray:
     classes = classes[classes >= 0]
     total = np.zeros(y.shape[:-1])
     present = np.zeros(y.shape[:-1])
+    answered = pred >= 0
     for c in classes:
-        t, p = y == c, pred == c
+        t, p = (y == c) & answered, pred == c
         tp = np.sum(t & p, axis=-1)
         denom = np.sum(t, axis=-1) + np.sum(p, axis=-1)
         total += np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
@@ -266,26 +268,31 @@ class GroupAccuracy:
 
 
 def accuracy_by(values: Sequence[Any], correct: np.ndarray) -> list[GroupAccuracy]:
-    """Accuracy per distinct value (missing values skipped), largest groups first."""
+    """Accuracy per distinct value (missing values skipped), largest groups first.
+
+    A list value (EmoSet's objects in an image) puts the image in each of its groups.
+    """
     correct = np.asarray(correct, dtype=bool)
     groups: dict[str, list[int]] = {}
     for i, v in enumerate(values):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        groups.setdefault(str(v), []).append(i)
+        for item in (v if isinstance(v, (list, tuple)) else [v]):
+            if item is None or (isinstance(item, float) and math.isnan(item)):
+                continue
+            groups.setdefault(str(item), []).append(i)
     out = [GroupAccuracy(k, len(ix), float(correct[ix].mean())) for k, ix in groups.items()]
     return sorted(out, key=lambda g: (-g.n, g.value))
 
 
 def bin_values(values: Sequence[float | None], edges: Sequence[float]) -> list[str | None]:
-    """Continuous values (valence, arousal) as labelled bins ``[lo, hi)`` for `accuracy_by`."""
+    """Continuous values (valence, arousal) as labelled bins ``[lo, hi)`` (the last closed; values
+    outside the edges join the nearest end bin) for `accuracy_by`."""
     out: list[str | None] = []
     for v in values:
         if v is None or not math.isfinite(float(v)):
             out.append(None)
             continue
         k = int(np.clip(np.searchsorted(edges, float(v), side="right") - 1, 0, len(edges) - 2))
-        out.append(f"[{edges[k]:g}, {edges[k + 1]:g})")
+        out.append(f"[{edges[k]:g}, {edges[k + 1]:g}{']' if k == len(edges) - 2 else ')'}")
     return out
 
 
