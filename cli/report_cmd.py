@@ -264,6 +264,7 @@ def report(
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset of Tables 2/4 and Figure 4 (default: the one with gate runs).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap and of Figure 4's choice of images.")] = 0,
     examples: Annotated[int, typer.Option("--examples", help="Figure 4 images per direction.")] = 4,
+    gate: Annotated[str | None, typer.Option("--gate", help="Gate of Figure 4 and the comparisons (default concat; dynamic and cross show source weights).")] = None,
 ) -> None:
     """One static HTML page (opens offline from disk): tables with intervals and marks, figures, Figure 4, provenance."""
     from vea_bench.report.html import build_report
@@ -271,7 +272,7 @@ def report(
     if examples < 1:
         raise typer.BadParameter("--examples must be at least 1")
     res = _load(results)
-    rep = run_guarded(build_report, res, out, dataset=dataset, seed=seed, examples=examples)
+    rep = run_guarded(build_report, res, out, dataset=dataset, seed=seed, examples=examples, gate=gate)
     for why in rep.missing:
         err_console.print(f"[yellow]not in report:[/] {why}", highlight=False, soft_wrap=True)
     console.print(str(rep.index), highlight=False, soft_wrap=True)

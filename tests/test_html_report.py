@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vea_bench.records import iter_records
+from vea_bench.report.predictions import load_for
 from vea_bench_cli.main import app
 
 runner = CliRunner()
@@ -133,6 +134,12 @@ def test_report_stage_writes_a_page_with_every_table_and_image(study: Path) -> N
     assert runs and runs <= doc.ids
     gates = [r for _, r in iter_records(study)[0] if r.kind == "gate"]
     assert {f"run-{r.run_id}" for r in gates} <= doc.ids
+    # Every cache-based run stored its test predictions; the DynamicWeighting gate its source weights.
+    for _, r in iter_records(study)[0]:
+        if r.kind in ("gate", "distill", "vlm-eval", "baseline"):
+            p = load_for(r, study)
+            assert p is not None and len(p) == r.metrics["test"]["n"], r.run_id
+            assert ("source_weights" in p.extra) == (r.kind == "gate" and r.config["gate"] == "dynamic")
 
 
 def test_compare_on_two_pipeline_runs(study: Path) -> None:

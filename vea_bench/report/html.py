@@ -22,8 +22,8 @@ from typing import Any
 from vea_bench.errors import ConfigError, VeaError
 from vea_bench.records import RunRecord
 from vea_bench.report import stats as S
-from vea_bench.report.paper import dataset_title
 from vea_bench.report.compare import Comparison, annotate_tables, compare_records, format_comparison
+from vea_bench.report.paper import dataset_title
 from vea_bench.report.predictions import SplitPredictions, load_for
 from vea_bench.report.tables import (
     Results,
@@ -73,12 +73,20 @@ def _latest(results: Results, dataset: str, pred: Any) -> list[RunRecord]:
     return latest_group([r for r in results.records if r.dataset == dataset and pred(r)])
 
 
-def key_runs(results: Results, dataset: str) -> dict[str, list[RunRecord]]:
-    """EmoVLM-KD (paper gate), its distill heads, the VLM alone and the teacher alone: latest config group each."""
+def key_runs(results: Results, dataset: str, gate: str | None = None) -> dict[str, list[RunRecord]]:
+    """EmoVLM-KD (paper gate, or ``gate``), its distill heads, the VLM alone and the teacher alone:
+    latest config group each."""
+    from vea_bench.heads.gates import GATES
+
+    want = GATES.canonical(gate) if gate else "concat"
+    if gate and not any(r.kind == "gate" and r.dataset == dataset and (r.config or {}).get("gate") == want
+                        for r in results.records):
+        raise ConfigError(f"no '{want}' gate run on {dataset} under {results.root}")
+
     def paper_gate(r: RunRecord) -> bool:
         c = r.config or {}
-        return (r.kind == "gate" and str(c.get("gate", "concat")) == "concat" and c.get("vlm_input", "onehot") == "onehot"
-                and c.get("gate_fit", "train") == "train")
+        return (r.kind == "gate" and str(c.get("gate", "concat")) == want and c.get("vlm_input", "onehot") == "onehot"
+                and (gate is not None or c.get("gate_fit", "train") == "train"))
 
     gate = _latest(results, dataset, paper_gate) or _latest(results, dataset, lambda r: r.kind == "gate")
     ids = {(g.config or {}).get("distill_run") for g in gate}
@@ -219,8 +227,13 @@ def _run_view(rec: RunRecord, path: Path | None) -> dict[str, Any]:
 
 
 def build_report(results: Results, out: str | Path, *, dataset: str | None = None, seed: int = 0,
-                 examples: int = 4, n_resamples: int = S.N_RESAMPLES, compare_paper: bool = True) -> Report:
-    """Write ``out/index.html`` and its figures from ``results``; returns what was written and left out."""
+                 examples: int = 4, n_resamples: int = S.N_RESAMPLES, compare_paper: bool = True,
+                 gate: str | None = None) -> Report:
+    """Write ``out/index.html`` and its figures from ``results``; returns what was written and left out.
+
+    ``gate`` picks the gate of Figure 4 and the key comparisons (default: the paper's Concat & Linear);
+    DynamicWeighting and CrossGating runs show their per-image source weights in Figure 4.
+    """
     import jinja2
 
     from vea_bench.report.examples import dataset_source, figure4, group_report, pick_examples, split_meta
@@ -250,7 +263,7 @@ def build_report(results: Results, out: str | Path, *, dataset: str | None = Non
                   for p in written if p.suffix == ".png" and p.stem.startswith("confusion-")]
 
     # Key comparisons on the main dataset.
-    keys = key_runs(results, ds)
+    keys = key_runs(results, ds, gate)
     comparisons: list[dict[str, Any]] = []
     if "EmoVLM-KD" in keys:
         for other in ("distill head", "VLM alone", "teacher alone"):
@@ -302,8 +315,12 @@ def build_report(results: Results, out: str | Path, *, dataset: str | None = Non
     cal_rows: list[dict[str, Any]] = []
     curves: list[tuple[str, S.Calibration]] = []
     seen: set[str] = set()
+    # Key runs first (the paper gate, its heads), then other gates, heads and baselines, newest first.
+    key_ids = {r.run_id for recs in keys.values() for r in recs}
+    order = {"gate": 0, "distill": 1, "baseline": 2}
     cands = sorted([r for r in results.records if r.dataset == ds and (r.kind in ("gate", "distill") or
-                    (r.kind == "baseline" and not r.method.startswith("oracle")))], key=_created, reverse=True)
+                    (r.kind == "baseline" and not r.method.startswith("oracle")))],
+                   key=lambda r: (r.run_id not in key_ids, order[r.kind], -_created(r)[0], r.run_id))
     for r in cands:
         sig = config_signature(r)
         if sig in seen:
