@@ -73,13 +73,13 @@ def table(
     """Render the paper's Tables 1-4 (and extensions) from run records, optionally against the paper."""
     from vea_bench.report.tables import build_tables, render, to_rich
 
+    if (ci or significance) and split != "test":
+        fail("--ci and --significance use the stored test predictions; drop --split or use --split test")
     res = _load(results)
     tables = run_guarded(build_tables, res, which.value, dataset=dataset, split=split, vlm=vlm, teacher=teacher)
     if ci or significance:
         from vea_bench.report.compare import annotate_tables
 
-        if split != "test":
-            fail("--ci and --significance use the stored test predictions; drop --split or use --split test")
         for note in run_guarded(annotate_tables, tables, res, ci=ci, marks=significance):
             err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if fmt is TableFormat.rich and out is None:

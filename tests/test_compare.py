@@ -116,3 +116,18 @@ def test_table_marks_best_and_rows_not_significantly_different(tmp_path: Path) -
     out = runner.invoke(app, ["table", "-t", "ext", "-f", "md", "--ci", "--significance", "-r", str(tmp_path)])
     assert out.exit_code == 0, out.output
     assert "▲" in out.output and "≈" in out.output and "Holm" in out.output
+    csv_out = runner.invoke(app, ["table", "-t", "ext", "-f", "csv", "--ci", "--significance", "-r", str(tmp_path)])
+    assert csv_out.exit_code == 0 and csv_out.output.splitlines()[0].endswith("ci_low,ci_high,mark")
+    assert any(line.endswith(",best") for line in csv_out.output.splitlines())
+    bad = runner.invoke(app, ["table", "--ci", "--split", "val", "-r", str(tmp_path)])
+    assert bad.exit_code != 0 and "stored test predictions" in bad.output
+
+
+def test_report_command_errors_are_one_line(pair, tmp_path: Path) -> None:
+    root = pair[0]
+    empty = runner.invoke(app, ["report", "--out", str(tmp_path / "r"), "-r", str(tmp_path / "none")])
+    assert empty.exit_code != 0 and "vea-bench demo" in empty.output and "Traceback" not in empty.output
+    wrong = runner.invoke(app, ["report", "--out", str(tmp_path / "r"), "-r", str(root), "--dataset", "emoset"])
+    assert wrong.exit_code != 0 and "no run on dataset 'emoset'" in wrong.output
+    gate = runner.invoke(app, ["report", "--out", str(tmp_path / "r"), "-r", str(root), "--gate", "moe"])
+    assert gate.exit_code != 0 and "no 'moe' gate run on fi" in gate.output

@@ -103,7 +103,7 @@ epochs = 3
 
 [report]
 formats = ["md"]
-plots = false
+plots = true
 """)
     return path
 

@@ -171,7 +171,9 @@ def loss_series(rec: RunRecord) -> dict[str, list[float]]:
             if isinstance(v, dict):
                 take(f"{prefix}{k}.", v)
             elif "loss" in str(k) and isinstance(v, list) and len(v) >= 2 and all(isinstance(x, (int, float)) for x in v):
-                out.setdefault(str(k) if str(k) not in out else f"{prefix}{k}", [float(x) for x in v])
+                ys = [float(x) for x in v]
+                if ys not in out.values():  # the trainer copies its train loss into every split's extra
+                    out[str(k) if str(k) not in out else f"{prefix}{k}"] = ys
 
     take("", {k: v for k, v in vars(rec).items() if k not in ("metrics", "config", "environment", "cache")})
     for split, m in (rec.metrics or {}).items():
@@ -228,11 +230,13 @@ def _run_view(rec: RunRecord, path: Path | None) -> dict[str, Any]:
 
 def build_report(results: Results, out: str | Path, *, dataset: str | None = None, seed: int = 0,
                  examples: int = 4, n_resamples: int = S.N_RESAMPLES, compare_paper: bool = True,
-                 gate: str | None = None) -> Report:
+                 gate: str | None = None, figures: Sequence[Path] | None = None) -> Report:
     """Write ``out/index.html`` and its figures from ``results``; returns what was written and left out.
 
     ``gate`` picks the gate of Figure 4 and the key comparisons (default: the paper's Concat & Linear);
     DynamicWeighting and CrossGating runs show their per-image source weights in Figure 4.
+    ``figures``: PNGs of `render_plots` already drawn (the pipeline's plots stage) to show instead of
+    drawing them again; an empty list leaves the paper figures and confusion matrices out.
     """
     import jinja2
 
@@ -240,22 +244,30 @@ def build_report(results: Results, out: str | Path, *, dataset: str | None = Non
     from vea_bench.report.plots import FigureStyle, render_plots, run_label
 
     require_records(results)
+    ds = main_dataset(results, dataset)
+    keys = key_runs(results, ds, gate)   # a wrong --dataset or --gate fails before any work
     out = Path(out)
     figs = out / FIG_DIR
     if figs.exists():
         shutil.rmtree(figs)  # the page is rebuilt whole: no stale image from an earlier report survives
     figs.mkdir(parents=True, exist_ok=True)
     rep = Report(index=out / "index.html")
-    ds = main_dataset(results, dataset)
 
     tables = build_tables(results, "all", dataset=ds)
     rep.missing += annotate_tables(tables, results, ci=True, marks=True, seed=seed, n_resamples=n_resamples)
     table_views = [_table_view(t, compare_paper) for t in tables]
 
     # Paper figures and confusion matrices (latest run per config).
-    style = FigureStyle(width=4.5, dpi=130, font_size=8)
-    written, why = render_plots(results, figs, formats=["png"], style=style)
-    rep.missing += why
+    if figures is None:
+        written, why = render_plots(results, figs, formats=["png"], style=FigureStyle(width=4.5, dpi=130, font_size=8))
+        rep.missing += why
+    else:
+        written = []
+        for src_png in (Path(f) for f in figures if Path(f).suffix == ".png"):
+            shutil.copyfile(src_png, figs / src_png.name)
+            written.append(figs / src_png.name)
+        if not figures:
+            rep.missing.append("paper figures and confusion matrices: not drawn ([report].plots = false)")
     rep.images += written
     paper_figs = [{"src": f"{FIG_DIR}/{p.name}", "name": p.stem}
                   for p in written if p.suffix == ".png" and not p.stem.startswith("confusion-")]
@@ -263,7 +275,6 @@ def build_report(results: Results, out: str | Path, *, dataset: str | None = Non
                   for p in written if p.suffix == ".png" and p.stem.startswith("confusion-")]
 
     # Key comparisons on the main dataset.
-    keys = key_runs(results, ds, gate)
     comparisons: list[dict[str, Any]] = []
     if "EmoVLM-KD" in keys:
         for other in ("distill head", "VLM alone", "teacher alone"):

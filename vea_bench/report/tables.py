@@ -712,6 +712,10 @@ def to_csv(tables: Sequence[Table], *, compare: bool = False) -> str:
     head = ["table", "group", "row", "reported", "column", "kind", "value", "std", "n", "note"]
     if compare:
         head += ["paper", "delta"]
+    # Intervals and significance marks (`report.compare.annotate_tables`) get columns when present.
+    annotated = any(c.ci is not None or c.mark for t in tables for r in t.rows for c in r.cells.values())
+    if annotated:
+        head += ["ci_low", "ci_high", "mark"]
     w.writerow(head)
     for t in tables:
         for r in t.rows:
@@ -724,6 +728,9 @@ def to_csv(tables: Sequence[Table], *, compare: bool = False) -> str:
                     d = cell.delta
                     line += ["" if cell.paper is None else cell.paper,
                              "" if d is None else (f"{d:.4f}" if cell.kind == "acc" else d)]
+                if annotated:
+                    line += ["" if cell.ci is None else f"{cell.ci[0]:.4f}",
+                             "" if cell.ci is None else f"{cell.ci[1]:.4f}", cell.mark]
                 w.writerow(line)
     return buf.getvalue()
 
