@@ -181,7 +181,8 @@ def run_baselines(
                 cfg = {"source": src, "input": "onehot", "tuned": bool(vprov.get("adapter")),
                        "backend": vprov.get("backend"), "model": vprov.get("model")}
                 records.append(_record("vlm-eval", "VLM", prov, ds, names, cfg, mets, t0=t0,
-                                       preds={s: from_scores(sa.y, sa.vlm, sa.rows, logits=False) for s, sa in d.splits.items() if s in PRED_SPLITS}))
+                                       preds={s: from_scores(sa.y, sa.vlm, sa.rows, logits=False)
+                                              for s, sa in d.splits.items() if s in PRED_SPLITS}))
         elif w == "teacher":
             if not have["teacher"]:
                 skipped.append("teacher: no teacher source")
@@ -202,7 +203,8 @@ def run_baselines(
                                         "visual": distill_data.sources.get("visual")},
                                        mets, params=distill.params, t0=t0,
                                        preds={s: from_scores(sa.y, distill.logits[s], sa.rows, logits=True)
-                                              for s, sa in distill_data.splits.items() if s in PRED_SPLITS and distill.logits.get(s) is not None}))
+                                              for s, sa in distill_data.splits.items()
+                                              if s in PRED_SPLITS and distill.logits.get(s) is not None}))
         elif w == "probes":
             sources = [("visual", k) for k in ([visual] if visual else cache.source_keys("visual"))]
             bkeys = list(backbones) if backbones else cache.source_keys("backbone")
@@ -232,14 +234,16 @@ def run_baselines(
                    "teacher_weight": weight, "weight_picked_on": sel, "rule": "w*softmax(teacher)+(1-w)*vlm"}
             records.append(_record("baseline", "ensemble", prov, ds, names, cfg, mets, t0=t0,
                                    preds={s: from_scores(sa.y, ensemble_scores(sa.teacher, sa.vlm, weight), sa.rows,
-                                                         logits=False) for s, sa in pair.splits.items() if s in PRED_SPLITS}))
+                                                         logits=False)
+                                          for s, sa in pair.splits.items() if s in PRED_SPLITS}))
         elif w == "oracle" and pair is not None:
             onehots = load_head_data(cache, vlm=vlm, teacher=teacher, need=("teacher", "vlm"), vlm_input="onehot")
             mets = {s: split_metrics(sa.y, oracle_predictions(sa.y, sa.teacher.argmax(1), sa.vlm), names)
                     for s, sa in onehots.splits.items()}
             cfg = {"teacher": onehots.sources["teacher"], "vlm": onehots.sources["vlm"], "rule": "teacher or vlm right"}
             records.append(_record("baseline", "oracle", prov, ds, names, cfg, mets, t0=t0,
-                                   preds={s: SplitPredictions(sa.rows, sa.y, oracle_predictions(sa.y, sa.teacher.argmax(1), sa.vlm))
+                                   preds={s: SplitPredictions(sa.rows, sa.y,
+                                                              oracle_predictions(sa.y, sa.teacher.argmax(1), sa.vlm))
                                           for s, sa in onehots.splits.items() if s in PRED_SPLITS}))
         elif w == "complementarity" and pair is not None:
             onehots = load_head_data(cache, vlm=vlm, teacher=teacher, need=("teacher", "vlm"), vlm_input="onehot")
