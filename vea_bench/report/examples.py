@@ -109,7 +109,7 @@ def pick_examples(rec: RunRecord, preds: SplitPredictions, ids: Sequence[str], *
 
 
 def figure4(examples: Sequence[Example], root: Path, *, title: str = "", font_size: float = 7.0,
-            cell: float = 1.5) -> Any:
+            cell: float = 1.7) -> Any:
     """A grid: one row per direction, each image captioned with truth, VLM, head, gate (and weights)."""
     from PIL import Image
 
@@ -120,30 +120,36 @@ def figure4(examples: Sequence[Example], root: Path, *, title: str = "", font_si
     plt = _plt()
     rows = [d for d in DIRECTIONS if any(e.direction == d for e in examples)]
     ncol = max(sum(e.direction == d for e in examples) for d in rows)
+    text_h = (max(caption(e).count("\n") for e in examples) + 1) * font_size * 1.35 / 72 + 0.08
+    head_h = (font_size + 4) / 72
+    # A fixed grid (title strip, images, captions per direction) rather than a layout engine, so
+    # captions never overflow their cell: every height is computed from the font size.
+    ratios = [head_h, cell, text_h] * len(rows)
+    top_h = 0.35 if title else 0.05
+    width = max(cell * ncol + 0.1 * (ncol - 1) + 0.2, 3.6)
+    height = sum(ratios) + top_h + 0.1
     with plt.rc_context({"font.size": font_size, "pdf.fonttype": 42}):
-        fig = plt.figure(figsize=(max(cell * ncol, 3.6), (cell + 1.0) * len(rows) + (0.3 if title else 0)),
-                         layout="constrained")
-        subs = fig.subfigures(len(rows), 1, squeeze=False)[:, 0]
-        for sub, d in zip(subs, rows):
-            sub.suptitle(DIRECTIONS[d], x=0.03, ha="left", fontsize=font_size + 0.5, fontweight="bold")
-            axes = sub.subplots(1, ncol, squeeze=False)[0]
-            for ax in axes:
+        fig = plt.figure(figsize=(width, height))
+        gs = fig.add_gridspec(len(ratios), ncol, height_ratios=ratios, left=0.1 / width, right=1 - 0.1 / width,
+                              top=1 - top_h / height, bottom=0.05 / height, hspace=0.0, wspace=0.1 / cell)
+        for r, d in enumerate(rows):
+            head = fig.add_subplot(gs[3 * r, :])
+            head.set_axis_off()
+            head.text(0.0, 0.5, DIRECTIONS[d], fontsize=font_size + 0.5, fontweight="bold", va="center")
+            for c, e in enumerate([e for e in examples if e.direction == d]):
+                ax = fig.add_subplot(gs[3 * r + 1, c])
                 ax.set_axis_off()
-            for ax, e in zip(axes, [e for e in examples if e.direction == d]):
                 path = root / e.image
                 try:
                     with Image.open(path) as im:
                         ax.imshow(np.asarray(im.convert("RGB")))
                 except OSError as exc:
                     raise ConfigError(f"{path}: cannot read the test image ({exc.__class__.__name__})") from None
-                # Axis on but bare, so the caption is an x-label that the layout makes room for.
-                ax.set_axis_on()
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.spines[:].set_visible(False)
-                ax.set_xlabel(caption(e), loc="left", fontsize=font_size, linespacing=1.15)
+                tx = fig.add_subplot(gs[3 * r + 2, c])
+                tx.set_axis_off()
+                tx.text(0.0, 0.97, caption(e), va="top", ha="left", fontsize=font_size, linespacing=1.2)
         if title:
-            fig.suptitle(title, fontsize=font_size + 1)
+            fig.suptitle(title, fontsize=font_size + 1, y=1 - 0.08 / height, va="top")
     return fig
 
 
@@ -151,7 +157,7 @@ def caption(e: Example) -> str:
     lines = [f"truth: {e.truth}", f"VLM: {e.vlm}", f"head: {e.head}",
              f"gate: {e.gate} {'(right)' if e.gate_right else '(wrong)'}"]
     if e.weights is not None:
-        lines.append(f"weights: head {e.weights[0]:.2f}, VLM {e.weights[1]:.2f}")
+        lines.append(f"w head/VLM: {e.weights[0]:.2f}/{e.weights[1]:.2f}")
     return "\n".join(lines)
 
 
