@@ -47,6 +47,9 @@ def _summary(results: list[Any], workdir: Path, wall: float) -> None:
     tables = workdir / "tables" / "tables.md"
     if tables.exists():
         console.print(f"view the tables: [bold]vea-bench table --results {workdir}[/]")
+    page = workdir / "report" / "index.html"
+    if page.exists():
+        console.print(f"open the report in a browser: {page.as_uri()}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

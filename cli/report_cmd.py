@@ -67,12 +67,21 @@ def table(
     vlm: Annotated[str, typer.Option("--vlm", help="VLM preset or config path whose architecture gives Tables 2-3's counts.")] = "qwen2-vl-7b-instruct",
     teacher: Annotated[str | None, typer.Option("--teacher", help="Teacher architecture for Table 2 (default: the teacher records' arch, else ViT-B/16 at 224 px).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file instead of the terminal.")] = None,
+    ci: Annotated[bool, typer.Option("--ci", help="Add each cell's 95 % interval (bootstrap over test images; t over seeds).")] = False,
+    significance: Annotated[bool, typer.Option("--significance", help="Mark the best row per column (▲) and rows not significantly different from it (≈, Holm-corrected).")] = False,
 ) -> None:
     """Render the paper's Tables 1-4 (and extensions) from run records, optionally against the paper."""
     from vea_bench.report.tables import build_tables, render, to_rich
 
+    if (ci or significance) and split != "test":
+        fail("--ci and --significance use the stored test predictions; drop --split or use --split test")
     res = _load(results)
     tables = run_guarded(build_tables, res, which.value, dataset=dataset, split=split, vlm=vlm, teacher=teacher)
+    if ci or significance:
+        from vea_bench.report.compare import annotate_tables
+
+        for note in run_guarded(annotate_tables, tables, res, ci=ci, marks=significance):
+            err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if fmt is TableFormat.rich and out is None:
         for t in tables:
             console.print(to_rich(t, compare=compare_paper))
@@ -266,8 +275,48 @@ def _show_convergence(conv: dict[str, Any]) -> None:
         console.print(t)
 
 
+def compare(
+    run_a: Annotated[str, typer.Argument(help="Run id (or unique prefix) or a group of seed runs (the record's 'group').")],
+    run_b: Annotated[str, typer.Argument(help="The run or group to compare against (differences are A - B).")],
+    results: ResultsOpt = Path("results"),
+    method: Annotated[str, typer.Option("--method", help="Bootstrap interval: percentile or BCa.")] = "percentile",
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+) -> None:
+    """Is A better than B? Paired difference on the same test images, its 95 % interval, McNemar's exact p."""
+    from vea_bench.report.compare import compare as do_compare
+    from vea_bench.report.compare import format_comparison
+
+    res = _load(results)
+    cmp = run_guarded(do_compare, res, run_a, run_b, method=method, seed=seed, n_resamples=resamples)
+    for line in format_comparison(cmp):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def report(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for index.html and its images.")],
+    results: ResultsOpt = Path("results"),
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset of Tables 2/4 and Figure 4 (default: the one with gate runs).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap and of Figure 4's choice of images.")] = 0,
+    examples: Annotated[int, typer.Option("--examples", help="Figure 4 images per direction.")] = 4,
+    gate: Annotated[str | None, typer.Option("--gate", help="Gate of Figure 4 and the comparisons (default concat; dynamic and cross show source weights).")] = None,
+) -> None:
+    """One static HTML page (opens offline from disk): tables with intervals and marks, figures, Figure 4, provenance."""
+    from vea_bench.report.html import build_report
+
+    if examples < 1:
+        raise typer.BadParameter("--examples must be at least 1")
+    res = _load(results)
+    rep = run_guarded(build_report, res, out, dataset=dataset, seed=seed, examples=examples, gate=gate)
+    for why in rep.missing:
+        err_console.print(f"[yellow]not in report:[/] {why}", highlight=False, soft_wrap=True)
+    console.print(str(rep.index), highlight=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add the top-level reporting commands to ``app``."""
     app.command("table")(table)
     app.command("plot")(plot)
     app.command("params")(params)
+    app.command("compare")(compare)
+    app.command("report")(report)

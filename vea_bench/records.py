@@ -161,11 +161,13 @@ class RunRecord:
         out = Path(results_dir) / (subdir or self.kind)
         path = out / f"{self.run_id}.json"
         tmp = path.with_suffix(".json.tmp")
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=False, default=_json_default)
         with writing_results(path):
             try:
                 out.mkdir(parents=True, exist_ok=True)
-                tmp.write_text(text)
+                from vea_bench.report.predictions import write_pending
+
+                write_pending(self, results_dir)  # per-image predictions a run attached, beside the record
+                tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False, default=_json_default))
                 os.replace(tmp, path)
             except BaseException:
                 tmp.unlink(missing_ok=True)

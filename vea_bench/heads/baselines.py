@@ -26,6 +26,7 @@ from vea_bench.heads.data import HeadData, _check_finite, load_head_data
 from vea_bench.metrics import split_metrics
 from vea_bench.progress import Progress, ensure
 from vea_bench.records import RunRecord, SplitMetrics
+from vea_bench.report.predictions import PRED_SPLITS, SplitPredictions, attach, from_scores
 
 log = logging.getLogger(__name__)
 
@@ -95,23 +96,25 @@ def probe_logits(x: np.ndarray, params: tuple[np.ndarray, np.ndarray, np.ndarray
     return ((np.asarray(x, dtype=np.float32) - mean) / std) @ w + b
 
 
-def _feature_splits(cache: FeatureCache, kind: str, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _feature_splits(cache: FeatureCache, kind: str, key: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     field = {"visual": "emb", "backbone": "feat"}[kind]
     out = {}
     for split in cache.splits:
         d = cache.read(kind, key, split, [field])
         _check_finite(cache, f"{kind}/{key}", split, d[field], d.valid)
         rows = np.flatnonzero(d.valid)
-        out[split] = (np.asarray(d[field][rows], dtype=np.float32), cache.labels(split)[rows])
+        out[split] = (np.asarray(d[field][rows], dtype=np.float32), cache.labels(split)[rows], rows)
     return out
 
 
 def _record(kind: str, method: str, cache_prov: dict[str, Any], dataset: str, labels: list[str],
             config: dict[str, Any], metrics: dict[str, SplitMetrics], *, params: int | None = None,
-            t0: float) -> RunRecord:
-    return RunRecord(kind=kind, method=method, dataset=dataset, config=config,
-                     metrics={s: asdict(m) for s, m in metrics.items()}, params=params, label_names=labels,
-                     cache=cache_prov, wall_time_s=time.perf_counter() - t0)
+            t0: float, preds: dict[str, Any] | None = None) -> RunRecord:
+    rec = RunRecord(kind=kind, method=method, dataset=dataset, config=config,
+                    metrics={s: asdict(m) for s, m in metrics.items()}, params=params, label_names=labels,
+                    cache=cache_prov, wall_time_s=time.perf_counter() - t0)
+    attach(rec, preds or {})  # per-image test predictions, written beside the record when it is saved
+    return rec
 
 
 def run_baselines(
@@ -177,7 +180,9 @@ def run_baselines(
                 vprov = cache.source("vlm", src.split("/", 1)[-1]).provenance
                 cfg = {"source": src, "input": "onehot", "tuned": bool(vprov.get("adapter")),
                        "backend": vprov.get("backend"), "model": vprov.get("model")}
-                records.append(_record("vlm-eval", "VLM", prov, ds, names, cfg, mets, t0=t0))
+                records.append(_record("vlm-eval", "VLM", prov, ds, names, cfg, mets, t0=t0,
+                                       preds={s: from_scores(sa.y, sa.vlm, sa.rows, logits=False)
+                                              for s, sa in d.splits.items() if s in PRED_SPLITS}))
         elif w == "teacher":
             if not have["teacher"]:
                 skipped.append("teacher: no teacher source")
@@ -186,7 +191,8 @@ def run_baselines(
                 mets = {s: split_metrics(sa.y, sa.teacher, names, teacher_logits=sa.teacher)
                         for s, sa in d.splits.items()}
                 records.append(_record("baseline", "teacher", prov, ds, names, {"source": d.sources["teacher"]},
-                                       mets, t0=t0))
+                                       mets, t0=t0, preds={s: from_scores(sa.y, sa.teacher, sa.rows, logits=True)
+                                                           for s, sa in d.splits.items() if s in PRED_SPLITS}))
         elif w == "distill":
             if distill is None or distill_data is None:
                 skipped.append("distill: pass --distill RUN_ID to evaluate a saved distill head")
@@ -195,7 +201,10 @@ def run_baselines(
                 records.append(_record("baseline", "distill", prov, ds, names,
                                        {**distill.config.to_dict(), "distill_run": distill.extra.get("run_id"),
                                         "visual": distill_data.sources.get("visual")},
-                                       mets, params=distill.params, t0=t0))
+                                       mets, params=distill.params, t0=t0,
+                                       preds={s: from_scores(sa.y, distill.logits[s], sa.rows, logits=True)
+                                              for s, sa in distill_data.splits.items()
+                                              if s in PRED_SPLITS and distill.logits.get(s) is not None}))
         elif w == "probes":
             sources = [("visual", k) for k in ([visual] if visual else cache.source_keys("visual"))]
             bkeys = list(backbones) if backbones else cache.source_keys("backbone")
@@ -206,13 +215,15 @@ def run_baselines(
                 t1 = time.perf_counter()
                 cache.resolve_key(kind, key)
                 feats = _feature_splits(cache, kind, key)
-                xtr, ytr = feats["train"]
+                xtr, ytr, _ = feats["train"]
                 params = fit_linear_probe(xtr, ytr, c, l2=probe_l2, max_iter=probe_iters, device=device)
-                mets = {s: split_metrics(yy, probe_logits(xx, params), names) for s, (xx, yy) in feats.items()}
+                mets = {s: split_metrics(yy, probe_logits(xx, params), names) for s, (xx, yy, _) in feats.items()}
                 cfg = {"source": f"{kind}/{key}", "solver": "lbfgs-softmax-regression", "l2": probe_l2,
                        "max_iter": probe_iters, "standardised": True, "fit_split": "train"}
                 records.append(_record("baseline", f"probe:{kind}/{key}", prov, ds, names, cfg, mets,
-                                       params=int(xtr.shape[1] * c + c), t0=t1))
+                                       params=int(xtr.shape[1] * c + c), t0=t1,
+                                       preds={s: from_scores(yy, probe_logits(xx, params), rr, logits=True)
+                                              for s, (xx, yy, rr) in feats.items() if s in PRED_SPLITS}))
         elif w == "ensemble" and pair is not None:
             sel = "val" if "val" in pair.splits else "train"
             sv = pair.splits[sel]
@@ -221,13 +232,19 @@ def run_baselines(
                     for s, sa in pair.splits.items()}
             cfg = {"teacher": pair.sources["teacher"], "vlm": pair.sources["vlm"], "vlm_input": vlm_input,
                    "teacher_weight": weight, "weight_picked_on": sel, "rule": "w*softmax(teacher)+(1-w)*vlm"}
-            records.append(_record("baseline", "ensemble", prov, ds, names, cfg, mets, t0=t0))
+            records.append(_record("baseline", "ensemble", prov, ds, names, cfg, mets, t0=t0,
+                                   preds={s: from_scores(sa.y, ensemble_scores(sa.teacher, sa.vlm, weight), sa.rows,
+                                                         logits=False)
+                                          for s, sa in pair.splits.items() if s in PRED_SPLITS}))
         elif w == "oracle" and pair is not None:
             onehots = load_head_data(cache, vlm=vlm, teacher=teacher, need=("teacher", "vlm"), vlm_input="onehot")
             mets = {s: split_metrics(sa.y, oracle_predictions(sa.y, sa.teacher.argmax(1), sa.vlm), names)
                     for s, sa in onehots.splits.items()}
             cfg = {"teacher": onehots.sources["teacher"], "vlm": onehots.sources["vlm"], "rule": "teacher or vlm right"}
-            records.append(_record("baseline", "oracle", prov, ds, names, cfg, mets, t0=t0))
+            records.append(_record("baseline", "oracle", prov, ds, names, cfg, mets, t0=t0,
+                                   preds={s: SplitPredictions(sa.rows, sa.y,
+                                                              oracle_predictions(sa.y, sa.teacher.argmax(1), sa.vlm))
+                                          for s, sa in onehots.splits.items() if s in PRED_SPLITS}))
         elif w == "complementarity" and pair is not None:
             onehots = load_head_data(cache, vlm=vlm, teacher=teacher, need=("teacher", "vlm"), vlm_input="onehot")
             mets = {}

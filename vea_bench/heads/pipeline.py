@@ -40,6 +40,7 @@ from vea_bench.heads.trainer import (
 from vea_bench.metrics import split_metrics
 from vea_bench.progress import Progress
 from vea_bench.records import ARTIFACTS_DIR, RunRecord
+from vea_bench.report.predictions import attach_head
 
 log = logging.getLogger(__name__)
 
@@ -595,6 +596,7 @@ def distill_record(data: HeadData, res: HeadResult, *, results_dir: str | Path, 
     rec.artifacts = _save_artifacts(Path(results_dir), rec.run_id, {"distill": res.state},
                                     {"run_id": rec.run_id, "distill": distill_arch(data, cfg), "config": config,
                                      "data": _lineage(data)})
+    attach_head(rec, data, res)
     rec.save(results_dir)
     return rec
 
@@ -622,6 +624,7 @@ def gate_record(data: HeadData, res: HeadResult, distill: HeadResult | None, *, 
         arch["distill"] = distill_arch(data, distill.config)
     rec.artifacts = _save_artifacts(Path(results_dir), rec.run_id, weights, {"run_id": rec.run_id, **arch,
                                                                              "config": config, "data": _lineage(data)})
+    attach_head(rec, data, res, distill)
     rec.save(results_dir)
     return rec
 

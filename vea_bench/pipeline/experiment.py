@@ -129,6 +129,7 @@ class ReportSection:
     formats: list[str] = field(default_factory=lambda: ["md"])
     plots: bool = True
     compare_paper: bool = True
+    html: bool = True   # the browsable report (`vea-bench report`) in <workdir>/report/index.html
 
 
 @dataclass

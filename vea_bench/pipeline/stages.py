@@ -274,9 +274,18 @@ def build_stages(exp: Experiment) -> list[Stage]:
             path = out_dir / f"tables.{suffix[fmt]}"
             path.write_text(render(tables, fmt, compare=r.compare_paper))
             written.append(str(path))
+        plots: list[Path] = []
         if r.plots:
             plots, _why = render_plots(res, work / "plots", datasets=[exp.dataset.name], formats=["png", "pdf"])
             written.extend(str(p) for p in plots)
+        if r.html:
+            from vea_bench.report.html import build_report
+
+            page = build_report(res, work / "report", dataset=exp.dataset.name, seed=exp.experiment.seed,
+                                compare_paper=r.compare_paper, figures=plots)
+            for why in page.missing:
+                log.info("report: %s", why)
+            written.append(str(page.index))
         return {"paths": written}
 
     stages.append(Stage("report", {**asdict(r)}, run_report, deps=upstream))

@@ -207,6 +207,8 @@ class Cell:
     paper: float | int | None = None
     paper_note: str = ""
     run_ids: list[str] = field(default_factory=list)
+    ci: tuple[float, float] | None = None   # 95 % interval (percent), filled by `report.compare.annotate_tables`
+    mark: str = ""                          # "best" | "tie" (not significantly different from the best)
 
     @property
     def delta(self) -> float | int | None:
@@ -603,7 +605,14 @@ def _value_text(cell: Cell, fmt: str) -> str:
         s += f"{pm}{cell.std:.2f}"
     if cell.n >= 2:
         s += r" {\scriptsize (n=%d)}" % cell.n if fmt == "latex" else f" (n={cell.n})"
+    if cell.ci is not None:
+        s += r" {\scriptsize [%.2f, %.2f]}" % cell.ci if fmt == "latex" else f" [{cell.ci[0]:.2f}, {cell.ci[1]:.2f}]"
+    if cell.mark:
+        s += _MARKS[cell.mark].get(fmt, _MARKS[cell.mark]["text"])
     return s
+
+
+_MARKS = {"best": {"text": " ▲", "latex": r" $^{\ast}$"}, "tie": {"text": " ≈", "latex": r" $^{\approx}$"}}
 
 
 def _paper_text(cell: Cell, fmt: str) -> str:
@@ -663,6 +672,9 @@ _TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", 
         "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "Δ": r"$\Delta$", "±": r"$\pm$", "—": "---"}
 
 
+_TEX.update({"▲": r"$^{\ast}$", "≈": r"$^{\approx}$", "≥": r"$\geq$"})  # significance marks' notes
+
+
 def _tex_escape(s: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in s)
 
@@ -700,6 +712,10 @@ def to_csv(tables: Sequence[Table], *, compare: bool = False) -> str:
     head = ["table", "group", "row", "reported", "column", "kind", "value", "std", "n", "note"]
     if compare:
         head += ["paper", "delta"]
+    # Intervals and significance marks (`report.compare.annotate_tables`) get columns when present.
+    annotated = any(c.ci is not None or c.mark for t in tables for r in t.rows for c in r.cells.values())
+    if annotated:
+        head += ["ci_low", "ci_high", "mark"]
     w.writerow(head)
     for t in tables:
         for r in t.rows:
@@ -712,6 +728,9 @@ def to_csv(tables: Sequence[Table], *, compare: bool = False) -> str:
                     d = cell.delta
                     line += ["" if cell.paper is None else cell.paper,
                              "" if d is None else (f"{d:.4f}" if cell.kind == "acc" else d)]
+                if annotated:
+                    line += ["" if cell.ci is None else f"{cell.ci[0]:.4f}",
+                             "" if cell.ci is None else f"{cell.ci[1]:.4f}", cell.mark]
                 w.writerow(line)
     return buf.getvalue()
 

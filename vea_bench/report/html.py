@@ -1,0 +1,405 @@
+"""`vea-bench report --out DIR`: one static HTML page with everything a reader of the study needs.
+
+The page (``DIR/index.html``, rendered by jinja2 from ``vea_bench/data/templates/report.html``)
+works offline from the file system: no script, no server, images as files beside it under
+``DIR/figures/``. It holds every table (with the paper's numbers, Δ, 95 % intervals and
+significance marks), the key paired comparisons, Figures 1 and 3, Figure 4's gallery,
+calibration (ECE and reliability diagrams), per-group accuracy, confusion matrices, loss curves
+where records carry per-epoch losses, and, one click from every number, its runs' provenance
+(run id, cache, config, environment).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vea_bench.errors import ConfigError, VeaError
+from vea_bench.records import RunRecord
+from vea_bench.report import stats as S
+from vea_bench.report.compare import Comparison, annotate_tables, compare_records, format_comparison
+from vea_bench.report.paper import dataset_title
+from vea_bench.report.predictions import SplitPredictions, load_for
+from vea_bench.report.tables import (
+    Results,
+    Table,
+    _created,
+    _delta_text,
+    _paper_text,
+    _value_text,
+    build_tables,
+    config_signature,
+    latest_group,
+    metric_of,
+    require_records,
+)
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = "report.html"
+FIG_DIR = "figures"
+MAX_CALIBRATION_RUNS = 6
+
+
+@dataclass
+class Report:
+    """What `build_report` wrote: the page, its image files, and what was left out (with why)."""
+
+    index: Path
+    images: list[Path] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- choosing runs
+
+def main_dataset(results: Results, dataset: str | None) -> str:
+    """The dataset the page's figures are about: the given one, else the one of the newest gate run."""
+    have = {r.dataset for r in results.records}
+    if dataset is not None:
+        if dataset not in have:
+            raise ConfigError(f"no run on dataset '{dataset}' under {results.root} (have: {', '.join(sorted(have))})")
+        return dataset
+    gates = [r for r in results.records if r.kind == "gate"]
+    pool = gates or results.records
+    return max(pool, key=_created).dataset
+
+
+def _latest(results: Results, dataset: str, pred: Any) -> list[RunRecord]:
+    return latest_group([r for r in results.records if r.dataset == dataset and pred(r)])
+
+
+def key_runs(results: Results, dataset: str, gate: str | None = None) -> dict[str, list[RunRecord]]:
+    """EmoVLM-KD (paper gate, or ``gate``), its distill heads, the VLM alone and the teacher alone:
+    latest config group each."""
+    from vea_bench.heads.gates import GATES
+
+    want = GATES.canonical(gate) if gate else "concat"
+    if gate and not any(r.kind == "gate" and r.dataset == dataset and (r.config or {}).get("gate") == want
+                        for r in results.records):
+        raise ConfigError(f"no '{want}' gate run on {dataset} under {results.root}")
+
+    def paper_gate(r: RunRecord) -> bool:
+        c = r.config or {}
+        return (r.kind == "gate" and str(c.get("gate", "concat")) == want and c.get("vlm_input", "onehot") == "onehot"
+                and (gate is not None or c.get("gate_fit", "train") == "train"))
+
+    gate = _latest(results, dataset, paper_gate) or _latest(results, dataset, lambda r: r.kind == "gate")
+    ids = {(g.config or {}).get("distill_run") for g in gate}
+    distill = [r for r in results.records if r.run_id in ids and r.kind == "distill"]
+    if not distill:
+        distill = _latest(results, dataset, lambda r: r.kind == "distill" and (r.config or {}).get("alpha", 0.5) == 0.5)
+    out = {"EmoVLM-KD": gate, "distill head": latest_group(distill) if distill else [],
+           "VLM alone": _latest(results, dataset, lambda r: r.kind == "vlm-eval"),
+           "teacher alone": _latest(results, dataset, lambda r: r.kind == "baseline" and r.method == "teacher")}
+    return {k: v for k, v in out.items() if v}
+
+
+# ----------------------------------------------------------------------------- tables
+
+def _table_view(t: Table, compare: bool) -> dict[str, Any]:
+    head = [("Model" if t.id in ("1", "ext") else "Row", "")]
+    for c in t.columns:
+        head.append((c.title, ""))
+        if compare and c.compare:
+            head += [(f"{c.title} (paper)", "paper"), ("Δ", "delta")]
+    rows = []
+    last = None
+    for r in t.rows:
+        if r.group != last and r.group in t.groups:
+            rows.append({"group": t.groups[r.group]})
+        last = r.group
+        cells = []
+        for c in t.columns:
+            cell = r.cells[c.key]
+            text = _value_text(cell, "html") if not (compare and cell.reported) else "reported only"
+            cls = "empty" if cell.value is None else ("best" if cell.mark == "best" else ("tie" if cell.mark == "tie" else ""))
+            cells.append({"text": text, "cls": cls, "runs": list(cell.run_ids)})
+            if compare and c.compare:
+                cells.append({"text": _paper_text(cell, "html"), "cls": "paper", "runs": []})
+                cells.append({"text": _delta_text(cell), "cls": "delta", "runs": []})
+        rows.append({"label": r.label, "cells": cells, "reported": r.reported})
+    return {"id": t.id, "title": t.title, "head": head, "rows": rows, "notes": list(t.notes)}
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _plt() -> Any:
+    from vea_bench.report.plots import _plt as p
+
+    return p()
+
+
+def _save(fig: Any, out: Path, name: str, dpi: int = 130) -> list[Path]:
+    from vea_bench.report.plots import save_figure
+
+    return save_figure(fig, out, name, ("png", "pdf"), dpi)
+
+
+def reliability_figure(curves: Sequence[tuple[str, S.Calibration]]) -> Any:
+    """Reliability diagram: accuracy against mean confidence per bin, one line per run, ECE in the legend."""
+    plt = _plt()
+    with plt.rc_context({"font.size": 8}):
+        fig, ax = plt.subplots(figsize=(4.2, 3.6), layout="constrained")
+        ax.plot([0, 1], [0, 1], color="#999999", lw=0.8, ls="--", label="perfect calibration")
+        for label, cal in curves:
+            pts = [(c, a) for c, a in zip(cal.confidence, cal.accuracy) if c is not None and a is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", ms=3, lw=1, label=f"{label} (ECE {cal.ece * 100:.1f} %)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (max probability)")
+        ax.set_ylabel("accuracy")
+        ax.legend(fontsize=6.5, loc="upper left", frameon=False)
+    return fig
+
+
+def loss_series(rec: RunRecord) -> dict[str, list[float]]:
+    """Per-epoch loss arrays a record carries (``train_loss`` in a split's extra, or keys with 'loss'
+    in the record itself, such as those a convergence-aware trainer adds), by name."""
+    out: dict[str, list[float]] = {}
+
+    def take(prefix: str, d: Any) -> None:
+        if not isinstance(d, dict):
+            return
+        for k, v in d.items():
+            if isinstance(v, dict):
+                take(f"{prefix}{k}.", v)
+            elif "loss" in str(k) and isinstance(v, list) and len(v) >= 2 and all(isinstance(x, (int, float)) for x in v):
+                ys = [float(x) for x in v]
+                if ys not in out.values():  # the trainer copies its train loss into every split's extra
+                    out[str(k) if str(k) not in out else f"{prefix}{k}"] = ys
+
+    take("", {k: v for k, v in vars(rec).items() if k not in ("metrics", "config", "environment", "cache")})
+    for split, m in (rec.metrics or {}).items():
+        if isinstance(m, dict):
+            take(f"{split}.", m.get("extra"))
+            take(f"{split}.", {k: v for k, v in m.items() if k != "extra"})
+    return out
+
+
+def loss_figure(runs: Sequence[tuple[str, dict[str, list[float]]]]) -> Any:
+    plt = _plt()
+    with plt.rc_context({"font.size": 8}):
+        fig, ax = plt.subplots(figsize=(4.8, 3.2), layout="constrained")
+        for label, series in runs:
+            for name, ys in series.items():
+                ax.plot(range(1, len(ys) + 1), ys, lw=1, label=f"{label}: {name}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=6.5, frameon=False)
+    return fig
+
+
+# ----------------------------------------------------------------------------- per-group view
+
+def group_view(reports: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """One table per grouping (class, then each attribute): a row per value, a column per run."""
+    runs = [{"label": label, "run": gr.run_id} for label, gr in reports]
+    grouping: dict[str, dict[str, dict[str, Any]]] = {}
+    for j, (_, gr) in enumerate(reports):
+        for name, items in [("class", gr.per_class)] + [(t.attribute, t.groups) for t in gr.attributes]:
+            table = grouping.setdefault(name, {})
+            for g in items:
+                row = table.setdefault(g.value, {"value": g.value, "n": g.n, "accs": [None] * len(reports)})
+                row["accs"][j] = g.accuracy * 100
+    tables = [{"attribute": k, "rows": list(v.values())} for k, v in grouping.items()]
+    dists = [{"label": label, "run": gr.run_id, "d": gr.distribution, "note": gr.note}
+             for label, gr in reports if gr.distribution is not None]
+    return {"runs": runs, "tables": tables, "distribution": dists}
+
+
+# ----------------------------------------------------------------------------- the page
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str, sort_keys=True)
+
+
+def _run_view(rec: RunRecord, path: Path | None) -> dict[str, Any]:
+    return {"id": rec.run_id, "kind": rec.kind, "method": rec.method, "dataset": rec.dataset, "seed": rec.seed,
+            "group": rec.group, "created": rec.created_at, "path": str(path) if path else "",
+            "acc": metric_of(rec, "test"), "cache_path": (rec.cache or {}).get("path", ""),
+            "config": _json(rec.config), "cache": _json(rec.cache), "artifacts": _json(rec.artifacts),
+            "environment": _json(rec.environment), "signature": config_signature(rec)[:12]}
+
+
+def build_report(results: Results, out: str | Path, *, dataset: str | None = None, seed: int = 0,
+                 examples: int = 4, n_resamples: int = S.N_RESAMPLES, compare_paper: bool = True,
+                 gate: str | None = None, figures: Sequence[Path] | None = None) -> Report:
+    """Write ``out/index.html`` and its figures from ``results``; returns what was written and left out.
+
+    ``gate`` picks the gate of Figure 4 and the key comparisons (default: the paper's Concat & Linear);
+    DynamicWeighting and CrossGating runs show their per-image source weights in Figure 4.
+    ``figures``: PNGs of `render_plots` already drawn (the pipeline's plots stage) to show instead of
+    drawing them again; an empty list leaves the paper figures and confusion matrices out.
+    """
+    import jinja2
+
+    from vea_bench.report.examples import dataset_source, figure4, group_report, pick_examples, split_meta
+    from vea_bench.report.plots import FigureStyle, render_plots, run_label
+
+    require_records(results)
+    ds = main_dataset(results, dataset)
+    keys = key_runs(results, ds, gate)   # a wrong --dataset or --gate fails before any work
+    out = Path(out)
+    figs = out / FIG_DIR
+    if figs.exists():
+        shutil.rmtree(figs)  # the page is rebuilt whole: no stale image from an earlier report survives
+    figs.mkdir(parents=True, exist_ok=True)
+    rep = Report(index=out / "index.html")
+
+    tables = build_tables(results, "all", dataset=ds)
+    rep.missing += annotate_tables(tables, results, ci=True, marks=True, seed=seed, n_resamples=n_resamples)
+    table_views = [_table_view(t, compare_paper) for t in tables]
+
+    # Paper figures and confusion matrices (latest run per config).
+    if figures is None:
+        written, why = render_plots(results, figs, formats=["png"], style=FigureStyle(width=4.5, dpi=130, font_size=8))
+        rep.missing += why
+    else:
+        written = []
+        for src_png in (Path(f) for f in figures if Path(f).suffix == ".png"):
+            shutil.copyfile(src_png, figs / src_png.name)
+            written.append(figs / src_png.name)
+        if not figures:
+            rep.missing.append("paper figures and confusion matrices: not drawn ([report].plots = false)")
+    rep.images += written
+    paper_figs = [{"src": f"{FIG_DIR}/{p.name}", "name": p.stem}
+                  for p in written if p.suffix == ".png" and not p.stem.startswith("confusion-")]
+    confusions = [{"src": f"{FIG_DIR}/{p.name}", "name": p.stem, "run": p.stem[len("confusion-"):]}
+                  for p in written if p.suffix == ".png" and p.stem.startswith("confusion-")]
+
+    # Key comparisons on the main dataset.
+    comparisons: list[dict[str, Any]] = []
+    if "EmoVLM-KD" in keys:
+        for other in ("distill head", "VLM alone", "teacher alone"):
+            if other not in keys:
+                continue
+            try:
+                c: Comparison = compare_records(results, keys["EmoVLM-KD"], keys[other], "EmoVLM-KD", other,
+                                                seed=seed, n_resamples=n_resamples)
+            except ConfigError as exc:
+                rep.missing.append(f"comparison EmoVLM-KD vs {other}: {exc}")
+                continue
+            comparisons.append({"title": f"EmoVLM-KD vs {other}", "lines": format_comparison(c),
+                                "runs": sorted({p.run_a for p in c.pairs} | {p.run_b for p in c.pairs})})
+
+    # Figure 4 from the newest paper gate run with stored predictions.
+    fig4: dict[str, Any] | None = None
+    src = None
+    gate_runs = sorted(keys.get("EmoVLM-KD", []), key=_created, reverse=True)
+    gate_pred: tuple[RunRecord, SplitPredictions] | None = None
+    for g in gate_runs:
+        p = load_for(g, results.root)
+        if p is not None:
+            gate_pred = (g, p)
+            break
+    if gate_pred is None:
+        rep.missing.append(f"figure 4: no gate run on {ds} with stored per-image predictions")
+    else:
+        g, p = gate_pred
+        try:
+            src = dataset_source(g)
+            exs = pick_examples(g, p, src.ids, per_direction=examples, seed=seed)
+            fig = figure4(exs, src.root, title=f"Figure 4 ({dataset_title(ds)}): VLM vs distill head")
+            paths = _save(fig, figs, "figure4-examples", dpi=150)
+            rep.images += paths
+            gallery = []
+            for i, e in enumerate(exs):
+                dst = figs / f"fig4-{i:02d}{Path(e.image).suffix.lower() or '.png'}"
+                shutil.copyfile(src.root / e.image, dst)
+                rep.images.append(dst)
+                gallery.append({**asdict(e), "src": f"{FIG_DIR}/{dst.name}"})
+            fig4 = {"png": f"{FIG_DIR}/figure4-examples.png", "pdf": f"{FIG_DIR}/figure4-examples.pdf",
+                    "gallery": gallery, "run": g.run_id, "root": str(src.root), "cache": str(src.cache),
+                    "seed": seed}
+        except (ConfigError, VeaError, OSError) as exc:
+            rep.missing.append(f"figure 4: {exc}")
+            src = None
+
+    # Calibration of heads and gates (and the teacher), latest run of each config on the main dataset.
+    cal_rows: list[dict[str, Any]] = []
+    curves: list[tuple[str, S.Calibration]] = []
+    seen: set[str] = set()
+    # Key runs first (the paper gate, its heads), then other gates, heads and baselines, newest first.
+    key_ids = {r.run_id for recs in keys.values() for r in recs}
+    order = {"gate": 0, "distill": 1, "baseline": 2}
+    cands = sorted([r for r in results.records if r.dataset == ds and (r.kind in ("gate", "distill") or
+                    (r.kind == "baseline" and not r.method.startswith("oracle")))],
+                   key=lambda r: (r.run_id not in key_ids, order[r.kind], -_created(r)[0], r.run_id))
+    for r in cands:
+        sig = config_signature(r)
+        if sig in seen:
+            continue
+        p = load_for(r, results.root)
+        if p is None or p.prob is None:
+            continue
+        seen.add(sig)
+        cal = S.calibration(p.prob, p.y)
+        label = run_label(r)
+        cal_rows.append({"label": label, "run": r.run_id, "ece": cal.ece * 100, "n": len(p),
+                         "acc": float(p.correct.mean()) * 100})
+        if len(curves) < MAX_CALIBRATION_RUNS and r.kind in ("gate", "distill"):
+            curves.append((label, cal))
+    reliability = None
+    if curves:
+        rep.images += _save(reliability_figure(curves), figs, "reliability")
+        reliability = f"{FIG_DIR}/reliability.png"
+    else:
+        rep.missing.append(f"calibration: no head or gate run on {ds} with stored probabilities")
+
+    # Per-group analysis for the key runs.
+    meta = None
+    if src is None and gate_runs:
+        try:
+            src = dataset_source(gate_runs[0])
+        except (ConfigError, VeaError) as exc:
+            rep.missing.append(f"attributes: {exc}")
+    if src is not None:
+        try:
+            meta = split_meta(src)
+        except ConfigError as exc:
+            rep.missing.append(f"attributes: {exc}")
+    reports = []
+    for label, recs in keys.items():
+        r = max(recs, key=_created)
+        p = load_for(r, results.root)
+        if p is None:
+            continue
+        reports.append((label, group_report(r, p, src if meta is not None and r.dataset == src.dataset else None,
+                                            meta)))
+    groups = group_view(reports)
+    has_attributes = len(groups["tables"]) > 1
+
+    # Loss curves where records carry them (latest distill and gate runs on the main dataset).
+    loss_runs = []
+    for kind in ("distill", "gate"):
+        for r in _latest(results, ds, lambda x, k=kind: x.kind == k)[:1]:
+            series = loss_series(r)
+            if series:
+                loss_runs.append((f"{run_label(r)} seed {r.seed}", series))
+    losses = None
+    if loss_runs:
+        rep.images += _save(loss_figure(loss_runs), figs, "loss-curves")
+        losses = f"{FIG_DIR}/loss-curves.png"
+
+    runs = [_run_view(r, results.paths.get(r.run_id)) for r in sorted(results.records, key=_created)]
+    env = jinja2.Environment(loader=jinja2.PackageLoader("vea_bench", "data/templates"),
+                             autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
+    html = env.get_template(TEMPLATE).render(
+        title=f"vea-bench report: {results.root}", generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        root=str(results.root), n_records=len(results.records), dataset=ds, tables=table_views,
+        comparisons=comparisons, paper_figs=paper_figs, fig4=fig4, calibration=cal_rows,
+        reliability=reliability, groups=groups, has_attributes=has_attributes, confusions=confusions,
+        losses=losses, runs=runs, missing=rep.missing, skipped=[f"{p}: {w}" for p, w in results.skipped])
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = rep.index.with_suffix(".html.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(rep.index)
+    return rep
+

@@ -1,0 +1,232 @@
+"""Per-image test predictions of a run, stored beside its record so that two runs can be paired.
+
+Tables need only a run's accuracy; a reviewer's questions (is this difference real? where do the
+VLM and the head disagree? is the gate calibrated?) need its per-image predictions. Every run that
+reads the cache (VLM alone, baselines, distill heads, gates) writes them to
+``<results>/artifacts/<run_id>/predictions.safetensors`` (no pickle), with tensors per split:
+
+- ``<split>/rows``  int32: row indices in the cache's split order (with the split's manifest hash in
+  the metadata, the identity of each image, so two runs pair on the same test rows);
+- ``<split>/y``     int16: ground-truth class;
+- ``<split>/pred``  int16: predicted class, -1 where the run gave no answer (unparsed VLM reply);
+- ``<split>/prob``  float16 N x C: the run's class probabilities (softmax of logits, the VLM's
+  one-hot), absent for runs that only predict a class (the oracle);
+- extra ``<split>/<name>`` arrays a run adds: a gate stores its inputs' predictions (``vlm_pred``,
+  ``distill_pred``) and, where its architecture has them, its per-image ``source_weights`` N x 2
+  (distill, VLM).
+
+The record names the file in ``artifacts["predictions"]``. A run attaches them with `attach` before
+its record is saved; `RunRecord.save` writes them.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vea_bench.errors import ConfigError
+
+PRED_FILE = "predictions.safetensors"
+PRED_SPLITS = ("test",)
+_PENDING = "_pending_predictions"
+
+
+@dataclass
+class SplitPredictions:
+    """One split's per-image predictions (see the module docstring for each array)."""
+
+    rows: np.ndarray
+    y: np.ndarray
+    pred: np.ndarray
+    prob: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rows = np.asarray(self.rows, dtype=np.int64)
+        self.y = np.asarray(self.y, dtype=np.int64)
+        self.pred = np.asarray(self.pred, dtype=np.int64)
+        n = self.rows.shape[0]
+        if self.y.shape != (n,) or self.pred.shape != (n,) or (self.prob is not None and self.prob.shape[0] != n):
+            raise ConfigError(f"predictions: rows ({n}), labels {self.y.shape}, predictions {self.pred.shape} differ")
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.pred == self.y
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def from_scores(y: np.ndarray, scores: np.ndarray, rows: np.ndarray | None, *, logits: bool,
+                extra: Mapping[str, np.ndarray] | None = None) -> SplitPredictions:
+    """Predictions from N x C scores as `vea_bench.metrics.split_metrics` reads them.
+
+    ``logits=True`` turns scores into probabilities by softmax; otherwise they already are (the
+    VLM's one-hot, an ensemble's mixture). An all-zero row predicts nothing (-1), as in the metrics.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    pred = s.argmax(1)
+    if not logits:
+        pred = np.where(np.any(s != 0, axis=1), pred, -1)
+    prob = softmax(s) if logits else s
+    rows = np.arange(len(y)) if rows is None else rows
+    return SplitPredictions(rows=rows, y=y, pred=pred, prob=prob, extra=dict(extra or {}))
+
+
+def attach(rec: Any, preds: Mapping[str, SplitPredictions]) -> None:
+    """Hold ``preds`` (split -> predictions) on an unsaved record; `RunRecord.save` writes them."""
+    rec.__dict__[_PENDING] = {s: p for s, p in preds.items() if s in PRED_SPLITS and p is not None}
+
+
+def write_pending(rec: Any, results_dir: str | Path) -> None:
+    """Write the predictions `attach` held on ``rec`` (if any) and name the file in its artifacts."""
+    pending = rec.__dict__.pop(_PENDING, None)
+    if not pending:
+        return
+    from vea_bench.records import ARTIFACTS_DIR
+
+    path = Path(results_dir) / ARTIFACTS_DIR / rec.run_id / PRED_FILE
+    manifests = (rec.cache or {}).get("manifest_hashes") or {}
+    write_predictions(path, pending, {"run_id": rec.run_id, "dataset": rec.dataset,
+                                      "label_names": list(rec.label_names),
+                                      "manifest_hashes": {s: manifests.get(s) for s in pending}})
+    rec.artifacts = {**rec.artifacts, "predictions": str(path)}
+
+
+def write_predictions(path: str | Path, preds: Mapping[str, SplitPredictions], meta: Mapping[str, Any]) -> Path:
+    """Write ``preds`` to a safetensors file (atomically), ints as int16/int32, probabilities float16."""
+    from safetensors.numpy import save_file
+
+    tensors: dict[str, np.ndarray] = {}
+    for split, p in preds.items():
+        tensors[f"{split}/rows"] = p.rows.astype(np.int32)
+        tensors[f"{split}/y"] = p.y.astype(np.int16)
+        tensors[f"{split}/pred"] = p.pred.astype(np.int16)
+        if p.prob is not None:
+            tensors[f"{split}/prob"] = np.asarray(p.prob, dtype=np.float16)
+        for k, v in p.extra.items():
+            arr = np.asarray(v)
+            tensors[f"{split}/{k}"] = arr.astype(np.float16 if arr.dtype.kind == "f" else np.int16)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
+              metadata={"meta": json.dumps(dict(meta), default=str)})
+    tmp.replace(path)
+    return path
+
+
+def read_predictions(path: str | Path) -> tuple[dict[str, SplitPredictions], dict[str, Any]]:
+    """A predictions file: split -> predictions, and its metadata; an unreadable file is a one-line error."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file, safe_open
+
+    path = Path(path)
+    try:
+        arrays = load_file(str(path))
+        with safe_open(str(path), framework="numpy") as f:
+            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+    except (OSError, SafetensorError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable predictions file ({exc.__class__.__name__})") from None
+    out: dict[str, SplitPredictions] = {}
+    for split in sorted({k.split("/", 1)[0] for k in arrays}):
+        a = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(split + "/")}
+        if not {"rows", "y", "pred"} <= set(a):
+            raise ConfigError(f"{path}: split '{split}' lacks rows, y or pred")
+        prob = a.pop("prob", None)
+        base = {k: a.pop(k) for k in ("rows", "y", "pred")}
+        out[split] = SplitPredictions(prob=None if prob is None else prob.astype(np.float32),
+                                      extra={k: (v.astype(np.float32) if v.dtype.kind == "f" else v.astype(np.int64))
+                                             for k, v in a.items()}, **base)
+    return out, meta
+
+
+def predictions_path(rec: Any, results_root: str | Path | None = None) -> Path | None:
+    """Where ``rec``'s predictions are: the path its record names, else the standard place under the results."""
+    from vea_bench.records import ARTIFACTS_DIR
+
+    cands = []
+    named = (rec.artifacts or {}).get("predictions") if isinstance(rec.artifacts, dict) else None
+    if named:
+        cands.append(Path(named))
+    if results_root is not None:
+        cands.append(Path(results_root) / ARTIFACTS_DIR / rec.run_id / PRED_FILE)
+    return next((p for p in cands if p.is_file()), None)
+
+
+def load_for(rec: Any, results_root: str | Path | None = None, split: str = "test") -> SplitPredictions | None:
+    """``rec``'s predictions of ``split``, or None when the run stored none."""
+    p = predictions_path(rec, results_root)
+    if p is None:
+        return None
+    preds, _ = read_predictions(p)
+    return preds.get(split)
+
+
+# ----------------------------------------------------------------------------- writers' helpers
+
+def gate_source_weights(gate: str, num_classes: int, state: Mapping[str, Any], v1: np.ndarray,
+                        v2: np.ndarray) -> np.ndarray | None:
+    """Per-image weights (distill, VLM) of gates whose architecture weighs its two sources.
+
+    DynamicWeighting's softmax weights are exactly that; CrossGating's sigmoid gates are averaged
+    over classes and normalised to sum to one. The other gates mix sources through linear maps,
+    which have no per-image source weight: None.
+    """
+    import torch
+
+    from vea_bench.heads.gates import GATES, build_gate
+
+    name = GATES.canonical(gate)
+    if name not in ("dynamic", "crossgating"):
+        return None
+    g = build_gate(name, num_classes)
+    g.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    a = torch.from_numpy(np.asarray(v1, dtype=np.float32))
+    b = torch.from_numpy(np.asarray(v2, dtype=np.float32))
+    with torch.no_grad():
+        if name == "dynamic":
+            w = torch.softmax(g.weigher(torch.cat([a, b], dim=-1)), dim=-1)
+        else:
+            g1 = torch.sigmoid(g.gate1(b)).mean(-1)
+            g2 = torch.sigmoid(g.gate2(a)).mean(-1)
+            w = torch.stack([g1, g2], dim=-1)
+            w = w / w.sum(-1, keepdim=True)
+    return w.numpy()
+
+
+def attach_head(rec: Any, data: Any, res: Any, distill: Any | None = None) -> None:
+    """Attach a distill head's or gate's test predictions (from its `HeadResult`) to its record.
+
+    For a gate, also its inputs' predictions (the VLM's answer and the distill head's) and, where
+    the gate has them, its source weights: Figure 4 reads all of them from the gate's file.
+    """
+    preds: dict[str, SplitPredictions] = {}
+    for split in PRED_SPLITS:
+        sa = data.splits.get(split)
+        lg = res.logits.get(split) if isinstance(res.logits, dict) else None
+        if sa is None or lg is None:
+            continue
+        extra: dict[str, np.ndarray] = {}
+        if res.kind == "gate" and sa.vlm is not None:
+            vlm = np.asarray(sa.vlm)
+            extra["vlm_pred"] = np.where(np.any(vlm != 0, axis=1), vlm.argmax(1), -1)
+            v1 = distill.logits.get(split) if distill is not None else None
+            if v1 is not None:
+                extra["distill_pred"] = np.asarray(v1).argmax(1)
+                w = gate_source_weights(res.config.gate, len(data.label_names), res.state, v1, vlm)
+                if w is not None:
+                    extra["source_weights"] = w
+        preds[split] = from_scores(sa.y, lg, sa.rows, logits=True, extra=extra)
+    attach(rec, preds)
