@@ -94,7 +94,7 @@ class DistillSection:
     depth: int = 1
     alpha: float = 0.5
     tau: float = 2.0
-    epochs: int = 5
+    epochs: int = 0              # 0: the schedule's own (default: an early-stopped budget; reference: SPEC's 5)
     lr: float = 0.0              # 0: the trainer's default (SPEC)
     batch_size: int = 0
     schedule: str = "default"
@@ -108,7 +108,7 @@ class GateSection:
     names: list[str] = field(default_factory=lambda: ["concat"])
     fit: str = "train"
     vlm_input: str = "onehot"
-    epochs: int = 10
+    epochs: int = 0              # 0: the schedule's own (default: an early-stopped budget; reference: SPEC's 10)
     lr: float = 0.0
 
 

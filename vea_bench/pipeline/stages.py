@@ -161,7 +161,9 @@ def build_stages(exp: Experiment) -> list[Stage]:
     def distill_base() -> Any:
         from vea_bench.heads.pipeline import DistillConfig, apply_schedule
 
-        cfg = DistillConfig(depth=d.depth, alpha=d.alpha, tau=d.tau, epochs=d.epochs, schedule=d.schedule)
+        cfg = DistillConfig(depth=d.depth, alpha=d.alpha, tau=d.tau, schedule=d.schedule)
+        if d.epochs:
+            cfg.epochs = d.epochs
         if d.lr:
             cfg.lr = d.lr
         if d.batch_size:
@@ -211,7 +213,9 @@ def build_stages(exp: Experiment) -> list[Stage]:
             # One gate per distill head (per seed), seeded like its head; heads come from the distill stage.
             gates = []
             for i, s in enumerate(d.seeds):
-                gc = GateConfig(gate=name, gate_fit=g.fit, vlm_input=g.vlm_input, epochs=g.epochs, seed=s)
+                gc = GateConfig(gate=name, gate_fit=g.fit, vlm_input=g.vlm_input, seed=s)
+                if g.epochs:
+                    gc.epochs = g.epochs
                 if g.lr:
                     gc.lr = g.lr
                 gates.append((apply_schedule(gc, "gate"), i))
