@@ -520,3 +520,22 @@ def test_old_single_file_cache_is_read_and_migrated(tmp_path: Path, reference: P
     assert len(list(sources_dir(old).rglob("*.h5"))) == len(FIELDS)
     assert_same_sources(reference, old)
     assert source_arrays(old)
+
+
+@pytest.mark.parametrize("exc,needle", [
+    (PermissionError(13, "Permission denied"), "permission denied"),
+    (OSError(30, "Read-only file system"), "read-only file system"),
+    (OSError(28, "No space left on device"), "no space left on device"),
+    (OSError(2, "No such file or directory"), "no such file or folder"),
+    # HDF5 reports the errno only inside its message text
+    (OSError("Unable to create file (unable to open file: name = 'x.h5', errno = 13, error message = "
+             "'Permission denied', flags = 13, o_flags = 242)"), "permission denied"),
+    (OSError("Can't write data (file write failed: time = now, errno = 28, error message = "
+             "'No space left on device')"), "no space left on device"),
+], ids=["EACCES", "EROFS", "ENOSPC", "ENOENT", "hdf5-EACCES", "hdf5-ENOSPC"])
+def test_os_errors_name_the_path_and_the_fix(exc: OSError, needle: str) -> None:
+    from vea_bench.cache.guard import os_error
+
+    msg = str(os_error(Path("/data/cache/fi.h5"), exc, "create the cache file"))
+    _one_line(msg, "/data/cache/fi.h5", "cannot create the cache file", needle)
+    assert ";" in msg  # the fix follows the reason

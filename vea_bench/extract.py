@@ -407,7 +407,10 @@ def extract(
         # Rows to compute: per split, the union of what any source is missing.
         jobs: list[_Job] = []
         for split in use_splits:
-            current = fingerprints(index.root, [smp.path for smp in index.split(split)])
+            paths = [smp.path for smp in index.split(split)]
+            # A shard holds (and will compute) only its own rows: fingerprint just those.
+            current = fingerprints(index.root, paths,
+                                   None if shard is None else shard_rows(np.arange(len(paths)), *shard))
             for g in groups:
                 for t in g.targets:
                     t.fingerprints[split] = current
