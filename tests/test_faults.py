@@ -371,12 +371,12 @@ def test_damaged_source_refused_verified_repaired(tmp_path: Path, reference: Pat
 # ------------------------------------------------------------------------- small file systems
 @pytest.fixture()
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 6 MB tmpfs mounted for the test (root and mount(8) needed, else skipped with the reason)."""
+    """A 16 MB tmpfs mounted for the test (root and mount(8) needed, else skipped with the reason)."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("needs root and mount(8) to mount a small tmpfs for full-disk / read-only faults")
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode})")
     try:

@@ -84,6 +84,15 @@ SOURCES_SUFFIX = ".sources"
 _STR_ROW_BYTES = 256
 # Per-row bytes of the auxiliary arrays: _status (1), _fp (8) and the _error heap reference.
 _AUX_ROW_BYTES = 1 + 8 + 16
+# Space a writer holds in reserve (a file it deletes on "no space left"), so that HDF5 can still
+# flush and close the file it was writing when the disk fills up under it: without room for that
+# last metadata flush the library may crash (SIGSEGV) and leave the file unreadable.
+BALLAST_BYTES = 2 << 20
+BALLAST_NAME = ".space-reserve"
+# A write is refused (and the reserve freed for a clean close) once the disk has less free than
+# this: HDF5 writes metadata at moments Python cannot intercept (object deallocation), and an
+# ENOSPC there cannot be recovered from.
+LOW_SPACE_BYTES = 1 << 20
 
 
 class DamagedSourceError(CacheError):
@@ -326,7 +335,28 @@ class SourceWriter:
         try:
             self.file.flush()
         except OSError as exc:
-            raise os_error(self.file.filename, exc, f"write source {self.name}") from None
+            raise self._failed(exc) from None
+
+    def _check_space(self) -> None:
+        """Stop before the disk is full (see `LOW_SPACE_BYTES`), while the file can still be closed."""
+        try:
+            free = shutil.disk_usage(self.cache.sources_dir).free
+        except OSError:
+            return
+        if free < LOW_SPACE_BYTES:
+            import errno
+
+            raise self._failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+    def _failed(self, exc: OSError) -> CacheError:
+        """A write failed (typically: the disk is full): free the reserve so HDF5 can flush the
+        file's metadata and close it cleanly, then report in one line."""
+        self.cache._release_ballast()
+        try:
+            self.file.flush()
+        except OSError:
+            pass
+        return os_error(self.file.filename, exc, f"write source {self.name}")
 
     def status(self, split: str) -> np.ndarray:
         return self.cache._group(self.name)[f"{split}/_status"][()]
@@ -344,7 +374,7 @@ class SourceWriter:
         try:
             _write_rows(g["_status"], srows, np.full(len(srows), ROW_MISSING, dtype=np.uint8))
         except OSError as exc:
-            raise os_error(self.file.filename, exc, f"write source {self.name}") from None
+            raise self._failed(exc) from None
         self._flush()
 
     def _write_fp(self, g: h5py.Group, srows: np.ndarray, order: np.ndarray, fingerprints: Any) -> None:
@@ -399,7 +429,8 @@ class SourceWriter:
         g, order, srows = self._rows(split, rows)
         if srows.size == 0:
             return
-        name = f"{self.kind}/{self.key}"
+        self._check_space()
+        name = self.name
         unknown = set(arrays) - set(self.fields)
         if unknown:
             raise CacheError(f"source {name} has no field(s) {sorted(unknown)}")
@@ -431,7 +462,7 @@ class SourceWriter:
             self._flush()  # values on disk before the status says they are there
             _write_rows(g["_status"], srows, np.full(len(srows), ROW_OK, dtype=np.uint8))
         except OSError as exc:
-            raise os_error(self.file.filename, exc, f"write source {self.name}") from None
+            raise self._failed(exc) from None
         self._flush()
 
     def fail(self, split: str, rows: Sequence[int] | np.ndarray, reasons: Sequence[str], *,
@@ -444,6 +475,7 @@ class SourceWriter:
         g, order, srows = self._rows(split, rows)
         if srows.size == 0:
             return
+        self._check_space()
         reasons = [str(r) for r in reasons]
         if len(reasons) != len(srows):
             raise CacheError(f"source {self.kind}/{self.key}: {len(reasons)} reasons for {len(srows)} failed rows")
@@ -455,7 +487,7 @@ class SourceWriter:
             self._flush()
             _write_rows(g["_status"], srows, np.full(len(srows), ROW_FAILED, dtype=np.uint8))
         except OSError as exc:
-            raise os_error(self.file.filename, exc, f"write source {self.name}") from None
+            raise self._failed(exc) from None
         self._flush()
 
     def info(self) -> SourceInfo:
@@ -708,7 +740,26 @@ class FeatureCache:
                         f"the dataset on disk ({h[:12]}); the images or labels changed, use a new cache"
                     )
 
+    def _take_ballast(self) -> None:
+        """Reserve ``BALLAST_BYTES`` on the cache's disk (best effort; see `BALLAST_BYTES`)."""
+        path = self.sources_dir / BALLAST_NAME
+        if path.exists():
+            return
+        try:
+            self.sources_dir.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(b"\0" * BALLAST_BYTES)  # written, not sparse: the blocks are really taken
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            path.unlink(missing_ok=True)
+
+    def _release_ballast(self) -> None:
+        (self.sources_dir / BALLAST_NAME).unlink(missing_ok=True)
+
     def close(self) -> None:
+        if self._files:
+            self._release_ballast()  # room for the final flush, whatever happened before
         for f in self._files.values():
             try:
                 if f.id.valid:
@@ -850,7 +901,7 @@ class FeatureCache:
         used = {p.resolve() for n, r in self._links().items() if r is not None
                 and (p := self._source_file(n, r)) is not None}
         for f in d.rglob("*"):
-            if f.is_file() and f.resolve() not in used:
+            if f.is_file() and f.resolve() not in used and not (f.name == BALLAST_NAME and self._files):
                 try:
                     f.unlink()
                 except OSError:
@@ -868,9 +919,13 @@ class FeatureCache:
         r = self._readers.pop(name, None)
         if r is not None and r.id.valid:
             r.close()  # HDF5 refuses to reopen for writing a file this process has open read-only
+        if not self._files:
+            self._take_ballast()
         try:
             f = h5py.File(p, "r+")
         except OSError as exc:
+            if not self._files:
+                self._release_ballast()
             if is_lock_error(exc):
                 raise CacheError(f"{p}: open in another process; wait for it to finish") from None
             from vea_bench.cache.guard import _errno_of
@@ -1025,8 +1080,9 @@ class FeatureCache:
                     "missing": int((st == ROW_MISSING).sum()),
                 }
         except (KeyError, OSError, ValueError, TypeError, IndexError, CacheError) as exc:
+            reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else _first_line(exc)
             raise DamagedSourceError(
-                f"{self.path}: source {name} is damaged ({str(exc).strip(chr(39) + chr(34))[:120]}); "
+                f"{self.path}: source {name} is damaged ({reason[:120]}); "
                 f"run `vea-bench cache repair {self.path}` to drop it, then extract it again"
             ) from None
         return SourceInfo(kind, key, fields, prov, counts)
