@@ -445,6 +445,7 @@ def extract(
         with stop_on_signals() as stop:
             if jobs:
                 loader = _make_loader(index.root, jobs, groups, batch_size, num_workers)
+                cache.release_handles()  # workers must not inherit (and keep locked) open HDF5 files
                 loader_iter = iter(loader)
                 for batch in loader_iter:
                     _process(batch, groups, summary)

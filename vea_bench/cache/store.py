@@ -126,6 +126,37 @@ def remove_cache(path: str | Path) -> None:
     p.with_name(p.name + ".lock").unlink(missing_ok=True)
 
 
+def _writing_marker(path: Path) -> Path:
+    """Exists while a writer has ``path`` open; left behind, it says the writer died mid-write."""
+    return path.with_name(path.name + ".writing")
+
+
+def _copy_readable_rows(src: h5py.Group, dst: h5py.Group, specs: Mapping[str, FieldSpec]) -> None:
+    """Copy one split of a source; rows whose strings or status do not read back become missing."""
+    st = np.asarray(src["_status"][()], dtype=np.uint8).copy()
+    n = st.size
+    if n == 0:
+        return
+    numeric = [f for f, sp in specs.items() if sp.dtype != _STR] + (["_fp"] if "_fp" in src else [])
+    strings = [f for f, sp in specs.items() if sp.dtype == _STR] + ["_error"]
+    for fname in numeric:
+        step = max(1, _TARGET_CHUNK_BYTES * 16 // max(1, src[fname].dtype.itemsize * int(np.prod(src[fname].shape[1:]))))
+        for lo in range(0, n, step):
+            dst[fname][lo : lo + step] = src[fname][lo : lo + step]
+    for fname in strings:
+        try:
+            vals = _decode(src[fname][()])
+        except (OSError, ValueError, RuntimeError):
+            vals = np.asarray([""] * n, dtype=object)
+            for i in range(n):
+                try:
+                    vals[i] = _decode(src[fname][i : i + 1])[0]
+                except (OSError, ValueError, RuntimeError):
+                    st[i] = ROW_MISSING
+        dst[fname][...] = vals
+    dst["_status"][...] = st
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:160]
@@ -758,15 +789,7 @@ class FeatureCache:
         (self.sources_dir / BALLAST_NAME).unlink(missing_ok=True)
 
     def close(self) -> None:
-        if self._files:
-            self._release_ballast()  # room for the final flush, whatever happened before
-        for f in self._files.values():
-            try:
-                if f.id.valid:
-                    f.close()
-            except OSError as exc:  # a full disk can refuse the final flush; the rows before it are kept
-                log.warning("%s", os_error(self.path, exc, "close a source file"))
-        self._files.clear()
+        self._close_files()
         for f in self._readers.values():
             if f.id.valid:
                 f.close()
@@ -853,7 +876,10 @@ class FeatureCache:
             if not self._h5.id.valid:
                 self._h5 = h5py.File(self.path, "r")
         for name in [n for n in self._files if n not in keep]:
-            self._files.pop(name).close()
+            f = self._files.pop(name)
+            path = Path(f.filename)
+            f.close()
+            _writing_marker(path).unlink(missing_ok=True)
         self._collect_garbage()
 
     def _close_readers(self) -> None:
@@ -900,6 +926,7 @@ class FeatureCache:
             return
         used = {p.resolve() for n, r in self._links().items() if r is not None
                 and (p := self._source_file(n, r)) is not None}
+        used |= {_writing_marker(u) for u in used}  # a writer's marker lives as long as its file
         for f in d.rglob("*"):
             if f.is_file() and f.resolve() not in used and not (f.name == BALLAST_NAME and self._files):
                 try:
@@ -921,7 +948,16 @@ class FeatureCache:
             r.close()  # HDF5 refuses to reopen for writing a file this process has open read-only
         if not self._files:
             self._take_ballast()
+        marker = _writing_marker(p)
         try:
+            if marker.exists() and p.exists():
+                # The last writer of this file died without closing it (SIGKILL, a crash, power
+                # loss): HDF5's string heap may be half-written. Copy its readable rows into a
+                # fresh file; rows that do not read back are recomputed.
+                p = self._rebuild(name, p)
+                marker = _writing_marker(p)
+            marker.touch()
+            fsync_path(marker.parent, folder=True)
             f = h5py.File(p, "r+")
         except OSError as exc:
             if not self._files:
@@ -943,6 +979,53 @@ class FeatureCache:
             raise os_error(p, exc, f"open source {name} for writing") from None
         self._files[name] = f
         return f
+
+    def release_handles(self) -> None:
+        """Close every source file this process holds (they reopen on next use). Call before
+        forking workers: a child inheriting an HDF5 file keeps its lock after the parent exits."""
+        self._close_files()
+        self._close_readers()
+
+    def _close_files(self) -> None:
+        if self._files:
+            self._release_ballast()  # room for the final flush, whatever happened before
+        for f in self._files.values():
+            try:
+                if f.id.valid:
+                    path = Path(f.filename)
+                    f.close()
+                    _writing_marker(path).unlink(missing_ok=True)  # closed cleanly
+            except OSError as exc:  # a full disk can refuse the final flush; the rows before it are kept
+                log.warning("%s", os_error(self.path, exc, "close a source file"))
+        self._files.clear()
+
+    def _rebuild(self, name: str, old_path: Path) -> Path:
+        """Copy a source's readable rows into a new file and link it; returns the new file."""
+        kind, key = name.split("/", 1)
+        final, rel = self._new_source_path(kind, key)
+        try:
+            old = h5py.File(old_path, "r")
+        except OSError as exc:
+            raise DamagedSourceError(
+                f"{self.path}: source {name} is damaged ({_first_line(exc)[:100]}); "
+                f"run `vea-bench cache repair {self.path}` to drop it, then extract it again"
+            ) from None
+        with old:
+            g = old[name]
+            specs = {n: FieldSpec.from_json(v) for n, v in json.loads(g.attrs["fields"]).items()}
+            prov = json.loads(g.attrs.get("provenance", "{}"))
+            split_rows = {s: int(g[s]["_status"].shape[0]) for s in g}
+
+            def fill(f: h5py.File) -> None:
+                ng = _create_source_group(f, name, specs, prov, split_rows)
+                for split in split_rows:
+                    _copy_readable_rows(g[split], ng[split], specs)
+
+            self._write_source_file(final, fill)
+        self._commit_index({name: rel})
+        log.warning("%s: source %s was not closed by its last writer; copied its readable rows to %s",
+                    self.path, name, final.name)
+        return final
 
     def _group(self, name: str) -> h5py.Group:
         """A source's group: from its file open for writing, else through the index's link."""
