@@ -159,6 +159,9 @@ def _print_summary(summary: Any) -> None:
     rate = f"{summary.images_per_s:.2f} images/s" if summary.images else "nothing to do"
     console.print(f"{summary.images} images in {summary.loop_s:.1f} s ({rate}); "
                   f"{summary.failed_images} unreadable; {summary.elapsed_s:.1f} s in all with model loading")
+    changed = sum(s.changed for s in summary.sources)
+    if changed:
+        err_console.print(f"{changed} row(s) recomputed because their image file changed since they were cached")
     if summary.shard is not None:
         i, n = summary.shard
         p = Path(summary.cache_path)

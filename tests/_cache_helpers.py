@@ -177,19 +177,14 @@ def assert_same_sources(a: Path, b: Path) -> None:
 
 def fill_disk(path: Path) -> None:
     """Write ``path`` until the file system is full (the full-disk fault)."""
-    block = b"\0" * (64 << 10)
-    with open(path, "ab") as f:
-        try:
-            while True:
-                f.write(block)
-                f.flush()
-        except OSError:
-            pass
-    try:  # the last partial block may still sit in the buffer
-        with open(path, "ab") as f:
-            while True:
-                f.write(b"\0" * 512)
-                f.flush()
+    try:
+        with open(path, "ab", buffering=0) as f:
+            for size in (64 << 10, 4096, 512, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * size)
+                except OSError:
+                    continue
     except OSError:
         pass
 

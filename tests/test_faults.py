@@ -132,7 +132,9 @@ def teacher_set(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _extract(teacher_set: dict[str, Path], cache: Path, root: Path | None = None, batch_size: int = 2, **kw):
+def _extract(teacher_set: dict[str, Path], cache: Path, root: Path | None = None, batch_size: int = 1, **kw):
+    """Batch size 1: a row's logits then do not depend on which rows share its batch, so resumed
+    and uninterrupted runs compare byte for byte."""
     from vea_bench.datasets import load_dataset
     from vea_bench.extract import extract
 
@@ -179,7 +181,7 @@ def test_extract_stops_after_the_batch_and_resumes(tmp_path, teacher_set, teache
     _one_line(str(ei.value), f"stopped by {signal.Signals(sig).name} after the current batch", "rerun")
     with FeatureCache.open(path) as c:
         counts = c.source("teacher", "vit").counts
-        assert sum(x["done"] + x["failed"] for x in counts.values()) == 2  # exactly one batch of 2
+        assert sum(x["done"] + x["failed"] for x in counts.values()) == 1  # exactly one batch
     summary = _extract(teacher_set, path)
     assert summary.complete
     a, b = cache_arrays(path), cache_arrays(teacher_reference)
@@ -371,12 +373,12 @@ def test_damaged_source_refused_verified_repaired(tmp_path: Path, reference: Pat
 # ------------------------------------------------------------------------- small file systems
 @pytest.fixture()
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 6 MB tmpfs mounted for the test (root and mount(8) needed, else skipped with the reason)."""
+    """A 16 MB tmpfs mounted for the test (root and mount(8) needed, else skipped with the reason)."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("needs root and mount(8) to mount a small tmpfs for full-disk / read-only faults")
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode})")
     try:
@@ -480,7 +482,7 @@ def test_changed_image_is_listed_and_recomputed(tmp_path: Path, teacher_set: dic
     root = tmp_path / "fi"
     shutil.copytree(teacher_set["fi"], root)
     path = tmp_path / "c.h5"
-    _extract(teacher_set, path, root=root, batch_size=1)  # batch 1: a recomputed row matches exactly
+    _extract(teacher_set, path, root=root)
     assert changed_rows(path, root) == []
     with FeatureCache.open(path) as c:
         split = c.splits[0]
@@ -491,12 +493,12 @@ def test_changed_image_is_listed_and_recomputed(tmp_path: Path, teacher_set: dic
     Image.new("RGB", (32, 32), (250, 10, 10)).save(img, format="JPEG")
     changed = changed_rows(path, root)
     assert [(r.split, r.row, r.id, r.sources) for r in changed] == [(split, row, ids[row], ["teacher/vit"])]
-    summary = _extract(teacher_set, path, root=root, batch_size=1)
+    summary = _extract(teacher_set, path, root=root)
     s = summary.source("teacher/vit")
     assert s.changed == 1 and s.done == 1 and summary.complete
     assert changed_rows(path, root) == []
     fresh = tmp_path / "fresh.h5"
-    _extract(teacher_set, fresh, root=root, batch_size=1)
+    _extract(teacher_set, fresh, root=root)
     a, b = cache_arrays(path), cache_arrays(fresh)
     for k in a:
         assert list(a[k]) == list(b[k]) if a[k].dtype.kind == "O" else a[k].tobytes() == b[k].tobytes(), k
@@ -520,3 +522,22 @@ def test_old_single_file_cache_is_read_and_migrated(tmp_path: Path, reference: P
     assert len(list(sources_dir(old).rglob("*.h5"))) == len(FIELDS)
     assert_same_sources(reference, old)
     assert source_arrays(old)
+
+
+@pytest.mark.parametrize("exc,needle", [
+    (PermissionError(13, "Permission denied"), "permission denied"),
+    (OSError(30, "Read-only file system"), "read-only file system"),
+    (OSError(28, "No space left on device"), "no space left on device"),
+    (OSError(2, "No such file or directory"), "no such file or folder"),
+    # HDF5 reports the errno only inside its message text
+    (OSError("Unable to create file (unable to open file: name = 'x.h5', errno = 13, error message = "
+             "'Permission denied', flags = 13, o_flags = 242)"), "permission denied"),
+    (OSError("Can't write data (file write failed: time = now, errno = 28, error message = "
+             "'No space left on device')"), "no space left on device"),
+], ids=["EACCES", "EROFS", "ENOSPC", "ENOENT", "hdf5-EACCES", "hdf5-ENOSPC"])
+def test_os_errors_name_the_path_and_the_fix(exc: OSError, needle: str) -> None:
+    from vea_bench.cache.guard import os_error
+
+    msg = str(os_error(Path("/data/cache/fi.h5"), exc, "create the cache file"))
+    _one_line(msg, "/data/cache/fi.h5", "cannot create the cache file", needle)
+    assert ";" in msg  # the fix follows the reason

@@ -424,7 +424,10 @@ def extract(
         # Rows to compute: per split, the union of what any source is missing.
         jobs: list[_Job] = []
         for split in use_splits:
-            current = fingerprints(index.root, [smp.path for smp in index.split(split)])
+            paths = [smp.path for smp in index.split(split)]
+            # A shard holds (and will compute) only its own rows: fingerprint just those.
+            current = fingerprints(index.root, paths,
+                                   None if shard is None else shard_rows(np.arange(len(paths)), *shard))
             for g in groups:
                 for t in g.targets:
                     t.fingerprints[split] = current
@@ -459,6 +462,7 @@ def extract(
         with stop_on_signals() as stop:
             if jobs:
                 loader = _make_loader(index.root, jobs, groups, batch_size, num_workers, exif)
+                cache.release_handles()  # workers must not inherit (and keep locked) open HDF5 files
                 loader_iter = iter(loader)
                 for batch in loader_iter:
                     _process(batch, groups, summary)

@@ -48,13 +48,14 @@ def file_fingerprint(path: Path) -> int:
     return int.from_bytes(h.digest(), "little") or 1
 
 
-def fingerprints(root: Path, paths: Sequence[str]) -> np.ndarray:
-    """Fingerprints (uint64) of ``paths`` under ``root``; 0 for unreadable files and files outside it."""
+def fingerprints(root: Path, paths: Sequence[str], rows: np.ndarray | None = None) -> np.ndarray:
+    """Fingerprints (uint64) of ``paths`` under ``root`` (only at ``rows`` if given, 0 elsewhere);
+    0 for unreadable files and files outside the root."""
     root = Path(root)
     base = root.resolve()
     out = np.zeros(len(paths), dtype=np.uint64)
-    for i, p in enumerate(paths):
-        full = root / p
+    for i in range(len(paths)) if rows is None else (int(r) for r in rows):
+        full = root / paths[i]
         try:
             inside = full.resolve().is_relative_to(base)
         except OSError:

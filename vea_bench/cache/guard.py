@@ -26,8 +26,9 @@ from types import FrameType
 
 from vea_bench.errors import CacheError, VeaError
 
-# Free space kept in reserve beyond the estimate (HDF5 metadata, the index rewrite, other writers).
-_RESERVE_BYTES = 1 << 20
+# Free space kept beyond the estimate: the writer's 2 MB reserve file (store.BALLAST_BYTES), HDF5
+# metadata, the index rewrite.
+_RESERVE_BYTES = 4 << 20
 
 _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 

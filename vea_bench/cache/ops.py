@@ -258,7 +258,7 @@ def _merge_source(
     _create_source_group(h5, name, specs, prov, split_rows)
     for split, n in split_rows.items():
         dst = h5[f"{name}/{split}"]
-        srcs = [(c, c._h5[f"{name}/{split}"]) for c, _ in hs if split in c._h5[name]]
+        srcs = [(c, c._group(name)[split]) for c, _ in hs if split in c._group(name)]
         step = _rows_per_block(specs, n)
         for lo in range(0, n, step):
             hi = min(n, lo + step)

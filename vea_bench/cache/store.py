@@ -84,6 +84,15 @@ SOURCES_SUFFIX = ".sources"
 _STR_ROW_BYTES = 256
 # Per-row bytes of the auxiliary arrays: _status (1), _fp (8) and the _error heap reference.
 _AUX_ROW_BYTES = 1 + 8 + 16
+# Space a writer holds in reserve (a file it deletes on "no space left"), so that HDF5 can still
+# flush and close the file it was writing when the disk fills up under it: without room for that
+# last metadata flush the library may crash (SIGSEGV) and leave the file unreadable.
+BALLAST_BYTES = 2 << 20
+BALLAST_NAME = ".space-reserve"
+# A write is refused (and the reserve freed for a clean close) once the disk has less free than
+# this: HDF5 writes metadata at moments Python cannot intercept (object deallocation), and an
+# ENOSPC there cannot be recovered from.
+LOW_SPACE_BYTES = 1 << 20
 
 
 class DamagedSourceError(CacheError):
@@ -115,6 +124,37 @@ def remove_cache(path: str | Path) -> None:
     p.unlink(missing_ok=True)
     shutil.rmtree(sources_dir(p), ignore_errors=True)
     p.with_name(p.name + ".lock").unlink(missing_ok=True)
+
+
+def _writing_marker(path: Path) -> Path:
+    """Exists while a writer has ``path`` open; left behind, it says the writer died mid-write."""
+    return path.with_name(path.name + ".writing")
+
+
+def _copy_readable_rows(src: h5py.Group, dst: h5py.Group, specs: Mapping[str, FieldSpec]) -> None:
+    """Copy one split of a source; rows whose strings or status do not read back become missing."""
+    st = np.asarray(src["_status"][()], dtype=np.uint8).copy()
+    n = st.size
+    if n == 0:
+        return
+    numeric = [f for f, sp in specs.items() if sp.dtype != _STR] + (["_fp"] if "_fp" in src else [])
+    strings = [f for f, sp in specs.items() if sp.dtype == _STR] + ["_error"]
+    for fname in numeric:
+        step = max(1, _TARGET_CHUNK_BYTES * 16 // max(1, src[fname].dtype.itemsize * int(np.prod(src[fname].shape[1:]))))
+        for lo in range(0, n, step):
+            dst[fname][lo : lo + step] = src[fname][lo : lo + step]
+    for fname in strings:
+        try:
+            vals = _decode(src[fname][()])
+        except (OSError, ValueError, RuntimeError):
+            vals = np.asarray([""] * n, dtype=object)
+            for i in range(n):
+                try:
+                    vals[i] = _decode(src[fname][i : i + 1])[0]
+                except (OSError, ValueError, RuntimeError):
+                    st[i] = ROW_MISSING
+        dst[fname][...] = vals
+    dst["_status"][...] = st
 
 
 def _first_line(exc: BaseException) -> str:
@@ -326,7 +366,28 @@ class SourceWriter:
         try:
             self.file.flush()
         except OSError as exc:
-            raise os_error(self.file.filename, exc, f"write source {self.name}") from None
+            raise self._failed(exc) from None
+
+    def _check_space(self) -> None:
+        """Stop before the disk is full (see `LOW_SPACE_BYTES`), while the file can still be closed."""
+        try:
+            free = shutil.disk_usage(self.cache.sources_dir).free
+        except OSError:
+            return
+        if free < LOW_SPACE_BYTES:
+            import errno
+
+            raise self._failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+    def _failed(self, exc: OSError) -> CacheError:
+        """A write failed (typically: the disk is full): free the reserve so HDF5 can flush the
+        file's metadata and close it cleanly, then report in one line."""
+        self.cache._release_ballast()
+        try:
+            self.file.flush()
+        except OSError:
+            pass
+        return os_error(self.file.filename, exc, f"write source {self.name}")
 
     def status(self, split: str) -> np.ndarray:
         return self.cache._group(self.name)[f"{split}/_status"][()]
@@ -344,7 +405,7 @@ class SourceWriter:
         try:
             _write_rows(g["_status"], srows, np.full(len(srows), ROW_MISSING, dtype=np.uint8))
         except OSError as exc:
-            raise os_error(self.file.filename, exc, f"write source {self.name}") from None
+            raise self._failed(exc) from None
         self._flush()
 
     def _write_fp(self, g: h5py.Group, srows: np.ndarray, order: np.ndarray, fingerprints: Any) -> None:
@@ -399,7 +460,8 @@ class SourceWriter:
         g, order, srows = self._rows(split, rows)
         if srows.size == 0:
             return
-        name = f"{self.kind}/{self.key}"
+        self._check_space()
+        name = self.name
         unknown = set(arrays) - set(self.fields)
         if unknown:
             raise CacheError(f"source {name} has no field(s) {sorted(unknown)}")
@@ -431,7 +493,7 @@ class SourceWriter:
             self._flush()  # values on disk before the status says they are there
             _write_rows(g["_status"], srows, np.full(len(srows), ROW_OK, dtype=np.uint8))
         except OSError as exc:
-            raise os_error(self.file.filename, exc, f"write source {self.name}") from None
+            raise self._failed(exc) from None
         self._flush()
 
     def fail(self, split: str, rows: Sequence[int] | np.ndarray, reasons: Sequence[str], *,
@@ -444,6 +506,7 @@ class SourceWriter:
         g, order, srows = self._rows(split, rows)
         if srows.size == 0:
             return
+        self._check_space()
         reasons = [str(r) for r in reasons]
         if len(reasons) != len(srows):
             raise CacheError(f"source {self.kind}/{self.key}: {len(reasons)} reasons for {len(srows)} failed rows")
@@ -455,7 +518,7 @@ class SourceWriter:
             self._flush()
             _write_rows(g["_status"], srows, np.full(len(srows), ROW_FAILED, dtype=np.uint8))
         except OSError as exc:
-            raise os_error(self.file.filename, exc, f"write source {self.name}") from None
+            raise self._failed(exc) from None
         self._flush()
 
     def info(self) -> SourceInfo:
@@ -708,14 +771,25 @@ class FeatureCache:
                         f"the dataset on disk ({h[:12]}); the images or labels changed, use a new cache"
                     )
 
+    def _take_ballast(self) -> None:
+        """Reserve ``BALLAST_BYTES`` on the cache's disk (best effort; see `BALLAST_BYTES`)."""
+        path = self.sources_dir / BALLAST_NAME
+        if path.exists():
+            return
+        try:
+            self.sources_dir.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(b"\0" * BALLAST_BYTES)  # written, not sparse: the blocks are really taken
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            path.unlink(missing_ok=True)
+
+    def _release_ballast(self) -> None:
+        (self.sources_dir / BALLAST_NAME).unlink(missing_ok=True)
+
     def close(self) -> None:
-        for f in self._files.values():
-            try:
-                if f.id.valid:
-                    f.close()
-            except OSError as exc:  # a full disk can refuse the final flush; the rows before it are kept
-                log.warning("%s", os_error(self.path, exc, "close a source file"))
-        self._files.clear()
+        self._close_files()
         for f in self._readers.values():
             if f.id.valid:
                 f.close()
@@ -802,7 +876,10 @@ class FeatureCache:
             if not self._h5.id.valid:
                 self._h5 = h5py.File(self.path, "r")
         for name in [n for n in self._files if n not in keep]:
-            self._files.pop(name).close()
+            f = self._files.pop(name)
+            path = Path(f.filename)
+            f.close()
+            _writing_marker(path).unlink(missing_ok=True)
         self._collect_garbage()
 
     def _close_readers(self) -> None:
@@ -849,8 +926,9 @@ class FeatureCache:
             return
         used = {p.resolve() for n, r in self._links().items() if r is not None
                 and (p := self._source_file(n, r)) is not None}
+        used |= {_writing_marker(u) for u in used}  # a writer's marker lives as long as its file
         for f in d.rglob("*"):
-            if f.is_file() and f.resolve() not in used:
+            if f.is_file() and f.resolve() not in used and not (f.name == BALLAST_NAME and self._files):
                 try:
                     f.unlink()
                 except OSError:
@@ -868,9 +946,22 @@ class FeatureCache:
         r = self._readers.pop(name, None)
         if r is not None and r.id.valid:
             r.close()  # HDF5 refuses to reopen for writing a file this process has open read-only
+        if not self._files:
+            self._take_ballast()
+        marker = _writing_marker(p)
         try:
+            if marker.exists() and p.exists():
+                # The last writer of this file died without closing it (SIGKILL, a crash, power
+                # loss): HDF5's string heap may be half-written. Copy its readable rows into a
+                # fresh file; rows that do not read back are recomputed.
+                p = self._rebuild(name, p)
+                marker = _writing_marker(p)
+            marker.touch()
+            fsync_path(marker.parent, folder=True)
             f = h5py.File(p, "r+")
         except OSError as exc:
+            if not self._files:
+                self._release_ballast()
             if is_lock_error(exc):
                 raise CacheError(f"{p}: open in another process; wait for it to finish") from None
             from vea_bench.cache.guard import _errno_of
@@ -888,6 +979,53 @@ class FeatureCache:
             raise os_error(p, exc, f"open source {name} for writing") from None
         self._files[name] = f
         return f
+
+    def release_handles(self) -> None:
+        """Close every source file this process holds (they reopen on next use). Call before
+        forking workers: a child inheriting an HDF5 file keeps its lock after the parent exits."""
+        self._close_files()
+        self._close_readers()
+
+    def _close_files(self) -> None:
+        if self._files:
+            self._release_ballast()  # room for the final flush, whatever happened before
+        for f in self._files.values():
+            try:
+                if f.id.valid:
+                    path = Path(f.filename)
+                    f.close()
+                    _writing_marker(path).unlink(missing_ok=True)  # closed cleanly
+            except OSError as exc:  # a full disk can refuse the final flush; the rows before it are kept
+                log.warning("%s", os_error(self.path, exc, "close a source file"))
+        self._files.clear()
+
+    def _rebuild(self, name: str, old_path: Path) -> Path:
+        """Copy a source's readable rows into a new file and link it; returns the new file."""
+        kind, key = name.split("/", 1)
+        final, rel = self._new_source_path(kind, key)
+        try:
+            old = h5py.File(old_path, "r")
+        except OSError as exc:
+            raise DamagedSourceError(
+                f"{self.path}: source {name} is damaged ({_first_line(exc)[:100]}); "
+                f"run `vea-bench cache repair {self.path}` to drop it, then extract it again"
+            ) from None
+        with old:
+            g = old[name]
+            specs = {n: FieldSpec.from_json(v) for n, v in json.loads(g.attrs["fields"]).items()}
+            prov = json.loads(g.attrs.get("provenance", "{}"))
+            split_rows = {s: int(g[s]["_status"].shape[0]) for s in g}
+
+            def fill(f: h5py.File) -> None:
+                ng = _create_source_group(f, name, specs, prov, split_rows)
+                for split in split_rows:
+                    _copy_readable_rows(g[split], ng[split], specs)
+
+            self._write_source_file(final, fill)
+        self._commit_index({name: rel})
+        log.warning("%s: source %s was not closed by its last writer; copied its readable rows to %s",
+                    self.path, name, final.name)
+        return final
 
     def _group(self, name: str) -> h5py.Group:
         """A source's group: from its file open for writing, else through the index's link."""
@@ -1025,8 +1163,9 @@ class FeatureCache:
                     "missing": int((st == ROW_MISSING).sum()),
                 }
         except (KeyError, OSError, ValueError, TypeError, IndexError, CacheError) as exc:
+            reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else _first_line(exc)
             raise DamagedSourceError(
-                f"{self.path}: source {name} is damaged ({str(exc).strip(chr(39) + chr(34))[:120]}); "
+                f"{self.path}: source {name} is damaged ({reason[:120]}); "
                 f"run `vea-bench cache repair {self.path}` to drop it, then extract it again"
             ) from None
         return SourceInfo(kind, key, fields, prov, counts)
