@@ -15,6 +15,7 @@ from vea_bench.models import instructblip as _instructblip  # noqa: F401,E402
 from vea_bench.models import llava_next as _llava_next  # noqa: F401,E402
 from vea_bench.models import qwen2_vl as _qwen2_vl  # noqa: F401,E402
 from vea_bench.models import gemma3 as _gemma3  # noqa: F401,E402
+from vea_bench.models import qwen3_vl as _qwen3_vl  # noqa: F401,E402
 
 
 def backend_for_model_type(model_type: str) -> Any:
