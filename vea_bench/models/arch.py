@@ -15,25 +15,34 @@ from vea_bench.errors import ModelError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "data" / "configs"
 
-PRESETS: dict[str, str] = {
-    "qwen2-vl-7b-instruct": "qwen2-vl-7b-instruct.json",
-    "llava-next-mistral-7b": "llava-v1.6-mistral-7b.json",
-    "instructblip-vicuna-7b": "instructblip-vicuna-7b.json",
-}
+def _preset_index() -> dict[str, dict[str, str]]:
+    """`presets.json` in the configs folder: preset name -> {file, hub_id}. Adding a preset is one
+    config.json copied into the folder plus one entry here; nothing else lists presets."""
+    return json.loads((CONFIG_DIR / "presets.json").read_text())
+
+
+PRESETS: dict[str, str] = {name: entry["file"] for name, entry in _preset_index().items()}
 """Friendly name -> config file in `vea_bench/data/configs/`."""
 
-HUB_IDS: dict[str, str] = {
-    "qwen2-vl-7b-instruct": "Qwen/Qwen2-VL-7B-Instruct",
-    "llava-next-mistral-7b": "llava-hf/llava-v1.6-mistral-7b-hf",
-    "instructblip-vicuna-7b": "Salesforce/instructblip-vicuna-7b",
-}
+HUB_IDS: dict[str, str] = {name: entry["hub_id"] for name, entry in _preset_index().items()}
 """Friendly name -> the hub checkpoint whose config the preset reproduces."""
+
+
+def preset_for(name_or_hub_id: str) -> str | None:
+    """The preset name for a preset name or the hub id of a bundled preset (case-insensitive), else None."""
+    key = str(name_or_hub_id).strip().lower().replace("_", "-")
+    if key in PRESETS:
+        return key
+    for name, hub in HUB_IDS.items():
+        if hub.lower() == str(name_or_hub_id).strip().lower():
+            return name
+    return None
 
 
 def config_path(preset_or_path: str | Path) -> Path:
     """The config.json for a preset name, a config file, or a model directory."""
-    key = str(preset_or_path).strip().lower().replace("_", "-")
-    if key in PRESETS:
+    key = preset_for(str(preset_or_path))
+    if key is not None:
         return CONFIG_DIR / PRESETS[key]
     p = Path(preset_or_path).expanduser()
     if p.is_dir():
