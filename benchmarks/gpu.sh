@@ -18,10 +18,10 @@ if [[ "${SMOKE:-0}" == "1" ]]; then
   QUANT_PRESETS=()
   HEADS=(--device cpu --n-train 512 --n-eval 128 --dim 64 --seeds 0 --epochs 1 --reference-steps 5)
 else
-  COMMON=(--device cuda --dtype bf16 --images 32 --batch-size 8 --real-size 448 --ref-images 2
+  COMMON=(--device cuda --dtype bf16 --images 32 --batch-size 8 --real-size 448 --ref-images 1
           --ref-max-new-tokens 256)
   PRESETS=(qwen2-vl-7b-instruct qwen3-vl-4b-instruct llava-onevision-qwen2-7b-ov gemma-3-4b-it smolvlm-instruct
-           llava-next-mistral-7b)
+           )
   QUANT_PRESETS=(qwen2-vl-7b-instruct)
   HEADS=(--device cuda)
 fi
