@@ -52,7 +52,9 @@ def reduced_config(preset: str, *, layers: int | None = None, hidden: int | None
     if hidden is not None:
         heads = int(text.num_attention_heads)
         head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
-        new_heads = max(1, hidden // head_dim)
+        if hidden < head_dim or hidden % head_dim:
+            raise ModelError(f"--hidden must be a multiple of the head size {head_dim}, got {hidden}")
+        new_heads = hidden // head_dim
         kv = int(getattr(text, "num_key_value_heads", None) or heads)
         new_kv = max(1, min(new_heads, kv))
         while new_heads % new_kv:
