@@ -40,6 +40,8 @@ def test_new_families_are_registered_with_their_tiny_builders() -> None:
         assert fam.tiny in TINY_BUILDERS and fam.pooling and fam.lora_targets
         assert fam.presets and all(p for p in fam.presets)
     assert VLM_BACKENDS.get("smolvlm") is VLM_BACKENDS.get("idefics3")   # alias
+    assert backend_for_model_type("internvl") is VLM_BACKENDS.get("internvl")  # no bundled preset (see report)
+    assert fams["internvl"].tiny in TINY_BUILDERS
 
 
 @pytest.mark.parametrize("hub_id", sorted(REAL))
