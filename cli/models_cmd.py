@@ -105,7 +105,7 @@ def _arch_presets() -> dict[str, Any]:
 
 @app.command("make-tiny")
 def make_tiny_cmd(
-    kind: Annotated[str, typer.Argument(help="qwen2-vl, llava-next, instructblip or teacher.")],
+    kind: Annotated[str, typer.Argument(help="A tiny kind from `vea-bench models list` (qwen2-vl, gemma3, teacher, ...).")],
     out: Annotated[Path, typer.Argument(help="Folder to write the model into.")],
     seed: Annotated[int, typer.Option("--seed", help="Weight seed (same seed, same bytes).")] = 0,
     num_classes: Annotated[int, typer.Option("--num-classes", help="Classes of a tiny teacher.")] = 8,
