@@ -15,6 +15,13 @@ Runs on CPU with tiny random models by default (built on the fly). On a GPU::
     python benchmarks/extract.py --vlm Qwen/Qwen2-VL-7B-Instruct --dtype bf16 --ref-eos-stop
 
 prints images/s of both, the ratio, and peak GPU memory (torch.cuda.max_memory_allocated).
+
+Without weights (air-gapped GPU nodes), the real-size architecture from a bundled config, with random
+weights built directly on the device, and achieved TFLOP/s + MFU against the device's peak::
+
+    python benchmarks/extract.py --arch qwen2-vl-7b-instruct --random-weights --device cuda --dtype bf16
+    python benchmarks/extract.py --arch gemma-3-4b-it --random-weights --device cuda --quant 4bit
+    python benchmarks/extract.py --arch qwen2-vl-7b-instruct --random-weights --layers 2 --hidden 128  # CPU smoke
 """
 from __future__ import annotations
 
@@ -47,7 +54,153 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-pixels", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    p.add_argument("--arch", default=None,
+                   help="architecture preset (e.g. qwen2-vl-7b-instruct, or its hub id) built from its bundled config")
+    p.add_argument("--random-weights", action="store_true",
+                   help="with --arch: random weights on the target device (no checkpoint, no hub)")
+    p.add_argument("--layers", type=int, default=None, help="with --arch: cap decoder and vision depth (CPU smoke runs)")
+    p.add_argument("--hidden", type=int, default=None, help="with --arch: language-model width (CPU smoke runs)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="device peak (dense bf16 TFLOP/s) for MFU [default: from the device name]")
     return p.parse_args(argv)
+
+
+# Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOP/s, no sparsity), matched on the
+# device name in this order; pass --peak-tflops for any other device.
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0), ("H200", 989.4), ("H100", 989.4), ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0),
+    ("A10", 125.0),
+)
+
+
+def device_peak_tflops(name: str) -> float | None:
+    """The data-sheet dense bf16 peak of a device by its name, or None when it is not in the table."""
+    return next((peak for key, peak in PEAK_TFLOPS if key.lower() in name.lower()), None)
+
+
+def _flops(fn: Any) -> int:
+    """Floating-point operations ``fn()`` runs, counted by torch's FlopCounterMode (matmuls and
+    attention; bitsandbytes 4-bit kernels are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def arch_main(args: argparse.Namespace) -> int:
+    """--arch PRESET --random-weights: one-pass engine vs the reference schedule on a random-weight
+    model of the real architecture, with FLOPs, achieved TFLOP/s and MFU."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from vea_bench.errors import VeaError
+    from vea_bench.labels import MIKELS8
+    from vea_bench.models.base import GenerationOptions
+    from vea_bench.models.random_weights import random_backend
+    from vea_bench.prompts import categorical_instruction
+
+    if not args.random_weights:
+        print("error: --arch builds the architecture without a checkpoint; add --random-weights", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="vea-bench-arch-"))
+    t_load = time.perf_counter()
+    try:
+        backend = random_backend(args.arch, tmp, layers=args.layers, hidden=args.hidden, device=args.device,
+                                 dtype=args.dtype, quantization=args.quant, max_pixels=args.max_pixels)
+    except VeaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _sync()
+    load_s = time.perf_counter() - t_load
+    load_peak = _peak_mb()
+    side = args.real_size or args.size
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(args.images)]
+    prompt = categorical_instruction(MIKELS8)
+    gen = GenerationOptions(max_new_tokens=args.max_new_tokens)
+    prepared = [backend.prepare(images[i:i + args.batch_size], prompt) for i in range(0, len(images), args.batch_size)]
+
+    def one_pass(batch: dict[str, Any]) -> None:
+        backend.run(batch, generate=True, score_labels=None, generation=gen)
+
+    def reference(image: Any) -> None:
+        with torch.inference_mode():
+            batch = backend._to_device(backend.prepare([image], prompt))
+            kw: dict[str, Any] = dict(do_sample=True, temperature=0.8, top_p=1.0, max_new_tokens=args.ref_max_new_tokens)
+            if not args.ref_eos_stop:
+                kw["min_new_tokens"] = args.ref_max_new_tokens
+            backend.model.generate(**batch, **kw)
+            backend._visual(backend._to_device(backend.prepare([image], prompt)))[1].float().cpu()
+
+    one_pass(prepared[0])                      # warm-up (allocations, kernel choice)
+    one_flops = _flops(lambda: one_pass(prepared[0])) / len(images[: args.batch_size])
+    _reset_peak()
+    t0 = time.perf_counter()
+    for batch in prepared:
+        one_pass(batch)
+    _sync()
+    one_s = time.perf_counter() - t0
+    one_peak = _peak_mb()
+    reference(images[0])
+    ref_flops = _flops(lambda: reference(images[0]))
+    _reset_peak()
+    t0 = time.perf_counter()
+    for im in images[: args.ref_images]:
+        reference(im)
+    _sync()
+    ref_s = time.perf_counter() - t0
+    ref_peak = _peak_mb()
+
+    device = str(backend.device)
+    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
+    peak = args.peak_tflops or (device_peak_tflops(name) if device.startswith("cuda") else None)
+    one_ips, ref_ips = len(images) / one_s, args.ref_images / ref_s
+
+    def rates(flops_per_image: float, ips: float) -> dict[str, Any]:
+        tflops = flops_per_image * ips / 1e12
+        return {"gflop_per_image": round(flops_per_image / 1e9, 3), "achieved_tflops": round(tflops, 4),
+                "mfu": None if not peak else round(tflops / peak, 5)}
+
+    cfg = backend.core.config
+    text = cfg.get_text_config()
+    figures = {
+        "arch": args.arch, "random_weights": True, "device": device, "device_name": name,
+        "dtype": str(backend.dtype).replace("torch.", ""), "quantization": args.quant,
+        "layers": int(text.num_hidden_layers), "hidden": int(text.hidden_size), "embed_dim": backend.embed_dim,
+        "image_side": side, "threads": torch.get_num_threads(), "load_s": round(load_s, 2), "peak_tflops": peak,
+        "one_pass": {"images": len(images), "seconds": round(one_s, 3), "images_per_s": round(one_ips, 3),
+                     "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+                     "peak_gpu_mb": None if one_peak is None else round(one_peak), **rates(one_flops, one_ips)},
+        "reference": {"images": args.ref_images, "seconds": round(ref_s, 3), "images_per_s": round(ref_ips, 4),
+                      "max_new_tokens": args.ref_max_new_tokens, "eos_stop": args.ref_eos_stop,
+                      "peak_gpu_mb": None if ref_peak is None else round(ref_peak), **rates(ref_flops, ref_ips)},
+        "load_peak_gpu_mb": None if load_peak is None else round(load_peak),
+        "peak_rss_mb": round(_peak_rss_mb()),
+        "speedup": round(one_ips / ref_ips, 2) if ref_ips else None,
+    }
+    print(f"arch: {args.arch} (random weights, {figures['layers']} layers, width {figures['hidden']}, "
+          f"embed dim {figures['embed_dim']})  device: {name}  dtype: {figures['dtype']}  quant: {args.quant}")
+    for key, label in (("one_pass", "one-pass "), ("reference", "reference")):
+        f = figures[key]
+        mfu = "n/a (no device peak)" if f["mfu"] is None else f"{100 * f['mfu']:.2f}%"
+        mem = "" if f["peak_gpu_mb"] is None else f", peak GPU memory {f['peak_gpu_mb'] / 1024:.2f} GiB"
+        print(f"{label}: {f['images']:4d} images in {f['seconds']:8.2f} s = {f['images_per_s']:8.3f} images/s, "
+              f"{f['gflop_per_image']:.1f} GFLOP/image, {f['achieved_tflops']:.3f} TFLOP/s, MFU {mfu}{mem}")
+    print(f"speed-up : {figures['speedup']}x  (peak RSS {figures['peak_rss_mb']} MB)")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
 
 
 def _peak_mb() -> float | None:
@@ -109,6 +262,8 @@ def reference_schedule(backend: Any, teacher: Any, meta: dict[str, Any], paths: 
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    if args.arch:
+        return arch_main(args)
     import torch
 
     if args.threads:

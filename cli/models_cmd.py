@@ -36,8 +36,17 @@ def _list() -> None:
     t.add_column("backend", style="bold cyan")
     t.add_column("model types")
     t.add_column("transformers class")
+    t.add_column("bundled checkpoint config")
+    t.add_column("embed dim", justify="right")
+    t.add_column("pooled embedding")
+    real = _real_checkpoints()
     for name, cls in VLM_BACKENDS.items():
-        t.add_row(name, ", ".join(getattr(cls, "model_types", ())), str(getattr(cls, "model_class", "")))
+        types = tuple(getattr(cls, "model_types", ()))
+        rows = [r for r in real if r[1] in types] or [("", "", None)]
+        for hub_id, _, config in rows:
+            dim = "" if config is None else str(cls.embed_dim_of(config))
+            t.add_row(name, ", ".join(types), str(getattr(cls, "model_class", "")), hub_id, dim,
+                      str(getattr(cls, "pooling", "")))
     console.print(t)
 
     t = Table(title="teachers (--teacher CKPT from `vea-bench train teacher --arch NAME`; any timm name works)")
@@ -62,9 +71,23 @@ def _list() -> None:
         t = Table(title="architecture presets (built on the meta device, no weights)")
         t.add_column("preset", style="bold cyan")
         t.add_column("config")
+        t.add_column("hub checkpoint")
+        from vea_bench.models.arch import HUB_IDS
+
         for name, cfg in presets.items():
-            t.add_row(name, str(cfg))
+            t.add_row(name, str(cfg), HUB_IDS.get(name, ""))
         console.print(t)
+
+
+def _real_checkpoints() -> list[tuple[str, str, Any]]:
+    """(hub id, model type, config) of every bundled architecture preset (configs only, no weights)."""
+    from vea_bench.models.arch import HUB_IDS, PRESETS, load_arch_config
+
+    out = []
+    for name in PRESETS:
+        config = load_arch_config(name)
+        out.append((HUB_IDS.get(name, name), str(config.model_type), config))
+    return out
 
 
 def _first_line(obj: Any) -> str:
@@ -82,7 +105,7 @@ def _arch_presets() -> dict[str, Any]:
 
 @app.command("make-tiny")
 def make_tiny_cmd(
-    kind: Annotated[str, typer.Argument(help="qwen2-vl, llava-next, instructblip or teacher.")],
+    kind: Annotated[str, typer.Argument(help="A tiny kind from `vea-bench models list` (qwen2-vl, gemma3, teacher, ...).")],
     out: Annotated[Path, typer.Argument(help="Folder to write the model into.")],
     seed: Annotated[int, typer.Option("--seed", help="Weight seed (same seed, same bytes).")] = 0,
     num_classes: Annotated[int, typer.Option("--num-classes", help="Classes of a tiny teacher.")] = 8,

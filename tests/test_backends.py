@@ -20,10 +20,13 @@ from vea_bench.errors import ModelError, VeaError
 from vea_bench.labels import MIKELS8
 from vea_bench.models import VLM_BACKENDS, GenerationOptions, LoadOptions, load_vlm
 from vea_bench.models.engine import cap_image
+from vea_bench.models.generic import families, module_at
 from vea_bench.models.tiny import make_tiny
 from vea_bench.prompts import categorical_answer, categorical_instruction
 
-KINDS = ("qwen2-vl", "qwen2.5-vl", "llava-next", "instructblip")
+HAND_WRITTEN = ("qwen2-vl", "qwen2.5-vl", "llava-next", "instructblip")
+# Every registered backend with a tiny model is tested here: a new family needs no new test.
+KINDS = tuple(name for name, fam in families().items() if fam.tiny)
 BACKEND_OF = {k: k for k in KINDS}  # tiny kind == backend name
 PROMPT = categorical_instruction(MIKELS8)
 LABELS = list(MIKELS8.labels)
@@ -53,6 +56,8 @@ def backends(tiny_dirs: dict[str, Path]) -> dict[str, Any]:
 
 def _vision_module(kind: str, be: Any) -> torch.nn.Module:
     core = be.core
+    if kind not in HAND_WRITTEN:
+        return module_at(core, be.family.vision_module)
     return {"qwen2-vl": lambda: core.model.visual, "qwen2.5-vl": lambda: core.model.visual,
             "llava-next": lambda: core.model.vision_tower,
             "instructblip": lambda: core.vision_model}[kind]()
@@ -61,6 +66,8 @@ def _vision_module(kind: str, be: Any) -> torch.nn.Module:
 def _direct_pooled(kind: str, be: Any, batch: dict[str, Any]) -> torch.Tensor:
     """The pooled embedding from a separate, explicit call of the vision tower (+merger/projector)."""
     core = be.core
+    if kind not in HAND_WRITTEN:
+        return _declared_direct_pooled(be, batch)
     with torch.inference_mode():
         if kind.startswith("qwen"):
             grid = batch["image_grid_thw"]
@@ -94,8 +101,34 @@ def _direct_pooled(kind: str, be: Any, batch: dict[str, Any]) -> torch.Tensor:
         return core.language_projection(q.last_hidden_state[:, : query.shape[1]]).mean(1)
 
 
+def _declared_direct_pooled(be: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """A declared family's pooled embedding from separate per-image `get_image_features` calls (batch
+    size 1, no left padding): the mean over that image's rows of what the language model reads, or
+    over every crop token of the module the family names in ``pooled_from``."""
+    rows = []
+    with torch.inference_mode():
+        for im in IMAGES[: batch["input_ids"].shape[0]]:
+            single = be.prepare([im], PROMPT)
+            kwargs = {k: single[k] for k in be.family.image_inputs if k in single}
+            captured: list[torch.Tensor] = []
+            hook = None
+            if be.family.pooled_from:
+                hook = module_at(be.core, be.family.pooled_from).register_forward_hook(
+                    lambda _m, _i, o: captured.append(o))
+            try:
+                out = be.core.get_image_features(**kwargs).pooler_output
+            finally:
+                if hook is not None:
+                    hook.remove()
+            feats = captured[0] if captured else (torch.cat(list(out)) if isinstance(out, (list, tuple)) else out)
+            rows.append(feats.reshape(-1, feats.shape[-1]).float().mean(0))
+    return torch.stack(rows)
+
+
 def _projector_out_width(kind: str, be: Any) -> int:
     core = be.core
+    if kind not in HAND_WRITTEN:
+        return int(_declared_direct_pooled(be, be.prepare(IMAGES[:1], PROMPT)).shape[-1])
     if kind.startswith("qwen"):
         return core.model.visual.merger.mlp[-1].out_features
     if kind == "llava-next":
@@ -518,14 +551,18 @@ def test_quantization_on_cpu_and_bad_options(tiny_dirs: dict[str, Path]) -> None
     _one_line(e.value)
 
 
-def _lora(base_dir: Path, out: Path, *, seed: int = 0) -> Path:
+def _lora(base_dir: Path, out: Path, *, seed: int = 0, targets: tuple[str, ...] | None = None) -> Path:
+    """A random LoRA adapter on ``base_dir``: q/v everywhere, or ``targets`` inside the language model only."""
     import transformers
     from peft import LoraConfig, get_peft_model
+
+    from vea_bench.train.qlora import lora_target_regex
 
     cfg = json.loads((base_dir / "config.json").read_text())
     model = getattr(transformers, cfg["architectures"][0]).from_pretrained(base_dir)
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+    target: Any = ["q_proj", "v_proj"] if targets is None else lora_target_regex(model, targets)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=target,
                                                   init_lora_weights=False))
     peft_model.save_pretrained(out)
     return out
@@ -543,6 +580,22 @@ def test_adapter_loads_and_changes_answers_not_vision(tiny_dirs: dict[str, Path]
     assert np.abs(with_lora.logprobs - plain.logprobs).max() > 1e-3
     prov = be.provenance()
     assert prov["adapter_sha256"] and prov["weights_sha256"] == backends["qwen2-vl"].provenance()["weights_sha256"]
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k not in HAND_WRITTEN])
+def test_declared_family_adapter_on_its_lora_targets(kind: str, tiny_dirs: dict[str, Path], backends: dict[str, Any],
+                                                    tmp_path: Path) -> None:
+    """A LoRA adapter on the family's declared targets (language model only) loads, changes the label
+    scores and leaves the visual embedding alone."""
+    be0 = backends[kind]
+    adapter = _lora(tiny_dirs[kind], tmp_path / "lora", targets=families()[kind].lora_targets)
+    be = load_vlm(LoadOptions(model=str(tiny_dirs[kind]), adapter=str(adapter), device="cpu"))
+    batch = be.prepare(IMAGES[:2], PROMPT)
+    with_lora = be.run(batch, generate=False, score_labels=LABELS, generation=GREEDY)
+    plain = be0.run(batch, generate=False, score_labels=LABELS, generation=GREEDY)
+    np.testing.assert_allclose(with_lora.pooled, plain.pooled, atol=POOLED_ATOL)
+    assert np.abs(with_lora.logprobs - plain.logprobs).max() > 1e-3
+    assert be.provenance()["adapter_sha256"]
 
 
 def test_adapter_for_another_base_is_refused(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:

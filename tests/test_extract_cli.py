@@ -153,8 +153,8 @@ def test_models_list_and_make_tiny(tmp_path) -> None:
     assert result.stdout.strip() == str(tmp_path / "t")
     cfg = json.loads((tmp_path / "t" / "config.json").read_text())
     assert cfg["num_classes"] == 6 and cfg["label_space"] == "ekman6"
-    result = _invoke("models", "make-tiny", "qwen3-vl", tmp_path / "q")
-    _assert_one_line_error(result, "qwen3-vl")
+    result = _invoke("models", "make-tiny", "qwen9-vl", tmp_path / "q")
+    _assert_one_line_error(result, "qwen9-vl")
 
 
 @pytest.mark.parametrize("flag", ["--help"])

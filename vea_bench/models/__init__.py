@@ -14,6 +14,11 @@ from vea_bench.models.base import (VLM_BACKENDS, BatchOutput, GenerationOptions,
 from vea_bench.models import instructblip as _instructblip  # noqa: F401,E402
 from vea_bench.models import llava_next as _llava_next  # noqa: F401,E402
 from vea_bench.models import qwen2_vl as _qwen2_vl  # noqa: F401,E402
+from vea_bench.models import gemma3 as _gemma3  # noqa: F401,E402
+from vea_bench.models import qwen3_vl as _qwen3_vl  # noqa: F401,E402
+from vea_bench.models import idefics3 as _idefics3  # noqa: F401,E402
+from vea_bench.models import llava_onevision as _llava_onevision  # noqa: F401,E402
+from vea_bench.models import internvl as _internvl  # noqa: F401,E402
 
 
 def backend_for_model_type(model_type: str) -> Any:

@@ -15,18 +15,17 @@ from vea_bench.errors import ModelError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "data" / "configs"
 
-PRESETS: dict[str, str] = {
-    "qwen2-vl-7b-instruct": "qwen2-vl-7b-instruct.json",
-    "llava-next-mistral-7b": "llava-v1.6-mistral-7b.json",
-    "instructblip-vicuna-7b": "instructblip-vicuna-7b.json",
-}
+
+def _preset_index() -> dict[str, dict[str, str]]:
+    """`presets.json` in the configs folder: preset name -> {file, hub_id}. Adding a preset is one
+    config.json copied into the folder plus one entry here; nothing else lists presets."""
+    return json.loads((CONFIG_DIR / "presets.json").read_text())
+
+
+PRESETS: dict[str, str] = {name: entry["file"] for name, entry in _preset_index().items()}
 """Friendly name -> config file in `vea_bench/data/configs/`."""
 
-HUB_IDS: dict[str, str] = {
-    "qwen2-vl-7b-instruct": "Qwen/Qwen2-VL-7B-Instruct",
-    "llava-next-mistral-7b": "llava-hf/llava-v1.6-mistral-7b-hf",
-    "instructblip-vicuna-7b": "Salesforce/instructblip-vicuna-7b",
-}
+HUB_IDS: dict[str, str] = {name: entry["hub_id"] for name, entry in _preset_index().items()}
 """Friendly name -> the hub checkpoint whose config the preset reproduces."""
 
 
@@ -34,6 +33,14 @@ def preset_of_hub_id(hub_id: str) -> str | None:
     """The bundled preset whose config reproduces hub checkpoint ``hub_id`` (case-insensitive), if any."""
     key = str(hub_id).strip().rstrip("/").lower()
     return next((name for name, hid in HUB_IDS.items() if hid.lower() == key), None)
+
+
+def preset_for(name_or_hub_id: str) -> str | None:
+    """The preset name for a preset name or the hub id of a bundled preset (case-insensitive), else None."""
+    key = str(name_or_hub_id).strip().lower().replace("_", "-")
+    if key in PRESETS:
+        return key
+    return preset_of_hub_id(str(name_or_hub_id))
 
 
 def config_path(preset_or_path: str | Path) -> Path:

@@ -218,6 +218,12 @@ class HFVLMBackend:
         """Decode-time positions (B x L) in the language model's format."""
         return pos
 
+    def _prefill_kwargs(self, batch: dict[str, Any], image_mask: Any, embeds: Any, pos: Any,
+                        visual_extra: Any) -> dict[str, Any]:
+        """Extra decoder arguments of the prompt prefill only (Qwen3-VL's deepstack features, Gemma 3's
+        bidirectional image-block mask); ``visual_extra`` is the optional third item `_visual` returns."""
+        return {}
+
     # ---------------------------------------------------------------- run
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
@@ -231,9 +237,10 @@ class HFVLMBackend:
             out[k] = v
         return out
 
-    def _lm(self, embeds: Any, mask: Any, pos: Any, cache: Any, *, last_only: bool) -> tuple[Any, Any]:
-        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True,
-                           **{self._cache_kw: cache})
+    def _lm(self, embeds: Any, mask: Any, pos: Any, cache: Any, *, last_only: bool, **extra: Any) -> tuple[Any, Any]:
+        kwargs = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, "use_cache": True,
+                  self._cache_kw: cache}
+        out = self.decoder(**{**kwargs, **extra})
         h = out.last_hidden_state
         if last_only:
             h = h[:, -1:]
@@ -243,7 +250,7 @@ class HFVLMBackend:
         """Vision pass + prefill: pooled features, last-position logits, the prompt KV cache, positions."""
         b = self._to_device(batch)
         ids, mask = b["input_ids"], b["attention_mask"]
-        feats, pooled = self._visual(b)
+        feats, pooled, *visual_extra = self._visual(b)
         embeds = self.embed(ids)
         img_mask = (ids == self._image_token_id()).unsqueeze(-1)
         n_tok = int(img_mask.sum())
@@ -252,7 +259,8 @@ class HFVLMBackend:
                              "features: processor and model configs disagree")
         embeds = embeds.masked_scatter(img_mask, feats.to(embeds.dtype))
         pos, next_pos = self._prefill_positions(b, mask)
-        logits, cache = self._lm(embeds, mask, pos, None, last_only=True)
+        extra = self._prefill_kwargs(b, img_mask[..., 0], embeds, pos, visual_extra[0] if visual_extra else None)
+        logits, cache = self._lm(embeds, mask, pos, None, last_only=True, **extra)
         return {"pooled": pooled.float(), "logits": logits[:, -1], "cache": cache, "mask": mask, "ids": ids,
                 "next_pos": next_pos, "batch_size": ids.shape[0]}
 

@@ -374,5 +374,11 @@ def make_tiny_instructblip(out: Path, seed: int = 0) -> Path:
 # The ViT teacher is built by the pipeline side; registered lazily so importing it stays optional.
 TINY_BUILDERS.add("teacher", "vea_bench.models.teacher:make_tiny_teacher")
 
-TINY_KINDS: tuple[str, ...] = tuple(TINY_BUILDERS.names())
-"""Kinds `make_tiny` (and `vea-bench models make-tiny`) accepts."""
+def __getattr__(name: str) -> Any:
+    """``TINY_KINDS``: the kinds `make_tiny` (and `vea-bench models make-tiny`) accepts, read when asked,
+    so the builders the VLM family modules register after this module is imported are included."""
+    if name == "TINY_KINDS":
+        import vea_bench.models  # noqa: F401  (registers every family's builder)
+
+        return tuple(TINY_BUILDERS.names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

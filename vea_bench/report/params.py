@@ -356,3 +356,22 @@ def param_report(
         teacher=teacher,
         teacher_params=teacher_params(teacher, num_classes),
     )
+
+
+# The families of `vea_bench.models.{gemma3,qwen3_vl,idefics3,llava_onevision}` (issue #14): module layout
+# of their bundled real-checkpoint configs; the pooled width is the backend's own `embed_dim_of`.
+def _backend_embed_dim(model_type: str) -> Callable[[Any], int]:
+    def embed_dim(config: Any) -> int:
+        from vea_bench.models import backend_for_model_type
+
+        return int(backend_for_model_type(model_type).embed_dim_of(config))
+    return embed_dim
+
+
+VLM_PARTS.add("gemma3", VLMParts(("model.vision_tower", "model.multi_modal_projector"), _backend_embed_dim("gemma3"),
+                                 "model.language_model"))
+VLM_PARTS.add("qwen3_vl", VLMParts(("model.visual",), _backend_embed_dim("qwen3_vl"), "model.language_model"))
+VLM_PARTS.add("idefics3", VLMParts(("model.vision_model", "model.connector"), _backend_embed_dim("idefics3"),
+                                   "model.text_model"))
+VLM_PARTS.add("llava_onevision", VLMParts(("model.vision_tower", "model.multi_modal_projector"),
+                                          _backend_embed_dim("llava_onevision"), "model.language_model"))

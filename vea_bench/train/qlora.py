@@ -131,8 +131,9 @@ class QLoRAResult:
 # ------------------------------------------------------------------------------------------------
 
 def language_model_prefix(model: Any) -> str:
-    """Dotted name of the model's language-model submodule (``model.language_model`` for Qwen2-VL)."""
-    names = [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] == "language_model"]
+    """Dotted name of the model's language-model submodule (``model.language_model`` for Qwen2-VL,
+    ``model.text_model`` for Idefics3 / SmolVLM)."""
+    names = [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in ("language_model", "text_model")]
     if not names:
         raise ModelError(f"{type(model).__name__} has no 'language_model' submodule; cannot restrict LoRA to it")
     return min(names, key=len)

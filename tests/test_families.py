@@ -1,0 +1,126 @@
+"""VLM families behind the generic backend contract (issue #14): registry, bundled real-checkpoint
+configs, `models list`, `params --vlm HUB_ID` offline, and the random-weight benchmark at CPU size.
+
+The per-backend behaviour tests (pooled == direct vision call, one vision pass, batched == bs-1,
+greedy == generate, score == full forward, adapter) are parametrised over the registry in
+tests/test_backends.py, so every family here runs them too.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vea_bench.errors import ModelError
+from vea_bench.models import VLM_BACKENDS, backend_for_model_type
+from vea_bench.models.generic import families
+from vea_bench.models.tiny import TINY_BUILDERS
+
+ROOT = Path(__file__).resolve().parent.parent
+NEW_FAMILIES = {"qwen3-vl": "qwen3_vl", "gemma3": "gemma3", "idefics3": "idefics3", "llava-onevision": "llava_onevision"}
+
+# hub id -> (preset, pooled embedding width of the real checkpoint, parameter count of the hub model card, 3 digits)
+REAL = {
+    "Qwen/Qwen2-VL-7B-Instruct": ("qwen2-vl-7b-instruct", 3584, 8.3e9),
+    "Qwen/Qwen3-VL-4B-Instruct": ("qwen3-vl-4b-instruct", 2560, 4.44e9),
+    "google/gemma-3-4b-it": ("gemma-3-4b-it", 2560, 4.30e9),
+    "HuggingFaceTB/SmolVLM-Instruct": ("smolvlm-instruct", 2048, 2.25e9),
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": ("llava-onevision-qwen2-7b-ov", 3584, 8.03e9),
+}
+
+
+def test_new_families_are_registered_with_their_tiny_builders() -> None:
+    fams = families()
+    for name, model_type in NEW_FAMILIES.items():
+        assert name in VLM_BACKENDS and backend_for_model_type(model_type) is VLM_BACKENDS.get(name)
+        fam = fams[name]
+        assert fam.tiny in TINY_BUILDERS and fam.pooling and fam.lora_targets
+        assert fam.presets and all(p for p in fam.presets)
+    assert VLM_BACKENDS.get("smolvlm") is VLM_BACKENDS.get("idefics3")   # alias
+    assert backend_for_model_type("internvl") is VLM_BACKENDS.get("internvl")  # no bundled preset (see report)
+    assert fams["internvl"].tiny in TINY_BUILDERS
+
+
+@pytest.mark.parametrize("hub_id", sorted(REAL))
+def test_bundled_preset_by_hub_id_gives_the_real_embed_dim(hub_id: str) -> None:
+    from vea_bench.models.arch import load_arch_config, preset_for
+
+    preset, dim, _ = REAL[hub_id]
+    assert preset_for(hub_id) == preset and preset_for(hub_id.upper()) == preset
+    config = load_arch_config(hub_id)
+    assert backend_for_model_type(config.model_type).embed_dim_of(config) == dim
+
+
+@pytest.mark.parametrize("hub_id", [h for h in sorted(REAL) if not h.startswith("Qwen/Qwen2-")])
+def test_params_offline_by_hub_id(hub_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real architecture on the meta device from the bundled config: the model card's size, the
+    backend's embed dim, and a LoRA adapter found in the language model."""
+    from vea_bench.report.params import vlm_counts
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _, dim, card = REAL[hub_id]
+    counts = vlm_counts(hub_id)
+    assert abs(counts.total - card) / card < 0.005, counts.total
+    assert counts.embed_dim == dim and counts.lora > 0
+    assert counts.vision_tower + counts.language_model <= counts.total
+
+
+def test_models_list_shows_each_family_with_its_embed_dim() -> None:
+    from vea_bench_cli.main import app
+
+    res = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "260"})
+    assert res.exit_code == 0, res.output
+    for hub_id, (_, dim, _) in REAL.items():
+        line = next(ln for ln in res.output.splitlines() if hub_id in ln and "│" in ln)
+        assert f" {dim} " in line, line
+    for name in NEW_FAMILIES:
+        assert name in res.output
+
+
+def test_reduced_config_caps_depth_and_width() -> None:
+    from vea_bench.models.random_weights import reduced_config
+
+    c = reduced_config("qwen3-vl-4b-instruct", layers=2, hidden=256)
+    t, v = c.text_config, c.vision_config
+    assert (t.num_hidden_layers, t.hidden_size, t.head_dim, t.num_attention_heads, t.num_key_value_heads) == \
+        (2, 256, 128, 2, 2)
+    assert v.depth == 2 and v.out_hidden_size == 256 and v.deepstack_visual_indexes == [1]
+    g = reduced_config("gemma-3-4b-it", layers=3)
+    assert g.text_config.num_hidden_layers == 3 and len(g.text_config.layer_types) == 3
+    assert g.vision_config.num_hidden_layers == 3 and g.text_config.hidden_size == 2560
+    with pytest.raises(ModelError, match="multiple of the head size"):
+        reduced_config("qwen2-vl-7b-instruct", hidden=100)
+    with pytest.raises(ModelError, match="at least 1"):
+        reduced_config("qwen2-vl-7b-instruct", layers=0)
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_extract", ROOT / "benchmarks" / "extract.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def test_random_weight_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`benchmarks/extract.py --arch qwen2-vl-7b-instruct --random-weights --layers 2` at CPU size: the real
+    7B architecture (vision depth, patch / merge size, vocabulary) cut to 2 layers at width 128."""
+    bench = _bench_module()
+    out = tmp_path / "arch.json"
+    rc = bench.main(["--arch", "Qwen/Qwen2-VL-7B-Instruct", "--random-weights", "--layers", "2", "--hidden", "128",
+                     "--device", "cpu", "--images", "2", "--batch-size", "2", "--size", "28", "--ref-images", "1",
+                     "--ref-max-new-tokens", "3", "--max-new-tokens", "3", "--peak-tflops", "1.0",
+                     "--json", str(out)])
+    assert rc == 0
+    fig = json.loads(out.read_text())
+    assert (fig["layers"], fig["hidden"], fig["embed_dim"], fig["random_weights"]) == (2, 128, 128, True)
+    for key in ("one_pass", "reference"):
+        f = fig[key]
+        assert f["images_per_s"] > 0 and f["gflop_per_image"] > 0 and 0 < f["mfu"] < 1
+        assert f["achieved_tflops"] == pytest.approx(f["gflop_per_image"] * f["images_per_s"] / 1e3, rel=0.05)
+    assert "MFU" in capsys.readouterr().out
+    assert bench.device_peak_tflops("NVIDIA H100 80GB HBM3") > bench.device_peak_tflops("NVIDIA H100 PCIe") > 0
+    assert bench.device_peak_tflops("some cpu") is None
+    assert bench.main(["--arch", "qwen2-vl-7b-instruct"]) == 2      # no checkpoint: needs --random-weights
