@@ -516,6 +516,10 @@ def train_members(
     hist = [MemberHistory() for _ in range(m_all)]
     best: list[tuple[float, float] | None] = [None] * m_all
     since = [0] * m_all
+    # Patience counts epochs in which neither the selection score nor the val loss improved: on a
+    # small val split accuracy moves in coarse steps and can sit still while the loss keeps falling,
+    # which would stop a member that is still learning.
+    best_loss = [math.inf] * m_all
     best_params: list[torch.Tensor] | None = None
     if keep == "best":
         best_params = [p.detach().clone() for p in model.params]
@@ -557,6 +561,8 @@ def train_members(
                 continue
             h.val_accuracy.append(float(accs[k]))
             h.val_loss.append(float(vls[k]))
+            loss_improved = vls[k] < best_loss[j] - min_delta
+            best_loss[j] = min(best_loss[j], float(vls[k]))
             if _better(accs[k], vls[k], best[j], min_delta):
                 best[j] = (accs[k], vls[k])
                 h.best_val_epoch = epoch
@@ -564,12 +570,14 @@ def train_members(
                 if best_params is not None:
                     for bp, p in zip(best_params, model.params):
                         bp[j] = p.detach()[k]
+            elif loss_improved:
+                since[j] = 0
             else:
                 since[j] += 1
                 if patience is not None and since[j] >= patience and epoch < epochs:
                     stopped.append(k)
-                    h.stop_reason = (f"patience: no val improvement in {patience} epoch(s) after epoch "
-                                     f"{h.best_val_epoch}")
+                    h.stop_reason = (f"patience: neither val accuracy nor val loss improved in {patience} epoch(s); "
+                                     f"best val accuracy at epoch {h.best_val_epoch}")
         progress.advance(0, epoch=epoch, loss=float(np.mean(tl)), live=m)
         if stopped and len(stopped) == m:
             live = []
