@@ -20,13 +20,15 @@ from vea_bench.errors import ModelError, VeaError
 from vea_bench.labels import MIKELS8
 from vea_bench.models import VLM_BACKENDS, GenerationOptions, LoadOptions, load_vlm
 from vea_bench.models.engine import cap_image
-from vea_bench.models.generic import families, module_at
+from vea_bench.models.generic import family_supported, families, module_at
 from vea_bench.models.tiny import make_tiny
 from vea_bench.prompts import categorical_answer, categorical_instruction
 
 HAND_WRITTEN = ("qwen2-vl", "qwen2.5-vl", "llava-next", "instructblip")
 # Every registered backend with a tiny model is tested here: a new family needs no new test.
-KINDS = tuple(name for name, fam in families().items() if fam.tiny)
+# Families that need a newer transformers than the installed one (`min_transformers`) are refused
+# at load (tested in test_families.py) and left out here: the lowest-version CI job runs this file.
+KINDS = tuple(name for name, fam in families().items() if fam.tiny and family_supported(fam))
 BACKEND_OF = {k: k for k in KINDS}  # tiny kind == backend name
 PROMPT = categorical_instruction(MIKELS8)
 LABELS = list(MIKELS8.labels)

@@ -124,3 +124,18 @@ def test_random_weight_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFix
     assert bench.device_peak_tflops("NVIDIA H100 80GB HBM3") > bench.device_peak_tflops("NVIDIA H100 PCIe") > 0
     assert bench.device_peak_tflops("some cpu") is None
     assert bench.main(["--arch", "qwen2-vl-7b-instruct"]) == 2      # no checkpoint: needs --random-weights
+
+
+def test_family_newer_than_installed_transformers_is_refused_in_one_line() -> None:
+    """A family tested only on a newer transformers is refused at load, naming the version to install."""
+    import dataclasses
+
+    from vea_bench.errors import ModelError
+    from vea_bench.models.generic import check_family_supported, families, family_supported
+
+    fam = dataclasses.replace(families()["gemma3"], min_transformers="999.0")
+    assert not family_supported(fam)
+    with pytest.raises(ModelError, match=r"needs transformers>=999\.0 .*pip install") as err:
+        check_family_supported(fam)
+    assert "\n" not in str(err.value)
+    assert family_supported(dataclasses.replace(fam, min_transformers=None))

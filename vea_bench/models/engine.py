@@ -114,6 +114,12 @@ class HFVLMBackend:
                  dtype: Any) -> None:
         import torch
 
+        family = getattr(type(self), "family", None)
+        if family is not None:
+            from vea_bench.models.generic import check_family_supported
+
+            check_family_supported(family)
+
         self.model = model
         self.core = loading.unwrap(model)
         self.processor = processor

@@ -50,6 +50,28 @@ class VLMFamily:
     tiny: str | None = None                     # TINY_BUILDERS kind of its tiny random model
     aliases: tuple[str, ...] = ()
     presets: tuple[str, ...] = field(default=())  # bundled architecture presets of real checkpoints
+    min_transformers: str | None = None          # lowest transformers its tests pass on (None: our lower bound)
+
+
+def family_supported(family: VLMFamily) -> bool:
+    """Whether the installed transformers is at least the family's ``min_transformers``."""
+    if family.min_transformers is None:
+        return True
+    import transformers
+    from packaging.version import Version
+
+    return Version(transformers.__version__) >= Version(family.min_transformers)
+
+
+def check_family_supported(family: VLMFamily) -> None:
+    """A one-line refusal where the installed transformers is older than the family was tested on
+    (older versions build these classes but give wrong positions or masks in our engine)."""
+    if not family_supported(family):
+        import transformers
+
+        raise ModelError(f"the {family.name} backend needs transformers>={family.min_transformers} "
+                         f"(installed: {transformers.__version__}); upgrade with "
+                         f"pip install 'transformers>={family.min_transformers}'")
 
 
 def config_value(config: Any, path: str) -> Any:
