@@ -557,6 +557,30 @@ def _write_rows(ds: h5py.Dataset, rows: np.ndarray, vals: np.ndarray) -> None:
         ds[first : last + 1 : step] = vals[s:e]
 
 
+def _replace_h5(tmp: Path, final: Path, fill: Any, *, where: Path, action: str,
+                before_replace: Any = None, make_parent: bool = False) -> None:
+    """Write an HDF5 file under ``tmp`` with ``fill``, fsync it, then rename it over ``final`` (and
+    fsync the folder): ``final`` is either the old file or the whole new one, never half of it.
+    ``before_replace`` runs just before the rename (closing a handle on ``final``). An OS error is
+    one line naming ``where`` and ``action``; on any failure ``tmp`` is removed."""
+    try:
+        if make_parent:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(tmp, "w") as f:
+            fill(f)
+        fsync_path(tmp)
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp, final)
+        fsync_path(final.parent, folder=True)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise os_error(where, exc, action) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class FeatureCache:
     """An open cache file. Use `FeatureCache.create` for writers and `FeatureCache.open` for readers."""
 
@@ -855,23 +879,17 @@ class FeatureCache:
             keep[n] = f"{self.path.name}{SOURCES_SUFFIX}/{n.split('/', 1)[0]}/{Path(r).name}" if f == own else r
         self._close_readers()
         tmp = self.path.with_name(f"{self.path.name}.index-{secrets.token_hex(4)}.tmp")
+
+        def fill(new: h5py.File) -> None:
+            for k, v in self._h5.attrs.items():
+                new.attrs[k] = v
+            self._h5.copy("splits", new)
+            for name in sorted(keep):
+                new[name] = h5py.ExternalLink(keep[name], "/" + name)
+
         try:
-            with h5py.File(tmp, "w") as new:
-                for k, v in self._h5.attrs.items():
-                    new.attrs[k] = v
-                self._h5.copy("splits", new)
-                for name in sorted(keep):
-                    new[name] = h5py.ExternalLink(keep[name], "/" + name)
-            fsync_path(tmp)
-            self._h5.close()
-            os.replace(tmp, self.path)
-            fsync_path(self.path.parent, folder=True)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise os_error(self.path, exc, "rewrite the cache index") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            _replace_h5(tmp, self.path, fill, where=self.path, action="rewrite the cache index",
+                        before_replace=self._h5.close)
         finally:
             if not self._h5.id.valid:
                 self._h5 = h5py.File(self.path, "r")
@@ -904,20 +922,8 @@ class FeatureCache:
     @staticmethod
     def _write_source_file(final: Path, fill: Any) -> None:
         """Create a source file under a temporary name, fsync it, then rename it into place."""
-        tmp = final.with_name(final.name + ".creating")
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            with h5py.File(tmp, "w") as f:
-                fill(f)
-            fsync_path(tmp)
-            os.replace(tmp, final)
-            fsync_path(final.parent, folder=True)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise os_error(final.parent, exc, "create a source file") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        _replace_h5(final.with_name(final.name + ".creating"), final, fill, where=final.parent,
+                    action="create a source file", make_parent=True)
 
     def _collect_garbage(self) -> None:
         """Delete source files no link points to (replaced, dropped, or left by a killed creation)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vea_bench.models.generic import ImageTextToTextBackend, VLMFamily, vlm_family
-from vea_bench.models.tiny import TINY_BUILDERS
+from vea_bench.models.tiny import TINY_BUILDERS, save_tiny
 
 FAMILY = VLMFamily(
     name="gemma3", model_class="Gemma3ForConditionalGeneration", model_types=("gemma3",),
@@ -114,8 +114,4 @@ def make_tiny_gemma3(out: Path, seed: int = 0) -> Path:
     image_processor = Gemma3ImageProcessor(size={"height": side, "width": side}, do_pan_and_scan=False)
     processor = Gemma3Processor(image_processor=image_processor, tokenizer=tok, chat_template=GEMMA3_CHAT_TEMPLATE,
                                 image_seq_length=tokens_per_image)
-    model.generation_config.eos_token_id = [1, ids["<end_of_turn>"]]
-    model.generation_config.pad_token_id = 0
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_tiny(model, processor, out, eos=[1, ids["<end_of_turn>"]], pad=0)

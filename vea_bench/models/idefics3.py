@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vea_bench.models.generic import VLMFamily, declare_family
-from vea_bench.models.tiny import TINY_BUILDERS
+from vea_bench.models.tiny import TINY_BUILDERS, save_tiny
 
 FAMILY = VLMFamily(
     name="idefics3", model_class="Idefics3ForConditionalGeneration", model_types=("idefics3",),
@@ -69,8 +69,4 @@ def make_tiny_idefics3(out: Path, seed: int = 0) -> Path:
                                              do_image_splitting=False)
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=seq_len,
                                   chat_template=SMOLVLM_CHAT_TEMPLATE)
-    model.generation_config.eos_token_id = [2, ids["<end_of_utterance>"]]
-    model.generation_config.pad_token_id = 0
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_tiny(model, processor, out, eos=[2, ids["<end_of_utterance>"]], pad=0)

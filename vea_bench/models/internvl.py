@@ -83,8 +83,4 @@ def make_tiny_internvl(out: Path, seed: int = 0) -> Path:
     video_processor = InternVLVideoProcessor(size={"height": side, "width": side})
     processor = InternVLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
                                   image_seq_length=seq, chat_template=INTERNVL_CHAT_TEMPLATE)
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return tiny.save_tiny(model, processor, out, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"])

@@ -82,8 +82,4 @@ def make_tiny_llava_onevision(out: Path, seed: int = 0) -> Path:
                                         video_processor=video_processor,
                                         num_image_tokens=(side // patch) ** 2, vision_feature_select_strategy="full",
                                         chat_template=LLAVA_ONEVISION_CHAT_TEMPLATE, vision_aspect_ratio="anyres_max_9")
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return tiny.save_tiny(model, processor, out, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"])

@@ -85,8 +85,4 @@ def make_tiny_qwen3_vl(out: Path, seed: int = 0) -> Path:
     video_processor = Qwen3VLVideoProcessor(patch_size=4, temporal_patch_size=2, merge_size=2, size=size)
     processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
                                  chat_template=tiny.QWEN2_VL_CHAT_TEMPLATE)
-    gc = model.generation_config
-    gc.eos_token_id, gc.pad_token_id = ids["<|im_end|>"], ids["<|endoftext|>"]
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return tiny.save_tiny(model, processor, out, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"])

@@ -142,6 +142,16 @@ def _qwen_text_config(tok: Any, ids: dict[str, int], hidden: int) -> dict[str, A
                 pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False)
 
 
+def save_tiny(model: Any, processor: Any, out: Path, *, eos: int | list[int], pad: int) -> Path:
+    """Give a tiny model its checkpoint's stop and pad ids, then save model and processor into
+    ``out`` as a hub checkpoint is laid out (what `from_pretrained` reads back)."""
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = pad
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 def _save_qwen(model: Any, processor_cls: Any, tok: Any, ids: dict[str, int], out: Path) -> Path:
     """Qwen's image/video processors at patch 4, merge 2 (4-64 merged tokens per image) + save."""
     from transformers import Qwen2VLImageProcessor
@@ -154,15 +164,11 @@ def _save_qwen(model: Any, processor_cls: Any, tok: Any, ids: dict[str, int], ou
     processor = processor_cls(image_processor=image_processor, tokenizer=tok,
                               video_processor=video_processor, chat_template=QWEN2_VL_CHAT_TEMPLATE)
     gc = model.generation_config
-    gc.eos_token_id = ids["<|im_end|>"]
-    gc.pad_token_id = ids["<|endoftext|>"]
     # As Qwen2-VL-7B-Instruct's generation_config.json (SPEC): sampling on, top_k 1 and a 1.05 repetition
     # penalty, which a bare `generate` inherits: they turn the reference's "T=0.8 sampling" into greedy
     # with a penalty. The low temperature / top_p are overridden by the reference's own 0.8 / 1.0.
     gc.do_sample, gc.top_k, gc.top_p, gc.temperature, gc.repetition_penalty = True, 1, 0.001, 0.1, 1.05
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_tiny(model, processor, out, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"])
 
 
 def _qwen_token_ids(tok: Any) -> dict[str, Any]:
@@ -172,17 +178,19 @@ def _qwen_token_ids(tok: Any) -> dict[str, Any]:
                 tie_word_embeddings=False)
 
 
-@TINY_BUILDERS.register("qwen2-vl")
-def make_tiny_qwen2_vl(out: Path, seed: int = 0) -> Path:
+def _make_qwen2_vl(out: Path, seed: int, *, vision_width: int, kv_heads: int | None) -> Path:
     """Tiny Qwen2VLForConditionalGeneration (2+2 layers, hidden 64, merger out 64) + Qwen2VLProcessor."""
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
     tok = _qwen_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
+    text = _qwen_text_config(tok, ids, 64)
+    if kv_heads is not None:
+        text["num_key_value_heads"] = kv_heads
     config = Qwen2VLConfig(
-        text_config=_qwen_text_config(tok, ids, 64),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2,
+        text_config=text,
+        vision_config=dict(depth=2, embed_dim=vision_width, hidden_size=64, num_heads=2, mlp_ratio=2,
                            patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
                            initializer_range=0.2),
         **_qwen_token_ids(tok),
@@ -190,6 +198,12 @@ def make_tiny_qwen2_vl(out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
     return _save_qwen(model, Qwen2VLProcessor, tok, ids, out)
+
+
+@TINY_BUILDERS.register("qwen2-vl")
+def make_tiny_qwen2_vl(out: Path, seed: int = 0) -> Path:
+    """Tiny Qwen2VLForConditionalGeneration (2+2 layers, hidden 64, merger out 64) + Qwen2VLProcessor."""
+    return _make_qwen2_vl(out, seed, vision_width=32, kv_heads=None)
 
 
 @TINY_BUILDERS.register("qwen2-vl-nf4", aliases=("qwen2-vl-4bit",))
@@ -197,23 +211,7 @@ def make_tiny_qwen2_vl_nf4(out: Path, seed: int = 0) -> Path:
     """Tiny Qwen2-VL whose every Linear the 4-bit loader quantises is a multiple of 64 wide on both
     sides (vision 64, merger 256 -> 64, text 64 with 4 KV heads, MLPs 128): NF4 blocks are 64 values,
     so these layers quantise in whole blocks, as every layer of the real 7B does."""
-    import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
-
-    tok = _qwen_tokenizer()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
-    text = _qwen_text_config(tok, ids, 64)
-    text["num_key_value_heads"] = 4          # k/v projections 64 wide, not 32
-    config = Qwen2VLConfig(
-        text_config=text,
-        vision_config=dict(depth=2, embed_dim=64, hidden_size=64, num_heads=2, mlp_ratio=2,
-                           patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
-                           initializer_range=0.2),
-        **_qwen_token_ids(tok),
-    )
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    return _save_qwen(model, Qwen2VLProcessor, tok, ids, out)
+    return _make_qwen2_vl(out, seed, vision_width=64, kv_heads=4)   # k/v projections 64 wide, not 32
 
 
 @TINY_BUILDERS.register("qwen2.5-vl")
@@ -309,11 +307,7 @@ def make_tiny_llava_next(out: Path, seed: int = 0) -> Path:
                                    vision_feature_select_strategy="default",
                                    chat_template=LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE, image_token="<image>",
                                    num_additional_image_tokens=1)
-    model.generation_config.eos_token_id = 2
-    model.generation_config.pad_token_id = 0
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_tiny(model, processor, out, eos=2, pad=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,11 +358,7 @@ def make_tiny_instructblip(out: Path, seed: int = 0) -> Path:
     image_processor = BlipImageProcessor(size={"height": side, "width": side}, do_convert_rgb=True)
     processor = InstructBlipProcessor(image_processor=image_processor, tokenizer=tok, qformer_tokenizer=qtok,
                                       num_query_tokens=num_query)
-    model.generation_config.eos_token_id = 2
-    model.generation_config.pad_token_id = 0
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_tiny(model, processor, out, eos=2, pad=0)
 
 
 # The ViT teacher is built by the pipeline side; registered lazily so importing it stays optional.
