@@ -24,6 +24,8 @@ from vea_bench.models.generic import family_supported, families, module_at
 from vea_bench.models.tiny import make_tiny
 from vea_bench.prompts import categorical_answer, categorical_instruction
 
+# Backends whose pooled embedding the tests recompute with hand-written reference code below
+# (every other family is checked against separate `get_image_features` calls).
 HAND_WRITTEN = ("qwen2-vl", "qwen2.5-vl", "llava-next", "instructblip")
 # Every registered backend with a tiny model is tested here: a new family needs no new test.
 # Families that need a newer transformers than the installed one (`min_transformers`) are refused
@@ -57,12 +59,7 @@ def backends(tiny_dirs: dict[str, Path]) -> dict[str, Any]:
 
 
 def _vision_module(kind: str, be: Any) -> torch.nn.Module:
-    core = be.core
-    if kind not in HAND_WRITTEN:
-        return module_at(core, be.family.vision_module)
-    return {"qwen2-vl": lambda: core.model.visual, "qwen2.5-vl": lambda: core.model.visual,
-            "llava-next": lambda: core.model.vision_tower,
-            "instructblip": lambda: core.vision_model}[kind]()
+    return module_at(be.core, be.family.vision_module)
 
 
 def _direct_pooled(kind: str, be: Any, batch: dict[str, Any]) -> torch.Tensor:
@@ -584,8 +581,27 @@ def test_adapter_loads_and_changes_answers_not_vision(tiny_dirs: dict[str, Path]
     assert prov["adapter_sha256"] and prov["weights_sha256"] == backends["qwen2-vl"].provenance()["weights_sha256"]
 
 
-@pytest.mark.parametrize("kind", [k for k in KINDS if k not in HAND_WRITTEN])
-def test_declared_family_adapter_on_its_lora_targets(kind: str, tiny_dirs: dict[str, Path], backends: dict[str, Any],
+@pytest.mark.parametrize("kind", KINDS)
+def test_family_declaration_matches_its_model(kind: str, backends: dict[str, Any]) -> None:
+    """What the family declares (module paths, pooled width, LoRA targets) is where its real class
+    keeps them: `params`, `train vlm` and these tests read nothing else."""
+    from vea_bench.train.qlora import language_model_prefix, lora_target_regex
+
+    be = backends[kind]
+    fam = be.family
+    for path in fam.visual_paths + (fam.language_module,):
+        assert isinstance(module_at(be.core, path), torch.nn.Module), path
+    assert language_model_prefix(be.core) == fam.language_module
+    regex = lora_target_regex(be.core)
+    hits = [n for n, _ in be.core.named_modules() if re.fullmatch(regex, n)]
+    assert hits and {n.rsplit(".", 1)[-1] for n in hits} == set(fam.lora_targets)
+    assert all(n.startswith(fam.language_module + ".") for n in hits)
+    pooled = be.run(be.prepare(IMAGES[:1], PROMPT), generate=False, score_labels=None, generation=GREEDY).pooled
+    assert pooled.shape == (1, be.embed_dim_of(be.core.config)) == (1, fam.embed_dim(be.core.config))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_family_adapter_on_its_lora_targets(kind: str, tiny_dirs: dict[str, Path], backends: dict[str, Any],
                                                     tmp_path: Path) -> None:
     """A LoRA adapter on the family's declared targets (language model only) loads, changes the label
     scores and leaves the visual embedding alone."""

@@ -33,15 +33,43 @@ REAL = {
 
 
 def test_new_families_are_registered_with_their_tiny_builders() -> None:
-    fams = families()
     for name, model_type in NEW_FAMILIES.items():
         assert name in VLM_BACKENDS and backend_for_model_type(model_type) is VLM_BACKENDS.get(name)
-        fam = fams[name]
-        assert fam.tiny in TINY_BUILDERS and fam.pooling and fam.lora_targets
-        assert fam.presets and all(p for p in fam.presets)
     assert VLM_BACKENDS.get("smolvlm") is VLM_BACKENDS.get("idefics3")   # alias
     assert backend_for_model_type("internvl") is VLM_BACKENDS.get("internvl")  # no bundled preset (see report)
-    assert fams["internvl"].tiny in TINY_BUILDERS
+
+
+@pytest.mark.parametrize("name", list(families()))
+def test_every_family_declares_what_the_rest_looks_up(name: str) -> None:
+    """One declaration per family: its backend serves its model types, its tiny builder is
+    registered, and its LoRA targets and module paths are named."""
+    fam = families()[name]
+    cls = VLM_BACKENDS.get(name)
+    assert cls.family is fam and cls.model_types == fam.model_types and cls.model_class == fam.model_class
+    assert all(backend_for_model_type(t) is cls for t in fam.model_types)
+    assert fam.tiny in TINY_BUILDERS and fam.pooling and fam.lora_targets
+    assert fam.visual_paths and fam.language_module and fam.vision_module in fam.visual_paths
+
+
+PRESETS = [(name, preset) for name, fam in families().items() for preset in fam.presets]
+
+
+@pytest.mark.parametrize(("name", "preset"), PRESETS)
+def test_every_declared_preset_counts_offline_with_its_familys_layout(name: str, preset: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each preset a family declares is that family's architecture, and `params` counts it from the
+    family's own module paths and width (no per-family table in the report)."""
+    from vea_bench.models.arch import load_arch_config
+    from vea_bench.report.params import vlm_counts_cached
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fam = families()[name]
+    config = load_arch_config(preset)
+    assert config.model_type in fam.model_types
+    counts = vlm_counts_cached(preset)
+    assert counts.embed_dim == fam.embed_dim(config) == VLM_BACKENDS.get(name).embed_dim_of(config)
+    assert counts.lora > 0 and 0 < counts.vision_tower and 0 < counts.language_model
+    assert counts.vision_tower + counts.language_model <= counts.total
 
 
 @pytest.mark.parametrize("hub_id", sorted(REAL))

@@ -33,6 +33,7 @@ import numpy as np
 from vea_bench.errors import ConfigError, ModelError
 from vea_bench.models.base import BatchOutput, GenerationOptions, LoadOptions, SYSTEM_MESSAGE
 from vea_bench.models import loading
+from vea_bench.models.family import VLMFamily, check_family_supported
 from vea_bench.prompts import categorical_answer, user_content
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,12 @@ class Preparer:
 class HFVLMBackend:
     """Base of the transformers backends: loading, preparation and the one-pass `run`.
 
-    Subclasses set `model_class` (transformers class name), `model_types`, and implement
-    `_visual(batch) -> (features_for_llm, pooled)` plus, if needed, `_prefill_positions`.
+    Subclasses are registered with `vea_bench.models.generic.vlm_family`, which sets ``family``
+    (the `VLMFamily` declaration every other module reads) and the attributes below from it; they
+    implement `_visual(batch) -> (features_for_llm, pooled)` plus, if needed, `_prefill_positions`.
     """
 
+    family: ClassVar[VLMFamily]
     name: ClassVar[str] = "hf"
     model_class: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
@@ -116,8 +119,6 @@ class HFVLMBackend:
 
         family = getattr(type(self), "family", None)
         if family is not None:
-            from vea_bench.models.generic import check_family_supported
-
             check_family_supported(family)
 
         self.model = model
@@ -172,8 +173,14 @@ class HFVLMBackend:
     # ---------------------------------------------------------------- contract
     @classmethod
     def embed_dim_of(cls, config: Any) -> int:
-        """Pooled-embedding width for a model config (works on a meta-device architecture too)."""
-        raise NotImplementedError
+        """Pooled-embedding width for a model config (works on a meta-device architecture too):
+        the config value at the family's ``embed_dim_path``."""
+        return cls.family.embed_dim(config)
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """Linear names inside the language model that a LoRA adapter of this family targets."""
+        return self.family.lora_targets
 
     @property
     def embed_dim(self) -> int:

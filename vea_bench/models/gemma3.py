@@ -22,7 +22,8 @@ FAMILY = VLMFamily(
     name="gemma3", model_class="Gemma3ForConditionalGeneration", model_types=("gemma3",),
     pooling="mean over the image's soft tokens of multi_modal_projector output",
     image_inputs=("pixel_values",), embed_dim_path="text_config.hidden_size",
-    nested_images=True, vision_module="model.vision_tower", tiny="gemma3", aliases=("gemma-3",),
+    nested_images=True, vision_module="model.vision_tower",
+    vision_paths=("model.vision_tower", "model.multi_modal_projector"), tiny="gemma3", aliases=("gemma-3",),
     presets=("gemma-3-4b-it",),
     min_transformers="5.24")  # 5.3 (our lower bound) fails the backend tests
 

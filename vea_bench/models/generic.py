@@ -23,74 +23,13 @@ Where the embedding is taken (``pooled_from``):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from vea_bench.errors import ModelError
 from vea_bench.models.base import VLM_BACKENDS
 from vea_bench.models.engine import HFVLMBackend, Preparer, cap_image, segment_mean
-
-DEFAULT_LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-@dataclass(frozen=True)
-class VLMFamily:
-    """What a VLM family declares to get a backend (see the module docstring)."""
-
-    name: str                                   # backend name (`--backend`), also its tiny kind by default
-    model_class: str                            # transformers class, e.g. "Gemma3ForConditionalGeneration"
-    model_types: tuple[str, ...]                # config.model_type values served (auto-detection)
-    pooling: str                                # one line: what `pooled` is (goes into provenance)
-    image_inputs: tuple[str, ...] = ("pixel_values",)  # batch tensors `get_image_features` takes
-    pooled_from: str | None = None              # None: pooler_output rows; else a module whose output is pooled
-    embed_dim_path: str = "text_config.hidden_size"    # dotted config path of the pooled width
-    nested_images: bool = False                 # the processor wants one list of images per prompt
-    vision_module: str = "model.vision_tower"   # the vision tower (tests count its calls: one per batch)
-    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS  # language-model Linear names LoRA adapts
-    tiny: str | None = None                     # TINY_BUILDERS kind of its tiny random model
-    aliases: tuple[str, ...] = ()
-    presets: tuple[str, ...] = field(default=())  # bundled architecture presets of real checkpoints
-    min_transformers: str | None = None          # lowest transformers its tests pass on (None: our lower bound)
-
-
-def family_supported(family: VLMFamily) -> bool:
-    """Whether the installed transformers is at least the family's ``min_transformers``."""
-    if family.min_transformers is None:
-        return True
-    import transformers
-    from packaging.version import Version
-
-    return Version(transformers.__version__) >= Version(family.min_transformers)
-
-
-def check_family_supported(family: VLMFamily) -> None:
-    """A one-line refusal where the installed transformers is older than the family was tested on
-    (older versions build these classes but give wrong positions or masks in our engine)."""
-    if not family_supported(family):
-        import transformers
-
-        raise ModelError(f"the {family.name} backend needs transformers>={family.min_transformers} "
-                         f"(installed: {transformers.__version__}); upgrade with "
-                         f"pip install 'transformers>={family.min_transformers}'")
-
-
-def config_value(config: Any, path: str) -> Any:
-    """``config`` attribute at dotted ``path`` ('text_config.hidden_size'); a one-line error if absent."""
-    obj = config
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ModelError(f"{type(config).__name__} has no '{path}'")
-    return obj
-
-
-def module_at(root: Any, path: str) -> Any:
-    """Submodule of ``root`` at dotted ``path`` ('model.multi_modal_projector')."""
-    mod = root
-    for part in path.split("."):
-        mod = getattr(mod, part)
-    return mod
-
+from vea_bench.models.family import (DEFAULT_LORA_TARGETS, VLMFamily, check_family_supported,  # noqa: F401
+                                     config_value, family_supported, module_at)
 
 class NestedPreparer(Preparer):
     """`Preparer` for processors that take one list of images per prompt (Gemma 3, Idefics3 / SmolVLM)."""
@@ -114,15 +53,6 @@ class ImageTextToTextBackend(HFVLMBackend):
             p = self._preparer
             self._preparer = NestedPreparer(p.processor, p.max_side, p.max_pixels, p.chat_template,
                                             p.image_in_template)
-
-    @classmethod
-    def embed_dim_of(cls, config: Any) -> int:
-        """Width of the pooled embedding, read from the config at the family's ``embed_dim_path``."""
-        return int(config_value(config, cls.family.embed_dim_path))
-
-    @property
-    def lora_targets(self) -> tuple[str, ...]:
-        return self.family.lora_targets
 
     def crops_per_image(self, batch: dict[str, Any]) -> list[int]:
         """Number of vision-tower crops of each image (one; per-crop families override)."""
@@ -191,12 +121,13 @@ def vlm_family(family: VLMFamily) -> Any:
 
 
 def families() -> dict[str, VLMFamily]:
-    """Every registered backend's family declaration (hand-written backends get one from their attributes)."""
-    out: dict[str, VLMFamily] = {}
-    for name, cls in VLM_BACKENDS.items():
-        fam = getattr(cls, "family", None)
-        if fam is None:
-            fam = VLMFamily(name=name, model_class=cls.model_class, model_types=tuple(cls.model_types),
-                            pooling=cls.pooling, tiny=name)
-        out[name] = fam
-    return out
+    """Every registered backend's family declaration, by backend name (registration order)."""
+    return {name: cls.family for name, cls in VLM_BACKENDS.items()}
+
+
+def family_of(model_type: str) -> VLMFamily:
+    """The declaration of the family serving config ``model_type``; a one-line error naming the
+    supported types otherwise."""
+    from vea_bench.models import backend_for_model_type
+
+    return backend_for_model_type(model_type).family

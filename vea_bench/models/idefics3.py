@@ -22,7 +22,8 @@ FAMILY = VLMFamily(
     name="idefics3", model_class="Idefics3ForConditionalGeneration", model_types=("idefics3",),
     pooling="mean over all crop tokens (tiles + global view) of the pixel-shuffle connector output",
     image_inputs=("pixel_values", "pixel_attention_mask"), embed_dim_path="text_config.hidden_size",
-    nested_images=True, vision_module="model.vision_model", tiny="idefics3", aliases=("smolvlm",),
+    nested_images=True, vision_module="model.vision_model", vision_paths=("model.vision_model", "model.connector"),
+    language_module="model.text_model", tiny="idefics3", aliases=("smolvlm",),
     presets=("smolvlm-instruct",))
 
 Idefics3Backend = declare_family(FAMILY, module=__name__)

@@ -17,8 +17,19 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from vea_bench.errors import ModelError
-from vea_bench.models.base import VLM_BACKENDS, LoadOptions
+from vea_bench.models.base import LoadOptions
 from vea_bench.models.engine import HFVLMBackend, Preparer, cap_image
+from vea_bench.models.family import VLMFamily
+from vea_bench.models.generic import vlm_family
+
+FAMILY = VLMFamily(
+    name="instructblip", model_class="InstructBlipForConditionalGeneration", model_types=("instructblip",),
+    pooling="mean over query tokens of language_projection(Q-Former output)",
+    image_inputs=("pixel_values", "qformer_input_ids", "qformer_attention_mask"),
+    embed_dim_path="text_config.hidden_size",        # language projection = the language model's width
+    vision_module="vision_model", vision_paths=("vision_model", "qformer", "language_projection"),
+    language_module="language_model", tiny="instructblip", aliases=("instruct-blip",),
+    presets=("instructblip-vicuna-7b",))
 
 VICUNA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -70,16 +81,12 @@ class InstructBlipPreparer(Preparer):
         return out
 
 
-@VLM_BACKENDS.register("instructblip", aliases=("instruct-blip",))
+@vlm_family(FAMILY)
 class InstructBlipBackend(HFVLMBackend):
     """InstructBlipForConditionalGeneration (decoder-only language model, e.g. Vicuna-7B)."""
 
-    name: ClassVar[str] = "instructblip"
-    model_class: ClassVar[str] = "InstructBlipForConditionalGeneration"
-    model_types: ClassVar[tuple[str, ...]] = ("instructblip",)
     chat_template: ClassVar[str | None] = VICUNA_CHAT_TEMPLATE
     image_in_template: ClassVar[bool] = False
-    pooling: ClassVar[str] = "mean over query tokens of language_projection(Q-Former output)"
 
     def __init__(self, model: Any, processor: Any, opts: LoadOptions, *args: Any, **kwargs: Any) -> None:
         from vea_bench.models.loading import unwrap
@@ -105,11 +112,6 @@ class InstructBlipBackend(HFVLMBackend):
     def generation_config(self) -> Any:
         """InstructBLIP's `generate` hands decoding to its language model, which uses its own config."""
         return getattr(self.core.language_model, "generation_config", None)
-
-    @classmethod
-    def embed_dim_of(cls, config: Any) -> int:
-        """Language-projection width = the language model's hidden size (4096 for Vicuna-7B)."""
-        return int(config.text_config.hidden_size)
 
     def _visual(self, b: dict[str, Any]) -> tuple[Any, Any]:
         out = self.core.get_image_features(pixel_values=b["pixel_values"],

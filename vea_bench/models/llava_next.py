@@ -12,26 +12,25 @@ result is what the language model sees.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
-from vea_bench.models.base import VLM_BACKENDS
 from vea_bench.models.engine import HFVLMBackend, segment_mean
+from vea_bench.models.family import VLMFamily
+from vea_bench.models.generic import vlm_family
+
+FAMILY = VLMFamily(
+    name="llava-next", model_class="LlavaNextForConditionalGeneration", model_types=("llava_next",),
+    pooling="mean over base-view and unpadded tile tokens (no newline tokens) of multi_modal_projector output",
+    image_inputs=("pixel_values", "image_sizes"),
+    embed_dim_path="text_config.hidden_size",        # projector output = the language model's width
+    vision_module="model.vision_tower", vision_paths=("model.vision_tower", "model.multi_modal_projector"),
+    language_module="model.language_model", tiny="llava-next", aliases=("llava-1.6", "llava-v1.6"),
+    presets=("llava-next-mistral-7b",))
 
 
-@VLM_BACKENDS.register("llava-next", aliases=("llava-1.6", "llava-v1.6"))
+@vlm_family(FAMILY)
 class LlavaNextBackend(HFVLMBackend):
     """LlavaNextForConditionalGeneration with its hub chat template (e.g. Mistral's [INST] form)."""
-
-    name: ClassVar[str] = "llava-next"
-    model_class: ClassVar[str] = "LlavaNextForConditionalGeneration"
-    model_types: ClassVar[tuple[str, ...]] = ("llava_next",)
-    pooling: ClassVar[str] = ("mean over base-view and unpadded tile tokens (no newline tokens) "
-                              "of multi_modal_projector output")
-
-    @classmethod
-    def embed_dim_of(cls, config: Any) -> int:
-        """Projector output width = the language model's hidden size (4096 for Mistral-7B)."""
-        return int(config.text_config.hidden_size)
 
     def crops_per_image(self, image_sizes: Any) -> list[int]:
         """Number of crops (base + tiles) the vision tower sees per image, as the model computes it."""

@@ -20,7 +20,8 @@ FAMILY = VLMFamily(
     name="llava-onevision", model_class="LlavaOnevisionForConditionalGeneration", model_types=("llava_onevision",),
     pooling="mean over all crop tokens of multi_modal_projector output",
     image_inputs=("pixel_values", "image_sizes"), pooled_from="model.multi_modal_projector",
-    embed_dim_path="text_config.hidden_size", vision_module="model.vision_tower", tiny="llava-onevision",
+    embed_dim_path="text_config.hidden_size", vision_module="model.vision_tower",
+    vision_paths=("model.vision_tower", "model.multi_modal_projector"), tiny="llava-onevision",
     aliases=("llava-ov",), presets=("llava-onevision-qwen2-7b-ov",))
 
 

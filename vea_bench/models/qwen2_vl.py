@@ -7,25 +7,25 @@ into the prompt embeddings for the answer, so the vision tower never runs twice.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
-from vea_bench.models.base import VLM_BACKENDS
 from vea_bench.models.engine import HFVLMBackend, segment_mean
+from vea_bench.models.family import VLMFamily
+from vea_bench.models.generic import vlm_family
+
+_QWEN_POOLING = "mean over each image's merged tokens of visual.merger output"
+
+FAMILY = VLMFamily(
+    name="qwen2-vl", model_class="Qwen2VLForConditionalGeneration", model_types=("qwen2_vl",),
+    pooling=_QWEN_POOLING, image_inputs=("pixel_values", "image_grid_thw"),
+    embed_dim_path="vision_config.hidden_size",      # Qwen2-VL's merger output width is the vision hidden_size
+    vision_module="model.visual", language_module="model.language_model", tiny="qwen2-vl",
+    aliases=("qwen2vl",), presets=("qwen2-vl-7b-instruct",))
 
 
-@VLM_BACKENDS.register("qwen2-vl", aliases=("qwen2vl",))
+@vlm_family(FAMILY)
 class Qwen2VLBackend(HFVLMBackend):
     """Qwen2VLForConditionalGeneration: merger output, M-RoPE positions, chat template of the hub."""
-
-    name: ClassVar[str] = "qwen2-vl"
-    model_class: ClassVar[str] = "Qwen2VLForConditionalGeneration"
-    model_types: ClassVar[tuple[str, ...]] = ("qwen2_vl",)
-    pooling: ClassVar[str] = "mean over each image's merged tokens of visual.merger output"
-
-    @classmethod
-    def embed_dim_of(cls, config: Any) -> int:
-        """Merger output width = the text hidden size (3584 for Qwen2-VL-7B)."""
-        return int(config.vision_config.hidden_size)
 
     @property
     def merge_size(self) -> int:
@@ -84,16 +84,13 @@ def _has_qwen25() -> bool:
     return any((Path(r) / "models" / "qwen2_5_vl").is_dir() for r in roots)
 
 
+QWEN25_FAMILY = VLMFamily(
+    name="qwen2.5-vl", model_class="Qwen2_5_VLForConditionalGeneration", model_types=("qwen2_5_vl",),
+    pooling=_QWEN_POOLING, image_inputs=("pixel_values", "image_grid_thw"),
+    embed_dim_path="vision_config.out_hidden_size", vision_module="model.visual",
+    language_module="model.language_model", tiny="qwen2.5-vl", aliases=("qwen2-5-vl", "qwen25-vl"))
+
 if _has_qwen25():
-    @VLM_BACKENDS.register("qwen2.5-vl", aliases=("qwen2-5-vl", "qwen25-vl"))
+    @vlm_family(QWEN25_FAMILY)
     class Qwen25VLBackend(Qwen2VLBackend):
         """Qwen2_5_VLForConditionalGeneration: same interface; merger output width is `out_hidden_size`."""
-
-        name: ClassVar[str] = "qwen2.5-vl"
-        model_class: ClassVar[str] = "Qwen2_5_VLForConditionalGeneration"
-        model_types: ClassVar[tuple[str, ...]] = ("qwen2_5_vl",)
-
-        @classmethod
-        def embed_dim_of(cls, config: Any) -> int:
-            vc = config.vision_config
-            return int(getattr(vc, "out_hidden_size", None) or vc.hidden_size)

@@ -12,7 +12,7 @@ definition as for Qwen2-VL. Positions are Qwen2-VL's 3-D M-RoPE (interleaved sec
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from vea_bench.models.generic import VLMFamily, vlm_family
 from vea_bench.models.qwen2_vl import Qwen2VLBackend
@@ -29,13 +29,6 @@ FAMILY = VLMFamily(
 @vlm_family(FAMILY)
 class Qwen3VLBackend(Qwen2VLBackend):
     """Qwen3VLForConditionalGeneration: merger output pooled, DeepStack features fed to the prefill."""
-
-    family: ClassVar[VLMFamily]
-
-    @classmethod
-    def embed_dim_of(cls, config: Any) -> int:
-        """Merger output width (``vision_config.out_hidden_size``: 2560 for Qwen3-VL-4B)."""
-        return int(config.vision_config.out_hidden_size)
 
     def _visual(self, b: dict[str, Any]) -> tuple[Any, Any, Any]:
         import torch

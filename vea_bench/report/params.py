@@ -27,13 +27,12 @@ both. None of these counts is what QLoRA trains: that is the LoRA adapter alone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from vea_bench.errors import ModelError
-from vea_bench.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,6 @@ log = logging.getLogger(__name__)
 DEPTH_DIMS: tuple[int, ...] = (1024, 512, 256, 128, 64)
 DEFAULT_VLM = "qwen2-vl-7b-instruct"
 DEFAULT_TEACHER = "vit_base_patch16_224"
-LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def hidden_dims_for_depth(depth: int) -> list[int]:
@@ -56,115 +54,21 @@ def count(module: Any, *, trainable_only: bool = False) -> int:
     return int(sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only))
 
 
-# ----------------------------------------------------------------------------- heads (SPEC modules)
-
-def spec_distill_head(in_dim: int, num_classes: int, hidden_dims: Sequence[int]) -> Any:
-    """SPEC's distill head: ``[Linear(D, h1), GELU, Dropout(0.1), ..., Linear(h_last, C)]``."""
-    from torch import nn
-
-    layers: list[nn.Module] = []
-    prev = in_dim
-    for h in hidden_dims:
-        layers += [nn.Linear(prev, h), nn.GELU(), nn.Dropout(0.1)]
-        prev = h
-    layers.append(nn.Linear(prev, num_classes))
-    return nn.Sequential(*layers)
-
-
-def _spec_gate(name: str, c: int) -> Any:
-    """SPEC's five gates (v1 = distill output, v2 = VLM one-hot), as modules to count."""
-    import torch
-    from torch import nn
-
-    class Concat(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(2 * c, c)
-
-        def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-            return self.fc(torch.cat([v1, v2], -1))
-
-    class MoE(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.experts = nn.ModuleList(nn.Linear(2 * c, c) for _ in range(3))
-            self.router = nn.Linear(2 * c, 3)
-
-        def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-            x = torch.cat([v1, v2], -1)
-            w = self.router(x).softmax(-1)
-            return sum(w[..., i : i + 1] * e(x) for i, e in enumerate(self.experts))
-
-    class Bilinear(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bil = nn.Bilinear(c, c, c)
-            self.fc = nn.Linear(c, c)
-
-        def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-            return self.fc(self.bil(v1, v2))
-
-    class Dynamic(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.weights = nn.Linear(2 * c, 2)
-            self.fc = nn.Linear(c, c)
-
-        def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-            w = self.weights(torch.cat([v1, v2], -1)).softmax(-1)
-            return self.fc(w[..., :1] * v1 + w[..., 1:] * v2)
-
-    class Cross(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.g1 = nn.Linear(c, c)
-            self.g2 = nn.Linear(c, c)
-            self.fc = nn.Linear(c, c)
-
-        def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-            return self.fc(torch.sigmoid(self.g1(v2)) * v1 + torch.sigmoid(self.g2(v1)) * v2)
-
-    classes = {"concat": Concat, "moe": MoE, "bilinear": Bilinear, "dynamic": Dynamic, "cross": Cross}
-    if name not in classes:
-        raise ModelError(f"unknown gate '{name}' (choices: {', '.join(classes)})")
-    return classes[name]()
-
+# ----------------------------------------------------------------------------- heads
 
 def distill_head_params(in_dim: int, num_classes: int, hidden_dims: Sequence[int]) -> int:
-    """Parameters of a distill head, built for real (the heads' registry when present, else SPEC's module)."""
-    head = _heads_module("distill", in_dim=in_dim, num_classes=num_classes, hidden_dims=list(hidden_dims))
-    if head is None:
-        head = spec_distill_head(in_dim, num_classes, hidden_dims)
-    return count(head)
+    """Parameters of the distill head training uses (`vea_bench.heads`), built for real at width ``in_dim``."""
+    from vea_bench.heads.distill import build_distill_head
+
+    return count(build_distill_head(in_dim, num_classes, list(hidden_dims)))
 
 
 def gate_params(gate: str, num_classes: int) -> int:
-    """Parameters of a gate over C classes (the heads' registry when present, else SPEC's module)."""
+    """Parameters of the gate training uses, by any spelling the paper or the gate registry knows."""
+    from vea_bench.heads.gates import build_gate
     from vea_bench.report.paper import gate_key
 
-    key = gate_key(gate) or gate
-    module = _heads_module("gate", name=gate, num_classes=num_classes)
-    if module is None:
-        module = _spec_gate(key, num_classes)
-    return count(module)
-
-
-def _heads_module(kind: str, **kw: Any) -> Any:
-    """The heads' own module (`vea_bench.heads`) when that package is installed, else None.
-
-    Counting the very modules that training uses keeps Tables 2-4 honest; SPEC's modules above are
-    the fallback for checkouts without the heads package (same architecture, same counts).
-    """
-    try:
-        if kind == "distill":
-            from vea_bench.heads.distill import build_distill_head
-        else:
-            from vea_bench.heads.gates import build_gate
-    except ImportError:
-        return None
-    if kind == "distill":
-        return build_distill_head(kw["in_dim"], kw["num_classes"], kw["hidden_dims"])
-    return build_gate(kw["name"], kw["num_classes"])
+    return count(build_gate(gate_key(gate) or gate, num_classes))
 
 
 # ----------------------------------------------------------------------------- teacher
@@ -174,12 +78,9 @@ def teacher_params(arch: str = DEFAULT_TEACHER, num_classes: int = 8) -> int:
     import timm
     import torch
 
-    try:
-        from vea_bench.models.teacher import resolve_arch
+    from vea_bench.models.teacher import resolve_arch
 
-        arch = resolve_arch(arch)
-    except ImportError:  # teachers module absent: the name must already be a timm name
-        pass
+    arch = resolve_arch(arch)
     if not timm.is_model(arch):
         raise ModelError(f"unknown teacher architecture '{arch}' (a timm model name or preset such as 'vit')")
     with torch.device("meta"):
@@ -188,25 +89,6 @@ def teacher_params(arch: str = DEFAULT_TEACHER, num_classes: int = 8) -> int:
 
 
 # ----------------------------------------------------------------------------- VLM
-
-@dataclass(frozen=True)
-class VLMParts:
-    """Where a VLM family keeps its vision tower and how wide its pooled visual embedding is."""
-
-    vision_paths: tuple[str, ...]        # submodules of the visual side: encoder + merger / projector
-    embed_dim: Callable[[Any], int]      # config -> width of the merger / projector output (the distill input D)
-    language_path: str                   # submodule holding the language model (LoRA targets live there)
-
-
-# Keyed by `config.model_type`, so adding a VLM family is one entry, never a name check.
-VLM_PARTS: Registry[VLMParts] = Registry("VLM architecture family")
-VLM_PARTS.add("qwen2_vl", VLMParts(("model.visual",), lambda c: c.vision_config.hidden_size, "model.language_model"))
-VLM_PARTS.add("qwen2_5_vl", VLMParts(("model.visual",), lambda c: c.vision_config.out_hidden_size, "model.language_model"))
-VLM_PARTS.add("llava_next", VLMParts(("model.vision_tower", "model.multi_modal_projector"),
-                                     lambda c: c.text_config.hidden_size, "model.language_model"))
-VLM_PARTS.add("instructblip", VLMParts(("vision_model", "qformer", "language_projection"),
-                                       lambda c: c.text_config.hidden_size, "language_model"))
-
 
 def build_vlm_on_meta(preset_or_path: str) -> Any:
     """The VLM's module tree on the meta device (no weights, no hub): the backend's `build_on_meta`."""
@@ -240,14 +122,24 @@ def quantised_linear_bias_params(model: Any) -> int:
                    if isinstance(mod, nn.Linear) and mod is not out and mod.bias is not None))
 
 
-def lora_params(model: Any, *, r: int = 8, targets: Sequence[str] = LORA_TARGETS, language_path: str | None = None) -> int:
+def lora_params(model: Any, *, r: int = 8, targets: Sequence[str] | None = None,
+                language_path: str | None = None) -> int:
     """LoRA adapter size: ``r * (in + out)`` for every ``nn.Linear`` named like a target in the language model.
+
+    ``targets`` / ``language_path`` default to the model family's own (`VLMFamily.lora_targets`,
+    ``language_module``), found from the model's config type.
 
     peft matches ``target_modules`` by the module name's last component; so does this.
     """
     from torch import nn
 
-    root = model.get_submodule(language_path) if language_path else model
+    if targets is None or language_path is None:
+        from vea_bench.models.generic import family_of
+
+        fam = family_of(getattr(model.config, "model_type", "") or "unknown")
+        targets = fam.lora_targets if targets is None else targets
+        language_path = fam.language_module if language_path is None else language_path
+    root = model.get_submodule(language_path)
     total = 0
     for name, mod in root.named_modules():
         if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in targets:
@@ -278,12 +170,14 @@ class VLMCounts:
 
 def vlm_counts(preset_or_path: str = DEFAULT_VLM, *, lora_r: int = 8) -> VLMCounts:
     """Count a VLM's parameters on the meta device (total, vision tower, language model, LoRA, paper-trainable)."""
+    from vea_bench.models.generic import family_of
+
     model = build_vlm_on_meta(preset_or_path)
-    model_type = getattr(model.config, "model_type", "")
-    parts = VLM_PARTS.get(model_type)
+    model_type = getattr(model.config, "model_type", "") or "unknown"
+    fam = family_of(model_type)
     try:
-        vision = sum(count(model.get_submodule(p)) for p in parts.vision_paths)
-        language = model.get_submodule(parts.language_path)
+        vision = sum(count(model.get_submodule(p)) for p in fam.visual_paths)
+        language = model.get_submodule(fam.language_module)
     except AttributeError as exc:
         raise ModelError(f"{preset_or_path}: module layout not understood for '{model_type}' ({exc})") from None
     return VLMCounts(
@@ -292,10 +186,10 @@ def vlm_counts(preset_or_path: str = DEFAULT_VLM, *, lora_r: int = 8) -> VLMCoun
         total=count(model),
         vision_tower=vision,
         language_model=count(language),
-        embed_dim=int(parts.embed_dim(model.config)),
+        embed_dim=fam.embed_dim(model.config),
         quantised_trainable=quantised_trainable_params(model),
         quantised_linear_biases=quantised_linear_bias_params(model),
-        lora=lora_params(model, r=lora_r, language_path=parts.language_path),
+        lora=lora_params(model, r=lora_r, targets=fam.lora_targets, language_path=fam.language_module),
         lora_r=lora_r,
     )
 
@@ -356,22 +250,3 @@ def param_report(
         teacher=teacher,
         teacher_params=teacher_params(teacher, num_classes),
     )
-
-
-# The families of `vea_bench.models.{gemma3,qwen3_vl,idefics3,llava_onevision}` (issue #14): module layout
-# of their bundled real-checkpoint configs; the pooled width is the backend's own `embed_dim_of`.
-def _backend_embed_dim(model_type: str) -> Callable[[Any], int]:
-    def embed_dim(config: Any) -> int:
-        from vea_bench.models import backend_for_model_type
-
-        return int(backend_for_model_type(model_type).embed_dim_of(config))
-    return embed_dim
-
-
-VLM_PARTS.add("gemma3", VLMParts(("model.vision_tower", "model.multi_modal_projector"), _backend_embed_dim("gemma3"),
-                                 "model.language_model"))
-VLM_PARTS.add("qwen3_vl", VLMParts(("model.visual",), _backend_embed_dim("qwen3_vl"), "model.language_model"))
-VLM_PARTS.add("idefics3", VLMParts(("model.vision_model", "model.connector"), _backend_embed_dim("idefics3"),
-                                   "model.text_model"))
-VLM_PARTS.add("llava_onevision", VLMParts(("model.vision_tower", "model.multi_modal_projector"),
-                                          _backend_embed_dim("llava_onevision"), "model.language_model"))

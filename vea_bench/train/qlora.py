@@ -130,18 +130,30 @@ class QLoRAResult:
 # Model pieces
 # ------------------------------------------------------------------------------------------------
 
+def _family(model: Any) -> Any:
+    """The `VLMFamily` of a loaded model (by its config's model type): where its language model
+    sits and which Linear layers LoRA adapts there."""
+    from vea_bench.models.generic import family_of
+
+    return family_of(getattr(getattr(model, "config", None), "model_type", None) or "unknown")
+
+
 def language_model_prefix(model: Any) -> str:
-    """Dotted name of the model's language-model submodule (``model.language_model`` for Qwen2-VL,
-    ``model.text_model`` for Idefics3 / SmolVLM)."""
-    names = [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in ("language_model", "text_model")]
-    if not names:
-        raise ModelError(f"{type(model).__name__} has no 'language_model' submodule; cannot restrict LoRA to it")
-    return min(names, key=len)
+    """Dotted name of the model's language-model submodule, as its family declares it
+    (``model.language_model`` for Qwen2-VL, ``model.text_model`` for Idefics3 / SmolVLM)."""
+    prefix = _family(model).language_module
+    try:
+        model.get_submodule(prefix)
+    except AttributeError:
+        raise ModelError(f"{type(model).__name__} has no '{prefix}' submodule; cannot restrict LoRA to it") from None
+    return prefix
 
 
-def lora_target_regex(model: Any, names: Sequence[str] = LORA_TARGETS) -> str:
-    """A peft ``target_modules`` regex matching ``names`` inside the language model only."""
+def lora_target_regex(model: Any, names: Sequence[str] | None = None) -> str:
+    """A peft ``target_modules`` regex matching ``names`` (default: the family's LoRA targets)
+    inside the language model only."""
     prefix = language_model_prefix(model)
+    names = tuple(names) if names else _family(model).lora_targets
     regex = rf"{re.escape(prefix)}\..*\.({'|'.join(re.escape(n) for n in names)})"
     hits = [n for n, _ in model.named_modules() if re.fullmatch(regex, n)]
     if not hits:
@@ -150,13 +162,18 @@ def lora_target_regex(model: Any, names: Sequence[str] = LORA_TARGETS) -> str:
 
 
 def _model_class(source: str) -> Any:
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    """The transformers class the checkpoint's family declares (an unsupported type: one line)."""
+    import transformers
+    from transformers import AutoConfig
+
+    from vea_bench.models.generic import family_of
 
     cfg = AutoConfig.from_pretrained(source)
-    mapping = AutoModelForImageTextToText._model_mapping
-    if type(cfg) not in mapping:
-        raise ModelError(f"model type '{cfg.model_type}' is not an image-text-to-text model transformers knows")
-    return mapping[type(cfg)]
+    fam = family_of(getattr(cfg, "model_type", None) or "unknown")
+    cls = getattr(transformers, fam.model_class, None)
+    if cls is None:
+        raise ModelError(f"transformers {transformers.__version__} has no {fam.model_class}; upgrade it")
+    return cls
 
 
 def load_base(cfg: QLoRAConfig, device: str) -> tuple[Any, Any, dict[str, Any]]:
