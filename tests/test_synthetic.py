@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vea_bench.datasets import load_dataset, open_image
+from vea_bench.datasets import DATASETS, load_dataset, open_image
 from vea_bench.datasets.synthetic import (
     FAULTS,
     LAYOUTS,
+    SYNTHETIC,
     make_synthetic,
     make_synthetic_all,
     render,
@@ -98,3 +99,25 @@ def test_bad_requests_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not an empty folder"):
         make_synthetic("fi", tmp_path / "full")
     assert (tmp_path / "full" / "x.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_every_dataset_writes_a_synthetic_set_its_own_loader_reads(name: str, tmp_path: Path) -> None:
+    """Each dataset module registers its loader and its synthetic writer together: the set (with
+    every fault the layout can hold) loads in the dataset's label space, every class present."""
+    assert set(SYNTHETIC.names()) == set(DATASETS.names()) and name in LAYOUTS
+    root = make_synthetic(name, tmp_path / name, per_class=3, size=16, faults=supported_faults(name))
+    index = load_dataset(name, root, on_error="skip")
+    assert index.label_space.name == (DATASETS.get(name).label_space or "mikels8")
+    seen = {s.label for split in ("train", "val", "test") for s in index.split(split)}
+    assert seen == set(range(index.label_space.num_classes))
+    assert index.skipped                          # the planted unknown-label / unreadable rows are reported
+
+
+def test_a_second_writer_on_a_taken_seed_stream_is_refused() -> None:
+    """Streams seed a layout's images: sharing one would give two layouts the same pictures."""
+    from vea_bench.datasets.synthetic import register_synthetic
+
+    taken = SYNTHETIC.get("fi").stream
+    with pytest.raises(ValueError, match="already used by 'fi'"):
+        register_synthetic("fi-copy", stream=taken, label_space=None)(lambda *a: None)

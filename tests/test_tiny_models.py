@@ -51,7 +51,7 @@ def test_reloads_like_a_hub_model(kind: str, built: dict[str, Path]) -> None:
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
     tok = processor.tokenizer
     image_id = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
-    assert tok.convert_tokens_to_ids(processor.image_token) == image_id
+    assert tok.convert_tokens_to_ids(str(processor.image_token)) == image_id
     assert len(tok) <= model.get_input_embeddings().weight.shape[0]
     assert tok.padding_side == "left"
 

@@ -5,7 +5,8 @@
     index.split("test")[0].path, index.manifest_hash("test")
 
 Each dataset is one module registering its loader in `DATASETS` (name, label space, native
-layout, split rule); importing this package fills the registry.
+layout, split rule) and, next to it, its synthetic writer in `synthetic.SYNTHETIC` (same name);
+importing this package fills both registries.
 """
 from __future__ import annotations
 

@@ -9,12 +9,15 @@ colorfulness, scene, object, facial expression, human action) are kept in ``Samp
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from vea_bench.datasets._common import Collector, carve_missing_val, log, mikels_space, require_root
 from vea_bench.datasets.base import DatasetIndex, register_dataset
 from vea_bench.errors import DatasetError
+from vea_bench.datasets.synthetic import SetWriter, UNKNOWN_LABEL, explicit_counts, register_synthetic
+from vea_bench.labels import MIKELS8, LabelSpace
 
 # EmoSet's own label2idx order (info.json), used only when a row gives an integer label.
 EMOSET_ORDER = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")
@@ -156,3 +159,72 @@ def load_emoset(
             "binary": space.name == "binary",
         },
     )
+
+
+# --- synthetic writer: this layout with planted faults (vea-bench datasets make-synthetic) ---------
+
+@register_synthetic("emoset", stream=0, label_space=MIKELS8)
+def write_synthetic_emoset(w: SetWriter, space: LabelSpace, n: int, faults: set[str]) -> None:
+    counts = explicit_counts(n, with_val=True)
+    rows: dict[str, list[list[Any]]] = {"train": [], "val": [], "test": []}
+    rnd = random.Random(f"{w.seed}:emoset")
+    serial: dict[str, int] = {}
+
+    def add(split: str, emo: str, cls: int, i: int, kind: str = "image", annotate: bool = True) -> str:
+        k = serial.get(emo, 0)
+        serial[emo] = k + 1
+        stem = f"{emo}_{k:05d}"
+        img, ann = f"image/{emo}/{stem}.jpg", f"annotation/{emo}/{stem}.json"
+        if kind == "image":
+            w.image(img, cls, i)
+        elif kind == "corrupt":
+            w.corrupt(img)
+        elif kind == "zero":
+            w.zero(img)
+        if annotate:
+            attrs: dict[str, Any] = {
+                "emotion": emo, "image_id": stem,
+                "brightness": round(rnd.random(), 3), "colorfulness": round(rnd.random(), 3),
+                "scene": rnd.choice(["beach", "street", "forest", "kitchen"]),
+                "object": rnd.sample(["person", "dog", "car", "tree", "cake"], 2),
+            }
+            if rnd.random() < 0.5:
+                attrs["facial_expression"] = rnd.choice(["happy", "sad", "neutral"])
+            if rnd.random() < 0.5:
+                attrs["human_action"] = rnd.choice(["running", "sitting", "eating"])
+            (w.out / ann).parent.mkdir(parents=True, exist_ok=True)
+            (w.out / ann).write_text(json.dumps(attrs))
+        # The README's 4-field rows in train; the 3-field redistributed rows in val and test.
+        rows[split].append([emo, stem, img, ann] if split == "train" else [emo, img, ann])
+        return img
+
+    first_train: str | None = None
+    for cls, emo in enumerate(space.labels):
+        i = 0
+        for split in ("train", "val", "test"):
+            for _ in range(counts[split]):
+                # The last class's first image has no annotation file (tolerated, counted).
+                img = add(split, emo, cls, i, annotate=not (cls == len(space.labels) - 1 and i == 0))
+                if cls == 2 and first_train is None:
+                    first_train = img
+                i += 1
+    if "corrupt" in faults:
+        add("train", space.labels[0], 0, 9000, kind="corrupt")
+    if "zero-byte" in faults:
+        add("train", space.labels[1], 1, 9001, kind="zero")
+    if "unknown-label" in faults:
+        add("train", UNKNOWN_LABEL, 0, 9002)
+    if "duplicate" in faults and first_train is not None:
+        emo = space.labels[2]
+        k = serial.get(emo, 0)
+        serial[emo] = k + 1
+        img = w.copy(first_train, f"image/{emo}/{emo}_{k:05d}.jpg")
+        rows["test"].append([emo, img, f"annotation/{emo}/{emo}_{k:05d}.json"])
+    info = {
+        "emotion": {"label2idx": {e: i for i, e in enumerate(EMOSET_ORDER)}, "idx2label": {str(i): e for i, e in enumerate(EMOSET_ORDER)}},
+        "scene": {"label2idx": {"beach": 0, "street": 1, "forest": 2, "kitchen": 3}, "idx2label": {"0": "beach", "1": "street", "2": "forest", "3": "kitchen"}},
+    }
+    (w.out / "info.json").write_text(json.dumps(info, indent=1))
+    for split, r in rows.items():
+        rnd.shuffle(r)  # the real files are not sorted either
+        (w.out / f"{split}.json").write_text(json.dumps(r))

@@ -7,6 +7,7 @@ distribution-aware metrics. No official split: stratified 80/5/15, seed recorded
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -17,7 +18,8 @@ from vea_bench.datasets.images import list_images
 from vea_bench.datasets.folders import has_split_dirs, read_imagefolder
 from vea_bench.datasets.splits import parse_fractions
 from vea_bench.errors import DatasetError
-from vea_bench.labels import EKMAN6
+from vea_bench.labels import EKMAN6, LabelSpace
+from vea_bench.datasets.synthetic import SetWriter, folder_per_class, register_synthetic
 
 DISTRIBUTION_LABELS = ("anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral")
 
@@ -106,3 +108,23 @@ def load_emotion6(
             "images_without_ground_truth": without_gt,
         },
     )
+
+
+# --- synthetic writer: this layout with planted faults (vea-bench datasets make-synthetic) ---------
+
+@register_synthetic("emotion6", stream=2, label_space=EKMAN6)
+def write_synthetic_emotion6(w: SetWriter, space: LabelSpace, n: int, faults: set[str]) -> None:
+    w.out.joinpath("images").mkdir()
+    sub = w.under("images")
+    folder_per_class(sub, space, n, faults, lambda folder, i: f"{i + 1}.jpg")
+    rnd = random.Random(f"{w.seed}:emotion6")
+    lines = ["[image_filename]\t[valence]\t[arousal]\t" + "\t".join(f"[prob. {d}]" for d in DISTRIBUTION_LABELS)]
+    for folder in sorted(d.name for d in (w.out / "images").iterdir() if d.is_dir()):
+        for f in sorted((w.out / "images" / folder).iterdir(), key=lambda p: int(p.stem)):
+            dist = [rnd.random() * 0.3 for _ in DISTRIBUTION_LABELS]
+            if folder in DISTRIBUTION_LABELS:
+                dist[DISTRIBUTION_LABELS.index(folder)] = 1.0 + rnd.random()
+            total = sum(dist)
+            probs = "\t".join(f"{d / total:.6g}" for d in dist)
+            lines.append(f"{folder}/{f.name}\t{rnd.uniform(1, 9):.1f}\t{rnd.uniform(1, 9):.1f}\t{probs}")
+    (w.out / "ground_truth.txt").write_text("\n".join(lines) + "\n")

@@ -14,7 +14,8 @@ from vea_bench.datasets.base import DatasetIndex, register_dataset
 from vea_bench.datasets.images import is_image_name, list_images
 from vea_bench.datasets.folders import has_split_dirs, read_imagefolder
 from vea_bench.datasets.splits import parse_fractions
-from vea_bench.labels import MIKELS8, normalise
+from vea_bench.labels import MIKELS8, LabelSpace, normalise
+from vea_bench.datasets.synthetic import SetWriter, folder_per_class, register_synthetic
 
 
 def _emotion(spelling: str) -> str:
@@ -72,3 +73,10 @@ def load_fi(
     fr = parse_fractions(fractions)
     rule = split_pool(col, pool, fractions=fr, seed=seed, strata=[_emotion(f) for f in fine])
     return col.build(split_rule=rule, split_seed=seed, meta={"layout": "fi", "fractions": fr})
+
+
+# --- synthetic writer: this layout with planted faults (vea-bench datasets make-synthetic) ---------
+
+@register_synthetic("fi", stream=1, label_space=MIKELS8, spellings={"contentment": "content", "sadness": "sad"})
+def write_synthetic_fi(w: SetWriter, space: LabelSpace, n: int, faults: set[str]) -> None:
+    folder_per_class(w, space, n, faults, lambda folder, i: f"{folder}_{i}.jpg")

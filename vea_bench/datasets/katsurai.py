@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from vea_bench.datasets.images import IMAGE_EXTENSIONS, list_images
 from vea_bench.datasets.folders import has_split_dirs, read_imagefolder
 from vea_bench.datasets.splits import parse_fractions
 from vea_bench.errors import DatasetError
-from vea_bench.labels import BINARY, normalise
+from vea_bench.labels import BINARY, LabelSpace, normalise
+from vea_bench.datasets.synthetic import UNKNOWN_LABEL, SetWriter, register_synthetic
 
 ID_COLUMNS = frozenset({"id", "image id", "photo id", "imageid", "photoid", "image", "photo", "filename", "file", "name", "img"})
 LABEL_COLUMNS = frozenset({"label", "sentiment", "polarity", "class", "category"})
@@ -253,3 +255,70 @@ def _public_signature() -> Any:
 
 load_flickr.__signature__ = _public_signature()  # type: ignore[attr-defined]
 load_instagram.__signature__ = _public_signature()  # type: ignore[attr-defined]
+
+
+# --- synthetic writers: both layouts with planted faults (vea-bench datasets make-synthetic) -------
+
+def _katsurai_images(w: SetWriter, space: LabelSpace, n: int, faults: set[str], idgen: Any) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Images named by id; returns (id, kind, extension) rows and ids of tie/neutral extras."""
+    rows: list[tuple[str, str, str]] = []
+    for cls in range(space.num_classes):
+        for i in range(n):
+            ident = idgen()
+            ext = ".jpeg" if i % 4 == 3 else ".jpg"
+            w.image(f"images/{ident}{ext}", cls, i)
+            rows.append((ident, space.labels[cls], ext))
+    extras = []
+    for j in range(4):  # two ties and two neutral majorities (votes) / neutral labels
+        ident = idgen()
+        w.image(f"images/{ident}.jpg", j % 2, 5000 + j)
+        extras.append(ident)
+    if "corrupt" in faults:
+        ident = idgen()
+        w.corrupt(f"images/{ident}.jpg")
+        rows.append((ident, space.labels[0], ".jpg"))
+    if "zero-byte" in faults:
+        ident = idgen()
+        w.zero(f"images/{ident}.jpg")
+        rows.append((ident, space.labels[1], ".jpg"))
+    if "duplicate" in faults:
+        ident = idgen()
+        src = next(r for r in rows if r[1] == space.labels[0])
+        w.copy(f"images/{src[0]}{src[2]}", f"images/{ident}{src[2]}")
+        rows.append((ident, space.labels[0], src[2]))
+    rows.append((idgen(), space.labels[0], ""))  # labelled, but the user could not fetch the image
+    return rows, extras
+
+
+@register_synthetic("flickr", stream=3, label_space=BINARY,
+                    unsupported_faults={"unknown-label": "its file holds vote counts"})
+def write_synthetic_flickr(w: SetWriter, space: LabelSpace, n: int, faults: set[str]) -> None:
+    rnd = random.Random(f"{w.seed}:flickr")
+    rows, extras = _katsurai_images(w, space, n, faults, lambda: str(rnd.randrange(10**9, 10**10)))
+    majority = [(3, 0, 0), (2, 1, 0), (2, 0, 1)]
+    lines = ["id,positive,neutral,negative"]
+    body = []
+    for ident, lab, _ in rows:
+        p, u, g = rnd.choice(majority)
+        votes = (p, u, g) if lab == "positive" else (g, u, p)
+        body.append(f"{ident},{votes[0]},{votes[1]},{votes[2]}")
+    for j, ident in enumerate(extras):
+        votes = (1, 1, 1) if j < 2 else ((0, 2, 1) if j == 2 else (1, 2, 0))
+        body.append(f"{ident},{votes[0]},{votes[1]},{votes[2]}")
+    rnd.shuffle(body)
+    (w.out / "labels.csv").write_text("\n".join(lines + body) + "\n")
+
+
+@register_synthetic("instagram", stream=4, label_space=BINARY, spellings={"positive": "Positive", "negative": "neg"})
+def write_synthetic_instagram(w: SetWriter, space: LabelSpace, n: int, faults: set[str]) -> None:
+    rnd = random.Random(f"{w.seed}:instagram")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    rows, extras = _katsurai_images(w, space, n, faults, lambda: "".join(rnd.choice(alphabet) for _ in range(11)))
+    body = [f"{ident}\t{w.spell(lab)}" for ident, lab, _ in rows]
+    body += [f"{ident}\tneutral" for ident in extras]
+    if "unknown-label" in faults:
+        ident = "".join(rnd.choice(alphabet) for _ in range(11))
+        w.image(f"images/{ident}.jpg", 0, 9002)
+        body.append(f"{ident}\t{UNKNOWN_LABEL}")
+    rnd.shuffle(body)
+    (w.out / "labels.txt").write_text("\n".join(["id\tlabel"] + body) + "\n")

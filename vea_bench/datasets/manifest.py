@@ -26,7 +26,8 @@ from vea_bench.datasets.base import DatasetIndex, register_dataset
 from vea_bench.datasets.folders import SPLIT_ALIASES
 from vea_bench.datasets.splits import parse_fractions
 from vea_bench.errors import DatasetError
-from vea_bench.labels import normalise
+from vea_bench.labels import LabelSpace, normalise
+from vea_bench.datasets.synthetic import SetWriter, UNKNOWN_LABEL, explicit_counts, register_synthetic
 
 PATH_COLUMNS = ("path", "file", "filename", "image", "image path", "img")
 LABEL_COLUMNS = ("label", "class", "emotion", "sentiment", "category")
@@ -163,3 +164,32 @@ def load_manifest(
     meta["val_from_train"] = carved
     rule = "the manifest's split column" + (f"; val = stratified 10 % of train, seed {seed}" if carved else "")
     return col.build(split_rule=rule, split_seed=seed if carved else None, meta=meta)
+
+
+# --- synthetic writer: this layout with planted faults (vea-bench datasets make-synthetic) ---------
+
+@register_synthetic("manifest", stream=6, label_space=None, spellings={
+    "contentment": "content", "sadness": "Sad", "fear": "scared", "joy": "Joy", "positive": "pos"})
+def write_synthetic_manifest(w: SetWriter, space: LabelSpace, n: int, faults: set[str]) -> None:
+    counts = explicit_counts(n, with_val=True)
+    lines = ["path,label,split"]
+    first: str | None = None
+    for cls, lab in enumerate(space.labels):
+        i = 0
+        for split in ("train", "val", "test"):
+            for _ in range(counts[split]):
+                rel = w.image(f"data/{cls}_{i:04d}.jpg", cls, i)
+                lines.append(f"{rel},{w.spell(lab)},{split}")
+                if cls == 2 % space.num_classes and first is None:
+                    first = rel
+                i += 1
+    if "corrupt" in faults:
+        lines.append(f"{w.corrupt(f'data/0_{n:04d}.jpg')},{w.spell(space.labels[0])},train")
+    if "zero-byte" in faults:
+        lines.append(f"{w.zero(f'data/1_{n:04d}.jpg')},{w.spell(space.labels[1])},train")
+    if "unknown-label" in faults:
+        lines.append(f"{w.image('data/x_0000.jpg', 0, 9002)},{UNKNOWN_LABEL},test")
+    if "duplicate" in faults and first is not None:
+        lab = space.labels[2 % space.num_classes]
+        lines.append(f"{w.copy(first, f'data/dup_{n:04d}.jpg')},{w.spell(lab)},test")
+    (w.out / "manifest.csv").write_text("\n".join(lines) + "\n")

@@ -7,6 +7,10 @@ model can actually learn. Each class has its own hue, texture (stripes or checke
 frequency and orientation) and shape, blurred by noise, jitter and random backgrounds, so the task
 is learnable but not a colour lookup.
 
+Each dataset module writes its own layout: it registers a writer next to its loader with
+`register_synthetic` (its label space, on-disk spellings, seed stream and the faults its files
+cannot hold); this module holds what they share (`render`, `SetWriter`, `make_synthetic`).
+
 Faults (``faults=``) are planted on top of the ``per_class`` good images:
 ``corrupt`` (garbage bytes named .jpg), ``zero-byte``, ``unknown-label`` (an image or row whose label
 is outside the space) and ``duplicate`` (a byte copy of a train image placed in another split).
@@ -16,48 +20,92 @@ from __future__ import annotations
 import colorsys
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from vea_bench.datasets.emoset import EMOSET_ORDER
-from vea_bench.datasets.emotion6 import DISTRIBUTION_LABELS
 from vea_bench.errors import ConfigError, DatasetError
-from vea_bench.labels import BINARY, EKMAN6, MIKELS8, LabelSpace, get_label_space
+from vea_bench.labels import MIKELS8, LabelSpace, get_label_space
+from vea_bench.registry import Registry
 
-LAYOUTS: tuple[str, ...] = ("emoset", "fi", "emotion6", "flickr", "instagram", "imagefolder", "manifest")
 FAULTS: tuple[str, ...] = ("corrupt", "zero-byte", "unknown-label", "duplicate")
-# Flickr's synthetic file holds vote counts, where a label outside the space cannot be written.
-UNSUPPORTED_FAULTS: dict[str, frozenset[str]] = {"flickr": frozenset({"unknown-label"})}
 UNKNOWN_LABEL = "boredom"
 
-_FIXED_SPACE: dict[str, LabelSpace] = {
-    "emoset": MIKELS8, "fi": MIKELS8, "emotion6": EKMAN6, "flickr": BINARY, "instagram": BINARY,
-}
-# How each layout spells canonical labels on disk (exercises the synonym map).
-_SPELLINGS: dict[str, dict[str, str]] = {
-    "fi": {"contentment": "content", "sadness": "sad"},
-    "imagefolder": {
-        "amusement": "Amusement", "anger": "angry", "disgust": "disgusted", "excitement": "excited",
-        "joy": "happy", "surprise": "Surprised", "positive": "Positive", "negative": "neg",
-    },
-    "manifest": {"contentment": "content", "sadness": "Sad", "fear": "scared", "joy": "Joy", "positive": "pos"},
-    "instagram": {"positive": "Positive", "negative": "neg"},
-}
+# Writes one synthetic set: (writer, label space, good images per class, faults to plant).
+WriteFn = Callable[["SetWriter", LabelSpace, int, set[str]], None]
+
+
+@dataclass(frozen=True)
+class SyntheticLayout:
+    """How a dataset's native layout is synthesised; registered by the dataset's own module next
+    to its loader (`register_synthetic`), under the dataset's registry name."""
+
+    name: str
+    write: WriteFn
+    stream: int                          # this layout's fixed seed stream: images differ across layouts
+    label_space: LabelSpace | None       # the dataset's own space; None: any, default mikels8
+    spellings: Mapping[str, str] = field(default_factory=dict)   # canonical label -> on-disk spelling
+    unsupported_faults: Mapping[str, str] = field(default_factory=dict)  # fault -> why it cannot be planted
+
+    @property
+    def faults(self) -> tuple[str, ...]:
+        return tuple(f for f in FAULTS if f not in self.unsupported_faults)
+
+
+SYNTHETIC: Registry[SyntheticLayout] = Registry("synthetic layout")
+
+
+def register_synthetic(name: str, *, stream: int, label_space: LabelSpace | None,
+                       spellings: Mapping[str, str] | None = None,
+                       unsupported_faults: Mapping[str, str] | None = None) -> Callable[[WriteFn], WriteFn]:
+    """Decorator: register ``fn`` as the synthetic writer of dataset ``name`` (its registry name).
+
+    ``stream`` must be unique: it seeds every image of the layout, so it stays fixed once chosen
+    (the same seed gives byte-identical sets release after release).
+    """
+    def deco(fn: WriteFn) -> WriteFn:
+        taken = {spec.stream: n for n, spec in SYNTHETIC.items()}
+        if stream in taken:
+            raise ValueError(f"synthetic stream {stream} of '{name}' is already used by '{taken[stream]}'")
+        SYNTHETIC.add(name, SyntheticLayout(name, fn, stream, label_space, dict(spellings or {}),
+                                            dict(unsupported_faults or {})))
+        return fn
+    return deco
+
+
+def _layouts() -> Registry[SyntheticLayout]:
+    import vea_bench.datasets  # noqa: F401  (every dataset module registers its writer)
+
+    return SYNTHETIC
+
+
+def __getattr__(name: str) -> Any:
+    """``LAYOUTS``: every registered synthetic layout, in dataset registration order."""
+    if name == "LAYOUTS":
+        return tuple(_layouts().names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _spec(layout: str) -> SyntheticLayout:
+    reg = _layouts()
+    if layout not in reg:
+        raise ConfigError(f"unknown synthetic layout '{layout}' (choices: {', '.join(reg.names())})")
+    return reg.get(layout)
 
 
 def supported_faults(layout: str) -> tuple[str, ...]:
     """The faults ``make_synthetic`` can plant in ``layout``."""
-    return tuple(f for f in FAULTS if f not in UNSUPPORTED_FAULTS.get(layout, frozenset()))
+    return _spec(layout).faults
 
 
 def layout_space(layout: str, label_space: str | None = None) -> LabelSpace:
     """The label space a synthetic ``layout`` is written in (imagefolder/manifest: default mikels8)."""
-    if layout in _FIXED_SPACE:
-        own = _FIXED_SPACE[layout]
+    own = _spec(layout).label_space
+    if own is not None:
         if label_space not in (None, own.name):
             raise ConfigError(f"synthetic {layout} is written in {own.name}; label space '{label_space}' does not apply")
         return own
@@ -110,15 +158,24 @@ def render(cls: int, n_classes: int, rng: np.random.Generator, size: int = 64) -
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-class _Writer:
-    """Writes images for one synthetic set, keeping per-image seeds independent of write order."""
+class SetWriter:
+    """Writes the files of one synthetic set, keeping per-image seeds independent of write order."""
 
-    def __init__(self, out: Path, n_classes: int, size: int, seed: int, layout: str) -> None:
+    def __init__(self, out: Path, n_classes: int, size: int, seed: int, spec: SyntheticLayout) -> None:
         self.out = out
         self.n_classes = n_classes
         self.size = size
         self.seed = seed
-        self.layout_id = LAYOUTS.index(layout)
+        self.spec = spec
+        self.layout_id = spec.stream
+
+    def under(self, sub: str) -> "SetWriter":
+        """A writer for the subfolder ``sub`` with the same seed stream."""
+        return SetWriter(self.out / sub, self.n_classes, self.size, self.seed, self.spec)
+
+    def spell(self, label: str) -> str:
+        """How this layout writes canonical ``label`` on disk (exercises the loaders' synonym maps)."""
+        return self.spec.spellings.get(label, label)
 
     def image(self, rel: str, cls: int, i: int) -> str:
         rng = np.random.default_rng([self.seed, self.layout_id, cls, i])
@@ -147,15 +204,11 @@ class _Writer:
         return rel
 
 
-def _explicit_counts(n: int, with_val: bool) -> dict[str, int]:
+def explicit_counts(n: int, with_val: bool) -> dict[str, int]:
     """Per-class split sizes for layouts that ship their own split."""
     test = max(1, round(0.2 * n))
     val = max(1, round(0.1 * n)) if with_val else 0
     return {"train": n - test - val, "val": val, "test": test}
-
-
-def _spell(layout: str, label: str) -> str:
-    return _SPELLINGS.get(layout, {}).get(label, label)
 
 
 def make_synthetic(
@@ -173,14 +226,14 @@ def make_synthetic(
     ``per_class`` good images per class; layouts with their own split put about 70/10/20 % of
     them in train/val/test (imagefolder: 80/20, val left to the loader). Returns ``out``.
     """
-    if layout not in LAYOUTS:
-        raise ConfigError(f"unknown synthetic layout '{layout}' (choices: {', '.join(LAYOUTS)})")
+    spec = _spec(layout)
     bad = [f for f in faults if f not in FAULTS]
     if bad:
         raise ConfigError(f"unknown fault {', '.join(bad)} (choices: {', '.join(FAULTS)})")
-    unsupported = [f for f in faults if f in UNSUPPORTED_FAULTS.get(layout, frozenset())]
+    unsupported = [f for f in faults if f in spec.unsupported_faults]
     if unsupported:
-        raise ConfigError(f"fault {', '.join(unsupported)} cannot be planted in synthetic {layout} (its file holds vote counts)")
+        why = "; ".join(dict.fromkeys(spec.unsupported_faults[f] for f in unsupported))
+        raise ConfigError(f"fault {', '.join(unsupported)} cannot be planted in synthetic {layout} ({why})")
     if per_class < 3:
         raise ConfigError(f"per_class must be at least 3 (one image per split), got {per_class}")
     if size < 8:
@@ -190,13 +243,9 @@ def make_synthetic(
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DatasetError(f"synthetic output {root} exists and is not an empty folder")
     root.mkdir(parents=True, exist_ok=True)
-    w = _Writer(root, space.num_classes, size, seed, layout)
+    w = SetWriter(root, space.num_classes, size, seed, spec)
     fset = set(faults)
-    writer = {
-        "emoset": _emoset, "fi": _fi, "emotion6": _emotion6, "flickr": _flickr, "instagram": _instagram,
-        "imagefolder": _imagefolder, "manifest": _manifest,
-    }[layout]
-    writer(w, space, per_class, fset)
+    spec.write(w, space, per_class, fset)
     (root / "synthetic.json").write_text(
         json.dumps(
             {"layout": layout, "label_space": space.name, "per_class": per_class, "size": size, "seed": seed, "faults": sorted(fset)},
@@ -211,226 +260,32 @@ def make_synthetic_all(out: str | Path, **kwargs: Any) -> dict[str, Path]:
     faults = tuple(kwargs.pop("faults", ()))
     return {
         layout: make_synthetic(layout, Path(out) / layout, faults=[f for f in faults if f in supported_faults(layout)], **kwargs)
-        for layout in LAYOUTS
+        for layout in _layouts().names()
     }
 
 
-# --- layouts -------------------------------------------------------------------------------------
+# --- shared by the layouts' writers (each in its dataset's module) ---------------------------------
 
 
-def _emoset(w: _Writer, space: LabelSpace, n: int, faults: set[str]) -> None:
-    counts = _explicit_counts(n, with_val=True)
-    rows: dict[str, list[list[Any]]] = {"train": [], "val": [], "test": []}
-    rnd = random.Random(f"{w.seed}:emoset")
-    serial: dict[str, int] = {}
-
-    def add(split: str, emo: str, cls: int, i: int, kind: str = "image", annotate: bool = True) -> str:
-        k = serial.get(emo, 0)
-        serial[emo] = k + 1
-        stem = f"{emo}_{k:05d}"
-        img, ann = f"image/{emo}/{stem}.jpg", f"annotation/{emo}/{stem}.json"
-        if kind == "image":
-            w.image(img, cls, i)
-        elif kind == "corrupt":
-            w.corrupt(img)
-        elif kind == "zero":
-            w.zero(img)
-        if annotate:
-            attrs: dict[str, Any] = {
-                "emotion": emo, "image_id": stem,
-                "brightness": round(rnd.random(), 3), "colorfulness": round(rnd.random(), 3),
-                "scene": rnd.choice(["beach", "street", "forest", "kitchen"]),
-                "object": rnd.sample(["person", "dog", "car", "tree", "cake"], 2),
-            }
-            if rnd.random() < 0.5:
-                attrs["facial_expression"] = rnd.choice(["happy", "sad", "neutral"])
-            if rnd.random() < 0.5:
-                attrs["human_action"] = rnd.choice(["running", "sitting", "eating"])
-            (w.out / ann).parent.mkdir(parents=True, exist_ok=True)
-            (w.out / ann).write_text(json.dumps(attrs))
-        # The README's 4-field rows in train; the 3-field redistributed rows in val and test.
-        rows[split].append([emo, stem, img, ann] if split == "train" else [emo, img, ann])
-        return img
-
-    first_train: str | None = None
-    for cls, emo in enumerate(space.labels):
-        i = 0
-        for split in ("train", "val", "test"):
-            for _ in range(counts[split]):
-                # The last class's first image has no annotation file (tolerated, counted).
-                img = add(split, emo, cls, i, annotate=not (cls == len(space.labels) - 1 and i == 0))
-                if cls == 2 and first_train is None:
-                    first_train = img
-                i += 1
-    if "corrupt" in faults:
-        add("train", space.labels[0], 0, 9000, kind="corrupt")
-    if "zero-byte" in faults:
-        add("train", space.labels[1], 1, 9001, kind="zero")
-    if "unknown-label" in faults:
-        add("train", UNKNOWN_LABEL, 0, 9002)
-    if "duplicate" in faults and first_train is not None:
-        emo = space.labels[2]
-        k = serial.get(emo, 0)
-        serial[emo] = k + 1
-        img = w.copy(first_train, f"image/{emo}/{emo}_{k:05d}.jpg")
-        rows["test"].append([emo, img, f"annotation/{emo}/{emo}_{k:05d}.json"])
-    info = {
-        "emotion": {"label2idx": {e: i for i, e in enumerate(EMOSET_ORDER)}, "idx2label": {str(i): e for i, e in enumerate(EMOSET_ORDER)}},
-        "scene": {"label2idx": {"beach": 0, "street": 1, "forest": 2, "kitchen": 3}, "idx2label": {"0": "beach", "1": "street", "2": "forest", "3": "kitchen"}},
-    }
-    (w.out / "info.json").write_text(json.dumps(info, indent=1))
-    for split, r in rows.items():
-        rnd.shuffle(r)  # the real files are not sorted either
-        (w.out / f"{split}.json").write_text(json.dumps(r))
-
-
-def _folder_per_class(w: _Writer, space: LabelSpace, n: int, faults: set[str], layout: str, name: Any) -> None:
+def folder_per_class(w: SetWriter, space: LabelSpace, n: int, faults: set[str], name: Any) -> None:
     """FI-style: ``<folder>/<file>`` for every image, ``name(folder, k)`` giving the file name."""
     first: str | None = None
     for cls, lab in enumerate(space.labels):
-        folder = _spell(layout, lab)
+        folder = w.spell(lab)
         for i in range(n):
             rel = w.image(f"{folder}/{name(folder, i)}", cls, i)
             if cls == 2 and i == 0:
                 first = rel
     if "corrupt" in faults:
-        folder = _spell(layout, space.labels[0])
+        folder = w.spell(space.labels[0])
         w.corrupt(f"{folder}/{name(folder, n)}")
     if "zero-byte" in faults:
-        folder = _spell(layout, space.labels[1])
+        folder = w.spell(space.labels[1])
         w.zero(f"{folder}/{name(folder, n)}")
     if "unknown-label" in faults:
         w.image(f"{UNKNOWN_LABEL}/{name(UNKNOWN_LABEL, 0)}", 0, 9002)
     if "duplicate" in faults and first is not None:
-        folder = _spell(layout, space.labels[2])
+        folder = w.spell(space.labels[2])
         w.copy(first, f"{folder}/{name(folder, n + 1)}")
 
 
-def _fi(w: _Writer, space: LabelSpace, n: int, faults: set[str]) -> None:
-    _folder_per_class(w, space, n, faults, "fi", lambda folder, i: f"{folder}_{i}.jpg")
-
-
-def _emotion6(w: _Writer, space: LabelSpace, n: int, faults: set[str]) -> None:
-    w.out.joinpath("images").mkdir()
-    sub = _Writer(w.out / "images", w.n_classes, w.size, w.seed, "emotion6")
-    _folder_per_class(sub, space, n, faults, "emotion6", lambda folder, i: f"{i + 1}.jpg")
-    rnd = random.Random(f"{w.seed}:emotion6")
-    lines = ["[image_filename]\t[valence]\t[arousal]\t" + "\t".join(f"[prob. {d}]" for d in DISTRIBUTION_LABELS)]
-    for folder in sorted(d.name for d in (w.out / "images").iterdir() if d.is_dir()):
-        for f in sorted((w.out / "images" / folder).iterdir(), key=lambda p: int(p.stem)):
-            dist = [rnd.random() * 0.3 for _ in DISTRIBUTION_LABELS]
-            if folder in DISTRIBUTION_LABELS:
-                dist[DISTRIBUTION_LABELS.index(folder)] = 1.0 + rnd.random()
-            total = sum(dist)
-            probs = "\t".join(f"{d / total:.6g}" for d in dist)
-            lines.append(f"{folder}/{f.name}\t{rnd.uniform(1, 9):.1f}\t{rnd.uniform(1, 9):.1f}\t{probs}")
-    (w.out / "ground_truth.txt").write_text("\n".join(lines) + "\n")
-
-
-def _katsurai_images(w: _Writer, space: LabelSpace, n: int, faults: set[str], idgen: Any) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """Images named by id; returns (id, kind, extension) rows and ids of tie/neutral extras."""
-    rows: list[tuple[str, str, str]] = []
-    for cls in range(space.num_classes):
-        for i in range(n):
-            ident = idgen()
-            ext = ".jpeg" if i % 4 == 3 else ".jpg"
-            w.image(f"images/{ident}{ext}", cls, i)
-            rows.append((ident, space.labels[cls], ext))
-    extras = []
-    for j in range(4):  # two ties and two neutral majorities (votes) / neutral labels
-        ident = idgen()
-        w.image(f"images/{ident}.jpg", j % 2, 5000 + j)
-        extras.append(ident)
-    if "corrupt" in faults:
-        ident = idgen()
-        w.corrupt(f"images/{ident}.jpg")
-        rows.append((ident, space.labels[0], ".jpg"))
-    if "zero-byte" in faults:
-        ident = idgen()
-        w.zero(f"images/{ident}.jpg")
-        rows.append((ident, space.labels[1], ".jpg"))
-    if "duplicate" in faults:
-        ident = idgen()
-        src = next(r for r in rows if r[1] == space.labels[0])
-        w.copy(f"images/{src[0]}{src[2]}", f"images/{ident}{src[2]}")
-        rows.append((ident, space.labels[0], src[2]))
-    rows.append((idgen(), space.labels[0], ""))  # labelled, but the user could not fetch the image
-    return rows, extras
-
-
-def _flickr(w: _Writer, space: LabelSpace, n: int, faults: set[str]) -> None:
-    rnd = random.Random(f"{w.seed}:flickr")
-    rows, extras = _katsurai_images(w, space, n, faults, lambda: str(rnd.randrange(10**9, 10**10)))
-    majority = [(3, 0, 0), (2, 1, 0), (2, 0, 1)]
-    lines = ["id,positive,neutral,negative"]
-    body = []
-    for ident, lab, _ in rows:
-        p, u, g = rnd.choice(majority)
-        votes = (p, u, g) if lab == "positive" else (g, u, p)
-        body.append(f"{ident},{votes[0]},{votes[1]},{votes[2]}")
-    for j, ident in enumerate(extras):
-        votes = (1, 1, 1) if j < 2 else ((0, 2, 1) if j == 2 else (1, 2, 0))
-        body.append(f"{ident},{votes[0]},{votes[1]},{votes[2]}")
-    rnd.shuffle(body)
-    (w.out / "labels.csv").write_text("\n".join(lines + body) + "\n")
-
-
-def _instagram(w: _Writer, space: LabelSpace, n: int, faults: set[str]) -> None:
-    rnd = random.Random(f"{w.seed}:instagram")
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-    rows, extras = _katsurai_images(w, space, n, faults, lambda: "".join(rnd.choice(alphabet) for _ in range(11)))
-    body = [f"{ident}\t{_spell('instagram', lab)}" for ident, lab, _ in rows]
-    body += [f"{ident}\tneutral" for ident in extras]
-    if "unknown-label" in faults:
-        ident = "".join(rnd.choice(alphabet) for _ in range(11))
-        w.image(f"images/{ident}.jpg", 0, 9002)
-        body.append(f"{ident}\t{UNKNOWN_LABEL}")
-    rnd.shuffle(body)
-    (w.out / "labels.txt").write_text("\n".join(["id\tlabel"] + body) + "\n")
-
-
-def _imagefolder(w: _Writer, space: LabelSpace, n: int, faults: set[str]) -> None:
-    counts = _explicit_counts(n, with_val=False)
-    first: str | None = None
-    for cls, lab in enumerate(space.labels):
-        folder = _spell("imagefolder", lab)
-        i = 0
-        for split in ("train", "test"):
-            for _ in range(counts[split]):
-                rel = w.image(f"{split}/{folder}/{i:04d}.jpg", cls, i)
-                if cls == 2 % space.num_classes and first is None:
-                    first = rel
-                i += 1
-    if "corrupt" in faults:
-        w.corrupt(f"train/{_spell('imagefolder', space.labels[0])}/{n:04d}.jpg")
-    if "zero-byte" in faults:
-        w.zero(f"train/{_spell('imagefolder', space.labels[1])}/{n:04d}.jpg")
-    if "unknown-label" in faults:
-        w.image(f"test/{UNKNOWN_LABEL}/0000.jpg", 0, 9002)
-    if "duplicate" in faults and first is not None:
-        w.copy(first, f"test/{_spell('imagefolder', space.labels[2 % space.num_classes])}/{n + 1:04d}.jpg")
-
-
-def _manifest(w: _Writer, space: LabelSpace, n: int, faults: set[str]) -> None:
-    counts = _explicit_counts(n, with_val=True)
-    lines = ["path,label,split"]
-    first: str | None = None
-    for cls, lab in enumerate(space.labels):
-        i = 0
-        for split in ("train", "val", "test"):
-            for _ in range(counts[split]):
-                rel = w.image(f"data/{cls}_{i:04d}.jpg", cls, i)
-                lines.append(f"{rel},{_spell('manifest', lab)},{split}")
-                if cls == 2 % space.num_classes and first is None:
-                    first = rel
-                i += 1
-    if "corrupt" in faults:
-        lines.append(f"{w.corrupt(f'data/0_{n:04d}.jpg')},{_spell('manifest', space.labels[0])},train")
-    if "zero-byte" in faults:
-        lines.append(f"{w.zero(f'data/1_{n:04d}.jpg')},{_spell('manifest', space.labels[1])},train")
-    if "unknown-label" in faults:
-        lines.append(f"{w.image('data/x_0000.jpg', 0, 9002)},{UNKNOWN_LABEL},test")
-    if "duplicate" in faults and first is not None:
-        lab = space.labels[2 % space.num_classes]
-        lines.append(f"{w.copy(first, f'data/dup_{n:04d}.jpg')},{_spell('manifest', lab)},test")
-    (w.out / "manifest.csv").write_text("\n".join(lines) + "\n")
