@@ -15,8 +15,8 @@ app = typer.Typer(
     help="List, check and synthesise datasets in their native layouts.",
 )
 
-# Kept literal so `--help` does not import the dataset layer; a test checks it matches synthetic.LAYOUTS.
-_LAYOUTS_HELP = "emoset, fi, emotion6, flickr, instagram, imagefolder, manifest (or 'all')"
+# `--help` does not import the dataset layer: the layouts are the registered datasets (`datasets list`).
+_LAYOUTS_HELP = "a registered dataset's name, as `vea-bench datasets list` shows it (or 'all')"
 _FAULTS_HELP = "corrupt, zero-byte, unknown-label, duplicate"
 
 

@@ -80,10 +80,10 @@ def test_make_synthetic_all_and_errors(tmp_path: Path) -> None:
     assert res.exit_code != 0 and "not an empty folder" in res.output
 
 
-def test_help_texts_name_every_layout_and_fault() -> None:
+def test_help_texts_point_to_the_layouts_and_name_every_fault() -> None:
     res = runner.invoke(app, ["datasets", "make-synthetic", "--help"], terminal_width=300)
-    assert res.exit_code == 0
-    for name in (*LAYOUTS, *FAULTS):
+    assert res.exit_code == 0 and "datasets list" in res.output
+    for name in FAULTS:
         assert name in res.output, name
     res = runner.invoke(app, ["datasets", "check", "--help"], terminal_width=300)
     assert "Examples" in res.output and "--no-decode" in res.output

@@ -4,11 +4,12 @@ Every registered backend class carries one `VLMFamily` as ``cls.family``. Everyt
 needs a family's knowledge looks it up there instead of keeping its own table: the engine (the
 pooled width from ``embed_dim_path``), `report/params.py` (``vision_paths`` and
 ``language_module`` to count parameters on the meta device), `train/qlora.py` (``model_class``,
-``language_module`` and ``lora_targets`` for LoRA), `models/tiny.py` and the tests (``tiny``,
-``vision_module``, ``presets``). Adding a family is therefore one file with one declaration.
+``language_module`` and ``lora_targets`` for LoRA), `models/random_weights.py` (``tiny``,
+``fit_processor``), `models/tiny.py` and the tests (``tiny``, ``vision_module``, ``presets``). Adding a family is therefore one file with one declaration.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,9 @@ class VLMFamily:
     aliases: tuple[str, ...] = ()
     presets: tuple[str, ...] = field(default=())  # bundled architecture presets of real checkpoints
     min_transformers: str | None = None          # lowest transformers its tests pass on (None: our lower bound)
+    # (tiny processor, real config) -> None: sets the real checkpoint's image settings on the tiny
+    # processor, so `random_weights` can run a real-size random-weight model (None: not supported)
+    fit_processor: Callable[[Any, Any], None] | None = field(default=None, compare=False)
 
     @property
     def visual_paths(self) -> tuple[str, ...]:

@@ -18,13 +18,23 @@ from typing import Any
 from vea_bench.models.generic import ImageTextToTextBackend, VLMFamily, vlm_family
 from vea_bench.models.tiny import TINY_BUILDERS, save_tiny
 
+def _fit_processor(processor: Any, config: Any) -> None:
+    """The real checkpoint's image side and soft-token count on the tiny Gemma 3 processor."""
+    side = config.vision_config.image_size
+    processor.image_processor.size = {"height": side, "width": side}
+    n = int(config.mm_tokens_per_image)
+    tok = processor.tokenizer
+    processor.image_seq_length = n
+    processor.full_image_sequence = f"\n\n{tok.boi_token}{tok.image_token * n}{tok.eoi_token}\n\n"
+
+
 FAMILY = VLMFamily(
     name="gemma3", model_class="Gemma3ForConditionalGeneration", model_types=("gemma3",),
     pooling="mean over the image's soft tokens of multi_modal_projector output",
     image_inputs=("pixel_values",), embed_dim_path="text_config.hidden_size",
     nested_images=True, vision_module="model.vision_tower",
     vision_paths=("model.vision_tower", "model.multi_modal_projector"), tiny="gemma3", aliases=("gemma-3",),
-    presets=("gemma-3-4b-it",),
+    presets=("gemma-3-4b-it",), fit_processor=_fit_processor,
     min_transformers="5.24")  # 5.3 (our lower bound) fails the backend tests
 
 

@@ -18,13 +18,23 @@ from typing import Any
 from vea_bench.models.generic import VLMFamily, declare_family
 from vea_bench.models.tiny import TINY_BUILDERS, save_tiny
 
+def _fit_processor(processor: Any, config: Any) -> None:
+    """The real checkpoint's tile size, image splitting and tokens per tile on the tiny processor."""
+    vc = config.vision_config
+    ip = processor.image_processor
+    ip.max_image_size = {"longest_edge": vc.image_size}
+    ip.size = {"longest_edge": 4 * vc.image_size}
+    ip.do_image_splitting = True
+    processor.image_seq_len = (vc.image_size // vc.patch_size) ** 2 // config.scale_factor ** 2
+
+
 FAMILY = VLMFamily(
     name="idefics3", model_class="Idefics3ForConditionalGeneration", model_types=("idefics3",),
     pooling="mean over all crop tokens (tiles + global view) of the pixel-shuffle connector output",
     image_inputs=("pixel_values", "pixel_attention_mask"), embed_dim_path="text_config.hidden_size",
     nested_images=True, vision_module="model.vision_model", vision_paths=("model.vision_model", "model.connector"),
     language_module="model.text_model", tiny="idefics3", aliases=("smolvlm",),
-    presets=("smolvlm-instruct",))
+    presets=("smolvlm-instruct",), fit_processor=_fit_processor)
 
 Idefics3Backend = declare_family(FAMILY, module=__name__)
 

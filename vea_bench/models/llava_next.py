@@ -18,6 +18,16 @@ from vea_bench.models.engine import HFVLMBackend, segment_mean
 from vea_bench.models.family import VLMFamily
 from vea_bench.models.generic import vlm_family
 
+def _fit_processor(processor: Any, config: Any) -> None:
+    """The real checkpoint's crop size, patch size and any-resolution grid on the tiny processor."""
+    side, patch = config.vision_config.image_size, config.vision_config.patch_size
+    ip = processor.image_processor
+    ip.image_grid_pinpoints = config.image_grid_pinpoints
+    ip.size = {"shortest_edge": side}
+    ip.crop_size = {"height": side, "width": side}
+    processor.patch_size = patch
+
+
 FAMILY = VLMFamily(
     name="llava-next", model_class="LlavaNextForConditionalGeneration", model_types=("llava_next",),
     pooling="mean over base-view and unpadded tile tokens (no newline tokens) of multi_modal_projector output",
@@ -25,7 +35,7 @@ FAMILY = VLMFamily(
     embed_dim_path="text_config.hidden_size",        # projector output = the language model's width
     vision_module="model.vision_tower", vision_paths=("model.vision_tower", "model.multi_modal_projector"),
     language_module="model.language_model", tiny="llava-next", aliases=("llava-1.6", "llava-v1.6"),
-    presets=("llava-next-mistral-7b",))
+    presets=("llava-next-mistral-7b",), fit_processor=_fit_processor)
 
 
 @vlm_family(FAMILY)

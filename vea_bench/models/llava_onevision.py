@@ -16,13 +16,22 @@ from typing import Any
 from vea_bench.models.generic import ImageTextToTextBackend, VLMFamily, vlm_family
 from vea_bench.models.tiny import TINY_BUILDERS
 
+def _fit_processor(processor: Any, config: Any) -> None:
+    """The real checkpoint's crop size, tokens per crop and any-resolution grid on the tiny processor."""
+    side, patch = config.vision_config.image_size, config.vision_config.patch_size
+    ip = processor.image_processor
+    ip.image_grid_pinpoints = config.image_grid_pinpoints
+    ip.size = {"height": side, "width": side}
+    processor.num_image_tokens = (side // patch) ** 2
+
+
 FAMILY = VLMFamily(
     name="llava-onevision", model_class="LlavaOnevisionForConditionalGeneration", model_types=("llava_onevision",),
     pooling="mean over all crop tokens of multi_modal_projector output",
     image_inputs=("pixel_values", "image_sizes"), pooled_from="model.multi_modal_projector",
     embed_dim_path="text_config.hidden_size", vision_module="model.vision_tower",
     vision_paths=("model.vision_tower", "model.multi_modal_projector"), tiny="llava-onevision",
-    aliases=("llava-ov",), presets=("llava-onevision-qwen2-7b-ov",))
+    aliases=("llava-ov",), presets=("llava-onevision-qwen2-7b-ov",), fit_processor=_fit_processor)
 
 
 @vlm_family(FAMILY)

@@ -15,12 +15,21 @@ from vea_bench.models.generic import vlm_family
 
 _QWEN_POOLING = "mean over each image's merged tokens of visual.merger output"
 
+def fit_qwen_processor(processor: Any, config: Any) -> None:
+    """The real checkpoint's patch / merge sizes and pixel range on a tiny Qwen processor."""
+    vc = config.vision_config
+    ip = processor.image_processor
+    ip.patch_size, ip.merge_size, ip.temporal_patch_size = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
+    factor = vc.patch_size * vc.spatial_merge_size
+    ip.size = {"shortest_edge": 4 * factor * factor, "longest_edge": 16384 * factor * factor}
+
+
 FAMILY = VLMFamily(
     name="qwen2-vl", model_class="Qwen2VLForConditionalGeneration", model_types=("qwen2_vl",),
     pooling=_QWEN_POOLING, image_inputs=("pixel_values", "image_grid_thw"),
     embed_dim_path="vision_config.hidden_size",      # Qwen2-VL's merger output width is the vision hidden_size
     vision_module="model.visual", language_module="model.language_model", tiny="qwen2-vl",
-    aliases=("qwen2vl",), presets=("qwen2-vl-7b-instruct",))
+    aliases=("qwen2vl",), presets=("qwen2-vl-7b-instruct",), fit_processor=fit_qwen_processor)
 
 
 @vlm_family(FAMILY)
@@ -88,7 +97,8 @@ QWEN25_FAMILY = VLMFamily(
     name="qwen2.5-vl", model_class="Qwen2_5_VLForConditionalGeneration", model_types=("qwen2_5_vl",),
     pooling=_QWEN_POOLING, image_inputs=("pixel_values", "image_grid_thw"),
     embed_dim_path="vision_config.out_hidden_size", vision_module="model.visual",
-    language_module="model.language_model", tiny="qwen2.5-vl", aliases=("qwen2-5-vl", "qwen25-vl"))
+    language_module="model.language_model", tiny="qwen2.5-vl", aliases=("qwen2-5-vl", "qwen25-vl"),
+    fit_processor=fit_qwen_processor)
 
 if _has_qwen25():
     @vlm_family(QWEN25_FAMILY)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vea_bench.models.generic import VLMFamily, vlm_family
-from vea_bench.models.qwen2_vl import Qwen2VLBackend
+from vea_bench.models.qwen2_vl import Qwen2VLBackend, fit_qwen_processor
 from vea_bench.models.tiny import TINY_BUILDERS
 
 FAMILY = VLMFamily(
@@ -23,7 +23,7 @@ FAMILY = VLMFamily(
     pooling="mean over each image's merged tokens of visual.merger output (deepstack features not pooled)",
     image_inputs=("pixel_values", "image_grid_thw"), embed_dim_path="vision_config.out_hidden_size",
     vision_module="model.visual", tiny="qwen3-vl", aliases=("qwen3vl",), presets=("qwen3-vl-4b-instruct",),
-    min_transformers="5.24")  # 5.3 (our lower bound) fails the backend tests
+    fit_processor=fit_qwen_processor, min_transformers="5.24")  # 5.3 (our lower bound) fails the backend tests
 
 
 @vlm_family(FAMILY)

@@ -16,7 +16,7 @@ import copy
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vea_bench.errors import ModelError
 
@@ -63,61 +63,13 @@ def reduced_config(preset: str, *, layers: int | None = None, hidden: int | None
         text.hidden_size, text.num_attention_heads, text.num_key_value_heads = hidden, new_heads, new_kv
         text.head_dim = head_dim
         text.intermediate_size = int(round(hidden * ratio))
-        vc = getattr(config, "vision_config", None)
-        if vc is not None and getattr(vc, "out_hidden_size", None):
-            vc.out_hidden_size = hidden                       # Qwen2.5-VL / Qwen3-VL merger output
-        elif vc is not None and config.model_type == "qwen2_vl":
-            vc.hidden_size = hidden                           # Qwen2-VL's merger output is vision hidden_size
+        # A family whose pooled width is a vision-side value (the Qwen mergers' output) follows the text width.
+        from vea_bench.models.generic import family_of
+
+        path = family_of(config.model_type).embed_dim_path
+        if path.startswith("vision_config."):
+            setattr(config.vision_config, path.split(".", 1)[1], hidden)
     return config
-
-
-# ------------------------------------------------------------------ processor fitted to the real config
-
-def _fit_qwen(processor: Any, config: Any) -> None:
-    vc = config.vision_config
-    ip = processor.image_processor
-    ip.patch_size, ip.merge_size, ip.temporal_patch_size = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
-    factor = vc.patch_size * vc.spatial_merge_size
-    ip.size = {"shortest_edge": 4 * factor * factor, "longest_edge": 16384 * factor * factor}
-
-
-def _fit_gemma3(processor: Any, config: Any) -> None:
-    side = config.vision_config.image_size
-    processor.image_processor.size = {"height": side, "width": side}
-    n = int(config.mm_tokens_per_image)
-    tok = processor.tokenizer
-    processor.image_seq_length = n
-    processor.full_image_sequence = f"\n\n{tok.boi_token}{tok.image_token * n}{tok.eoi_token}\n\n"
-
-
-def _fit_idefics3(processor: Any, config: Any) -> None:
-    vc = config.vision_config
-    ip = processor.image_processor
-    ip.max_image_size = {"longest_edge": vc.image_size}
-    ip.size = {"longest_edge": 4 * vc.image_size}
-    ip.do_image_splitting = True
-    processor.image_seq_len = (vc.image_size // vc.patch_size) ** 2 // config.scale_factor ** 2
-
-
-def _fit_llava(processor: Any, config: Any) -> None:
-    side, patch = config.vision_config.image_size, config.vision_config.patch_size
-    ip = processor.image_processor
-    ip.image_grid_pinpoints = config.image_grid_pinpoints
-    if config.model_type == "llava_onevision":
-        ip.size = {"height": side, "width": side}
-        processor.num_image_tokens = (side // patch) ** 2
-    else:
-        ip.size = {"shortest_edge": side}
-        ip.crop_size = {"height": side, "width": side}
-        processor.patch_size = patch
-
-
-PROCESSOR_FITTERS: dict[str, tuple[str, Callable[[Any, Any], None]]] = {
-    "qwen2_vl": ("qwen2-vl", _fit_qwen), "qwen2_5_vl": ("qwen2.5-vl", _fit_qwen), "qwen3_vl": ("qwen3-vl", _fit_qwen),
-    "gemma3": ("gemma3", _fit_gemma3), "idefics3": ("idefics3", _fit_idefics3),
-    "llava_onevision": ("llava-onevision", _fit_llava), "llava_next": ("llava-next", _fit_llava),
-}
-"""config.model_type -> (tiny kind whose processor is reused, function setting the real image settings)."""
 
 
 def _copy_token_ids(tiny_config: dict[str, Any], config: Any) -> None:
@@ -190,11 +142,14 @@ def random_backend(preset: str, workdir: str | Path, *, layers: int | None = Non
     from vea_bench.models.tiny import make_tiny
 
     config = reduced_config(preset, layers=layers, hidden=hidden)
-    fit = PROCESSOR_FITTERS.get(config.model_type)
-    if fit is None:
+    from vea_bench.models.generic import families, family_of
+
+    fam = family_of(config.model_type)
+    if fam.fit_processor is None or fam.tiny is None:
+        able = sorted(t for f in families().values() if f.fit_processor and f.tiny for t in f.model_types)
         raise ModelError(f"no random-weight processor for model type '{config.model_type}' "
-                         f"(supported: {', '.join(sorted(PROCESSOR_FITTERS))})")
-    kind, fitter = fit
+                         f"(supported: {', '.join(able)})")
+    kind, fitter = fam.tiny, fam.fit_processor
     tiny_dir = Path(workdir) / f"tiny-{kind}"
     if not (tiny_dir / "config.json").is_file():
         make_tiny(kind, tiny_dir)
