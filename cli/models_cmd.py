@@ -28,7 +28,7 @@ def list_cmd() -> None:
 def _list() -> None:
     from rich.table import Table
 
-    from vea_bench.models import VLM_BACKENDS
+    from vea_bench.models.generic import families
     from vea_bench.models.teacher import TEACHER_PRESETS
     from vea_bench.models.tiny import TINY_BUILDERS
 
@@ -40,13 +40,11 @@ def _list() -> None:
     t.add_column("embed dim", justify="right")
     t.add_column("pooled embedding")
     real = _real_checkpoints()
-    for name, cls in VLM_BACKENDS.items():
-        types = tuple(getattr(cls, "model_types", ()))
-        rows = [r for r in real if r[1] in types] or [("", "", None)]
+    for name, fam in families().items():
+        rows = [r for r in real if r[1] in fam.model_types] or [("", "", None)]
         for hub_id, _, config in rows:
-            dim = "" if config is None else str(cls.embed_dim_of(config))
-            t.add_row(name, ", ".join(types), str(getattr(cls, "model_class", "")), hub_id, dim,
-                      str(getattr(cls, "pooling", "")))
+            dim = "" if config is None else str(fam.embed_dim(config))
+            t.add_row(name, ", ".join(fam.model_types), fam.model_class, hub_id, dim, fam.pooling)
     console.print(t)
 
     t = Table(title="teachers (--teacher CKPT from `vea-bench train teacher --arch NAME`; any timm name works)")
@@ -66,17 +64,15 @@ def _list() -> None:
         t.add_row(name, doc)
     console.print(t)
 
-    presets = _arch_presets()
-    if presets:
-        t = Table(title="architecture presets (built on the meta device, no weights)")
-        t.add_column("preset", style="bold cyan")
-        t.add_column("config")
-        t.add_column("hub checkpoint")
-        from vea_bench.models.arch import HUB_IDS
+    from vea_bench.models.arch import HUB_IDS, PRESETS
 
-        for name, cfg in presets.items():
-            t.add_row(name, str(cfg), HUB_IDS.get(name, ""))
-        console.print(t)
+    t = Table(title="architecture presets (built on the meta device, no weights)")
+    t.add_column("preset", style="bold cyan")
+    t.add_column("config")
+    t.add_column("hub checkpoint")
+    for name, cfg in PRESETS.items():
+        t.add_row(name, str(cfg), HUB_IDS.get(name, ""))
+    console.print(t)
 
 
 def _real_checkpoints() -> list[tuple[str, str, Any]]:
@@ -93,14 +89,6 @@ def _real_checkpoints() -> list[tuple[str, str, Any]]:
 def _first_line(obj: Any) -> str:
     doc = (getattr(obj, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""
-
-
-def _arch_presets() -> dict[str, Any]:
-    try:
-        from vea_bench.models import arch
-    except ImportError:
-        return {}
-    return dict(getattr(arch, "PRESETS", {}) or {})
 
 
 @app.command("make-tiny")
