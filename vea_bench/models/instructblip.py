@@ -14,13 +14,16 @@ processor itself prepends the query placeholders.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from vea_bench.errors import ModelError
 from vea_bench.models.base import LoadOptions
+from vea_bench.models import tiny
 from vea_bench.models.engine import HFVLMBackend, Preparer, cap_image
 from vea_bench.models.family import VLMFamily
 from vea_bench.models.generic import vlm_family
+from vea_bench.models.tiny import TINY_BUILDERS
 
 FAMILY = VLMFamily(
     name="instructblip", model_class="InstructBlipForConditionalGeneration", model_types=("instructblip",),
@@ -119,3 +122,53 @@ class InstructBlipBackend(HFVLMBackend):
                                            qformer_attention_mask=b.get("qformer_attention_mask"))
         q = out.pooler_output                                # B x queries x D
         return q.reshape(-1, q.shape[-1]), q.float().mean(1)
+
+
+# ---------------------------------------------------------------- tiny random-weight model
+
+
+def _bert_tokenizer() -> Any:
+    """The Q-Former's WordPiece tokenizer (uncased BERT), with a vocabulary of the corpus' words."""
+    import re
+
+    from transformers import BertTokenizer
+
+    words: set[str] = set()
+    for line in tiny._corpus():
+        words.update(re.findall(r"\w+|[^\w\s]", line.lower()))
+    chars = sorted({c for w in words for c in w})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
+    vocab += sorted(w for w in words if w not in vocab)
+    return BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True,
+                         model_max_length=512)
+
+
+@TINY_BUILDERS.register("instructblip", aliases=("instruct-blip",))
+def make_tiny_instructblip(out: Path, seed: int = 0) -> Path:
+    """Tiny InstructBlipForConditionalGeneration (ViT, Q-Former, Vicuna-style Llama; 2 layers each)."""
+    import torch
+    from transformers import (BlipImageProcessor, InstructBlipConfig, InstructBlipForConditionalGeneration,
+                              InstructBlipProcessor)
+
+    tok = tiny._llama_tokenizer(["<image>"])
+    image_id = tok.convert_tokens_to_ids("<image>")
+    qtok = _bert_tokenizer()
+    side, num_query = 32, 4
+    config = InstructBlipConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=side, patch_size=8, initializer_range=0.2),
+        qformer_config=dict(vocab_size=len(qtok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, encoder_hidden_size=32, cross_attention_frequency=1,
+                            max_position_embeddings=512, pad_token_id=0, initializer_range=0.2),
+        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=4096, initializer_range=0.2,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False),
+        num_query_tokens=num_query, image_token_index=image_id,
+    )
+    torch.manual_seed(seed)
+    model = InstructBlipForConditionalGeneration(config).eval()
+    image_processor = BlipImageProcessor(size={"height": side, "width": side}, do_convert_rgb=True)
+    processor = InstructBlipProcessor(image_processor=image_processor, tokenizer=tok, qformer_tokenizer=qtok,
+                                      num_query_tokens=num_query)
+    return tiny.save_tiny(model, processor, out, eos=2, pad=0)

@@ -12,11 +12,14 @@ result is what the language model sees.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from vea_bench.models import tiny
 from vea_bench.models.engine import HFVLMBackend, segment_mean
 from vea_bench.models.family import VLMFamily
 from vea_bench.models.generic import vlm_family
+from vea_bench.models.tiny import TINY_BUILDERS
 
 def _fit_processor(processor: Any, config: Any) -> None:
     """The real checkpoint's crop size, patch size and any-resolution grid on the tiny processor."""
@@ -76,3 +79,55 @@ class LlavaNextBackend(HFVLMBackend):
             list(per_image), image_sizes, vision_feature_select_strategy=self.core.config.vision_feature_select_strategy,
             image_newline=None)
         return segment_mean(torch.cat(unpadded, dim=0), [int(n) for n in lens])
+
+
+# ---------------------------------------------------------------- tiny random-weight model
+
+LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<<SYS>>\n' + (message['content'] if message['content'] is string else message['content'][0]['text']) + '\n<</SYS>>\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{% endif %}{{ ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' + (message['content'] if message['content'] is string else message['content'][0]['text']) + '</s>' }}"
+    "{% else %}{{ raise_exception('Only system, user and assistant roles are supported!') }}"
+    "{% endif %}{% endfor %}"
+)
+
+
+@TINY_BUILDERS.register("llava-next")
+def make_tiny_llava_next(out: Path, seed: int = 0) -> Path:
+    """Tiny LlavaNextForConditionalGeneration (CLIP 2 layers + Mistral 2 layers) + LlavaNextProcessor."""
+    import torch
+    from transformers import (LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
+                              LlavaNextProcessor)
+
+    tok = tiny._llama_tokenizer(["<image>"])
+    image_id = tok.convert_tokens_to_ids("<image>")
+    side, patch = 32, 8
+    pinpoints = [[32, 64], [64, 32], [64, 64]]
+    config = LlavaNextConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2, image_size=side, patch_size=patch,
+                           projection_dim=32, initializer_range=0.2),
+        text_config=dict(model_type="mistral", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, sliding_window=None, initializer_range=0.2,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False),
+        image_token_index=image_id, image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="default", vision_feature_layer=-2,
+        projector_hidden_act="gelu", tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+        image_grid_pinpoints=pinpoints, do_pad=True)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
+                                   vision_feature_select_strategy="default",
+                                   chat_template=LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE, image_token="<image>",
+                                   num_additional_image_tokens=1)
+    return tiny.save_tiny(model, processor, out, eos=2, pad=0)

@@ -7,11 +7,14 @@ into the prompt embeddings for the answer, so the vision tower never runs twice.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from vea_bench.models import tiny
 from vea_bench.models.engine import HFVLMBackend, segment_mean
 from vea_bench.models.family import VLMFamily
 from vea_bench.models.generic import vlm_family
+from vea_bench.models.tiny import TINY_BUILDERS
 
 _QWEN_POOLING = "mean over each image's merged tokens of visual.merger output"
 
@@ -104,3 +107,80 @@ if _has_qwen25():
     @vlm_family(QWEN25_FAMILY)
     class Qwen25VLBackend(Qwen2VLBackend):
         """Qwen2_5_VLForConditionalGeneration: same interface; merger output width is `out_hidden_size`."""
+
+
+# ---------------------------------------------------------------- tiny random-weight models
+
+def _save_qwen(model: Any, processor_cls: Any, tok: Any, ids: dict[str, int], out: Path) -> Path:
+    """Qwen's image/video processors at patch 4, merge 2 (4-64 merged tokens per image) + save."""
+    from transformers import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    factor = 4 * 2  # patch_size * merge_size
+    size = {"shortest_edge": 4 * factor * factor, "longest_edge": 64 * factor * factor}
+    image_processor = Qwen2VLImageProcessor(patch_size=4, temporal_patch_size=2, merge_size=2, size=size)
+    video_processor = Qwen2VLVideoProcessor(patch_size=4, temporal_patch_size=2, merge_size=2, size=size)
+    processor = processor_cls(image_processor=image_processor, tokenizer=tok,
+                              video_processor=video_processor, chat_template=tiny.QWEN2_VL_CHAT_TEMPLATE)
+    gc = model.generation_config
+    # As Qwen2-VL-7B-Instruct's generation_config.json (SPEC): sampling on, top_k 1 and a 1.05 repetition
+    # penalty, which a bare `generate` inherits: they turn the reference's "T=0.8 sampling" into greedy
+    # with a penalty. The low temperature / top_p are overridden by the reference's own 0.8 / 1.0.
+    gc.do_sample, gc.top_k, gc.top_p, gc.temperature, gc.repetition_penalty = True, 1, 0.001, 0.1, 1.05
+    return tiny.save_tiny(model, processor, out, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"])
+
+
+def _make_qwen2_vl(out: Path, seed: int, *, vision_width: int, kv_heads: int | None) -> Path:
+    """Tiny Qwen2VLForConditionalGeneration (2+2 layers, hidden 64, merger out 64) + Qwen2VLProcessor."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    tok = tiny._qwen_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in tiny._QWEN_SPECIALS}
+    text = tiny._qwen_text_config(tok, ids, 64)
+    if kv_heads is not None:
+        text["num_key_value_heads"] = kv_heads
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config=dict(depth=2, embed_dim=vision_width, hidden_size=64, num_heads=2, mlp_ratio=2,
+                           patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                           initializer_range=0.2),
+        **tiny._qwen_token_ids(tok),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    return _save_qwen(model, Qwen2VLProcessor, tok, ids, out)
+
+
+@TINY_BUILDERS.register("qwen2-vl")
+def make_tiny_qwen2_vl(out: Path, seed: int = 0) -> Path:
+    """Tiny Qwen2VLForConditionalGeneration (2+2 layers, hidden 64, merger out 64) + Qwen2VLProcessor."""
+    return _make_qwen2_vl(out, seed, vision_width=32, kv_heads=None)
+
+
+@TINY_BUILDERS.register("qwen2-vl-nf4", aliases=("qwen2-vl-4bit",))
+def make_tiny_qwen2_vl_nf4(out: Path, seed: int = 0) -> Path:
+    """Tiny Qwen2-VL whose every Linear the 4-bit loader quantises is a multiple of 64 wide on both
+    sides (vision 64, merger 256 -> 64, text 64 with 4 KV heads, MLPs 128): NF4 blocks are 64 values,
+    so these layers quantise in whole blocks, as every layer of the real 7B does."""
+    return _make_qwen2_vl(out, seed, vision_width=64, kv_heads=4)   # k/v projections 64 wide, not 32
+
+
+@TINY_BUILDERS.register("qwen2.5-vl")
+def make_tiny_qwen2_5_vl(out: Path, seed: int = 0) -> Path:
+    """Tiny Qwen2_5_VLForConditionalGeneration (window attention, merger out 64) + its processor."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    tok = tiny._qwen_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in tiny._QWEN_SPECIALS}
+    config = Qwen2_5_VLConfig(
+        text_config=tiny._qwen_text_config(tok, ids, 64),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                           window_size=16, fullatt_block_indexes=[1], initializer_range=0.2),
+        **tiny._qwen_token_ids(tok),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    return _save_qwen(model, Qwen2_5_VLProcessor, tok, ids, out)

@@ -8,8 +8,10 @@ tokenizer round-trips everything extraction feeds it), wraps it in the tokenizer
 processor expects, adds the model's special image tokens and a chat template in the real model's
 format, and `save_pretrained`s model + processor into one directory.
 
-`make_tiny` dispatches through `TINY_BUILDERS`, a registry, so other modules (the ViT teacher in
-`vea_bench.models.teacher`) add kinds without touching these code paths.
+`make_tiny` dispatches through `TINY_BUILDERS`, a registry: each VLM family registers its builder
+in its own module (next to its `VLMFamily`, which names the kind), the ViT teacher in
+`vea_bench.models.teacher`. This module holds what they share: the tokenizer corpus, the BPE /
+WordPiece trainers, Qwen's and Llama's tokenizer layouts and `save_tiny`.
 """
 from __future__ import annotations
 
@@ -152,86 +154,11 @@ def save_tiny(model: Any, processor: Any, out: Path, *, eos: int | list[int], pa
     return out
 
 
-def _save_qwen(model: Any, processor_cls: Any, tok: Any, ids: dict[str, int], out: Path) -> Path:
-    """Qwen's image/video processors at patch 4, merge 2 (4-64 merged tokens per image) + save."""
-    from transformers import Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-    factor = 4 * 2  # patch_size * merge_size
-    size = {"shortest_edge": 4 * factor * factor, "longest_edge": 64 * factor * factor}
-    image_processor = Qwen2VLImageProcessor(patch_size=4, temporal_patch_size=2, merge_size=2, size=size)
-    video_processor = Qwen2VLVideoProcessor(patch_size=4, temporal_patch_size=2, merge_size=2, size=size)
-    processor = processor_cls(image_processor=image_processor, tokenizer=tok,
-                              video_processor=video_processor, chat_template=QWEN2_VL_CHAT_TEMPLATE)
-    gc = model.generation_config
-    # As Qwen2-VL-7B-Instruct's generation_config.json (SPEC): sampling on, top_k 1 and a 1.05 repetition
-    # penalty, which a bare `generate` inherits: they turn the reference's "T=0.8 sampling" into greedy
-    # with a penalty. The low temperature / top_p are overridden by the reference's own 0.8 / 1.0.
-    gc.do_sample, gc.top_k, gc.top_p, gc.temperature, gc.repetition_penalty = True, 1, 0.001, 0.1, 1.05
-    return save_tiny(model, processor, out, eos=ids["<|im_end|>"], pad=ids["<|endoftext|>"])
-
-
 def _qwen_token_ids(tok: Any) -> dict[str, Any]:
     ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
     return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                 vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
                 tie_word_embeddings=False)
-
-
-def _make_qwen2_vl(out: Path, seed: int, *, vision_width: int, kv_heads: int | None) -> Path:
-    """Tiny Qwen2VLForConditionalGeneration (2+2 layers, hidden 64, merger out 64) + Qwen2VLProcessor."""
-    import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
-
-    tok = _qwen_tokenizer()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
-    text = _qwen_text_config(tok, ids, 64)
-    if kv_heads is not None:
-        text["num_key_value_heads"] = kv_heads
-    config = Qwen2VLConfig(
-        text_config=text,
-        vision_config=dict(depth=2, embed_dim=vision_width, hidden_size=64, num_heads=2, mlp_ratio=2,
-                           patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
-                           initializer_range=0.2),
-        **_qwen_token_ids(tok),
-    )
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    return _save_qwen(model, Qwen2VLProcessor, tok, ids, out)
-
-
-@TINY_BUILDERS.register("qwen2-vl")
-def make_tiny_qwen2_vl(out: Path, seed: int = 0) -> Path:
-    """Tiny Qwen2VLForConditionalGeneration (2+2 layers, hidden 64, merger out 64) + Qwen2VLProcessor."""
-    return _make_qwen2_vl(out, seed, vision_width=32, kv_heads=None)
-
-
-@TINY_BUILDERS.register("qwen2-vl-nf4", aliases=("qwen2-vl-4bit",))
-def make_tiny_qwen2_vl_nf4(out: Path, seed: int = 0) -> Path:
-    """Tiny Qwen2-VL whose every Linear the 4-bit loader quantises is a multiple of 64 wide on both
-    sides (vision 64, merger 256 -> 64, text 64 with 4 KV heads, MLPs 128): NF4 blocks are 64 values,
-    so these layers quantise in whole blocks, as every layer of the real 7B does."""
-    return _make_qwen2_vl(out, seed, vision_width=64, kv_heads=4)   # k/v projections 64 wide, not 32
-
-
-@TINY_BUILDERS.register("qwen2.5-vl")
-def make_tiny_qwen2_5_vl(out: Path, seed: int = 0) -> Path:
-    """Tiny Qwen2_5_VLForConditionalGeneration (window attention, merger out 64) + its processor."""
-    import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-
-    tok = _qwen_tokenizer()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
-    config = Qwen2_5_VLConfig(
-        text_config=_qwen_text_config(tok, ids, 64),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
-                           window_size=16, fullatt_block_indexes=[1], initializer_range=0.2),
-        **_qwen_token_ids(tok),
-    )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    return _save_qwen(model, Qwen2_5_VLProcessor, tok, ids, out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,107 +185,6 @@ def _llama_tokenizer(extra_special: list[str]) -> Any:
                          add_bos_token=True, add_eos_token=False,
                          extra_special_tokens=extra_special or None)
     return out
-
-
-LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'system' %}"
-    "{{ '<<SYS>>\n' + (message['content'] if message['content'] is string else message['content'][0]['text']) + '\n<</SYS>>\n\n' }}"
-    "{% elif message['role'] == 'user' %}{{ '[INST] ' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
-    "{% endif %}{{ ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}"
-    "{{ ' ' + (message['content'] if message['content'] is string else message['content'][0]['text']) + '</s>' }}"
-    "{% else %}{{ raise_exception('Only system, user and assistant roles are supported!') }}"
-    "{% endif %}{% endfor %}"
-)
-
-
-@TINY_BUILDERS.register("llava-next")
-def make_tiny_llava_next(out: Path, seed: int = 0) -> Path:
-    """Tiny LlavaNextForConditionalGeneration (CLIP 2 layers + Mistral 2 layers) + LlavaNextProcessor."""
-    import torch
-    from transformers import (LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
-                              LlavaNextProcessor)
-
-    tok = _llama_tokenizer(["<image>"])
-    image_id = tok.convert_tokens_to_ids("<image>")
-    side, patch = 32, 8
-    pinpoints = [[32, 64], [64, 32], [64, 64]]
-    config = LlavaNextConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2, image_size=side, patch_size=patch,
-                           projection_dim=32, initializer_range=0.2),
-        text_config=dict(model_type="mistral", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=4096, sliding_window=None, initializer_range=0.2,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False),
-        image_token_index=image_id, image_grid_pinpoints=pinpoints,
-        vision_feature_select_strategy="default", vision_feature_layer=-2,
-        projector_hidden_act="gelu", tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(config).eval()
-    image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": side}, crop_size={"height": side, "width": side},
-        image_grid_pinpoints=pinpoints, do_pad=True)
-    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
-                                   vision_feature_select_strategy="default",
-                                   chat_template=LLAVA_NEXT_MISTRAL_CHAT_TEMPLATE, image_token="<image>",
-                                   num_additional_image_tokens=1)
-    return save_tiny(model, processor, out, eos=2, pad=0)
-
-
-# --------------------------------------------------------------------------------------------
-# InstructBLIP
-# --------------------------------------------------------------------------------------------
-
-def _bert_tokenizer() -> Any:
-    """The Q-Former's WordPiece tokenizer (uncased BERT), with a vocabulary of the corpus' words."""
-    import re
-
-    from transformers import BertTokenizer
-
-    words: set[str] = set()
-    for line in _corpus():
-        words.update(re.findall(r"\w+|[^\w\s]", line.lower()))
-    chars = sorted({c for w in words for c in w})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
-    vocab += sorted(w for w in words if w not in vocab)
-    return BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True,
-                         model_max_length=512)
-
-
-@TINY_BUILDERS.register("instructblip", aliases=("instruct-blip",))
-def make_tiny_instructblip(out: Path, seed: int = 0) -> Path:
-    """Tiny InstructBlipForConditionalGeneration (ViT, Q-Former, Vicuna-style Llama; 2 layers each)."""
-    import torch
-    from transformers import (BlipImageProcessor, InstructBlipConfig, InstructBlipForConditionalGeneration,
-                              InstructBlipProcessor)
-
-    tok = _llama_tokenizer(["<image>"])
-    image_id = tok.convert_tokens_to_ids("<image>")
-    qtok = _bert_tokenizer()
-    side, num_query = 32, 4
-    config = InstructBlipConfig(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=side, patch_size=8, initializer_range=0.2),
-        qformer_config=dict(vocab_size=len(qtok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, encoder_hidden_size=32, cross_attention_frequency=1,
-                            max_position_embeddings=512, pad_token_id=0, initializer_range=0.2),
-        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=4096, initializer_range=0.2,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False),
-        num_query_tokens=num_query, image_token_index=image_id,
-    )
-    torch.manual_seed(seed)
-    model = InstructBlipForConditionalGeneration(config).eval()
-    image_processor = BlipImageProcessor(size={"height": side, "width": side}, do_convert_rgb=True)
-    processor = InstructBlipProcessor(image_processor=image_processor, tokenizer=tok, qformer_tokenizer=qtok,
-                                      num_query_tokens=num_query)
-    return save_tiny(model, processor, out, eos=2, pad=0)
 
 
 # The ViT teacher is built by the pipeline side; registered lazily so importing it stays optional.
