@@ -167,3 +167,13 @@ def test_family_newer_than_installed_transformers_is_refused_in_one_line() -> No
         check_family_supported(fam)
     assert "\n" not in str(err.value)
     assert family_supported(dataclasses.replace(fam, min_transformers=None))
+
+
+def test_every_bundled_preset_is_declared_by_the_family_serving_it() -> None:
+    """A preset belongs to one family, which names it in `presets` (models list and params find it there)."""
+    from vea_bench.models.arch import PRESETS, load_arch_config
+    from vea_bench.models.generic import family_of
+
+    for preset in PRESETS:
+        fam = family_of(load_arch_config(preset).model_type)
+        assert preset in fam.presets, f"{preset}: add it to {fam.name}'s VLMFamily(presets=...)"
