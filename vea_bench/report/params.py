@@ -1,9 +1,11 @@
 """Parameter counts computed from the architectures, never typed in (Tables 2 and 3, `vea-bench params`).
 
-Small modules (distill heads, gates) are built for real with the right input width D and class
-count C; large ones (the ViT teacher, the 7B VLM) are built on the ``meta`` device, which allocates
-no memory and needs no weights, so counting Qwen2-VL-7B takes seconds offline (the VLM
-architectures ship as configs in `vea_bench/data/configs/`, built by `vea_bench.models.arch`).
+Small modules (distill heads, gates) are the very `vea_bench.heads` modules training uses, built
+for real with the right input width D and class count C; large ones (the ViT teacher, the 7B VLM)
+are built on the ``meta`` device, which allocates no memory and needs no weights, so counting
+Qwen2-VL-7B takes seconds offline (the VLM
+architectures ship as configs in `vea_bench/data/configs/`, built by `vea_bench.models.arch`;
+where the vision tower and language model sit is the family's `VLMFamily` declaration).
 
 The paper's "trainable parameters" of the VLM (Table 2: 1,091,870,720 for Qwen2-VL-7B-Instruct)
 is not the LoRA adapter (r = 8 on q/k/v/o gives 5,046,272) nor the full model (8,291,375,616). It is
@@ -14,7 +16,8 @@ precision. That set is: token embeddings 544,997,376 + lm_head 544,997,376 + the
 57 RMSNorms 204,288 + the vision tower's LayerNorms (32 blocks x 2 + merger ln_q, weight and bias)
 166,400 + the vision patch embedding Conv3d 1,505,280 = 1,091,870,720. `quantised_trainable_params`
 counts exactly this set for any model (the non-``Linear`` parameters plus the output embedding),
-so the paper's figure is reproduced rather than copied. EmoVLM-KD's 1,095,550,096 is that plus the
+so the paper's figure is reproduced rather than copied (`vea-bench params` prints every figure
+here; `tests/test_params.py` asserts them). EmoVLM-KD's 1,095,550,096 is that plus the
 distill head (3,679,240) plus the Concat & Linear gate (136).
 
 What is left with ``requires_grad=True`` after a 4-bit load depends on the transformers version:
