@@ -381,3 +381,15 @@ def test_training_eval_decodes_with_extractions_engine(setup) -> None:
                                generate=True, score_labels=None, generation=gen).texts[0] for s in samples]
         hits = sum(parse_answer(a, space).label == s.label for a, s in zip(answers, samples))
         assert m["n"] == len(samples) and math.isclose(m["accuracy"], hits / len(samples))
+
+
+def test_a_checkpoint_of_no_registered_family_is_refused_in_one_line(tmp_path: Path) -> None:
+    """`train vlm` loads the class its family declares: another model type names the supported ones."""
+    from vea_bench.train.qlora import _model_class
+
+    d = tmp_path / "bert"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelError, match=r"no VLM backend for model type 'bert' \(supported: .*qwen2_vl") as err:
+        _model_class(str(d))
+    assert "\n" not in str(err.value)
