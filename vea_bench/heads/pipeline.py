@@ -584,7 +584,10 @@ def distill_arch(data: HeadData, cfg: DistillConfig) -> dict[str, Any]:
 
 def distill_record(data: HeadData, res: HeadResult, *, results_dir: str | Path, group: str | None = None,
                    device: str | None = None) -> RunRecord:
-    """Write the run record and safetensors weights of a distill head; returns the saved record."""
+    """Write the run record and safetensors weights of a distill head; returns the saved record.
+
+    Its variant is the head's registry name, read from ``config["head"]`` (`records.default_variant`).
+    """
     cfg: DistillConfig = res.config
     config = {**cfg.to_dict(), "visual": data.sources.get("visual"), "teacher": data.sources.get("teacher"),
               "input_dim": data.input_dim, "num_classes": data.num_classes, "device": device,
@@ -603,7 +606,8 @@ def distill_record(data: HeadData, res: HeadResult, *, results_dir: str | Path, 
 
 def gate_record(data: HeadData, res: HeadResult, distill: HeadResult | None, *, results_dir: str | Path,
                 group: str | None = None, distill_run: str | None = None, device: str | None = None) -> RunRecord:
-    """Write the record of a gate run (method "EmoVLM-KD"), with gate and distill weights."""
+    """Write the record of a gate run (method "EmoVLM-KD", variant the gate's registry name), with gate and
+    distill weights; ``params`` counts the gate alone (the distill head has its own record)."""
     cfg: GateConfig = res.config
     dcfg = distill.config.to_dict() if distill is not None else {}
     config = {**cfg.to_dict(), "gate": GATES.canonical(cfg.gate), "gate_display": gate_display_name(cfg.gate),
@@ -614,8 +618,8 @@ def gate_record(data: HeadData, res: HeadResult, distill: HeadResult | None, *, 
               "tau": dcfg.get("tau"), "kept_epoch": "best-on-val" if cfg.keep == "best" else "last"}
     if cfg.gate_fit == "val":
         config["note"] = "gate fitted on val: val metrics are in-sample; read test"
-    rec = RunRecord(kind="gate", method="EmoVLM-KD", dataset=data.dataset, config=config, metrics=res.metrics,
-                    seed=cfg.seed, params=res.params, group=group, label_names=list(data.label_names),
+    rec = RunRecord(kind="gate", method="EmoVLM-KD", variant=GATES.canonical(cfg.gate), dataset=data.dataset,
+                    config=config, metrics=res.metrics, seed=cfg.seed, params=res.params, group=group, label_names=list(data.label_names),
                     cache=data.provenance, wall_time_s=res.wall_time_s, convergence=res.convergence or None)
     weights = {"gate": res.state}
     arch: dict[str, Any] = {"gate": {"name": GATES.canonical(cfg.gate), "num_classes": data.num_classes}}
