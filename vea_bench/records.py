@@ -20,9 +20,9 @@ trained module's parameter count, counted where the record is written).
 - complementarity: method "complementarity"; metrics["test"]["extra"] holds counts
   teacher_only, vlm_only, both, neither.
 Sweep members share ``group``; accuracies are fractions in [0, 1] (tables show percent). Records
-of an older schema are upgraded on load (`RunRecord.from_dict`), so old results folders still render. `vea-bench table` and
-`vea-bench plot` read only these records, never models, so a table can always be traced back to
-the exact runs, data and code that produced it.
+of an older schema are upgraded on load (`RunRecord.from_dict`), so old results folders still
+render. `vea-bench table` and `vea-bench plot` read only these records, never models, so a table
+can always be traced back to the exact runs, data and code that produced it.
 """
 from __future__ import annotations
 
