@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from vea_bench.errors import ConfigError, DatasetError, ModelError
 from vea_bench.hashing import config_hash, file_sha256
 from vea_bench.progress import Progress, ensure
-from vea_bench.records import RunRecord, experiment_id
+from vea_bench.records import RunRecord
 from vea_bench.train.state import (
     STATE_FILE,
     atomic_dir,
@@ -381,6 +381,8 @@ def train_teacher(
         if bad:
             log.warning("%d %s images could not be decoded and were left out of the %s metrics", len(bad), split, split)
         metrics[split] = asdict(m)
+    from vea_bench.records import experiment_id
+
     method = method_name(cfg.arch)
     record = RunRecord(
         kind="teacher",
