@@ -419,3 +419,25 @@ def test_the_papers_vlm_and_label_spaces_come_from_data_and_registries() -> None
         assert (space is None) == (declared is None)
         if space is not None:
             assert space.name.lower() == declared.lower()
+
+
+def test_teacher_seeds_share_an_experiment_and_one_table_cell(tmp_path: Path) -> None:
+    """Two seeds of one teacher config (records also holding per-run history and paths) make one cell of n = 2."""
+    from vea_bench.datasets import load_dataset
+    from vea_bench.datasets.synthetic import make_synthetic
+    from vea_bench.train.teacher import TeacherConfig, train_teacher
+
+    root = make_synthetic("imagefolder", tmp_path / "data", per_class=5, size=32, seed=2, label_space="binary")
+    index = load_dataset("imagefolder", root)
+    results = tmp_path / "results"
+    tiny = {"arch": "test_resnet", "img_size": 32, "random_init": True, "batch_size": 10, "epochs": 2, "lr": 1e-3}
+    recs = [train_teacher(index, TeacherConfig(**tiny, seed=s), tmp_path / f"t{s}", device="cpu",
+                          results_dir=results).record for s in (0, 1)]
+    assert recs[0].config["checkpoint"] != recs[1].config["checkpoint"]     # per-run paths are in the config
+    assert recs[0].experiment_id == recs[1].experiment_id
+    other = train_teacher(index, TeacherConfig(**{**tiny, "lr": 3e-3}, seed=0), tmp_path / "t-lr", device="cpu",
+                          results_dir=None).record
+    assert other.experiment_id != recs[0].experiment_id
+    res = load_results(results)
+    cell = table1(res).cell(recs[0].method, "imagefolder")
+    assert cell.n == 2 and cell.value == pytest.approx(np.mean([r.accuracy() for r in recs]) * 100)
