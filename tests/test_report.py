@@ -441,3 +441,22 @@ def test_teacher_seeds_share_an_experiment_and_one_table_cell(tmp_path: Path) ->
     res = load_results(results)
     cell = table1(res).cell(recs[0].method, "imagefolder")
     assert cell.n == 2 and cell.value == pytest.approx(np.mean([r.accuracy() for r in recs]) * 100)
+
+
+def test_another_heads_runs_get_their_own_rows_and_stay_out_of_the_papers(tmp_path: Path) -> None:
+    """Distill runs of a second registered head (variant = config["head"]) are rows of their own in
+    Extensions, and never mix into the paper head's cells in Tables 2 and 3."""
+    rng = np.random.default_rng(9)
+    base = {"depth": 1, "hidden_dims": [1024], "alpha": 0.5, "tau": 2.0}
+    paper = [record("distill", "distill", "fi", {**base, "head": "distill"}, 0.6, rng, seed=s) for s in (0, 1)]
+    other = [record("distill", "distill", "fi", {**base, "head": "resmlp"}, 0.8, rng, seed=s) for s in (0, 1)]
+    for r in [*paper, *other]:
+        r.save(tmp_path)
+    res = load_results(tmp_path)
+    assert {r.variant for r in res.records} == {"distill", "resmlp"}
+    ext = to_markdown(table_extensions(res))
+    mean = {k: np.mean([r.accuracy() for r in v]) * 100 for k, v in (("distill", paper), ("resmlp", other))}
+    assert md_cell(ext, "distill head [1024] alone", "FI").startswith(f"{mean['distill']:.2f} ± ")
+    assert md_cell(ext, "resmlp head [1024] alone", "FI").startswith(f"{mean['resmlp']:.2f} ± ")
+    t3 = build_tables(res, "3")[0]
+    assert t3.cell("[1024]", "acc:fi").n == 2 and t3.cell("[1024]", "acc:fi").value == pytest.approx(mean["distill"])
