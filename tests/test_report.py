@@ -306,7 +306,8 @@ def test_grouping_by_experiment_id_keeps_two_configs_apart(tmp_path: Path) -> No
 def test_old_records_without_the_new_fields_still_render(tmp_path: Path) -> None:
     """A schema-1 record (no variant, no experiment id) is upgraded on load and lands in its cells."""
     rng = np.random.default_rng(7)
-    cfg = {"gate": "crossgating", "vlm_input": "onehot", "gate_fit": "train", "alpha": 0.5, "lr": 1e-4}
+    # "cross" is an alias, as hand-made or older records may spell it
+    cfg = {"gate": "cross", "vlm_input": "onehot", "gate_fit": "train", "alpha": 0.5, "lr": 1e-4}
     written = []
     for s in (0, 1):
         d = record("gate", "EmoVLM-KD", "fi", cfg, 0.7, rng, seed=s, params=249).to_dict()

@@ -489,8 +489,7 @@ def table3(results: Results, *, split: str = "test", vlm: str | None = None) -> 
     from vea_bench.report import params as P
 
     paper = paper_results()["table3"]
-    head = paper_distill()
-    distill = head.pick(results.records)
+    distill = Select(kind="distill", variant=paper_setting()["distill_head"]).pick(results.records)
     first = tuple(paper_results()["table2"]["distill_dims"])
     sweep_ds = {r.dataset for r in distill if _hidden_dims(r) not in (None, first)}
     datasets = list(paper["datasets"]) + sorted(sweep_ds - set(paper["datasets"]))
