@@ -248,10 +248,10 @@ def experiment_id(kind: str, method: str, variant: str, dataset: str, config: di
 def default_variant(kind: str, method: str, config: dict[str, Any]) -> str:
     """The variant a record states implicitly in its config (records of schema 1 had no field).
 
-    A gate's is its registry name (``config["gate"]``, an alias resolved through `GATES`), a VLM
-    evaluation's the family (``config["backend"]``), a distill head's the head (``config["head"]``;
-    schema-1 records predate the heads registry's second entry, so theirs is the one head,
-    "distill"); any other record's is its method.
+    A gate's is its registry name (``config["gate"]``, aliases resolved through `GATES`), a VLM
+    evaluation's the family (``config["backend"]``), a distill head's the head (``config["head"]``,
+    through `HEADS`; schema-1 records predate the heads registry's second entry, so theirs is the
+    one head, "distill"); any other record's is its method.
     """
     cfg = config if isinstance(config, dict) else {}
     if kind == "gate" and cfg.get("gate"):
@@ -262,7 +262,10 @@ def default_variant(kind: str, method: str, config: dict[str, Any]) -> str:
     if kind == "vlm-eval" and cfg.get("backend"):
         return str(cfg["backend"])
     if kind == "distill":
-        return str(cfg.get("head") or "distill")
+        from vea_bench.heads.distill import HEADS
+
+        name = str(cfg.get("head") or "distill")
+        return HEADS.canonical(name) if name in HEADS else name
     return method
 
 
