@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vea_bench.errors import ConfigError
+from vea_bench.errors import ConfigError, os_error
 
 RECORD_SCHEMA = "vea-bench/run-record/1"
 
@@ -54,8 +54,6 @@ def writing_results(path: str | Path) -> Iterator[None]:
 
 
 def _results_error(path: str | Path, exc: BaseException) -> ConfigError:
-    from vea_bench.cache.guard import os_error
-
     msg = str(os_error(path, exc, "write results"))
     return ConfigError(msg.replace("--cache", "--results folder"))
 
@@ -85,7 +83,7 @@ def _git_hash() -> str | None:
 
 def environment() -> dict[str, Any]:
     """Versions, git hash, host facts: enough to say what produced a number."""
-    from vea_bench.cache.store import package_versions
+    from vea_bench.versions import package_versions
 
     env: dict[str, Any] = {
         "versions": package_versions(),
@@ -211,9 +209,7 @@ def _json_default(o: Any) -> Any:
             return o.tolist()
     except ImportError:  # pragma: no cover
         pass
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
+    return str(o)  # Path and anything else JSON cannot hold
 
 
 def iter_records(results_dir: str | Path) -> tuple[list[tuple[Path, RunRecord]], list[tuple[Path, str]]]:

@@ -33,11 +33,11 @@ from vea_bench.cache.store import (
     SourceData,
     SourceInfo,
     SourceWriter,
-    SplitSpec,
     cache_files,
-    package_versions,
     sources_dir,
 )
+from vea_bench.splits import SplitSpec
+from vea_bench.versions import package_versions
 
 __all__ = [
     "ChangedRow", "DamagedSourceError", "RepairReport", "cache_files", "changed_rows", "delete_cache_files",
