@@ -581,7 +581,7 @@ def _build_groups(
     decoding: Mapping[str, Any] | None = None,
 ) -> list[_Group]:
     from vea_bench.models.backbone import BackboneSpec, load_backbone
-    from vea_bench.models.loading import resolve_device
+    from vea_bench.devices import resolve_device
     from vea_bench.models.teacher import load_teacher, teacher_transform
     from vea_bench.prompts import SYSTEM_MESSAGE, categorical_answer, categorical_instruction
 

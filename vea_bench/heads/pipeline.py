@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vea_bench.devices import torch_device
 from vea_bench.errors import ConfigError
 from vea_bench.heads.data import HeadData
 from vea_bench.heads.distill import DEFAULT_DROPOUT, build_distill_head, count_params, hidden_dims_for
@@ -33,7 +34,6 @@ from vea_bench.heads.trainer import (
     StackedMLP,
     VmappedModules,
     build_member_modules,
-    resolve_device,
     stream_seed,
     train_members,
 )
@@ -89,7 +89,7 @@ def resolve_precision(precision: str, device: str | torch.device | None) -> str:
         raise ConfigError(f"unknown --precision '{precision}' (choices: {', '.join(PRECISION_CHOICES)})")
     if precision != "auto":
         return precision
-    dev = resolve_device(str(device) if device is not None else None)
+    dev = torch_device(device)
     if dev.type == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp32"
@@ -307,7 +307,7 @@ def train_distill(
     ``rows[i]`` restricts config i to those training rows (cross-fitting); ``eval_splits``
     defaults to every split but train (pass "train" too when a gate is fitted on it).
     """
-    dev = resolve_device(device)
+    dev = torch_device(device)
     rows = list(rows) if rows is not None else [None] * len(configs)
     splits = list(eval_splits) if eval_splits is not None else data.eval_splits()
     tr = data.splits["train"]
@@ -483,7 +483,7 @@ def train_gates(
     tau: float = 1.0,
 ) -> list[HeadResult]:
     """Train gates for ``configs`` (config i over distill logits ``v1[i]``), one batched model per gate type."""
-    dev = resolve_device(device)
+    dev = torch_device(device)
     if data.splits["train"].vlm is None:
         raise ConfigError("gate training needs the VLM source")
     results: list[HeadResult | None] = [None] * len(configs)

@@ -49,19 +49,6 @@ def build_member_modules(factory: Callable[[], nn.Module], seeds: Sequence[int],
     return mods
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA is a one-line error."""
-    name = (device or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no CUDA device")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown --device '{device}' (cpu, cuda, cuda:N or auto)") from None
-
-
 # ----------------------------------------------------------------------------- batched models
 
 class StackedMLP:

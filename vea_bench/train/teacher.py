@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vea_bench.devices import resolve_device
 from vea_bench.errors import ConfigError, DatasetError, ModelError
 from vea_bench.hashing import config_hash, file_sha256
 from vea_bench.progress import Progress, ensure
@@ -90,17 +91,6 @@ def method_name(arch: str) -> str:
 
     methods = {TEACHER_PRESETS.get(n).arch: TEACHER_PRESETS.get(n).method for n in TEACHER_PRESETS.names()}
     return methods.get(arch, arch)
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else is used as given."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
-    return device
 
 
 def build_initial_model(cfg: TeacherConfig, num_classes: int) -> tuple[nn.Module, str]:
