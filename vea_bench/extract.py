@@ -357,8 +357,9 @@ def extract(
     default. ``vlm_backend`` passes an already loaded backend (benchmarks, repeated runs).
     ``parse`` is the answer parse mode (`vea_bench.models.parse`: strict, the reference's, or
     lenient); ``exif`` applies or ignores EXIF orientation (`vea_bench.datasets.images`); both are
-    recorded in the sources' provenance. Returns
-    per-source counts; interrupting (KeyboardInterrupt) keeps every batch already written.
+    recorded in the sources' provenance. Returns per-source counts. SIGTERM / SIGINT stop the
+    run after the current batch with `vea_bench.cache.guard.Stopped` (every batch written so far
+    is kept; a second signal stops at once).
     """
     from vea_bench.cache.fingerprints import fingerprints, stale_rows
     from vea_bench.cache.guard import stop_on_signals

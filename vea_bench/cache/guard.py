@@ -1,11 +1,12 @@
 """Guards around cache writes: a writer lock, free-space estimates, one-line OS errors, clean stops.
 
 Kept apart from the file format (`vea_bench.cache.store`) so that extraction can use the signal
-handling and the free-space check with one call each:
+handling without the HDF5 layer, and merging can take the writer lock:
 
 - `CacheLock`: an exclusive ``flock`` on ``<cache>.lock``; a second writer of the same cache (or
   shard file) is refused in one line naming the process that holds it, never interleaved.
-- `check_free_space`: refuses a run whose arrays would not fit, with the estimate it used.
+- `check_free_space`: refuses a new source (or the text rows left to resume) whose arrays would
+  not fit, with the estimate it used.
 - `os_error` (defined in `vea_bench.errors`, re-exported here): turns an `OSError` (permission,
   read-only mount, no space, missing parent) into a one-line `CacheError` naming the path and
   what to do.

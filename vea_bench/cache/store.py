@@ -3,7 +3,8 @@
 Layout (schema version 1)::
 
     fi.h5                     the index: attrs schema_version, vea_bench_version, dataset, label_space,
-                                     label_names (JSON), manifest_hashes (JSON), split_seed, created_at
+                                     label_names (JSON), manifest_hashes (JSON), split_seed (-1: none),
+                                     created_at, extra (JSON)
     fi.h5:/splits/<split>/ids       relative image paths (UTF-8), the split's stable order
     fi.h5:/splits/<split>/labels    int16 class indices in ``label_names`` order
     fi.h5:/<kind>/<key>       an HDF5 external link to the source's own file:
@@ -69,14 +70,6 @@ ROW_MISSING, ROW_OK, ROW_FAILED = 0, 1, 2
 
 # Provenance keys that may differ between shards or resumed runs of the *same* source.
 VOLATILE_PROVENANCE = frozenset({"time", "created_at", "shard", "host", "versions", "elapsed_s"})
-
-# Standard fields per kind (writers may add more, e.g. vlm ``logprobs`` only in score mode).
-STANDARD_FIELDS: dict[str, tuple[str, ...]] = {
-    "visual": ("emb",),
-    "vlm": ("text", "onehot", "logprobs", "parse"),
-    "teacher": ("logits",),
-    "backbone": ("feat",),
-}
 
 # The dtype spelling of a variable-length UTF-8 string field.
 STR_DTYPE = "str"

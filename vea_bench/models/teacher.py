@@ -1,4 +1,4 @@
-"""Teacher checkpoints: one on-disk format shared by `train teacher`, `extract --teacher` and baselines.
+"""Teacher checkpoints: one on-disk format that `train teacher` writes and `extract --teacher` reads.
 
 A teacher checkpoint is a folder::
 
