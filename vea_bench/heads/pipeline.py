@@ -58,9 +58,9 @@ REFERENCE = {"distill": {"lr": 1e-5, "weight_decay": 1e-4, "epochs": 5},
 # budget, each member scored on val after every epoch (accuracy, ties broken by val loss), stopped
 # after ``patience`` epochs without improvement, and its best epoch restored. ``lr`` is always the
 # batch-1 rate; at batch B Adam uses lr * sqrt(B) (``lr_scaling``). The gate's batch-1 rate is 10x
-# the reference's: at the reference's 1e-4 a 136-parameter gate needs hundreds of epochs at any
-# batch size, which the budget would cut short (the issue this schedule fixes). benchmarks/heads.py
-# compares both schedules side by side; the README gives its figures.
+# the reference's: at the reference's 1e-4 a gate of a few hundred parameters needs far more epochs
+# than the budget allows at any batch size (the issue this schedule fixes). `python
+# benchmarks/heads.py` compares both schedules side by side and reproduces the README's figures.
 DEFAULT_SCHEDULE = {
     "distill": {"lr": 1e-5, "weight_decay": 1e-4, "epochs": 60, "batch_size": 256, "patience": 5, "keep": "best"},
     "gate": {"lr": 1e-3, "weight_decay": 1e-4, "epochs": 200, "batch_size": 64, "patience": 15, "keep": "best"},
@@ -82,8 +82,8 @@ def effective_lr(lr: float, batch_size: int, scaling: str) -> float:
 def resolve_precision(precision: str, device: str | torch.device | None) -> str:
     """``auto`` -> bf16 only on a CUDA device with bf16 support, else fp32.
 
-    Why not bf16 on CPU: benchmarks/heads.py measured bf16 GEMMs far slower than fp32 on a CPU
-    without AVX512-BF16 (the only kind measured), so ``auto`` keeps fp32 there.
+    Why not bf16 on CPU: on a CPU without AVX512-BF16 bf16 GEMMs run slower than fp32 ones
+    (`python benchmarks/heads.py` measures both), so ``auto`` keeps fp32 there.
     """
     if precision not in PRECISION_CHOICES:
         raise ConfigError(f"unknown --precision '{precision}' (choices: {', '.join(PRECISION_CHOICES)})")
@@ -99,24 +99,47 @@ _D = DEFAULT_SCHEDULE["distill"]
 _G = DEFAULT_SCHEDULE["gate"]
 
 
+def _opt(help: str, **meta: Any) -> dict[str, Any]:
+    """Field metadata: the help text the CLI options and the docs show (`vea_bench.schema`)."""
+    return {"help": help, **meta}
+
+
 @dataclass
 class DistillConfig:
-    """One distill run: architecture, KD weights, optimiser and schedule (the default one), seed."""
+    """One distill run: architecture, KD weights, optimiser and schedule (the default one), seed.
 
-    depth: int = 1
-    alpha: float = DEFAULT_ALPHA
-    tau: float = DEFAULT_TAU
-    lr: float = _D["lr"]
-    weight_decay: float = _D["weight_decay"]
-    epochs: int = _D["epochs"]
-    batch_size: int = _D["batch_size"]
-    dropout: float = DEFAULT_DROPOUT
-    seed: int = 0
-    keep: str = _D["keep"]
-    schedule: str = "default"
-    lr_scaling: str = "sqrt"
-    patience: int | None = _D["patience"]
-    precision: str = "fp32"
+    The fields are the stage's whole schema: `[distill]` in an experiment file and the options of
+    `vea-bench train distill` / `sweep` are read into exactly these (see `vea_bench.schema`).
+    """
+
+    depth: int = field(default=1, metadata=_opt("distill hidden layers, 1..5 ([1024, 512, 256, 128, 64][:depth])."))
+    head: str = field(default="distill", metadata=_opt("distill head architecture: a HEADS registry name."))
+    head_kwargs: dict[str, Any] = field(default_factory=dict, metadata=_opt(
+        "extra keyword arguments of the head's constructor (CLI: KEY=VALUE, repeatable; values read as JSON)."))
+    alpha: float = field(default=DEFAULT_ALPHA, metadata=_opt("KD weight: alpha*tau^2*KL + (1-alpha)*CE."))
+    tau: float = field(default=DEFAULT_TAU, metadata=_opt("KD temperature."))
+    lr: float = field(default=_D["lr"], metadata=_opt(
+        "Adam batch-1 learning rate (default 1e-5, the reference code's; the paper says 1e-3)."))
+    weight_decay: float = field(default=_D["weight_decay"], metadata=_opt("Adam L2 weight decay."))
+    epochs: int = field(default=_D["epochs"], metadata=_opt(
+        "epoch budget (default schedule: 60, early-stopped on val; reference: 5)."))
+    batch_size: int = field(default=_D["batch_size"], metadata=_opt(
+        "mini-batch size (default schedule: 256; Adam lr scaled by sqrt(batch))."))
+    dropout: float = field(default=DEFAULT_DROPOUT, metadata=_opt("distill head dropout."))
+    seed: int = field(default=0, metadata=_opt("seed of init, data order and dropout."))
+    keep: str = field(default=_D["keep"], metadata=_opt(
+        "which epoch's weights to keep: best (on val; default schedule) or last (reference)."))
+    schedule: str = field(default="default", metadata=_opt(
+        "default (mini-batches, epoch budget, early stopping on val, best epoch kept; members batched) or "
+        "reference (batch 1, reference lrs, fixed epochs, last epoch: a faithful reproduction)."))
+    lr_scaling: str = field(default="sqrt", metadata=_opt(
+        "lr is the batch-1 rate; at batch B Adam uses lr*sqrt(B) (sqrt), lr*B (linear) or lr (none)."))
+    patience: int | None = field(default=_D["patience"], metadata=_opt(
+        "default schedule: stop a member after this many epochs without val improvement (0: never).",
+        zero_is_none=True))
+    precision: str = field(default="fp32", metadata=_opt(
+        "distill head matmuls: fp32, bf16 (fp32 master weights, Adam state and loss) or auto "
+        "(bf16 on a bf16-capable CUDA device, fp32 elsewhere)."))
 
     @property
     def effective_lr(self) -> float:
@@ -139,22 +162,31 @@ class GateConfig:
 
     ``solver="lbfgs"`` fits the Concat & Linear gate exactly (multinomial logistic regression is
     convex): full-batch L-BFGS to a gradient tolerance, no lr, epochs or seed-dependent init.
+    The fields are the stage's whole schema, like `DistillConfig`'s.
     """
 
-    gate: str = "concat"
-    lr: float = _G["lr"]
-    weight_decay: float = _G["weight_decay"]
-    epochs: int = _G["epochs"]
-    batch_size: int = _G["batch_size"]
-    seed: int = 0
-    gate_fit: str = "train"
-    folds: int = DEFAULT_FOLDS
-    vlm_input: str = "onehot"
-    keep: str = _G["keep"]
-    schedule: str = "default"
-    lr_scaling: str = "sqrt"
-    patience: int | None = _G["patience"]
-    solver: str = "adam"
+    gate: str = field(default="concat", metadata=_opt("gate: a GATES registry name (concat, moe, ...)."))
+    lr: float = field(default=_G["lr"], metadata=_opt(
+        "gate Adam batch-1 lr (default schedule 1e-3; reference 1e-4, the reference code's)."))
+    weight_decay: float = field(default=_G["weight_decay"], metadata=_opt("gate Adam weight decay."))
+    epochs: int = field(default=_G["epochs"], metadata=_opt(
+        "gate epoch budget (default schedule: 200, early-stopped on val; reference: 10)."))
+    batch_size: int = field(default=_G["batch_size"], metadata=_opt(
+        "gate mini-batch size (default schedule: 64; Adam lr scaled by sqrt(batch))."))
+    seed: int = field(default=0, metadata=_opt("seed of the gate's init and data order."))
+    gate_fit: str = field(default="train", metadata=_opt(
+        "split whose distill outputs fit the gate: train (reference), val, crossfit (K-fold OOF)."))
+    folds: int = field(default=DEFAULT_FOLDS, metadata=_opt("K for gate_fit crossfit."))
+    vlm_input: str = field(default="onehot", metadata=_opt(
+        "onehot (paper) or logprobs (softmax of per-label log-probs)."))
+    keep: str = field(default=_G["keep"], metadata=_opt(
+        "which epoch's weights to keep: best (on val; default schedule) or last (reference)."))
+    schedule: str = field(default="default", metadata=_opt("default or reference (as for the distill head)."))
+    lr_scaling: str = field(default="sqrt", metadata=_opt("sqrt, linear or none (as for the distill head)."))
+    patience: int | None = field(default=_G["patience"], metadata=_opt(
+        "gate early-stopping patience (default schedule: 15; 0: never).", zero_is_none=True))
+    solver: str = field(default="adam", metadata=_opt(
+        "gate fit: adam (the schedule) or lbfgs (concat only: exact full-batch fit, no schedule)."))
 
     @property
     def effective_lr(self) -> float:
@@ -164,6 +196,26 @@ class GateConfig:
         d = asdict(self)
         d["effective_lr"] = self.effective_lr
         return d
+
+
+CONFIGS: dict[str, type] = {"distill": DistillConfig, "gate": GateConfig}
+
+
+def make_config(kind: str, values: dict[str, Any] | None = None, **fixed: Any) -> Any:
+    """The scheduled config of ``kind`` ("distill" or "gate") from the fields a user set.
+
+    ``values`` holds only what a file or command line gave (type-checked against the fields);
+    ``fixed`` is what the caller decides (seed, gate name). Everything else is the schedule's:
+    the reference schedule refuses a set value it pins, by key, not by comparing with defaults.
+    """
+    from vea_bench.schema import check_fields
+
+    if kind not in CONFIGS:
+        raise ConfigError(f"unknown config kind '{kind}' (choices: {', '.join(CONFIGS)})")
+    cls = CONFIGS[kind]
+    given = check_fields(cls, dict(values or {}), f"[{kind}]")
+    cfg = cls(**{**given, **fixed})
+    return apply_schedule(cfg, kind, explicit={**given, **fixed})
 
 
 def apply_schedule(cfg: Any, kind: str, *, explicit: dict[str, Any] | None = None) -> Any:
@@ -185,6 +237,11 @@ def apply_schedule(cfg: Any, kind: str, *, explicit: dict[str, Any] | None = Non
             raise ConfigError("--solver lbfgs fits only the convex concat gate; use adam for "
                               f"'{GATES.canonical(cfg.gate)}'")
     else:
+        from vea_bench.heads.distill import HEADS
+
+        HEADS.canonical(cfg.head)
+        if not isinstance(cfg.head_kwargs, dict):
+            raise ConfigError(f"head_kwargs must be a mapping, got {cfg.head_kwargs!r}")
         hidden_dims_for(cfg.depth)
         if not 0.0 <= cfg.alpha <= 1.0:
             raise ConfigError(f"--alpha must be in [0, 1], got {cfg.alpha}")

@@ -55,7 +55,7 @@ class TeacherConfig:
     lr: float = 3e-5
     weight_decay: float = 1e-5
     batch_size: int = 10
-    img_size: int | None = None
+    img_size: int | None = field(default=None, metadata={"zero_is_none": True})  # None: the arch preset's
     seed: int = 42
     weights: str | None = None          # local state dict (safetensors / torch) to start from
     random_init: bool = False           # explicit opt-in to training from scratch
