@@ -158,7 +158,7 @@ def test_experiment_file_errors_are_one_line(tmp_path: Path) -> None:
     bad.write_text('[dataset]\nname = "fi"\nroot = "/nope"\n[vlm]\nmodel = "x"\n[gate]\nnmes = ["concat"]\n')
     res = runner.invoke(app, ["run", str(bad)])
     assert res.exit_code != 0
-    assert "unknown key(s) ['nmes'] in [gate]" in res.output
+    assert "[gate].nmes: unknown key; did you mean names?" in res.output
     assert "Traceback" not in res.output
 
     notoml = tmp_path / "x.toml"
