@@ -186,6 +186,45 @@ def canonical(obj: Any) -> Any:
     return obj
 
 
+# ----------------------------------------------------------------------------- where each field is reachable
+
+# The one list of deliberate gaps, with the reason (tests/test_schema.py fails on any other field a
+# file or the command line cannot reach). Keys: (config class name, field).
+NOT_IN_FILE: dict[tuple[str, str], str] = {
+    ("DistillConfig", "seed"): "[distill].seeds lists the seeds, one head per seed",
+    ("GateConfig", "seed"): "each gate is seeded like the distill head it sits on ([distill].seeds)",
+    ("GateConfig", "gate"): "[gate].names lists the gates, one stage each",
+    ("TeacherConfig", "seed"): "[experiment].seed seeds every stage",
+    ("QLoRAConfig", "seed"): "[experiment].seed seeds every stage",
+    ("QLoRAConfig", "vlm"): "[vlm].model names the model",
+    ("QLoRAConfig", "image_position"): "[vlm].image_position: stage 1 and extraction must agree",
+    ("LoadOptions", "device"): "[experiment].device places every stage",
+    ("GenerationOptions", "seed"): "[experiment].seed seeds every stage",
+}
+NOT_ON_CLI: dict[tuple[str, str], str] = {
+    ("TeacherConfig", "timm_kwargs"): "a table of timm constructor arguments (tiny test models): file only",
+    ("QLoRAConfig", "batch_size"): "SPEC's recipe (batch 1); an experiment file can change it",
+    ("QLoRAConfig", "lora_r"): "SPEC's recipe (LoRA r 8); an experiment file can change it",
+    ("QLoRAConfig", "lora_alpha"): "SPEC's recipe (LoRA alpha 8); an experiment file can change it",
+    ("QLoRAConfig", "lora_dropout"): "SPEC's recipe (LoRA dropout 0.05); an experiment file can change it",
+    ("QLoRAConfig", "target_modules"): "the family's LoRA targets (SPEC: q/k/v/o); an experiment file can change them",
+    ("QLoRAConfig", "max_grad_norm"): "SPEC's recipe (clip 0.3); an experiment file can change it",
+    ("QLoRAConfig", "warmup_ratio"): "SPEC's recipe (warmup 3 %); an experiment file can change it",
+    ("QLoRAConfig", "weight_decay"): "SPEC's recipe (none); an experiment file can change it",
+    ("QLoRAConfig", "kinds"): "all three instruction kinds, as SPEC trains; an experiment file can pick some",
+    ("QLoRAConfig", "dtype"): "follows the device (bf16 on GPU, fp32 on CPU); an experiment file can force one",
+    ("LoadOptions", "attn_implementation"): "transformers' own choice; an experiment file can force one",
+}
+# Options of hand-written commands whose name is not the field's (``--<field-with-dashes>``).
+CLI_NAMES: dict[tuple[str, str], str] = {
+    ("TeacherConfig", "weight_decay"): "--wd",
+    ("QLoRAConfig", "quantize"): "--quant",
+    ("LoadOptions", "model"): "--vlm",
+    ("LoadOptions", "quantization"): "--quant",
+    ("GenerationOptions", "seed"): "--seed",
+}
+
+
 # ----------------------------------------------------------------------------- TOML writing
 
 def _toml_value(v: Any) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vea_bench.errors import ConfigError
-from vea_bench.schema import Settings, check_fields, check_value, field_types, toml_table, unknown_key
+from vea_bench.schema import NOT_IN_FILE, Settings, check_fields, check_value, field_types, toml_table, unknown_key
 
 
 def _distill_cls() -> type:
@@ -202,19 +202,6 @@ _SECTIONS: dict[str, tuple[type, Any]] = {
 }
 _OPTIONAL = {"teacher", "qlora"}
 
-# The library fields a section deliberately does not take, and where the value comes from instead.
-# tests/test_schema.py fails on any other field a file cannot reach.
-NOT_IN_FILE: dict[tuple[str, str], str] = {
-    ("DistillConfig", "seed"): "[distill].seeds lists the seeds, one head per seed",
-    ("GateConfig", "seed"): "each gate is seeded like the distill head it sits on ([distill].seeds)",
-    ("GateConfig", "gate"): "[gate].names lists the gates, one stage each",
-    ("TeacherConfig", "seed"): "[experiment].seed seeds every stage",
-    ("QLoRAConfig", "seed"): "[experiment].seed seeds every stage",
-    ("QLoRAConfig", "vlm"): "[vlm].model names the model",
-    ("QLoRAConfig", "image_position"): "[vlm].image_position: stage 1 and extraction must agree",
-    ("LoadOptions", "device"): "[experiment].device places every stage",
-    ("GenerationOptions", "seed"): "[experiment].seed seeds every stage",
-}
 # Keys renamed by the one-schema change: an old file gets a one-line pointer to the new key.
 _RENAMED = {("gate", "fit"): "gate_fit", ("extract", "max_pixels"): "[vlm].max_pixels",
             ("extract", "sample"): 'decoding = "sample"'}
