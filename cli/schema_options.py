@@ -132,7 +132,12 @@ def config_options(*groups: Group) -> Callable[[Callable[..., Any]], Callable[..
                 if value is None or (mapping and not value):
                     continue
                 if mapping:
-                    value = parse_pairs(value, opt)
+                    try:
+                        value = parse_pairs(value, opt)
+                    except ConfigError as e:
+                        from vea_bench_cli.common import fail
+
+                        fail(str(e))
                 for g, name in targets:
                     given[g.key][name] = value
             return fn(**kwargs, **given)

@@ -251,3 +251,13 @@ def test_demo_experiment_round_trips_through_its_file(tmp_path: Path) -> None:
     assert isinstance(back, Experiment) and back.qlora is not None
     assert back.qlora.settings.build(vlm="m").kinds == ("categorical",)
     assert [s.config for s in build_stages(back)] == [s.config for s in build_stages(exp)]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--head-arg", "novalue"], "--head-arg takes KEY=VALUE, got 'novalue'"),
+    (["--head", "nope"], "unknown head 'nope'"),
+    (["--schedule", "reference", "--epochs", "7"], "--schedule reference pins epochs = 5"),
+])
+def test_cli_config_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    res = CliRunner().invoke(app, ["train", "distill", "--cache", str(tmp_path / "none.h5"), *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,8 @@ from vea_bench.heads.config import (  # noqa: F401  (the configs' home; re-expor
     make_config,
 )
 from vea_bench.heads.data import HeadData
-from vea_bench.heads.distill import DEFAULT_DROPOUT, build_distill_head, count_params, hidden_dims_for
+from vea_bench.heads.distill import build_distill_head, count_params
 from vea_bench.heads.gates import GATES, build_gate, gate_display_name
-from vea_bench.heads.losses import DEFAULT_ALPHA, DEFAULT_TAU
 from vea_bench.heads.trainer import (
     MemberHistory,
     MemberHyper,

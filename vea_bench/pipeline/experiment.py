@@ -299,14 +299,14 @@ def validate(exp: Experiment, where: str = "experiment") -> None:
 
 def distill_config(exp: Experiment, seed: int) -> Any:
     """The scheduled `DistillConfig` of ``[distill]`` for one seed."""
-    from vea_bench.heads.pipeline import make_config
+    from vea_bench.heads.config import make_config
 
     return make_config("distill", exp.distill.settings.values, seed=seed)
 
 
 def gate_config(exp: Experiment, name: str, seed: int) -> Any:
     """The scheduled `GateConfig` of ``[gate]`` for gate ``name`` over the head of ``seed``."""
-    from vea_bench.heads.pipeline import make_config
+    from vea_bench.heads.config import make_config
 
     return make_config("gate", exp.gate.settings.values, gate=name, seed=seed)
 

@@ -92,7 +92,7 @@ def build_stages(exp: Experiment) -> list[Stage]:
     if exp.qlora is not None:
         q = exp.qlora
         q_obj = q.settings.build(vlm=vlm.get("model"), seed=seed, image_position=vlm.value("image_position"))
-        q_cfg = {"dataset": data_cfg, "revision": vlm.get("revision"), "qlora": _identity(q_obj),
+        q_cfg = {"dataset": data_cfg, **_identity(q_obj), "revision": vlm.get("revision"),
                  "instructions_file": str(exp.resolve(q.instructions))}
 
         def run_qlora(ctx: StageContext) -> dict[str, Any]:
