@@ -6,8 +6,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vea_bench_cli.common import console, echo_path, err_console, run_guarded, setup_logging
 from vea_bench.heads.config import DistillConfig, GateConfig
+from vea_bench_cli.common import console, echo_path, err_console, run_guarded, setup_logging
 from vea_bench_cli.schema_options import Group, config_options
 from vea_bench_cli.train_heads_cmd import (
     DISTILL_PLAIN,
@@ -40,7 +40,7 @@ def sweep_groups(*, grid: str, gates: bool) -> tuple[Group, ...]:
     if not gates:
         return (distill,)
     gate = Group("gate_options", GateConfig, prefix="gate-", plain=GATE_PLAIN,
-                 exclude=("seed",) + (("gate",) if grid == "gate" else ()),)
+                 exclude=("seed",) + (("gate",) if grid == "gate" else ()))
     return distill, gate
 
 

@@ -261,3 +261,14 @@ def test_demo_experiment_round_trips_through_its_file(tmp_path: Path) -> None:
 def test_cli_config_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     res = CliRunner().invoke(app, ["train", "distill", "--cache", str(tmp_path / "none.h5"), *args])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(("section", "body", "message"), [
+    ("teacher", {"arch": "resnet18", "img_size": 0}, r"--img-size must be positive"),
+    ("qlora", {"instructions": "i.jsonl", "max_steps": 0}, r"--max-steps must be at least 1"),
+    ("extract", {"top_p": 2.0}, r"top-p must be in"),
+    ("distill", {"alpha": 1.5}, r"--alpha must be in \[0, 1\]"),
+])
+def test_file_values_are_checked_when_the_file_is_read(section: str, body: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_experiment({**BASE, section: body})

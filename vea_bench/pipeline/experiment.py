@@ -287,7 +287,13 @@ def validate(exp: Experiment, where: str = "experiment") -> None:
     if not exp.distill.seeds:
         raise ConfigError(f"{where}: [distill].seeds must list at least one seed")
     try:
-        exp.extract.settings.build(seed=exp.experiment.seed)   # GenerationOptions checks its own ranges
+        # every stage's config checks its own ranges now, not hours into the run
+        exp.extract.settings.build(seed=exp.experiment.seed)
+        if exp.teacher is not None and exp.teacher.settings.get("arch"):
+            exp.teacher.settings.build(seed=exp.experiment.seed).validate()
+        if exp.qlora is not None:
+            exp.qlora.settings.build(vlm=vlm.get("model"), seed=exp.experiment.seed,
+                                     image_position=vlm.value("image_position")).validate()
         for name in exp.gate.names:
             gate_config(exp, name, exp.distill.seeds[0])
         distill_config(exp, exp.distill.seeds[0])
