@@ -129,8 +129,8 @@ def config_options(*groups: Group) -> Callable[[Callable[..., Any]], Callable[..
             given: dict[str, dict[str, Any]] = {g.key: {} for g in groups}
             for param, (opt, targets, _tp, mapping) in gen.items():
                 value = kwargs.pop(param, None)
-                if value is None or (mapping and not value):
-                    continue
+                if value is None or (isinstance(value, (list, tuple)) and not value):
+                    continue   # not given (a repeatable option left out arrives empty)
                 if mapping:
                     try:
                         value = parse_pairs(value, opt)
