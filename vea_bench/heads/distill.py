@@ -15,7 +15,7 @@ from vea_bench.registry import Registry
 
 HIDDEN_DIMS: tuple[int, ...] = (1024, 512, 256, 128, 64)
 MAX_DEPTH = len(HIDDEN_DIMS)
-DEFAULT_DROPOUT = 0.1
+from vea_bench.heads.config import DEFAULT_DROPOUT  # noqa: E402,F401  (one home)
 
 # Heads that read the visual embedding; the trainer builds members from here.
 HEADS: Registry[type[nn.Module]] = Registry("head")

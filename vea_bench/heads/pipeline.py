@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,26 @@ import torch
 
 from vea_bench.devices import torch_device
 from vea_bench.errors import ConfigError
+from vea_bench.heads.config import (  # noqa: F401  (the configs' home; re-exported for callers)
+    CONFIGS,
+    DEFAULT_BATCH,
+    DEFAULT_FOLDS,
+    DEFAULT_SCHEDULE,
+    GATE_FITS,
+    GATE_SOLVERS,
+    LR_SCALINGS,
+    PRECISION_CHOICES,
+    REFERENCE,
+    SCHEDULES,
+    DistillConfig,
+    GateConfig,
+    apply_schedule,
+    effective_lr,
+    make_config,
+)
 from vea_bench.heads.data import HeadData
-from vea_bench.heads.distill import DEFAULT_DROPOUT, build_distill_head, count_params, hidden_dims_for
+from vea_bench.heads.distill import build_distill_head, count_params
 from vea_bench.heads.gates import GATES, build_gate, gate_display_name
-from vea_bench.heads.losses import DEFAULT_ALPHA, DEFAULT_TAU
 from vea_bench.heads.trainer import (
     MemberHistory,
     MemberHyper,
@@ -44,46 +60,11 @@ from vea_bench.report.predictions import attach_head
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("default", "reference")
-GATE_FITS = ("train", "val", "crossfit")
-GATE_SOLVERS = ("adam", "lbfgs")
-PRECISION_CHOICES = ("fp32", "bf16", "auto")
-DEFAULT_FOLDS = 5
-LR_SCALINGS = ("sqrt", "linear", "none")
-# The reference implementation's stages 2/3 (batch size 1, last epoch kept, fixed epochs): pinned
-# by ``--schedule reference`` and never changed, so that it stays a faithful reproduction.
-REFERENCE = {"distill": {"lr": 1e-5, "weight_decay": 1e-4, "epochs": 5},
-             "gate": {"lr": 1e-4, "weight_decay": 1e-4, "epochs": 10}}
-# The default schedule trains to convergence and chooses on val only: mini-batches, an epoch
-# budget, each member scored on val after every epoch (accuracy, ties broken by val loss), stopped
-# after ``patience`` epochs without improvement, and its best epoch restored. ``lr`` is always the
-# batch-1 rate; at batch B Adam uses lr * sqrt(B) (``lr_scaling``). The gate's batch-1 rate is 10x
-# the reference's: at the reference's 1e-4 a 136-parameter gate needs hundreds of epochs at any
-# batch size, which the budget would cut short (the issue this schedule fixes). benchmarks/heads.py
-# compares both schedules side by side; the README gives its figures.
-DEFAULT_SCHEDULE = {
-    "distill": {"lr": 1e-5, "weight_decay": 1e-4, "epochs": 60, "batch_size": 256, "patience": 5, "keep": "best"},
-    "gate": {"lr": 1e-3, "weight_decay": 1e-4, "epochs": 200, "batch_size": 64, "patience": 15, "keep": "best"},
-}
-DEFAULT_BATCH = {k: v["batch_size"] for k, v in DEFAULT_SCHEDULE.items()}
-
-
-def effective_lr(lr: float, batch_size: int, scaling: str) -> float:
-    """The Adam learning rate used at ``batch_size`` for a batch-1 learning rate ``lr``."""
-    if scaling == "sqrt":
-        return lr * batch_size ** 0.5
-    if scaling == "linear":
-        return lr * batch_size
-    if scaling == "none":
-        return lr
-    raise ConfigError(f"unknown --lr-scaling '{scaling}' (choices: {', '.join(LR_SCALINGS)})")
-
-
 def resolve_precision(precision: str, device: str | torch.device | None) -> str:
     """``auto`` -> bf16 only on a CUDA device with bf16 support, else fp32.
 
-    Why not bf16 on CPU: benchmarks/heads.py measured bf16 GEMMs far slower than fp32 on a CPU
-    without AVX512-BF16 (the only kind measured), so ``auto`` keeps fp32 there.
+    Why not bf16 on CPU: on a CPU without AVX512-BF16 bf16 GEMMs run slower than fp32 ones
+    (`python benchmarks/heads.py` measures both), so ``auto`` keeps fp32 there.
     """
     if precision not in PRECISION_CHOICES:
         raise ConfigError(f"unknown --precision '{precision}' (choices: {', '.join(PRECISION_CHOICES)})")
@@ -93,130 +74,6 @@ def resolve_precision(precision: str, device: str | torch.device | None) -> str:
     if dev.type == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp32"
-
-
-_D = DEFAULT_SCHEDULE["distill"]
-_G = DEFAULT_SCHEDULE["gate"]
-
-
-@dataclass
-class DistillConfig:
-    """One distill run: architecture, KD weights, optimiser and schedule (the default one), seed."""
-
-    depth: int = 1
-    alpha: float = DEFAULT_ALPHA
-    tau: float = DEFAULT_TAU
-    lr: float = _D["lr"]
-    weight_decay: float = _D["weight_decay"]
-    epochs: int = _D["epochs"]
-    batch_size: int = _D["batch_size"]
-    dropout: float = DEFAULT_DROPOUT
-    seed: int = 0
-    keep: str = _D["keep"]
-    schedule: str = "default"
-    lr_scaling: str = "sqrt"
-    patience: int | None = _D["patience"]
-    precision: str = "fp32"
-
-    @property
-    def effective_lr(self) -> float:
-        return effective_lr(self.lr, self.batch_size, self.lr_scaling)
-
-    @property
-    def hidden_dims(self) -> list[int]:
-        return hidden_dims_for(self.depth)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["hidden_dims"] = self.hidden_dims
-        d["effective_lr"] = self.effective_lr
-        return d
-
-
-@dataclass
-class GateConfig:
-    """One gate run over a distill head; ``gate_fit`` says which split's inputs the gate is fitted on.
-
-    ``solver="lbfgs"`` fits the Concat & Linear gate exactly (multinomial logistic regression is
-    convex): full-batch L-BFGS to a gradient tolerance, no lr, epochs or seed-dependent init.
-    """
-
-    gate: str = "concat"
-    lr: float = _G["lr"]
-    weight_decay: float = _G["weight_decay"]
-    epochs: int = _G["epochs"]
-    batch_size: int = _G["batch_size"]
-    seed: int = 0
-    gate_fit: str = "train"
-    folds: int = DEFAULT_FOLDS
-    vlm_input: str = "onehot"
-    keep: str = _G["keep"]
-    schedule: str = "default"
-    lr_scaling: str = "sqrt"
-    patience: int | None = _G["patience"]
-    solver: str = "adam"
-
-    @property
-    def effective_lr(self) -> float:
-        return effective_lr(self.lr, self.batch_size, self.lr_scaling)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["effective_lr"] = self.effective_lr
-        return d
-
-
-def apply_schedule(cfg: Any, kind: str, *, explicit: dict[str, Any] | None = None) -> Any:
-    """Validate ``cfg`` and apply its schedule; the reference schedule pins batch 1, fixed epochs, last epoch.
-
-    ``explicit`` names the options the user set; setting one the reference pins is an error.
-    """
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(f"unknown --schedule '{cfg.schedule}' (choices: {', '.join(SCHEDULES)})")
-    if kind == "gate":
-        GATES.canonical(cfg.gate)
-        if cfg.gate_fit not in GATE_FITS:
-            raise ConfigError(f"unknown --gate-fit '{cfg.gate_fit}' (choices: {', '.join(GATE_FITS)})")
-        if cfg.gate_fit == "crossfit" and cfg.folds < 2:
-            raise ConfigError("--gate-fit crossfit needs at least 2 folds")
-        if cfg.solver not in GATE_SOLVERS:
-            raise ConfigError(f"unknown --solver '{cfg.solver}' (choices: {', '.join(GATE_SOLVERS)})")
-        if cfg.solver == "lbfgs" and GATES.canonical(cfg.gate) != "concat":
-            raise ConfigError("--solver lbfgs fits only the convex concat gate; use adam for "
-                              f"'{GATES.canonical(cfg.gate)}'")
-    else:
-        hidden_dims_for(cfg.depth)
-        if not 0.0 <= cfg.alpha <= 1.0:
-            raise ConfigError(f"--alpha must be in [0, 1], got {cfg.alpha}")
-        if cfg.tau <= 0:
-            raise ConfigError(f"--tau must be positive, got {cfg.tau}")
-        if cfg.precision not in PRECISION_CHOICES:
-            raise ConfigError(f"unknown --precision '{cfg.precision}' (choices: {', '.join(PRECISION_CHOICES)})")
-    effective_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling)
-    if cfg.lr <= 0 or cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ConfigError("--lr must be positive, --epochs and --batch-size at least 1")
-    if cfg.patience is not None and cfg.patience < 1:
-        raise ConfigError("--patience must be at least 1 (0: no early stopping)")
-    if cfg.schedule == "reference":
-        pinned = {"batch_size": 1, "keep": "last", "lr_scaling": "none", "patience": None, **REFERENCE[kind]}
-        if kind == "gate":
-            pinned["gate_fit"] = "train"
-            pinned["solver"] = "adam"
-        else:
-            pinned["precision"] = "fp32"
-        for k, v in pinned.items():
-            if explicit and k in explicit and explicit[k] is not None and explicit[k] != v:
-                shown = "off" if v is None else v
-                raise ConfigError(f"--schedule reference pins {k.replace('_', '-')} = {shown}; drop that option")
-        cfg = replace(cfg, **pinned)
-    if cfg.patience is not None and cfg.keep != "best":
-        cfg = replace(cfg, patience=None)   # early stopping restores the best epoch; keep=last trains the budget
-    if kind == "gate" and cfg.gate_fit == "val" and cfg.keep == "best":
-        # val is the gate's training data here: nothing honest is left to select or stop on
-        if explicit and explicit.get("keep") == "best":
-            raise ConfigError("--keep best selects on val, which --gate-fit val trains on; use --keep last")
-        cfg = replace(cfg, keep="last", patience=None)
-    return cfg
 
 
 # ----------------------------------------------------------------------------- results

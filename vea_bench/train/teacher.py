@@ -56,7 +56,7 @@ class TeacherConfig:
     lr: float = 3e-5
     weight_decay: float = 1e-5
     batch_size: int = 10
-    img_size: int | None = None
+    img_size: int | None = None         # None: the architecture's own input size
     seed: int = 42
     weights: str | None = None          # local state dict (safetensors / torch) to start from
     random_init: bool = False           # explicit opt-in to training from scratch
@@ -69,6 +69,8 @@ class TeacherConfig:
             raise ConfigError("--batch-size must be at least 1")
         if self.lr <= 0:
             raise ConfigError("--lr must be positive")
+        if self.img_size is not None and self.img_size < 1:
+            raise ConfigError("--img-size must be positive (leave it out for the architecture's own)")
         if self.weights and self.random_init:
             raise ConfigError("give either --weights FILE or --random-init, not both")
 
