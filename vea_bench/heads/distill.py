@@ -150,7 +150,9 @@ def build_distill_head(
     dropout: float = DEFAULT_DROPOUT,
 ) -> DistillHead:
     """SPEC's distill head (the default head) for ``in_dim`` inputs and ``num_classes`` outputs."""
-    return build_head(DEFAULT_HEAD, in_dim, num_classes, hidden_dims, depth=depth, dropout=dropout)  # type: ignore[return-value]
+    head = build_head(DEFAULT_HEAD, in_dim, num_classes, hidden_dims, depth=depth, dropout=dropout)
+    assert isinstance(head, DistillHead)
+    return head
 
 
 def count_params(module: nn.Module) -> int:

@@ -325,9 +325,11 @@ def train_distill(
     device: str | None = "cpu",
     progress: Progress | None = None,
 ) -> list[HeadResult]:
-    """Train distill heads for ``configs``; compatible ones as one batched model each.
+    """Train the heads of ``configs`` (``cfg.head`` through ``HEADS``); compatible ones as one batched model each.
 
-    ``rows[i]`` restricts config i to those training rows (cross-fitting); ``eval_splits``
+    Members of one head, options, widths and schedule share a batched model: `batched_heads` gives
+    the fast `StackedMLP` to heads that declare (and are verified to be) a plain MLP, vmap to any
+    other. ``rows[i]`` restricts config i to those training rows (cross-fitting); ``eval_splits``
     defaults to every split but train (pass "train" too when a gate is fitted on it).
     """
     dev = resolve_device(device)
