@@ -218,3 +218,21 @@ def test_resmlp_learns_above_chance_on_the_synthetic_cache(data):
     r = train_distill(data, [DistillConfig(head="resmlp", seed=0, epochs=15)])[0]
     assert r.metrics["test"]["accuracy"] >= 3 * CHANCE, r.metrics["test"]["accuracy"]
     assert r.convergence["select_split"] == "val"
+
+
+@pytest.mark.parametrize("head", HEADS.names())
+def test_dropping_members_keeps_the_others_masks(head):
+    """Early stopping compacts the batch: the members left draw the same dropout masks as before."""
+    seeds = [0, 1, 2]
+
+    def model():
+        return batched_heads(build_member_modules(lambda: build_head(head, 12, 5, [16], dropout=0.5), seeds), seeds,
+                             torch.device("cpu"))
+
+    full, part = model(), model().subset([0, 2])
+    x = torch.randn(3, 10, 12, generator=torch.Generator().manual_seed(0))
+    for _ in range(2):                                       # two steps: the generators move on alike
+        a = full.forward([x], train=True).detach()
+        b = part.forward([x[[0, 2]]], train=True).detach()
+        assert torch.allclose(a[[0, 2]], b, atol=1e-6)
+    assert not torch.allclose(full.forward([x], train=True), full.forward([x], train=False))   # dropout is on

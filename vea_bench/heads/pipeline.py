@@ -540,13 +540,14 @@ def train_gates(
             v1s = np.stack([v1[i][s] for i in idx]).astype(np.float32)
             inputs[s] = SplitInputs([_to(v1s, dev), _to(sa.vlm, dev)], [True, False], _to(sa.y, dev), None)
         fit = "val" if g0.gate_fit == "val" else "train"
-        mods = build_member_modules(lambda: build_gate(g0.gate, c), [g.seed for g in cfgs], stream="gate-init")
-        model = VmappedModules(mods, dev)
+        seeds = [g.seed for g in cfgs]
+        mods = build_member_modules(lambda: build_gate(g0.gate, c), seeds, stream="gate-init")
+        model = VmappedModules(mods, dev, dropout_seeds=seeds, dropout_stream="gate-dropout")
         if g0.solver == "lbfgs":
             sp = inputs[fit]
             state, info = fit_concat_lbfgs(sp.tables[0][0].cpu(), sp.tables[1].cpu(), sp.y.cpu(), g0.weight_decay)
             mods[0].load_state_dict(state)
-            model = VmappedModules(mods, dev)
+            model = VmappedModules(mods, dev, dropout_seeds=seeds, dropout_stream="gate-dropout")
             logits = {s: model.forward(inputs[s].gather(torch.arange(len(inputs[s]), device=dev), 1), train=False)
                       .detach().float().cpu().numpy() for s in splits}
             hist = [MemberHistory(kept_epoch=0, kept_because="exact optimum (L-BFGS)", stop_reason=info["stop_reason"])]

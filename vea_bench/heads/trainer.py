@@ -33,7 +33,7 @@ from vea_bench.heads.distill import MLPLayout
 from vea_bench.heads.losses import ce_loss, kd_loss
 from vea_bench.progress import Progress, ensure
 
-_STREAMS = {"init": 0, "order": 1, "dropout": 2, "gate-init": 3, "gate-order": 4, "folds": 5}
+_STREAMS = {"init": 0, "order": 1, "dropout": 2, "gate-init": 3, "gate-order": 4, "folds": 5, "gate-dropout": 6}
 KEEP_CHOICES = ("last", "best")
 PRECISIONS = ("fp32", "bf16")
 EVAL_CHUNK = 1024
@@ -310,7 +310,7 @@ class VmappedModules:
     """
 
     def __init__(self, modules: Sequence[nn.Module], device: torch.device,
-                 dropout_seeds: Sequence[int] | None = None) -> None:
+                 dropout_seeds: Sequence[int] | None = None, dropout_stream: str = "dropout") -> None:
         from torch.func import stack_module_state
 
         for mod in modules[0].modules():
@@ -335,7 +335,7 @@ class VmappedModules:
         if self.drops and dropout_seeds is None:
             raise ConfigError(f"{type(modules[0]).__name__} has dropout: give each member its dropout seed")
         seeds = list(dropout_seeds) if dropout_seeds is not None else []
-        self.gens = [torch.Generator(device=device).manual_seed(stream_seed(s, "dropout")) for s in seeds]
+        self.gens = [torch.Generator(device=device).manual_seed(stream_seed(s, dropout_stream)) for s in seeds]
         self.device = device
         self._shapes: dict[tuple, list[tuple[str, torch.Size]]] = {}
 
