@@ -2,8 +2,9 @@
 
 Why it is here: it is the proof that heads are an extension point. It is not a plain
 Linear-GELU-Dropout MLP (LayerNorm, a residual, a choice of activation), so it declares no
-`stacked_mlp` layout and trains through the generic ``torch.func.vmap`` path; training, sweeps,
-records and tables reach it by its registry name alone (``DistillConfig(head="resmlp")``).
+`stacked_mlp` layout and trains through the generic ``torch.func.vmap`` path; training, sweeps
+and records reach it by its registry name alone (``DistillConfig(head="resmlp")``, recorded as
+``config["head"]``).
 
 Per hidden width ``h``: ``x = Linear(prev, h)(x)``, then ``x = x + Dropout(act(Linear(h, h)(LN(x))))``;
 the logits are ``Linear(h_last, C)(LN(x))``.
