@@ -198,11 +198,11 @@ def apply_schedule(cfg: Any, kind: str, *, explicit: dict[str, Any] | None = Non
             raise ConfigError("--solver lbfgs fits only the convex concat gate; use adam for "
                               f"'{GATES.canonical(cfg.gate)}'")
     else:
-        from vea_bench.heads.distill import HEADS, hidden_dims_for
+        from vea_bench.heads.distill import check_head, hidden_dims_for
 
-        HEADS.canonical(cfg.head)
         if not isinstance(cfg.head_kwargs, dict):
             raise ConfigError(f"head_kwargs must be a mapping, got {cfg.head_kwargs!r}")
+        check_head(cfg.head, cfg.head_kwargs)
         hidden_dims_for(cfg.depth)
         if not 0.0 <= cfg.alpha <= 1.0:
             raise ConfigError(f"--alpha must be in [0, 1], got {cfg.alpha}")

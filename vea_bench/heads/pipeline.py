@@ -41,14 +41,14 @@ from vea_bench.heads.config import (  # noqa: F401  (the configs' home; re-expor
     make_config,
 )
 from vea_bench.heads.data import HeadData
-from vea_bench.heads.distill import build_distill_head, count_params
+from vea_bench.heads.distill import DEFAULT_HEAD, HEADS, build_head, check_head, count_params
 from vea_bench.heads.gates import GATES, build_gate, gate_display_name
 from vea_bench.heads.trainer import (
     MemberHistory,
     MemberHyper,
     SplitInputs,
-    StackedMLP,
     VmappedModules,
+    batched_heads,
     build_member_modules,
     stream_seed,
     train_members,
@@ -143,6 +143,19 @@ def warn_convergence(label: str, conv: dict[str, Any]) -> None:
                         label, 100 * gate_val, name, 100 * best)
 
 
+def head_precision(cfg: DistillConfig, device: str | torch.device | None) -> str:
+    """The precision a head trains in: ``resolve_precision`` on the stacked MLP path; any other head
+    trains in fp32 (``auto`` gives fp32, an explicit bf16 is refused by `batched_heads`)."""
+    if hasattr(HEADS.get(cfg.head), "stacked_mlp") or cfg.precision != "auto":
+        return resolve_precision(cfg.precision, device)
+    return "fp32"
+
+
+def _frozen(kwargs: dict[str, Any]) -> str:
+    """A hashable, order-free key of head options (members with equal options batch together)."""
+    return json.dumps(kwargs, sort_keys=True, default=str)
+
+
 def _groups(items: Sequence[Any], key: Any) -> list[list[int]]:
     groups: dict[Any, list[int]] = {}
     for i, it in enumerate(items):
@@ -159,9 +172,11 @@ def train_distill(
     device: str | None = "cpu",
     progress: Progress | None = None,
 ) -> list[HeadResult]:
-    """Train distill heads for ``configs``; compatible ones as one batched model each.
+    """Train the heads of ``configs`` (``cfg.head`` through ``HEADS``); compatible ones as one batched model each.
 
-    ``rows[i]`` restricts config i to those training rows (cross-fitting); ``eval_splits``
+    Members of one head, options, widths and schedule share a batched model: `batched_heads` gives
+    the fast `StackedMLP` to heads that declare (and are verified to be) a plain MLP, vmap to any
+    other. ``rows[i]`` restricts config i to those training rows (cross-fitting); ``eval_splits``
     defaults to every split but train (pass "train" too when a gate is fitted on it).
     """
     dev = torch_device(device)
@@ -170,7 +185,8 @@ def train_distill(
     tr = data.splits["train"]
     if tr.x is None or tr.teacher is None:
         raise ConfigError("distill training needs visual features and teacher logits")
-    precisions = [resolve_precision(c.precision, dev) for c in configs]
+    heads = [check_head(c.head, c.head_kwargs) for c in configs]
+    precisions = [head_precision(c, dev) for c in configs]
     select = ["val"] if "val" in data.splits else []
     if any(c.keep == "best" for c in configs) and not select:
         raise ConfigError("the default schedule selects epochs on val, and this cache has no 'val' split; "
@@ -194,29 +210,31 @@ def train_distill(
         c = configs[i]
         n = len(tr) if rows[i] is None else len(rows[i])
         solo = i if c.schedule == "reference" else -1   # the reference runs one configuration at a time
-        return (tuple(c.hidden_dims), c.dropout, c.batch_size, c.epochs, c.keep, c.patience, precisions[i], n, solo)
+        return (heads[i], _frozen(c.head_kwargs), tuple(c.hidden_dims), c.dropout, c.batch_size, c.epochs, c.keep,
+                c.patience, precisions[i], n, solo)
 
     for idx in _groups(list(range(len(configs))), key):
         t0 = time.perf_counter()
         cfgs = [configs[i] for i in idx]
         c0 = cfgs[0]
         prec = precisions[idx[0]]
-        heads = build_member_modules(
-            lambda: build_distill_head(data.input_dim, data.num_classes, c0.hidden_dims, dropout=c0.dropout),
+        members = build_member_modules(
+            lambda: build_head(c0.head, data.input_dim, data.num_classes, c0.hidden_dims, depth=c0.depth,
+                               dropout=c0.dropout, kwargs=c0.head_kwargs),
             [c.seed for c in cfgs])
-        model = StackedMLP(heads, [c.seed for c in cfgs], dev, precision=prec)
+        model = batched_heads(members, [c.seed for c in cfgs], dev, precision=prec)
         tr_rows = None
         if any(rows[i] is not None for i in idx):
             tr_rows = torch.stack([torch.as_tensor(rows[i] if rows[i] is not None else np.arange(len(tr)))
                                    for i in idx]).long()
         hyper = [MemberHyper(c.seed, c.effective_lr, c.weight_decay, c.alpha, c.tau) for c in cfgs]
-        desc = f"distill {c0.hidden_dims} x{len(cfgs)}"
+        desc = f"{heads[idx[0]]} {c0.hidden_dims} x{len(cfgs)}"
         evals = {s: split_inputs(s, prec) for s in dict.fromkeys(select + splits)}
         out = train_members(model, split_inputs("train", prec), hyper, loss="kd", epochs=c0.epochs,
                             batch_size=c0.batch_size, train_rows=tr_rows, evals=evals, keep=c0.keep,
                             patience=c0.patience, progress=progress, desc=desc)
         wall = (time.perf_counter() - t0) / len(cfgs)
-        n_params = count_params(heads[0])
+        n_params = count_params(members[0])
         for j, i in enumerate(idx):
             lg = {s: out.logits[s][j] for s in splits}
             h = out.history[j]
@@ -241,7 +259,9 @@ def _report_member(progress: Progress | None, res: HeadResult) -> None:
 def member_label(cfg: Any) -> str:
     if isinstance(cfg, GateConfig):
         return f"{GATES.canonical(cfg.gate)} fit={cfg.gate_fit} seed={cfg.seed}"
-    return f"depth={cfg.depth} alpha={cfg.alpha:g} lr={cfg.lr:g} seed={cfg.seed}"
+    head = HEADS.canonical(cfg.head)
+    shown = "" if head == DEFAULT_HEAD else f"head={head} "
+    return f"{shown}depth={cfg.depth} alpha={cfg.alpha:g} lr={cfg.lr:g} seed={cfg.seed}"
 
 
 def fold_rows(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -367,13 +387,14 @@ def train_gates(
             v1s = np.stack([v1[i][s] for i in idx]).astype(np.float32)
             inputs[s] = SplitInputs([_to(v1s, dev), _to(sa.vlm, dev)], [True, False], _to(sa.y, dev), None)
         fit = "val" if g0.gate_fit == "val" else "train"
-        mods = build_member_modules(lambda: build_gate(g0.gate, c), [g.seed for g in cfgs], stream="gate-init")
-        model = VmappedModules(mods, dev)
+        seeds = [g.seed for g in cfgs]
+        mods = build_member_modules(lambda: build_gate(g0.gate, c), seeds, stream="gate-init")
+        model = VmappedModules(mods, dev, dropout_seeds=seeds, dropout_stream="gate-dropout")
         if g0.solver == "lbfgs":
             sp = inputs[fit]
             state, info = fit_concat_lbfgs(sp.tables[0][0].cpu(), sp.tables[1].cpu(), sp.y.cpu(), g0.weight_decay)
             mods[0].load_state_dict(state)
-            model = VmappedModules(mods, dev)
+            model = VmappedModules(mods, dev, dropout_seeds=seeds, dropout_stream="gate-dropout")
             logits = {s: model.forward(inputs[s].gather(torch.arange(len(inputs[s]), device=dev), 1), train=False)
                       .detach().float().cpu().numpy() for s in splits}
             hist = [MemberHistory(kept_epoch=0, kept_because="exact optimum (L-BFGS)", stop_reason=info["stop_reason"])]
@@ -435,7 +456,8 @@ def _lineage(data: HeadData) -> dict[str, Any]:
 
 
 def distill_arch(data: HeadData, cfg: DistillConfig) -> dict[str, Any]:
-    return {"head": "distill", "in_dim": data.input_dim, "num_classes": data.num_classes,
+    return {"head": HEADS.canonical(cfg.head), "head_kwargs": dict(cfg.head_kwargs), "in_dim": data.input_dim,
+            "num_classes": data.num_classes,
             "hidden_dims": cfg.hidden_dims, "dropout": cfg.dropout}
 
 
@@ -510,7 +532,8 @@ def load_distill_run(ref: str | Path, results_dir: str | Path, data: HeadData) -
     cfg_d = dict(meta.get("config") or {})
     known = set(DistillConfig.__dataclass_fields__)
     cfg = DistillConfig(**{k: v for k, v in cfg_d.items() if k in known and k != "effective_lr"})
-    head = build_distill_head(arch["in_dim"], arch["num_classes"], arch["hidden_dims"], dropout=arch["dropout"])
+    head = build_head(arch.get("head", DEFAULT_HEAD), arch["in_dim"], arch["num_classes"], arch["hidden_dims"],
+                      dropout=arch["dropout"], kwargs=arch.get("head_kwargs") or {})   # old records: the default head
     head.load_state_dict(load_file(str(p / "distill.safetensors")))
     head.eval()
     logits = {}
