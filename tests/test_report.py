@@ -233,9 +233,9 @@ def test_results_list_and_show(vit_seeds) -> None:
 
 def test_tables_from_real_tiny_distill_and_gate_runs(tmp_path: Path) -> None:
     """Records written by the heads' own trainer (tiny synthetic cache) land in the right cells."""
-    pipeline = pytest.importorskip("vea_bench.heads.pipeline")
-    synth = pytest.importorskip("vea_bench.heads.synthetic_cache")
     from vea_bench.cache.store import FeatureCache
+    from vea_bench.heads import pipeline
+    from vea_bench.heads import synthetic_cache as synth
     from vea_bench.heads.data import load_head_data
 
     path = synth.make_complementary_cache(tmp_path / "cache.h5", n_train=160, n_val=40, n_test=80, dim=16,

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vea_bench.errors import ConfigError
+from vea_bench.errors import ConfigError, os_error
 from vea_bench.hashing import config_hash
 
 RECORD_SCHEMA = "vea-bench/run-record/2"
@@ -64,8 +64,6 @@ def writing_results(path: str | Path) -> Iterator[None]:
 
 
 def _results_error(path: str | Path, exc: BaseException) -> ConfigError:
-    from vea_bench.cache.guard import os_error
-
     msg = str(os_error(path, exc, "write results"))
     return ConfigError(msg.replace("--cache", "--results folder"))
 
@@ -95,7 +93,7 @@ def _git_hash() -> str | None:
 
 def environment() -> dict[str, Any]:
     """Versions, git hash, host facts: enough to say what produced a number."""
-    from vea_bench.cache.store import package_versions
+    from vea_bench.versions import package_versions
 
     env: dict[str, Any] = {
         "versions": package_versions(),
@@ -251,7 +249,7 @@ def default_variant(kind: str, method: str, config: dict[str, Any]) -> str:
     A gate's is its registry name (``config["gate"]``, aliases resolved through `GATES`), a VLM
     evaluation's the family (``config["backend"]``), a distill head's the head (``config["head"]``,
     through `HEADS`; schema-1 records predate the heads registry's second entry, so theirs is the
-    one head, "distill"); any other record's is its method.
+    one head, `DEFAULT_HEAD`); any other record's is its method.
     """
     cfg = config if isinstance(config, dict) else {}
     if kind == "gate" and cfg.get("gate"):
@@ -262,9 +260,9 @@ def default_variant(kind: str, method: str, config: dict[str, Any]) -> str:
     if kind == "vlm-eval" and cfg.get("backend"):
         return str(cfg["backend"])
     if kind == "distill":
-        from vea_bench.heads.distill import HEADS
+        from vea_bench.heads.distill import DEFAULT_HEAD, HEADS
 
-        name = str(cfg.get("head") or "distill")
+        name = str(cfg.get("head") or DEFAULT_HEAD)
         return HEADS.canonical(name) if name in HEADS else name
     return method
 
@@ -283,9 +281,7 @@ def _json_default(o: Any) -> Any:
             return o.tolist()
     except ImportError:  # pragma: no cover
         pass
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
+    return str(o)  # Path and anything else JSON cannot hold
 
 
 def iter_records(results_dir: str | Path) -> tuple[list[tuple[Path, RunRecord]], list[tuple[Path, str]]]:

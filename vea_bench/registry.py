@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, Generic, TypeVar
 
 from vea_bench.errors import VeaError
@@ -17,7 +18,7 @@ T = TypeVar("T")
 
 
 class RegistryError(VeaError):
-    """Unknown or duplicate registry name."""
+    """Unknown or duplicate registry name, or an option its factory does not take."""
 
 
 class Registry(Generic[T]):
@@ -80,7 +81,12 @@ class Registry(Generic[T]):
         """Registered names in registration order (aliases excluded)."""
         return list(self._entries)
 
+    def aliases(self) -> dict[str, str]:
+        """Every alias and the registered name it stands for."""
+        return dict(self._aliases)
+
     def items(self) -> Iterator[tuple[str, T]]:
+        """``(name, object)`` for every entry, importing lazy ones."""
         for name in self.names():
             yield name, self.get(name)
 
@@ -97,12 +103,34 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {self.names()})"
 
 
-def build(registry: Registry[Callable[..., Any]], name: str, **kwargs: Any) -> Any:
-    """Call the factory ``name`` with only the keyword arguments it accepts (timm's convention)."""
-    import inspect
+def build(
+    registry: Registry[Callable[..., Any]],
+    name: str,
+    *,
+    optional: Collection[str] = (),
+    **kwargs: Any,
+) -> Any:
+    """Call the factory ``name`` with ``kwargs``.
 
+    Every keyword must be one the factory accepts: a misspelt option is a one-line
+    `RegistryError` naming it (with a did-you-mean), never silently dropped. Keywords listed in
+    ``optional`` are the exception: the caller offers them to every entry (e.g. ``num_classes``
+    to tiny-model builders, only some of which build a classifier), and a factory that does not
+    take one simply does not get it.
+    """
     factory = registry.get(name)
     sig = inspect.signature(factory)
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+    params = sig.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return factory(**kwargs)
-    return factory(**{k: v for k, v in kwargs.items() if k in sig.parameters})
+    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in accepted and k not in optional]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(k, accepted, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise RegistryError(
+            f"{registry.kind} '{registry.canonical(name)}' takes no option '{k}'{hint} "
+            f"(it takes: {', '.join(accepted) or 'none'})"
+        )
+    return factory(**{k: v for k, v in kwargs.items() if k in accepted})

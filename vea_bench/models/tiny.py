@@ -39,7 +39,8 @@ def make_tiny(kind: str, out: str | Path, *, seed: int = 0, num_classes: int = 8
         pass
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return Path(build(TINY_BUILDERS, kind, out=out, seed=seed, num_classes=num_classes))
+    return Path(build(TINY_BUILDERS, kind, optional=("num_classes",), out=out, seed=seed,
+                      num_classes=num_classes))
 
 
 # --------------------------------------------------------------------------------------------

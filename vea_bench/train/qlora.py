@@ -447,7 +447,7 @@ def train_vlm(
     from safetensors.torch import load_file
     from transformers import get_constant_schedule_with_warmup
 
-    from vea_bench.models.loading import resolve_device
+    from vea_bench.devices import resolve_device
 
     cfg.validate()
     device = resolve_device(device)
