@@ -19,6 +19,12 @@ from vea_bench_cli.main import app
 INDEX: dict[str, dict[str, Any]] = json.loads((CONFIG_DIR / "presets.json").read_text())
 COUNTED = sorted(name for name, entry in INDEX.items() if "params" in entry)
 
+# Presets whose family `vea-bench params` cannot lay out yet. Strict: once the layout lands the case
+# passes, the XPASS fails, and this entry must go.
+NO_PARAMS_LAYOUT = {"internvl3-1b-hf": "report/params.py declares no module layout for model type 'internvl'"}
+CLI_CASES = [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=NO_PARAMS_LAYOUT[name]))
+             if name in NO_PARAMS_LAYOUT else name for name in sorted(INDEX)]
+
 
 @pytest.mark.parametrize("name", sorted(INDEX))
 def test_index_entry_names_its_file_hub_id_and_sources(name: str) -> None:
@@ -48,7 +54,7 @@ def test_config_loads_with_its_transformers_class_and_builds_on_meta(name: str) 
         assert param_count(model) == INDEX[name]["params"], INDEX[name]["params_source"]
 
 
-@pytest.mark.parametrize("name", sorted(INDEX))
+@pytest.mark.parametrize("name", CLI_CASES)
 def test_cli_params_answers_for_the_hub_id_offline(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants as hf_constants
 

@@ -358,7 +358,7 @@ def param_report(
     )
 
 
-# The families of `vea_bench.models.{gemma3,qwen3_vl,idefics3,llava_onevision,internvl}` (issue #14): module layout
+# The families of `vea_bench.models.{gemma3,qwen3_vl,idefics3,llava_onevision}` (issue #14): module layout
 # of their bundled real-checkpoint configs; the pooled width is the backend's own `embed_dim_of`.
 def _backend_embed_dim(model_type: str) -> Callable[[Any], int]:
     def embed_dim(config: Any) -> int:
@@ -375,5 +375,3 @@ VLM_PARTS.add("idefics3", VLMParts(("model.vision_model", "model.connector"), _b
                                    "model.text_model"))
 VLM_PARTS.add("llava_onevision", VLMParts(("model.vision_tower", "model.multi_modal_projector"),
                                           _backend_embed_dim("llava_onevision"), "model.language_model"))
-VLM_PARTS.add("internvl", VLMParts(("model.vision_tower", "model.multi_modal_projector"), _backend_embed_dim("internvl"),
-                                   "model.language_model"))
