@@ -236,8 +236,9 @@ def test_stage_identity_is_the_hash_of_the_typed_config(tmp_path: Path) -> None:
     plain = ids({})
     # writing a field's own default is the same run
     assert ids({"tau": 2.0}) == plain
-    changed = ids({"head": "distill", "head_kwargs": {"width": 3}})
-    assert changed["distill"] != plain["distill"] and changed["distill"]["distill"]["head_kwargs"] == {"width": 3}
+    changed = ids({"head": "resmlp", "head_kwargs": {"activation": "relu"}})
+    assert changed["distill"] != plain["distill"]
+    assert changed["distill"]["distill"]["head_kwargs"] == {"activation": "relu"}
     assert changed["extract"] == plain["extract"]
 
 
