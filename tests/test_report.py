@@ -374,7 +374,7 @@ def sixth_gate():
     """Registers `_SumGate` for one test and removes it after."""
     GATES.add("weighted-sum", _SumGate)
     yield "weighted-sum"
-    GATES._entries.pop("weighted-sum")
+    GATES.remove("weighted-sum")
 
 
 def test_a_newly_registered_gate_trains_and_shows_in_table4_and_extensions(tmp_path: Path, sixth_gate: str) -> None:

@@ -3,6 +3,10 @@
 Adding a thing is one decorated class or function in one file; the CLI's choices and the tests
 are generated from the registry. Entries may be lazy (``"module:attr"``) so that `--help` does
 not import torch or transformers.
+
+A registry made with ``plugins="vea_bench.gates"`` (say) also loads, on first use, every module that
+an installed package names under that entry-point group: a researcher's own head, gate, VLM family
+or dataset lives in their own package, one file, with no edit to vea-bench (docs/extending.md).
 """
 from __future__ import annotations
 
@@ -24,10 +28,35 @@ class RegistryError(VeaError):
 class Registry(Generic[T]):
     """A name -> object map with aliases, lazy entries, duplicate checks and "did you mean"."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, plugins: str | None = None) -> None:
         self.kind = kind
+        self.plugins = plugins
+        self._plugins_loaded = plugins is None
         self._entries: dict[str, T | str] = {}
         self._aliases: dict[str, str] = {}
+
+    def load_plugins(self) -> None:
+        """Import the modules installed packages declare under the ``plugins`` entry-point group, once.
+
+        Each module registers its entries on import, like the built-in ones. A plugin that fails to
+        import is a one-line error naming it and its package, not a traceback from deep inside.
+        """
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=self.plugins or ""):
+            try:
+                ep.load()
+            except RegistryError:
+                raise
+            except Exception as exc:  # a third-party module: any failure is reported, in one line
+                dist = ep.dist.name if ep.dist is not None else "?"
+                raise RegistryError(
+                    f"{self.kind} plugin '{ep.name}' ({ep.value}, from package {dist}) failed to load: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
 
     @staticmethod
     def _norm(name: str) -> str:
@@ -56,6 +85,7 @@ class Registry(Generic[T]):
 
     def canonical(self, name: str) -> str:
         """The registered name for ``name`` or one of its aliases, else a one-line error."""
+        self.load_plugins()
         key = self._norm(name)
         key = self._aliases.get(key, key)
         if key not in self._entries:
@@ -79,11 +109,20 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names in registration order (aliases excluded)."""
+        self.load_plugins()
         return list(self._entries)
 
     def aliases(self) -> dict[str, str]:
         """Every alias and the registered name it stands for."""
+        self.load_plugins()
         return dict(self._aliases)
+
+    def remove(self, name: str) -> None:
+        """Drop an entry and its aliases (a test's temporary registration, say)."""
+        key = self.canonical(name)
+        del self._entries[key]
+        for a in [a for a, k in self._aliases.items() if k == key]:
+            del self._aliases[a]
 
     def items(self) -> Iterator[tuple[str, T]]:
         """``(name, object)`` for every entry, importing lazy ones."""
@@ -93,10 +132,12 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
+        self.load_plugins()
         key = self._norm(name)
         return key in self._entries or key in self._aliases
 
     def __len__(self) -> int:
+        self.load_plugins()
         return len(self._entries)
 
     def __repr__(self) -> str:

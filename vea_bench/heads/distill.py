@@ -24,7 +24,7 @@ MAX_DEPTH = len(HIDDEN_DIMS)
 from vea_bench.heads.config import DEFAULT_DROPOUT  # noqa: E402,F401  (one home)
 DEFAULT_HEAD = "distill"
 
-HEADS: Registry[type[nn.Module]] = Registry("head")
+HEADS: Registry[type[nn.Module]] = Registry("head", plugins="vea_bench.heads")
 HEADS.__doc__ = """Heads that read the visual embedding; `train_distill` builds every member from here.
 
 Contract of a registered head class (``DistillConfig.head`` names it, ``head_kwargs`` adds options):

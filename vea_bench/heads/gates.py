@@ -14,7 +14,7 @@ from torch import nn
 
 from vea_bench.registry import Registry
 
-GATES: Registry[type[nn.Module]] = Registry("gate")
+GATES: Registry[type[nn.Module]] = Registry("gate", plugins="vea_bench.gates")
 
 
 class Gate(nn.Module):
