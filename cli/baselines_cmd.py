@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
             from vea_bench.heads.baselines import run_baselines, save_records
             from vea_bench.heads.data import load_head_data
             from vea_bench.heads.pipeline import load_distill_run
-            from vea_bench.heads.trainer import resolve_device
+            from vea_bench.devices import resolve_device
             from vea_bench_cli.common import RichProgress
 
             dev = str(resolve_device(device))

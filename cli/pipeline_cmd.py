@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -104,6 +104,9 @@ def register(app: typer.Typer) -> None:
     def demo_cmd(
         out: Annotated[Path, typer.Option("--out", "-o", help="Where the demo writes everything.")] = Path("results/demo"),
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output folder.")] = False,
+        markdown: Annotated[Optional[Path], typer.Option(
+            "--markdown", help="Also write the results section (test accuracy per stage and method, mean ± std "
+                               "over seeds, stage times) as Markdown to this file: the README's demo figures.")] = None,
     ) -> None:
         """The embedded default, offline on CPU: synthetic set + tiny models through every stage.
 
@@ -113,7 +116,7 @@ def register(app: typer.Typer) -> None:
         """
 
         def go() -> None:
-            from vea_bench.pipeline.demo import prepare_demo
+            from vea_bench.pipeline.demo import demo_markdown, prepare_demo
             from vea_bench.pipeline.experiment import load_experiment
             from vea_bench.pipeline.stages import run_experiment
 
@@ -123,10 +126,15 @@ def register(app: typer.Typer) -> None:
             path = prepare_demo(out, progress=progress)
             exp = load_experiment(path)
             results = run_experiment(exp, progress=progress, on_stage=_stage_line(quiet))
+            if markdown is not None:
+                markdown.parent.mkdir(parents=True, exist_ok=True)
+                markdown.write_text(demo_markdown(exp.workdir))
             if quiet:
                 typer.echo(str(exp.workdir))
                 return
             _summary(results, exp.workdir, time.perf_counter() - t0)
+            if markdown is not None:
+                console.print(f"results section (Markdown): {markdown}")
             md = exp.workdir / "tables" / "tables.md"
             if md.exists():
                 console.print(f"tables (Markdown): {md}")

@@ -169,7 +169,7 @@ def results_list(
     kind: Annotated[str | None, typer.Option("--kind", "-k", help="Only this run kind (teacher, vlm, vlm-eval, distill, gate, baseline, complementarity).")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Only this dataset.")] = None,
 ) -> None:
-    """List run records: run id, kind, method, dataset, seed, test accuracy, created."""
+    """List run records: run id, kind, method, variant, dataset, seed, test accuracy, created."""
     from rich.table import Table
 
     from vea_bench.records import RUN_KINDS
@@ -184,12 +184,12 @@ def results_list(
         fail(f"no run records{what} under {results}")
     recs.sort(key=lambda r: (r.created_at, r.run_id))
     t = Table(title=f"{len(recs)} run(s) under {results}", title_justify="left")
-    for col, just in (("run id", "left"), ("kind", "left"), ("method", "left"), ("dataset", "left"),
+    for col, just in (("run id", "left"), ("kind", "left"), ("method", "left"), ("variant", "left"), ("dataset", "left"),
                       ("seed", "right"), ("test acc", "right"), ("created", "left")):
         t.add_column(col, justify=just, overflow="fold", no_wrap=col != "run id")
     for r in recs:
         acc = metric_of(r, "test")
-        t.add_row(r.run_id, r.kind, r.method, r.dataset, "" if r.seed is None else str(r.seed),
+        t.add_row(r.run_id, r.kind, r.method, "" if r.variant == r.method else r.variant, r.dataset, "" if r.seed is None else str(r.seed),
                   "" if acc is None else f"{acc * 100:.2f}", r.created_at[:16].replace("T", " "))
     console.print(t)
 
@@ -208,7 +208,8 @@ def results_show(
 
     path, r = run_guarded(find_record, results, run)
     console.print(f"[bold]{r.run_id}[/]  ({path})", highlight=False)
-    console.print(f"kind {r.kind}  method {r.method}  dataset {r.dataset}  seed {r.seed}  group {r.group}  "
+    console.print(f"kind {r.kind}  method {r.method}  variant {r.variant}  dataset {r.dataset}  seed {r.seed}  "
+                  f"group {r.group}  experiment {r.experiment_id[:12]}  "
                   f"params {r.params if r.params is None else f'{r.params:,}'}  created {r.created_at}  "
                   f"wall {r.wall_time_s}", highlight=False)
     console.rule("config")

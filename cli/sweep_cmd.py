@@ -6,30 +6,19 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from vea_bench.heads.config import DistillConfig, GateConfig
 from vea_bench_cli.common import console, echo_path, err_console, run_guarded, setup_logging
+from vea_bench_cli.schema_options import Group, config_options
 from vea_bench_cli.train_heads_cmd import (
-    AlphaOpt,
+    DISTILL_PLAIN,
+    GATE_PLAIN,
     CacheOpt,
-    DepthOpt,
     DeviceOpt,
-    DropoutOpt,
-    FoldsOpt,
-    GateFitOpt,
-    KeepOpt,
-    LrScalingOpt,
-    PatienceOpt,
-    PrecisionOpt,
     QuietOpt,
     ResultsOpt,
-    ScheduleOpt,
-    SolverOpt,
-    TauOpt,
     TeacherOpt,
     VisualOpt,
-    VlmInputOpt,
     VlmOpt,
-    distill_config,
-    gate_config,
     load_data,
     show_records,
 )
@@ -38,14 +27,21 @@ app = typer.Typer(no_args_is_help=True)
 
 SeedsOpt = Annotated[str, typer.Option("--seeds", help="seeds: comma list or start:stop:step (inclusive).")]
 LrsOpt = Annotated[Optional[str], typer.Option("--lrs", help="distill learning rates to cross with the grid (comma list).")]
-DistillLrOpt = Annotated[Optional[float], typer.Option("--lr", help="distill Adam lr (1e-5).")]
-EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="distill epoch budget (default schedule 60, early-stopped on val; reference 5).")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="distill mini-batch (default schedule: 256; Adam lr scaled by sqrt(batch)).")]
-GateLrOpt = Annotated[Optional[float], typer.Option("--gate-lr", help="gate Adam batch-1 lr (default schedule 1e-3, reference 1e-4).")]
-GateEpochsOpt = Annotated[Optional[int], typer.Option("--gate-epochs", help="gate epoch budget (default schedule 200, early-stopped on val; reference 10).")]
-GatePatienceOpt = Annotated[Optional[int], typer.Option(
-    "--gate-patience", help="gate early-stopping patience (default schedule: 15; 0: never).")]
-GateBatchOpt = Annotated[Optional[int], typer.Option("--gate-batch-size", help="gate mini-batch (default schedule: 64; Adam lr scaled by sqrt(batch)).")]
+
+
+def sweep_groups(*, grid: str, gates: bool) -> tuple[Group, ...]:
+    """The one option definition of every sweep: the distill head's fields, and the gate's where gates train.
+
+    The seed comes from --seeds and the swept field from its grid option, so neither is an option
+    of its own; the gate's optimiser options carry a ``gate-`` prefix (--gate-lr, --gate-epochs).
+    """
+    distill = Group("distill_options", DistillConfig, plain=DISTILL_PLAIN,
+                    exclude=("seed",) + ((grid,) if grid in ("alpha", "depth") else ()))
+    if not gates:
+        return (distill,)
+    gate = Group("gate_options", GateConfig, prefix="gate-", plain=GATE_PLAIN,
+                 exclude=("seed",) + (("gate",) if grid == "gate" else ()))
+    return distill, gate
 
 
 class LiveSweep:
@@ -95,187 +91,114 @@ class LiveSweep:
         return None
 
 
-def _sweep(kind: str, *, cache: Path, seeds: str, alphas: str | None, depths: str | None, gates: str | None,
-           lrs: str | None, opts: dict[str, Any]) -> None:
+def _sweep(kind: str, *, cache: Path, seeds: str, grid: dict[str, str | None], distill_options: dict[str, Any],
+           gate_options: dict[str, Any], sources: dict[str, str | None], device: str, results: Path,
+           quiet: bool) -> None:
     def go() -> None:
+        from vea_bench.heads.config import make_config
         from vea_bench.heads.sweep import parse_grid, parse_names, plan_sweep, run_plan
 
-        setup_logging(opts["quiet"])
+        setup_logging(quiet)
         seed_list = parse_grid(seeds, int, flag="--seeds")
-        alpha_list = parse_grid(alphas, float, flag="--alphas") if alphas else None
-        depth_list = parse_grid(depths, int, flag="--depths") if depths else None
-        lr_list = parse_grid(lrs, float, flag="--lrs") if lrs else None
-        gate_list = parse_names(gates) if gates else None
-        dcfg = distill_config(depth=opts["depth"], alpha=opts["alpha"], tau=opts["tau"], lr=opts["lr"],
-                              weight_decay=None, epochs=opts["epochs"], batch_size=opts["batch_size"],
-                              dropout=opts["dropout"], seed=seed_list[0], keep=opts["keep"], schedule=opts["schedule"],
-                              lr_scaling=opts["lr_scaling"], patience=opts.get("patience"),
-                              precision=opts.get("precision", "fp32"))
-        gcfg = gate_config(gate=opts.get("gate", "concat"), gate_fit=opts.get("gate_fit", "train"),
-                           folds=opts.get("folds", 5), vlm_input=opts.get("vlm_input", "onehot"), lr=opts.get("gate_lr"),
-                           weight_decay=None, epochs=opts.get("gate_epochs"), batch_size=opts.get("gate_batch_size"),
-                           seed=seed_list[0], keep=opts["keep"], schedule=opts["schedule"],
-                           lr_scaling=opts["lr_scaling"], patience=opts.get("gate_patience"),
-                           solver=opts.get("solver", "adam"))
+        alpha_list = parse_grid(grid["alphas"], float, flag="--alphas") if grid.get("alphas") else None
+        depth_list = parse_grid(grid["depths"], int, flag="--depths") if grid.get("depths") else None
+        lr_list = parse_grid(grid["lrs"], float, flag="--lrs") if grid.get("lrs") else None
+        gate_list = parse_names(grid["gates"]) if grid.get("gates") else None
+        dcfg = make_config("distill", distill_options, seed=seed_list[0])
+        gcfg = make_config("gate", gate_options, seed=seed_list[0])
         plan = plan_sweep(kind, dcfg, gcfg, seeds=seed_list, alphas=alpha_list, depths=depth_list, lrs=lr_list,
                           gates=gate_list)
         need = ("visual", "teacher", "vlm") if plan.gates else ("visual", "teacher")
-        data = load_data(cache, need=need, visual=opts["visual"], teacher=opts["teacher"], vlm=opts.get("vlm"),
-                         vlm_input=gcfg.vlm_input)
+        data = load_data(cache, need=need, visual=sources["visual"], teacher=sources["teacher"],
+                         vlm=sources.get("vlm"), vlm_input=gcfg.vlm_input)
         n = len(plan.distill) + len(plan.gates)
-        with LiveSweep(f"sweep {kind} on {data.dataset}: {n} runs", quiet=opts["quiet"]) as live:
-            recs = run_plan(plan, data, results_dir=opts["results"], device=opts["device"], progress=live)
-        if opts["quiet"]:
+        with LiveSweep(f"sweep {kind} on {data.dataset}: {n} runs", quiet=quiet) as live:
+            recs = run_plan(plan, data, results_dir=results, device=device, progress=live)
+        if quiet:
             for r in recs:
-                echo_path(Path(opts["results"]) / r.kind / f"{r.run_id}.json", True)
+                echo_path(Path(results) / r.kind / f"{r.run_id}.json", True)
         else:
             show_records(recs, f"sweep {kind}: group {recs[0].group}")
-            console.print(f"{len(recs)} records in {opts['results']}/ (group {recs[0].group})")
+            console.print(f"{len(recs)} records in {results}/ (group {recs[0].group})")
 
     run_guarded(go)
 
 
 @app.command("alpha")
+@config_options(*sweep_groups(grid="alpha", gates=False))
 def sweep_alpha(
     cache: CacheOpt,
+    distill_options: dict[str, Any],
     alphas: Annotated[str, typer.Option("--alphas", help="alpha grid, e.g. 0:1:0.1 or 0,0.5,1.")] = "0:1:0.1",
     seeds: SeedsOpt = "0,1,2",
     lrs: LrsOpt = None,
     visual: VisualOpt = None,
     teacher: TeacherOpt = None,
-    depth: DepthOpt = 1,
-    tau: TauOpt = 2.0,
-    lr: DistillLrOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    dropout: DropoutOpt = 0.1,
-    keep: KeepOpt = None,
-    schedule: ScheduleOpt = "default",
-    lr_scaling: LrScalingOpt = "sqrt",
-    patience: PatienceOpt = None,
-    precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
 ) -> None:
     """Distill heads over alphas x seeds (paper Figure 3), all members as one batched model."""
-    opts = dict(visual=visual, teacher=teacher, depth=depth, alpha=0.5, tau=tau, lr=lr, epochs=epochs,
-                batch_size=batch_size, dropout=dropout, keep=keep, schedule=schedule, lr_scaling=lr_scaling, patience=patience,
-                precision=precision, device=device, results=results, quiet=quiet)
-    _sweep("alpha", cache=cache, seeds=seeds, alphas=alphas, depths=None, gates=None, lrs=lrs, opts=opts)
+    _sweep("alpha", cache=cache, seeds=seeds, grid={"alphas": alphas, "lrs": lrs}, distill_options=distill_options,
+           gate_options={}, sources={"visual": visual, "teacher": teacher}, device=device, results=results,
+           quiet=quiet)
 
 
 @app.command("depth")
+@config_options(*sweep_groups(grid="depth", gates=False))
 def sweep_depth(
     cache: CacheOpt,
+    distill_options: dict[str, Any],
     depths: Annotated[str, typer.Option("--depths", help="depth grid, e.g. 1,2,3,4,5 or 1:5:1.")] = "1,2,3,4,5",
     seeds: SeedsOpt = "0,1,2",
     lrs: LrsOpt = None,
     visual: VisualOpt = None,
     teacher: TeacherOpt = None,
-    alpha: AlphaOpt = 0.5,
-    tau: TauOpt = 2.0,
-    lr: DistillLrOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    dropout: DropoutOpt = 0.1,
-    keep: KeepOpt = None,
-    schedule: ScheduleOpt = "default",
-    lr_scaling: LrScalingOpt = "sqrt",
-    patience: PatienceOpt = None,
-    precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
 ) -> None:
     """Distill heads over depths x seeds (paper Table 3); each depth's members batched."""
-    opts = dict(visual=visual, teacher=teacher, depth=1, alpha=alpha, tau=tau, lr=lr, epochs=epochs,
-                batch_size=batch_size, dropout=dropout, keep=keep, schedule=schedule, lr_scaling=lr_scaling, patience=patience,
-                precision=precision, device=device, results=results, quiet=quiet)
-    _sweep("depth", cache=cache, seeds=seeds, alphas=None, depths=depths, gates=None, lrs=lrs, opts=opts)
-
-
-def _gate_sweep(kind: str, cache: Path, seeds: str, gates: str | None, opts: dict[str, Any]) -> None:
-    _sweep(kind, cache=cache, seeds=seeds, alphas=None, depths=None, gates=gates, lrs=None, opts=opts)
+    _sweep("depth", cache=cache, seeds=seeds, grid={"depths": depths, "lrs": lrs}, distill_options=distill_options,
+           gate_options={}, sources={"visual": visual, "teacher": teacher}, device=device, results=results,
+           quiet=quiet)
 
 
 @app.command("gate")
+@config_options(*sweep_groups(grid="gate", gates=True))
 def sweep_gate(
     cache: CacheOpt,
+    distill_options: dict[str, Any],
+    gate_options: dict[str, Any],
     gates: Annotated[Optional[str], typer.Option("--gates", help="gates (comma list; default all registered).")] = None,
     seeds: SeedsOpt = "0,1,2",
-    gate_fit: GateFitOpt = "train",
-    folds: FoldsOpt = 5,
     vlm: VlmOpt = None,
-    vlm_input: VlmInputOpt = "onehot",
     visual: VisualOpt = None,
     teacher: TeacherOpt = None,
-    depth: DepthOpt = 1,
-    alpha: AlphaOpt = 0.5,
-    tau: TauOpt = 2.0,
-    lr: DistillLrOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    dropout: DropoutOpt = 0.1,
-    gate_lr: GateLrOpt = None,
-    gate_epochs: GateEpochsOpt = None,
-    gate_batch_size: GateBatchOpt = None,
-    gate_patience: GatePatienceOpt = None,
-    solver: SolverOpt = "adam",
-    keep: KeepOpt = None,
-    schedule: ScheduleOpt = "default",
-    lr_scaling: LrScalingOpt = "sqrt",
-    patience: PatienceOpt = None,
-    precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
 ) -> None:
     """The gates of paper Table 4 x seeds, each over its seed's distill head (one head per seed)."""
-    opts = dict(visual=visual, teacher=teacher, vlm=vlm, vlm_input=vlm_input, gate_fit=gate_fit, folds=folds,
-                depth=depth, alpha=alpha, tau=tau, lr=lr, epochs=epochs, batch_size=batch_size, dropout=dropout,
-                gate_lr=gate_lr, gate_epochs=gate_epochs, gate_batch_size=gate_batch_size, keep=keep,
-                schedule=schedule, lr_scaling=lr_scaling, patience=patience, precision=precision,
-                gate_patience=gate_patience, solver=solver, device=device, results=results, quiet=quiet)
-    _gate_sweep("gate", cache, seeds, gates, opts)
+    _sweep("gate", cache=cache, seeds=seeds, grid={"gates": gates}, distill_options=distill_options,
+           gate_options=gate_options, sources={"visual": visual, "teacher": teacher, "vlm": vlm}, device=device,
+           results=results, quiet=quiet)
 
 
 @app.command("seed")
+@config_options(*sweep_groups(grid="seed", gates=True))
 def sweep_seed(
     cache: CacheOpt,
+    distill_options: dict[str, Any],
+    gate_options: dict[str, Any],
     seeds: SeedsOpt = "0,1,2",
-    gate: Annotated[str, typer.Option("--gate", help="gate over each seed's distill head.")] = "concat",
-    gate_fit: GateFitOpt = "train",
-    folds: FoldsOpt = 5,
     vlm: VlmOpt = None,
-    vlm_input: VlmInputOpt = "onehot",
     visual: VisualOpt = None,
     teacher: TeacherOpt = None,
-    depth: DepthOpt = 1,
-    alpha: AlphaOpt = 0.5,
-    tau: TauOpt = 2.0,
-    lr: DistillLrOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    dropout: DropoutOpt = 0.1,
-    gate_lr: GateLrOpt = None,
-    gate_epochs: GateEpochsOpt = None,
-    gate_batch_size: GateBatchOpt = None,
-    gate_patience: GatePatienceOpt = None,
-    solver: SolverOpt = "adam",
-    keep: KeepOpt = None,
-    schedule: ScheduleOpt = "default",
-    lr_scaling: LrScalingOpt = "sqrt",
-    patience: PatienceOpt = None,
-    precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
 ) -> None:
     """The whole EmoVLM-KD (distill head + gate) once per seed: its spread across seeds."""
-    opts = dict(visual=visual, teacher=teacher, vlm=vlm, vlm_input=vlm_input, gate=gate, gate_fit=gate_fit,
-                folds=folds, depth=depth, alpha=alpha, tau=tau, lr=lr, epochs=epochs, batch_size=batch_size,
-                dropout=dropout, gate_lr=gate_lr, gate_epochs=gate_epochs, gate_batch_size=gate_batch_size, keep=keep,
-                schedule=schedule, lr_scaling=lr_scaling, patience=patience, precision=precision,
-                gate_patience=gate_patience, solver=solver, device=device, results=results, quiet=quiet)
-    _gate_sweep("seed", cache, seeds, gate, opts)
+    _sweep("seed", cache=cache, seeds=seeds, grid={}, distill_options=distill_options, gate_options=gate_options,
+           sources={"visual": visual, "teacher": teacher, "vlm": vlm}, device=device, results=results, quiet=quiet)

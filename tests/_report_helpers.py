@@ -47,10 +47,11 @@ def metrics_for(acc: float, dataset: str, rng: np.random.Generator, *, n: int = 
 
 def record(kind: str, method: str, dataset: str, config: dict[str, Any], acc: float, rng: np.random.Generator, *,
            seed: int | None = 0, group: str | None = None, kl: float | None = None,
-           extra: dict[str, Any] | None = None, created_at: str | None = None) -> RunRecord:
+           extra: dict[str, Any] | None = None, created_at: str | None = None, params: int | None = None) -> RunRecord:
+    """A record as its stage writes it; the variant comes from the config, as `RunRecord` derives it."""
     metrics, names = metrics_for(acc, dataset, rng, kl=kl, extra=extra)
     rec = RunRecord(kind=kind, method=method, dataset=dataset, config={**config, "seed": seed}, metrics=metrics,
-                    seed=seed, group=group, label_names=names,
+                    seed=seed, group=group, label_names=names, params=params,
                     environment={"versions": {}, "python": "3.11", "platform": "test", "git": None, "device": "cpu"})
     if created_at:
         rec.created_at = created_at
@@ -79,7 +80,7 @@ def write_realistic_results(root: Path, *, seeds: tuple[int, ...] = (0, 1, 2), s
             save(record("gate", "EmoVLM-KD", d, {"gate": "concat", "vlm_input": "onehot", "gate_fit": "train",
                                                  "alpha": 0.5, "depth": 1, "lr": 1e-4},
                         PAPER_T1["EmoVLM-KD"][i] / 100 + rng.normal(0, 0.01), rng, seed=s))
-            save(record("distill", "distill[1024]", d, {"depth": 1, "hidden_dims": [1024], "alpha": 0.5, "tau": 2.0},
+            save(record("distill", "distill", d, {"depth": 1, "hidden_dims": [1024], "alpha": 0.5, "tau": 2.0},
                         PAPER_T1["EmoVLM-KD"][i] / 100 - 0.02, rng, seed=s))
         both = int(rng.integers(500, 700))
         save(record("complementarity", "complementarity", d, {"teacher": "teacher/vit", "vlm": "vlm/qwen2-vl-qlora"},
@@ -93,18 +94,18 @@ def write_realistic_results(root: Path, *, seeds: tuple[int, ...] = (0, 1, 2), s
     for d, base in (("fi", 0.79), ("emotion6", 0.73)):
         for depth in range(2, 6):
             for s in seeds:
-                save(record("distill", f"distill{dims_all[:depth]}", d,
+                save(record("distill", "distill", d,
                             {"depth": depth, "hidden_dims": dims_all[:depth], "alpha": 0.5, "tau": 2.0},
                             base - 0.015 * depth + rng.normal(0, 0.01), rng, seed=s, group=f"depth-{d}"))
     # Figure 3: alpha sweep on FI and Emotion6.
     for d, base in (("fi", 0.77), ("emotion6", 0.71)):
         for a in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0):
             for s in seeds:
-                save(record("distill", "distill[1024]", d, {"depth": 1, "hidden_dims": [1024], "alpha": a, "tau": 2.0},
+                save(record("distill", "distill", d, {"depth": 1, "hidden_dims": [1024], "alpha": a, "tau": 2.0},
                             base - 0.08 * (a - 0.5) ** 2 + rng.normal(0, 0.008), rng, seed=s, group=f"alpha-{d}",
                             kl=0.9 - 0.7 * a + abs(rng.normal(0, 0.03))))
     # Table 4: the five gates on FI, plus extensions.
-    for g, a in (("moe", 0.7924), ("bilinear", 0.7856), ("dynamic", 0.7814), ("cross", 0.7801)):
+    for g, a in (("moe", 0.7924), ("bilinear", 0.7856), ("dynamic", 0.7814), ("crossgating", 0.7801)):
         for s in seeds:
             save(record("gate", "EmoVLM-KD", "fi", {"gate": g, "vlm_input": "onehot", "gate_fit": "train",
                                                     "alpha": 0.5, "depth": 1, "lr": 1e-4}, a, rng, seed=s))

@@ -32,7 +32,14 @@ def test_counts_oracle_and_ensemble_by_hand():
     logits = np.log(np.array([[0.6, 0.3, 0.1]] * 4))
     assert ensemble_scores(logits, vlm, 1.0).argmax(1).tolist() == [0, 0, 0, 0]
     assert ensemble_scores(logits, vlm, 0.0)[1].argmax() == 2
-    assert pick_ensemble_weight(y, logits, vlm) < 0.5
+    # Rows 0 and 3 are right for every weight; row 2 only while the VLM's vote outweighs the
+    # teacher's (w < 2/3): the best accuracy starts at w = 0 and the first of ties is taken.
+    assert pick_ensemble_weight(y, logits, vlm) == 0.0
+    # Teacher right everywhere, VLM wrong everywhere: the teacher wins a row once
+    # 0.6 w > 0.3 w + (1 - w), i.e. w > 1/1.3, so the first grid weight above it, 0.8, is picked.
+    wrong = np.array([[0, 1, 0]] * 4, dtype=np.float32)
+    assert pick_ensemble_weight(np.zeros(4, dtype=np.int64), logits, wrong) == 0.8
+    assert pick_ensemble_weight(np.zeros(4, dtype=np.int64), logits, wrong, grid=(0.0, 0.5, 1.0)) == 1.0
 
 
 def test_baselines_command_writes_all_records(cache, tmp_path):
@@ -65,7 +72,23 @@ def test_baselines_command_writes_all_records(cache, tmp_path):
     # the embedding carries the class on the teacher's part: its probe learns well above chance
     assert records["probe:visual/synthetic"].metrics["test"]["accuracy"] > 0.4
     assert records["probe:visual/synthetic"].config["solver"] == "lbfgs-softmax-regression"
-    assert 0.0 <= records["ensemble"].config["teacher_weight"] <= 1.0
+    # The ensemble's weight is the brute-force best on val (first of ties), recomputed here.
+    ens = records["ensemble"]
+    assert ens.config["weight_picked_on"] == "val" and ens.config["vlm_input"] == "onehot"
+
+    def ensemble_acc(split: str, w: float) -> float:
+        with FeatureCache.open(cache) as c:
+            yy = c.labels(split)
+            oh = c.read("vlm", None, split, ["onehot"])["onehot"].astype(np.float64)
+            lg = c.read("teacher", None, split, ["logits"])["logits"].astype(np.float64)
+        p = np.exp(lg - lg.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        return float(((w * p + (1 - w) * oh).argmax(1) == yy).mean())
+
+    grid = [round(0.05 * k, 2) for k in range(21)]
+    val_accs = [ensemble_acc("val", w) for w in grid]
+    assert ens.config["teacher_weight"] == grid[int(np.argmax(val_accs))]
+    assert ens.metrics["test"]["accuracy"] == pytest.approx(ensemble_acc("test", ens.config["teacher_weight"]))
     assert records["distill"].config["distill_run"] == run_id
 
 

@@ -66,8 +66,9 @@ def test_one_extract_fills_visual_vlm_and_teacher_sources(full_run, index, backe
 
     with FeatureCache.open(path) as cache:
         info = cache.source("visual", "qwen")
-        assert info.width == backend.embed_dim == 64  # merger output width of the tiny model
-        assert cache.source("backbone", "vit_tiny_patch16_224-random").width == 24
+        assert info.fields["emb"].shape == (backend.embed_dim,)
+        assert backend.embed_dim == 64  # merger output width of the tiny model
+        assert cache.source("backbone", "vit_tiny_patch16_224-random").fields["feat"].shape == (24,)
         prov = cache.source("vlm", "qwen").provenance
         assert prov["prompt"] == categorical_instruction(index.label_space) and prov["system"] == SYSTEM_MESSAGE
         assert prov["decoding"] == {"decoding": "greedy", "temperature": None, "top_p": None, "top_k": None,

@@ -36,7 +36,7 @@ def test_new_families_are_registered_with_their_tiny_builders() -> None:
     for name, model_type in NEW_FAMILIES.items():
         assert name in VLM_BACKENDS and backend_for_model_type(model_type) is VLM_BACKENDS.get(name)
     assert VLM_BACKENDS.get("smolvlm") is VLM_BACKENDS.get("idefics3")   # alias
-    assert backend_for_model_type("internvl") is VLM_BACKENDS.get("internvl")  # no bundled preset (see report)
+    assert backend_for_model_type("internvl") is VLM_BACKENDS.get("internvl")
 
 
 @pytest.mark.parametrize("name", list(families()))

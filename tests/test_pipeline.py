@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vea_bench.models.teacher import TINY_TEACHER_ARCH, TINY_TEACHER_IMG_SIZE, TINY_TEACHER_KWARGS
-from vea_bench.pipeline.demo import _instructions
+from vea_bench.pipeline.demo import _instructions, demo_markdown
 from vea_bench.pipeline.experiment import load_experiment
 from vea_bench.pipeline.stages import run_experiment
 from vea_bench.records import iter_records
@@ -141,6 +141,14 @@ def test_experiment_runs_then_skips_then_trains_only_the_new_gate(setup: dict[st
     assert len(new) == 1
     assert len(iter_records(work)[0]) == n_records + 1
     assert (tmp / "cache" / "fi.h5").stat().st_mtime_ns == cache_mtime
+    # The typed [distill] config (head and its kwargs included) is what the records carry.
+    heads = [r for _, r in iter_records(work)[0] if r.kind == "distill"]
+    assert heads and all(r.config["head"] == "distill" and r.config["head_kwargs"] == {} for r in heads)
+
+    # The README's results section comes from these records: one row per stage and method.
+    md = demo_markdown(work)
+    assert f"| gate:moe | {new[0].method} | {100 * new[0].accuracy('test'):.1f} | 1 |" in md
+    assert "| distill |" in md and "sweep:" not in md
 
     # Edit the teacher: it retrains (into a new folder), and everything downstream of it reruns;
     # the VLM's LoRA stage does not depend on the teacher and is kept.
@@ -158,7 +166,7 @@ def test_experiment_file_errors_are_one_line(tmp_path: Path) -> None:
     bad.write_text('[dataset]\nname = "fi"\nroot = "/nope"\n[vlm]\nmodel = "x"\n[gate]\nnmes = ["concat"]\n')
     res = runner.invoke(app, ["run", str(bad)])
     assert res.exit_code != 0
-    assert "unknown key(s) ['nmes'] in [gate]" in res.output
+    assert "[gate].nmes: unknown key; did you mean names?" in res.output
     assert "Traceback" not in res.output
 
     notoml = tmp_path / "x.toml"

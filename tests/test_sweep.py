@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from vea_bench.heads.gates import GATES
 from vea_bench.heads.synthetic_cache import make_complementary_cache
 from vea_bench.progress import RecordingProgress
 from vea_bench.records import RunRecord, iter_records
@@ -61,14 +62,14 @@ def test_sweep_depth_and_gate_and_seed(cache, tmp_path):
                                       "--gate-fit", "crossfit", "--folds", "3", "--results", str(out), *COMMON]))
     recs = [RunRecord.load(p) for p in gate]
     gates = [r for r in recs if r.kind == "gate"]
-    assert len(gates) == 10 and len([r for r in recs if r.kind == "distill"]) == 2
-    assert {r.config["gate"] for r in gates} == {"concat", "moe", "bilinear", "dynamic", "crossgating"}
+    assert len(gates) == 2 * len(GATES) and len([r for r in recs if r.kind == "distill"]) == 2
+    assert {r.config["gate"] for r in gates} == set(GATES.names())   # every registered gate, a sixth too
     assert {r.config["gate_fit"] for r in gates} == {"crossfit"}
     seed = _paths(runner.invoke(app, ["sweep", "seed", "--cache", str(cache), "--seeds", "0:2:1", "--gate-epochs", "1",
                                       "--results", str(out), *COMMON]))
     assert sorted(RunRecord.load(p).seed for p in seed if "gate" in Path(p).parts[-2]) == [0, 1, 2]
     records, bad = iter_records(out)
-    assert not bad and len(records) == 3 + 12 + 6
+    assert not bad and len(records) == 3 + (2 + 2 * len(GATES)) + 6
 
 
 def test_sweep_reports_through_progress(cache, tmp_path):

@@ -357,8 +357,9 @@ def extract(
     default. ``vlm_backend`` passes an already loaded backend (benchmarks, repeated runs).
     ``parse`` is the answer parse mode (`vea_bench.models.parse`: strict, the reference's, or
     lenient); ``exif`` applies or ignores EXIF orientation (`vea_bench.datasets.images`); both are
-    recorded in the sources' provenance. Returns
-    per-source counts; interrupting (KeyboardInterrupt) keeps every batch already written.
+    recorded in the sources' provenance. Returns per-source counts. SIGTERM / SIGINT stop the
+    run after the current batch with `vea_bench.cache.guard.Stopped` (every batch written so far
+    is kept; a second signal stops at once).
     """
     from vea_bench.cache.fingerprints import fingerprints, stale_rows
     from vea_bench.cache.guard import stop_on_signals
@@ -581,7 +582,7 @@ def _build_groups(
     decoding: Mapping[str, Any] | None = None,
 ) -> list[_Group]:
     from vea_bench.models.backbone import BackboneSpec, load_backbone
-    from vea_bench.models.loading import resolve_device
+    from vea_bench.devices import resolve_device
     from vea_bench.models.teacher import load_teacher, teacher_transform
     from vea_bench.prompts import SYSTEM_MESSAGE, categorical_answer, categorical_instruction
 

@@ -47,8 +47,10 @@ class RecordingProgress:
 
     @property
     def advanced(self) -> int:
+        """Units reported done over all phases."""
         return sum(e[1][0] for e in self.events if e[0] == "advance")
 
 
 def ensure(progress: Progress | None) -> Progress:
+    """``progress``, or a `NullProgress` when the caller passed none (so callees never test for None)."""
     return progress if progress is not None else NullProgress()

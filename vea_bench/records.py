@@ -2,20 +2,27 @@
 
 Every training command, head, sweep member and baseline writes one.
 
-Conventions the table layer relies on (``kind`` / ``method`` / ``config`` keys):
-- teacher: method "VGG16" | "ResNet50" | "ViT" | the timm name; config["arch"] (timm name).
+Every record names what it is with typed fields, so readers never parse strings or guess:
+``kind`` (the stage), ``method`` (the paper's name for it), ``variant`` (the registry entry within
+the method: the gate, head or VLM family that ran), ``experiment_id`` (the config's hash without
+seeds, run ids and output places: the seeds of one experiment share it) and ``params`` (the
+trained module's parameter count, counted where the record is written).
+
+- teacher: method "VGG16" | "ResNet50" | "ViT" | the timm name; variant = method; config["arch"].
 - vlm: method "QLoRA"; config["vlm"], config["adapter_dir"].
-- vlm-eval: method "VLM"; config["source"] ("vlm/<key>"), config["tuned"] (bool: adapter in
-  provenance), config["backend"] ("qwen2-vl", "llava-next", "instructblip").
-- distill: method "distill"; config["depth"], config["hidden_dims"], config["alpha"], config["tau"].
-- gate: method "EmoVLM-KD"; config["gate"] (registry name), config["vlm_input"] ("onehot" |
-  "logprobs"), config["gate_fit"] ("train" | "val" | "crossfit").
-- baseline: method "teacher" | "probe:<source>" | "ensemble" | "oracle" | "vlm".
+- vlm-eval: method "VLM"; variant = config["backend"] (the VLM family's registry name);
+  config["source"] ("vlm/<key>"), config["tuned"] (bool: adapter in provenance).
+- distill: method "distill"; variant = config["head"] (the head's registry name); config["hidden_dims"],
+  config["alpha"], config["tau"].
+- gate: method "EmoVLM-KD"; variant = the gate's registry name (also config["gate"]);
+  config["vlm_input"] ("onehot" | "logprobs"), config["gate_fit"] ("train" | "val" | "crossfit").
+- baseline: method = variant "teacher" | "probe:<source>" | "ensemble" | "oracle" | "vlm" | "distill".
 - complementarity: method "complementarity"; metrics["test"]["extra"] holds counts
   teacher_only, vlm_only, both, neither.
-Sweep members share ``group``; accuracies are fractions in [0, 1] (tables show percent). `vea-bench table` and
-`vea-bench plot` read only these records, never models, so a table can always be traced back to
-the exact runs, data and code that produced it.
+Sweep members share ``group``; accuracies are fractions in [0, 1] (tables show percent). Records
+of an older schema are upgraded on load (`RunRecord.from_dict`), so old results folders still
+render. `vea-bench table` and `vea-bench plot` read only these records, never models, so a table
+can always be traced back to the exact runs, data and code that produced it.
 """
 from __future__ import annotations
 
@@ -31,9 +38,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vea_bench.errors import ConfigError
+from vea_bench.errors import ConfigError, os_error
+from vea_bench.hashing import config_hash
 
-RECORD_SCHEMA = "vea-bench/run-record/1"
+RECORD_SCHEMA = "vea-bench/run-record/2"
+# Older shapes `from_dict` still reads; their missing fields are derived from their config.
+_UPGRADABLE = ("vea-bench/run-record/1",)
 
 # Heads' safetensors and their config JSON go under <results>/artifacts/<run_id>/, which record
 # readers skip; every other *.json below a results folder is expected to be a run record.
@@ -54,8 +64,6 @@ def writing_results(path: str | Path) -> Iterator[None]:
 
 
 def _results_error(path: str | Path, exc: BaseException) -> ConfigError:
-    from vea_bench.cache.guard import os_error
-
     msg = str(os_error(path, exc, "write results"))
     return ConfigError(msg.replace("--cache", "--results folder"))
 
@@ -85,7 +93,7 @@ def _git_hash() -> str | None:
 
 def environment() -> dict[str, Any]:
     """Versions, git hash, host facts: enough to say what produced a number."""
-    from vea_bench.cache.store import package_versions
+    from vea_bench.versions import package_versions
 
     env: dict[str, Any] = {
         "versions": package_versions(),
@@ -117,10 +125,12 @@ class SplitMetrics:
 
 @dataclass
 class RunRecord:
-    """One run. ``method`` is the row name in tables (e.g. 'EmoVLM-KD', 'ViT', 'distill[1024]').
+    """One run. ``method`` is the paper's name for it (e.g. 'EmoVLM-KD', 'ViT', 'distill'), ``variant``
+    the registry entry that ran (e.g. the gate 'moe'), ``experiment_id`` what its seeds share.
 
-    ``metrics`` maps split -> SplitMetrics as dicts; ``params`` counts trainable parameters;
-    ``group`` ties sweep members together; ``config`` is the full config (its hash names the run).
+    ``metrics`` maps split -> SplitMetrics as dicts; ``params`` counts the trained module's
+    parameters; ``group`` ties sweep members together; ``config`` is the stage's typed config as a
+    dict plus the data it read.
     """
 
     kind: str
@@ -128,6 +138,8 @@ class RunRecord:
     dataset: str
     config: dict[str, Any]
     metrics: dict[str, dict[str, Any]]
+    variant: str = ""                # the registry entry within the method; "" derives it (`default_variant`)
+    experiment_id: str = ""          # "" derives it from the config (`experiment_id`)
     seed: int | None = None
     params: int | None = None
     group: str | None = None
@@ -145,6 +157,10 @@ class RunRecord:
     def __post_init__(self) -> None:
         if self.kind not in RUN_KINDS:
             raise ConfigError(f"unknown run kind '{self.kind}' (choices: {', '.join(RUN_KINDS)})")
+        if not self.variant:
+            self.variant = default_variant(self.kind, self.method, self.config)
+        if not self.experiment_id:
+            self.experiment_id = experiment_id(self.kind, self.method, self.variant, self.dataset, self.config)
         if not self.run_id:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.run_id = f"{self.kind}-{_slug(self.dataset)}-{_slug(self.method)}-{stamp}-{uuid.uuid4().hex[:6]}"
@@ -176,10 +192,16 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunRecord:
-        if d.get("schema") != RECORD_SCHEMA:
-            raise ConfigError(f"not a vea-bench run record (schema {d.get('schema')!r})")
+        """A record from its JSON dict; an older schema is upgraded (missing variant and
+        experiment id derived from its config, as `__post_init__` does for a new one)."""
+        schema = d.get("schema")
+        if schema != RECORD_SCHEMA and schema not in _UPGRADABLE:
+            raise ConfigError(f"not a vea-bench run record (schema {schema!r})")
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        fields = {k: v for k, v in d.items() if k in known}
+        if schema != RECORD_SCHEMA:
+            fields.update(schema=RECORD_SCHEMA, variant="", experiment_id="")
+        return cls(**fields)
 
     @classmethod
     def load(cls, path: str | Path) -> RunRecord:
@@ -197,6 +219,54 @@ class RunRecord:
             raise ConfigError(f"{path}: {exc}") from None
 
 
+# Config keys naming a replicate (a seed), another run or an output place rather than the
+# experiment; `experiment_id` leaves them out at any depth, so the seeds of one config (a gate's
+# per-seed distill head included) share an id. Any other difference makes another experiment.
+REPLICATE_KEYS = frozenset({"seed", "run_id", "out", "out_dir", "output", "output_dir", "results", "results_dir",
+                            "device"})
+REPLICATE_SUFFIXES = ("_seed", "_run", "_run_id", "_run_ids")
+
+
+def experiment_config(config: Any) -> Any:
+    """``config`` without its replicate keys (`REPLICATE_KEYS`, `REPLICATE_SUFFIXES`), at any depth."""
+    if isinstance(config, dict):
+        return {k: experiment_config(v) for k, v in config.items()
+                if k not in REPLICATE_KEYS and not str(k).endswith(REPLICATE_SUFFIXES)}
+    if isinstance(config, list):
+        return [experiment_config(v) for v in config]
+    return config
+
+
+def experiment_id(kind: str, method: str, variant: str, dataset: str, config: dict[str, Any]) -> str:
+    """The id the seeds of one experiment share: the hash of what ran, on what, with the seeds left out."""
+    return config_hash({"kind": kind, "method": method, "variant": variant, "dataset": dataset,
+                        "config": experiment_config(config)})
+
+
+def default_variant(kind: str, method: str, config: dict[str, Any]) -> str:
+    """The variant a record states implicitly in its config (records of schema 1 had no field).
+
+    A gate's is its registry name (``config["gate"]``, aliases resolved through `GATES`), a VLM
+    evaluation's the family (``config["backend"]``), a distill head's the head (``config["head"]``,
+    through `HEADS`; schema-1 records predate the heads registry's second entry, so theirs is the
+    one head, `DEFAULT_HEAD`); any other record's is its method.
+    """
+    cfg = config if isinstance(config, dict) else {}
+    if kind == "gate" and cfg.get("gate"):
+        from vea_bench.heads.gates import GATES
+
+        name = str(cfg["gate"])
+        return GATES.canonical(name) if name in GATES else name   # a gate since removed keeps its name
+    if kind == "vlm-eval" and cfg.get("backend"):
+        return str(cfg["backend"])
+    if kind == "distill":
+        from vea_bench.heads.distill import DEFAULT_HEAD, HEADS
+
+        name = str(cfg.get("head") or DEFAULT_HEAD)
+        return HEADS.canonical(name) if name in HEADS else name
+    return method
+
+
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "-" for c in s.lower()).strip("-")[:40] or "run"
 
@@ -211,9 +281,7 @@ def _json_default(o: Any) -> Any:
             return o.tolist()
     except ImportError:  # pragma: no cover
         pass
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
+    return str(o)  # Path and anything else JSON cannot hold
 
 
 def iter_records(results_dir: str | Path) -> tuple[list[tuple[Path, RunRecord]], list[tuple[Path, str]]]:

@@ -2,8 +2,10 @@
 
 `store` holds the file format, writers and readers; `ops` the whole-file operations built on it
 (shard helpers, merging shards, end-to-end verification, repair, summaries for `vea-bench cache
-info`); `guard` the writer lock, free-space checks, one-line OS errors and clean stops on
-SIGTERM / SIGINT; `fingerprints` the per-image content fingerprints that find changed images.
+info`), using only the store's public methods; `guard` the writer lock, free-space checks and
+clean stops on SIGTERM / SIGINT; `fingerprints` the per-image content fingerprints that find
+changed images. `SplitSpec` (`vea_bench.splits`) and `package_versions` (`vea_bench.versions`)
+live below the cache, so datasets and run records need not import it; they are re-exported here.
 """
 from vea_bench.cache.fingerprints import ChangedRow, changed_rows
 from vea_bench.cache.ops import (
@@ -25,7 +27,6 @@ from vea_bench.cache.store import (
     ROW_OK,
     SCHEMA_VERSION,
     SOURCE_KINDS,
-    STANDARD_FIELDS,
     VOLATILE_PROVENANCE,
     DamagedSourceError,
     FeatureCache,
@@ -33,16 +34,16 @@ from vea_bench.cache.store import (
     SourceData,
     SourceInfo,
     SourceWriter,
-    SplitSpec,
     cache_files,
-    package_versions,
     sources_dir,
 )
+from vea_bench.splits import SplitSpec
+from vea_bench.versions import package_versions
 
 __all__ = [
     "ChangedRow", "DamagedSourceError", "RepairReport", "cache_files", "changed_rows", "delete_cache_files",
     "repair_cache", "sources_dir",
-    "ROW_FAILED", "ROW_MISSING", "ROW_OK", "SCHEMA_VERSION", "SOURCE_KINDS", "STANDARD_FIELDS",
+    "ROW_FAILED", "ROW_MISSING", "ROW_OK", "SCHEMA_VERSION", "SOURCE_KINDS",
     "VOLATILE_PROVENANCE", "FeatureCache", "FieldSpec", "MergeReport", "SourceData", "SourceInfo",
     "SourceWriter", "SplitSpec", "VerifyReport", "cache_summary", "merge_caches", "package_versions",
     "parse_shard", "shard_path", "shard_rows", "verify_cache",

@@ -8,8 +8,8 @@ over the file size, its first 64 KiB and its last 64 KiB: one bounded read per i
 catches replaced, re-encoded, resized and truncated files; an edit of the same size confined to
 the middle of a file larger than 128 KiB is not seen (hash whole files where that matters).
 
-`changed_rows` lists rows whose image no longer matches (for `datasets check` and
-`vea-bench cache changed`); extraction marks those rows missing and recomputes them.
+`changed_rows` lists rows whose image no longer matches (for `vea-bench cache changed`);
+extraction marks those rows missing (`stale_rows`) and recomputes them.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from vea_bench.cache.store import ROW_MISSING, FeatureCache
 from vea_bench.errors import CacheError
 
 _EDGE = 64 << 10
-FINGERPRINT_VERSION = "blake2b-8(size, first 64 KiB, last 64 KiB)"
 
 
 def file_fingerprint(path: Path) -> int:
@@ -107,4 +106,4 @@ def changed_rows(cache_path: str | Path, root: str | Path, splits: Sequence[str]
     return out
 
 
-__all__ = ["FINGERPRINT_VERSION", "ChangedRow", "changed_rows", "file_fingerprint", "fingerprints", "stale_rows"]
+__all__ = ["ChangedRow", "changed_rows", "file_fingerprint", "fingerprints", "stale_rows"]

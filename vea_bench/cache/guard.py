@@ -1,20 +1,21 @@
 """Guards around cache writes: a writer lock, free-space estimates, one-line OS errors, clean stops.
 
 Kept apart from the file format (`vea_bench.cache.store`) so that extraction can use the signal
-handling and the free-space check with one call each:
+handling without the HDF5 layer, and merging can take the writer lock:
 
 - `CacheLock`: an exclusive ``flock`` on ``<cache>.lock``; a second writer of the same cache (or
   shard file) is refused in one line naming the process that holds it, never interleaved.
-- `check_free_space`: refuses a run whose arrays would not fit, with the estimate it used.
-- `os_error`: turns an `OSError` (permission, read-only mount, no space, missing parent) into a
-  one-line `CacheError` naming the path and what to do.
+- `check_free_space`: refuses a new source (or the text rows left to resume) whose arrays would
+  not fit, with the estimate it used.
+- `os_error` (defined in `vea_bench.errors`, re-exported here): turns an `OSError` (permission,
+  read-only mount, no space, missing parent) into a one-line `CacheError` naming the path and
+  what to do.
 - `stop_on_signals`: SIGTERM and SIGINT set a flag that the extraction loop reads after each
   batch, so a scheduler's preemption stops the run between two flushed batches (exit 143 / 130)
   instead of killing it in the middle of an HDF5 write; a second signal stops at once.
 """
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from vea_bench.errors import CacheError, VeaError
+from vea_bench.errors import CacheError, VeaError, os_error
 
 # Free space kept beyond the estimate: the writer's 2 MB reserve file (store.BALLAST_BYTES), HDF5
 # metadata, the index rewrite.
@@ -39,40 +40,6 @@ def _fmt_bytes(n: float) -> str:
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"  # pragma: no cover
-
-
-def _errno_of(exc: BaseException) -> int | None:
-    """The errno of an OSError, also when HDF5 only mentions it in its message text."""
-    if isinstance(exc, OSError) and exc.errno:
-        return int(exc.errno)
-    text = str(exc)
-    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.EDQUOT):
-        if f"errno = {code}," in text or os.strerror(code) in text:
-            return code
-    return None
-
-
-def os_error(path: Path | str, exc: BaseException, doing: str) -> CacheError:
-    """One line: the path, what failed, the OS's reason and the fix."""
-    code = _errno_of(exc)
-    where = Path(path)
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        hint = "free space (or use a --cache on another disk), then rerun to resume; complete sources are kept"
-        reason = "no space left on device"
-    elif code == errno.EROFS:
-        hint = "the file system is mounted read-only; copy the cache to a writable place or choose another --cache"
-        reason = "read-only file system"
-    elif code in (errno.EACCES, errno.EPERM):
-        hint = f"make {where.parent} writable for this user or choose another --cache"
-        reason = "permission denied"
-    elif code == errno.ENOENT:
-        hint = "check the path (its parent folder may have been removed)"
-        reason = "no such file or folder"
-    else:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        reason = first[:160]
-        hint = "check the disk and the path, then rerun"
-    return CacheError(f"{where}: cannot {doing} ({reason}); {hint}")
 
 
 def is_lock_error(exc: BaseException) -> bool:

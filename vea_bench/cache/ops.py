@@ -20,23 +20,24 @@ import h5py
 import numpy as np
 
 from vea_bench.cache.store import (
-    _STR,
     ROW_FAILED,
     ROW_MISSING,
     ROW_OK,
     SCHEMA_VERSION,
     SOURCE_KINDS,
+    STR_DTYPE,
     VOLATILE_PROVENANCE,
     DamagedSourceError,
     FeatureCache,
     FieldSpec,
     SourceInfo,
-    _create_source_group,
     cache_files,
+    create_source_group,
+    decode_strings,
+    empty_rows,
     remove_cache,
     sources_dir,
-    _empty_rows,
-    _stable_provenance,
+    stable_provenance,
 )
 from vea_bench.cache.guard import CacheLock, fsync_path, os_error
 from vea_bench.errors import CacheError, ConfigError
@@ -125,16 +126,10 @@ def _same_space(ref: FeatureCache, other: FeatureCache) -> None:
             raise CacheError(f"{where}: split '{split}' lists its images in another order than {ref.path}")
 
 
-def _decode_block(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype.kind in ("O", "S"):
-        return np.array([a.decode("utf-8") if isinstance(a, bytes) else a for a in arr], dtype=object)
-    return arr
-
-
 def _rows_per_block(specs: dict[str, FieldSpec], n: int) -> int:
     row_bytes = 1
     for spec in specs.values():
-        item = 64 if spec.dtype == _STR else np.dtype(spec.dtype).itemsize
+        item = 64 if spec.dtype == STR_DTYPE else np.dtype(spec.dtype).itemsize
         row_bytes = max(row_bytes, int(np.prod(spec.shape, dtype=np.int64)) * item)
     return int(max(1, min(max(n, 1), _BLOCK_BYTES // row_bytes)))
 
@@ -196,7 +191,7 @@ def merge_caches(
             for c, info in hs[1:]:
                 if info.fields != i0.fields:
                     raise CacheError(f"{c.path}: source {name} has other fields than in {c0.path}")
-                a, b = _stable_provenance(i0.provenance), _stable_provenance(info.provenance)
+                a, b = stable_provenance(i0.provenance), stable_provenance(info.provenance)
                 if a != b:
                     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
                     raise CacheError(
@@ -210,9 +205,7 @@ def merge_caches(
         tmp.unlink(missing_ok=True)
         prog.start(f"merge {len(ins)} cache(s) into {out.name}", total=total)
         with h5py.File(tmp, "w") as h5:
-            for k, v in ref._h5.attrs.items():
-                h5.attrs[k] = v
-            ref._h5.copy("splits", h5)
+            ref.copy_index_into(h5)
             for name in sorted(holders):
                 _merge_source(h5, name, holders[name], ref, split_rows, rows_from, prog)
             h5.flush()
@@ -255,10 +248,10 @@ def _merge_source(
     specs = hs[0][1].fields
     # Shard-specific provenance (which shard wrote it) no longer describes the merged source.
     prov = {k: v for k, v in hs[0][1].provenance.items() if k != "shard"}
-    _create_source_group(h5, name, specs, prov, split_rows)
+    create_source_group(h5, name, specs, prov, split_rows)
     for split, n in split_rows.items():
         dst = h5[f"{name}/{split}"]
-        srcs = [(c, c._group(name)[split]) for c, _ in hs if split in c._group(name)]
+        srcs = [(c, c.source_group(name)[split]) for c, _ in hs if split in c.source_group(name)]
         step = _rows_per_block(specs, n)
         for lo in range(0, n, step):
             hi = min(n, lo + step)
@@ -276,7 +269,7 @@ def _merge_source(
                 new = has & (st_out == ROW_MISSING)
                 both = has & ~new
                 need_err = (st == ROW_FAILED) & has
-                err = _decode_block(g["_error"][lo:hi]) if need_err.any() else None
+                err = decode_strings(g["_error"][lo:hi]) if need_err.any() else None
                 if both.any():
                     bad = both & (st != st_out)
                     if err is not None:
@@ -294,14 +287,14 @@ def _merge_source(
             # Values, one field at a time: output block + one input block in memory.
             ok = st_out == ROW_OK
             for fname, spec in specs.items():
-                vals = _empty_rows(spec, m)
+                vals = empty_rows(spec, m)
                 for j, (c, g) in enumerate(srcs):
                     mine = ok & (owner == j)
                     # Rows an earlier input already supplied (owner < j): they must agree.
                     again = ok & (owner != j) & (sts[j] == ROW_OK)
                     if not (mine.any() or again.any()):
                         continue
-                    block = _decode_block(g[fname][lo:hi])
+                    block = decode_strings(g[fname][lo:hi])
                     if again.any() and not _values_equal(block[again], vals[again]):
                         _raise_value_conflict(again, block, vals, lo, name, split, fname, ref, c, srcs, owner)
                     vals[mine] = block[mine]
@@ -407,9 +400,8 @@ def verify_cache(path: str | Path, *, require_complete: bool = False) -> VerifyR
 
 
 def _verify(cache: FeatureCache, report: VerifyReport) -> None:
-    h5 = cache._h5
     p = report.problems
-    attrs = h5.attrs
+    attrs = cache.raw_attrs()
     for k in ("schema_version", "vea_bench_version", "dataset", "label_space", "label_names", "manifest_hashes"):
         if k not in attrs:
             p.append(f"file attribute '{k}' is missing")
@@ -431,7 +423,7 @@ def _verify(cache: FeatureCache, report: VerifyReport) -> None:
     C = len(names)
     rows: dict[str, int] = {}
     for split in splits:
-        g = h5[f"splits/{split}"]
+        g = cache.split_group(split)
         if "ids" not in g or "labels" not in g:
             p.append(f"split '{split}' lacks ids or labels")
             continue
@@ -458,13 +450,11 @@ def _verify(cache: FeatureCache, report: VerifyReport) -> None:
                     f"split '{split}': manifest hash recomputed from ids and labels ({h[:12]}) "
                     f"differs from the stored one ({str(hashes[split])[:12]})"
                 )
-    for name in h5:
+    for name in cache.top_level_names():
         if name != "splits" and name not in SOURCE_KINDS:
             p.append(f"unexpected top-level group '{name}'")
     for kind in SOURCE_KINDS:
-        if kind not in h5:
-            continue
-        for key in h5[kind]:
+        for key in cache.source_keys(kind):
             try:
                 _verify_source(cache, f"{kind}/{key}", rows, C, report)
             except (KeyError, OSError, DamagedSourceError) as exc:
@@ -475,7 +465,7 @@ def _verify(cache: FeatureCache, report: VerifyReport) -> None:
 
 def _verify_source(cache: FeatureCache, name: str, rows: dict[str, int], C: int, report: VerifyReport) -> None:
     p = report.problems
-    g = cache._group(name)
+    g = cache.source_group(name)
     try:
         fields = {n: FieldSpec.from_json(v) for n, v in json.loads(g.attrs["fields"]).items()}
         json.loads(g.attrs.get("provenance", "{}"))
@@ -498,7 +488,7 @@ def _verify_source(cache: FeatureCache, name: str, rows: dict[str, int], C: int,
             if ds.shape != (n, *spec.shape):
                 p.append(f"{name}/{split}/{fname}: shape {ds.shape}, expected {(n, *spec.shape)}")
                 bad_layout = True
-            if spec.dtype == _STR:
+            if spec.dtype == STR_DTYPE:
                 if h5py.check_string_dtype(ds.dtype) is None:
                     p.append(f"{name}/{split}/{fname}: dtype {ds.dtype}, expected a string")
                     bad_layout = True
@@ -527,7 +517,7 @@ def _verify_source(cache: FeatureCache, name: str, rows: dict[str, int], C: int,
             report.incomplete.append(f"{name}: {missing} of {n} rows missing on '{split}'")
         failed = np.flatnonzero(st == ROW_FAILED)
         if failed.size:
-            errs = _decode_block(sg["_error"][int(failed[0]) : int(failed[-1]) + 1])[failed - failed[0]]
+            errs = decode_strings(sg["_error"][int(failed[0]) : int(failed[-1]) + 1])[failed - failed[0]]
             if any(not e for e in errs):
                 p.append(f"{name}/{split}: failed row(s) without a reason")
         report.checked_rows += int((st == ROW_OK).sum())
@@ -540,7 +530,7 @@ def _verify_values(
     """Written rows: finite floats; one-hot rows of 0/1 with at most one 1. Streamed in blocks."""
     n = st.size
     for fname, spec in fields.items():
-        if spec.dtype == _STR:
+        if spec.dtype == STR_DTYPE:
             continue
         is_float = np.dtype(spec.dtype).kind == "f"
         is_onehot = fname == "onehot"

@@ -3,7 +3,8 @@
 Layout (schema version 1)::
 
     fi.h5                     the index: attrs schema_version, vea_bench_version, dataset, label_space,
-                                     label_names (JSON), manifest_hashes (JSON), split_seed, created_at
+                                     label_names (JSON), manifest_hashes (JSON), split_seed (-1: none),
+                                     created_at, extra (JSON)
     fi.h5:/splits/<split>/ids       relative image paths (UTF-8), the split's stable order
     fi.h5:/splits/<split>/labels    int16 class indices in ``label_names`` order
     fi.h5:/<kind>/<key>       an HDF5 external link to the source's own file:
@@ -47,7 +48,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,10 @@ import h5py
 import numpy as np
 
 from vea_bench import __version__
-from vea_bench.cache.guard import CacheLock, check_free_space, fsync_path, is_lock_error, os_error
-from vea_bench.errors import CacheError
+from vea_bench.cache.guard import CacheLock, check_free_space, fsync_path, is_lock_error
+from vea_bench.errors import CacheError, errno_of, os_error
+from vea_bench.splits import SplitSpec
+from vea_bench.versions import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +71,8 @@ ROW_MISSING, ROW_OK, ROW_FAILED = 0, 1, 2
 # Provenance keys that may differ between shards or resumed runs of the *same* source.
 VOLATILE_PROVENANCE = frozenset({"time", "created_at", "shard", "host", "versions", "elapsed_s"})
 
-# Standard fields per kind (writers may add more, e.g. vlm ``logprobs`` only in score mode).
-STANDARD_FIELDS: dict[str, tuple[str, ...]] = {
-    "visual": ("emb",),
-    "vlm": ("text", "onehot", "logprobs", "parse"),
-    "teacher": ("logits",),
-    "backbone": ("feat",),
-}
-
-_STR = "str"
+# The dtype spelling of a variable-length UTF-8 string field.
+STR_DTYPE = "str"
 _TARGET_CHUNK_BYTES = 1 << 20
 SOURCES_SUFFIX = ".sources"
 # Bytes per row assumed for a string field when estimating the space a run needs (answers,
@@ -137,20 +133,20 @@ def _copy_readable_rows(src: h5py.Group, dst: h5py.Group, specs: Mapping[str, Fi
     n = st.size
     if n == 0:
         return
-    numeric = [f for f, sp in specs.items() if sp.dtype != _STR] + (["_fp"] if "_fp" in src else [])
-    strings = [f for f, sp in specs.items() if sp.dtype == _STR] + ["_error"]
+    numeric = [f for f, sp in specs.items() if sp.dtype != STR_DTYPE] + (["_fp"] if "_fp" in src else [])
+    strings = [f for f, sp in specs.items() if sp.dtype == STR_DTYPE] + ["_error"]
     for fname in numeric:
         step = max(1, _TARGET_CHUNK_BYTES * 16 // max(1, src[fname].dtype.itemsize * int(np.prod(src[fname].shape[1:]))))
         for lo in range(0, n, step):
             dst[fname][lo : lo + step] = src[fname][lo : lo + step]
     for fname in strings:
         try:
-            vals = _decode(src[fname][()])
+            vals = decode_strings(src[fname][()])
         except (OSError, ValueError, RuntimeError):
             vals = np.asarray([""] * n, dtype=object)
             for i in range(n):
                 try:
-                    vals[i] = _decode(src[fname][i : i + 1])[0]
+                    vals[i] = decode_strings(src[fname][i : i + 1])[0]
                 except (OSError, ValueError, RuntimeError):
                     st[i] = ROW_MISSING
         dst[fname][...] = vals
@@ -166,20 +162,11 @@ def _row_bytes(specs: Mapping[str, FieldSpec]) -> int:
     """Estimated bytes one row of a source takes on disk (numeric exact, strings estimated)."""
     n = _AUX_ROW_BYTES
     for spec in specs.values():
-        if spec.dtype == _STR:
+        if spec.dtype == STR_DTYPE:
             n += _STR_ROW_BYTES
         else:
             n += int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
     return n
-
-
-@dataclass(frozen=True)
-class SplitSpec:
-    """What a split contributes to a new cache: its ids, label indices and manifest hash."""
-
-    ids: Sequence[str]
-    labels: np.ndarray
-    manifest_hash: str
 
 
 @dataclass(frozen=True)
@@ -193,7 +180,7 @@ class FieldSpec:
         # Normalise ``np.float16`` / ``"<f2"`` / ``"float16"`` to one spelling, so resuming a
         # source compares fields by meaning rather than by how the caller spelled the dtype.
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
-        if self.dtype != _STR:
+        if self.dtype != STR_DTYPE:
             try:
                 object.__setattr__(self, "dtype", np.dtype(self.dtype).name)
             except TypeError as exc:
@@ -225,14 +212,6 @@ class SourceInfo:
     def complete(self) -> bool:
         return all(c["missing"] == 0 for c in self.counts.values())
 
-    @property
-    def width(self) -> int | None:
-        """Feature width of the main array (D for visual/backbone, C for vlm/teacher)."""
-        for f in ("emb", "feat", "logits", "onehot"):
-            if f in self.fields and self.fields[f].shape:
-                return self.fields[f].shape[0]
-        return None
-
 
 @dataclass
 class SourceData:
@@ -252,22 +231,24 @@ class SourceData:
 
 
 def _h5_dtype(dtype: str) -> Any:
-    return h5py.string_dtype("utf-8") if dtype == _STR else np.dtype(dtype)
+    return h5py.string_dtype("utf-8") if dtype == STR_DTYPE else np.dtype(dtype)
 
 
 def _chunk_rows(n: int, shape: tuple[int, ...], dtype: str) -> int:
-    itemsize = 16 if dtype == _STR else np.dtype(dtype).itemsize
+    itemsize = 16 if dtype == STR_DTYPE else np.dtype(dtype).itemsize
     row_bytes = max(1, int(np.prod(shape, dtype=np.int64)) * itemsize)
     return int(max(1, min(n, _TARGET_CHUNK_BYTES // row_bytes)))
 
 
-def _decode(arr: np.ndarray) -> np.ndarray:
+def decode_strings(arr: np.ndarray) -> np.ndarray:
+    """HDF5 strings as ``str`` objects (h5py hands back ``bytes``); other arrays unchanged."""
     if arr.dtype.kind in ("O", "S"):
         return np.array([a.decode("utf-8") if isinstance(a, bytes) else a for a in arr], dtype=object)
     return arr
 
 
-def _stable_provenance(prov: Mapping[str, Any]) -> dict[str, Any]:
+def stable_provenance(prov: Mapping[str, Any]) -> dict[str, Any]:
+    """The provenance that must agree for rows to belong to one source (volatile keys dropped)."""
     return {k: v for k, v in prov.items() if k not in VOLATILE_PROVENANCE}
 
 
@@ -276,14 +257,14 @@ def _json_roundtrip(obj: Mapping[str, Any]) -> dict[str, Any]:
     return dict(json.loads(json.dumps(dict(obj), default=str)))
 
 
-def _empty_rows(spec: FieldSpec, n: int) -> np.ndarray:
+def empty_rows(spec: FieldSpec, n: int) -> np.ndarray:
     """The value of rows that hold no result (failed or missing): zeros, or empty strings."""
-    if spec.dtype == _STR:
+    if spec.dtype == STR_DTYPE:
         return np.asarray([""] * n, dtype=object)
     return np.zeros((n, *spec.shape), dtype=spec.dtype)
 
 
-def _create_source_group(
+def create_source_group(
     h5: h5py.File | h5py.Group,
     name: str,
     specs: Mapping[str, FieldSpec],
@@ -303,7 +284,7 @@ def _create_source_group(
             _create_field(sg, fname, (n, *spec.shape), spec.dtype)
         _create_field(sg, "_status", (n,), "uint8")
         _create_field(sg, "_fp", (n,), "uint64")
-        sg.create_dataset("_error", shape=(n,), dtype=_h5_dtype(_STR), chunks=(max(1, min(n, 4096)),) if n else None)
+        sg.create_dataset("_error", shape=(n,), dtype=_h5_dtype(STR_DTYPE), chunks=(max(1, min(n, 4096)),) if n else None)
     return g
 
 
@@ -311,9 +292,9 @@ def _create_field(g: h5py.Group, name: str, shape: tuple[int, ...], dtype: str) 
     """Numeric arrays: contiguous, file space allocated now (no chunk index to update later, so
     a SIGKILL between flushes cannot leave dangling metadata, and reads/writes are plain file
     I/O). Strings: chunked variable-length, allocated as written."""
-    if dtype == _STR:
+    if dtype == STR_DTYPE:
         chunks = (_chunk_rows(shape[0], shape[1:], dtype), *shape[1:]) if shape[0] else None
-        return g.create_dataset(name, shape=shape, dtype=_h5_dtype(_STR), chunks=chunks)
+        return g.create_dataset(name, shape=shape, dtype=_h5_dtype(STR_DTYPE), chunks=chunks)
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     # ``_status`` must read 0 (missing) before it is written; data fields are never read where
@@ -322,19 +303,6 @@ def _create_field(g: h5py.Group, name: str, shape: tuple[int, ...], dtype: str) 
     return g.create_dataset(
         name, shape=shape, dtype=np.dtype(dtype), dcpl=dcpl, fillvalue=0, fill_time=fill_time
     )
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that decide the numbers, for provenance and run records."""
-    from importlib import metadata
-
-    out = {"vea-bench": __version__}
-    for name in ("torch", "transformers", "peft", "timm", "h5py", "numpy", "bitsandbytes"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 class SourceWriter:
@@ -390,11 +358,11 @@ class SourceWriter:
         return os_error(self.file.filename, exc, f"write source {self.name}")
 
     def status(self, split: str) -> np.ndarray:
-        return self.cache._group(self.name)[f"{split}/_status"][()]
+        return self.cache.source_group(self.name)[f"{split}/_status"][()]
 
     def fingerprints(self, split: str) -> np.ndarray | None:
         """Stored per-row image fingerprints (None for sources written before they existed)."""
-        g = self.cache._group(self.name)[split]
+        g = self.cache.source_group(self.name)[split]
         return g["_fp"][()] if "_fp" in g else None
 
     def invalidate(self, split: str, rows: Sequence[int] | np.ndarray) -> None:
@@ -471,7 +439,7 @@ class SourceWriter:
         prepared: dict[str, np.ndarray] = {}
         for fname, value in arrays.items():
             spec = self.fields[fname]
-            if spec.dtype == _STR:
+            if spec.dtype == STR_DTYPE:
                 vals = np.asarray([str(v) for v in value], dtype=object)
             else:
                 vals = np.asarray(value)
@@ -512,7 +480,7 @@ class SourceWriter:
             raise CacheError(f"source {self.kind}/{self.key}: {len(reasons)} reasons for {len(srows)} failed rows")
         try:
             for fname, spec in self.fields.items():
-                _write_rows(g[fname], srows, _empty_rows(spec, len(srows)))
+                _write_rows(g[fname], srows, empty_rows(spec, len(srows)))
             _write_rows(g["_error"], srows, np.asarray(reasons, dtype=object)[order])
             self._write_fp(g, srows, order, fingerprints)
             self._flush()
@@ -683,7 +651,7 @@ class FeatureCache:
                 if len(sp.ids) != len(labels):
                     raise CacheError(f"split '{name}': {len(sp.ids)} ids but {len(labels)} labels")
                 g = h5.create_group(f"splits/{name}")
-                g.create_dataset("ids", data=np.asarray(list(sp.ids), dtype=object), dtype=_h5_dtype(_STR))
+                g.create_dataset("ids", data=np.asarray(list(sp.ids), dtype=object), dtype=_h5_dtype(STR_DTYPE))
                 g.create_dataset("labels", data=labels.astype(np.int16))
 
     @classmethod
@@ -970,9 +938,7 @@ class FeatureCache:
                 self._release_ballast()
             if is_lock_error(exc):
                 raise CacheError(f"{p}: open in another process; wait for it to finish") from None
-            from vea_bench.cache.guard import _errno_of
-
-            if p.exists() and _errno_of(exc) is None:
+            if p.exists() and errno_of(exc) is None:
                 raise DamagedSourceError(
                     f"{self.path}: source {name} is damaged ({_first_line(exc)[:100]}); "
                     f"run `vea-bench cache repair {self.path}` to drop it, then extract it again"
@@ -1023,7 +989,7 @@ class FeatureCache:
             split_rows = {s: int(g[s]["_status"].shape[0]) for s in g}
 
             def fill(f: h5py.File) -> None:
-                ng = _create_source_group(f, name, specs, prov, split_rows)
+                ng = create_source_group(f, name, specs, prov, split_rows)
                 for split in split_rows:
                     _copy_readable_rows(g[split], ng[split], specs)
 
@@ -1033,7 +999,7 @@ class FeatureCache:
                     self.path, name, final.name)
         return final
 
-    def _group(self, name: str) -> h5py.Group:
+    def source_group(self, name: str) -> h5py.Group:
         """A source's group: from its file open for writing, else through the index's link."""
         f = self._files.get(name) or self._readers.get(name)
         if f is not None and f.id.valid:
@@ -1106,6 +1072,27 @@ class FeatureCache:
                 out[k] = json.loads(out[k])
         return out
 
+    def raw_attrs(self) -> dict[str, Any]:
+        """The index's attributes exactly as stored (JSON still encoded), for `verify_cache`,
+        which must report a damaged attribute rather than fail on decoding it."""
+        return dict(self._h5.attrs.items())
+
+    def split_group(self, split: str) -> h5py.Group:
+        """The index's ``splits/<split>`` group (ids, labels) for whole-file checks."""
+        self._check_split(split)
+        return self._h5[f"splits/{split}"]
+
+    def top_level_names(self) -> list[str]:
+        """Names of the index's top-level groups (``splits`` and the source kinds present)."""
+        return list(self._h5)
+
+    def copy_index_into(self, h5: h5py.File) -> None:
+        """Copy the index's attributes and splits (not the sources) into another open file:
+        the start of a new cache of the same dataset, e.g. a merge's output."""
+        for k, v in self._h5.attrs.items():
+            h5.attrs[k] = v
+        self._h5.copy("splits", h5)
+
     def provenance(self) -> dict[str, Any]:
         """What a run record stores about the cache it read: file, dataset, hashes, sources."""
         return {
@@ -1149,7 +1136,7 @@ class FeatureCache:
             have = ", ".join(s.name for s in self.sources()) or "none"
             raise CacheError(f"{self.path}: no source {kind}/{key} (sources: {have})")
         name = f"{kind}/{key}"
-        g = self._group(name)
+        g = self.source_group(name)
         try:
             fields = {n: FieldSpec.from_json(v) for n, v in json.loads(g.attrs["fields"]).items()}
             prov = json.loads(g.attrs.get("provenance", "{}"))
@@ -1230,16 +1217,16 @@ class FeatureCache:
                     raise CacheError(
                         f"{self.path}: source {name} exists with other fields; use another key or overwrite"
                     )
-                old, new = _stable_provenance(info.provenance), _stable_provenance(prov)
+                old, new = stable_provenance(info.provenance), stable_provenance(prov)
                 if old != new:
                     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                     raise CacheError(
                         f"{self.path}: source {name} was written with other settings ({', '.join(diff)}); "
                         f"use another key or overwrite"
                     )
-                if any(f.dtype == _STR for f in specs.values()):
+                if any(f.dtype == STR_DTYPE for f in specs.values()):
                     todo = sum(c["missing"] for c in info.counts.values())
-                    str_bytes = sum(_STR_ROW_BYTES for f in specs.values() if f.dtype == _STR)
+                    str_bytes = sum(_STR_ROW_BYTES for f in specs.values() if f.dtype == STR_DTYPE)
                     check_free_space(self.sources_dir, todo * str_bytes,
                                      f"the {todo:,} missing rows of {name} (~{str_bytes} bytes/row of text)")
                 return SourceWriter(self, kind, key, specs)
@@ -1253,7 +1240,7 @@ class FeatureCache:
         per_row = _row_bytes(specs)
         check_free_space(self.sources_dir, n * per_row, f"source {name} ({n:,} rows x ~{per_row:,} bytes/row)")
         final, rel = self._new_source_path(kind, key)
-        self._write_source_file(final, lambda f: _create_source_group(f, name, specs, prov, split_rows))
+        self._write_source_file(final, lambda f: create_source_group(f, name, specs, prov, split_rows))
         old = self._files.pop(name, None)
         if old is not None and old.id.valid:
             old.close()
@@ -1276,7 +1263,7 @@ class FeatureCache:
             kind, key = name.split("/", 1)
             try:
                 info = self.source(kind, key)
-                g = self._group(name)
+                g = self.source_group(name)
                 for split in info.counts:
                     for fname in (*info.fields, "_status", "_error"):
                         ds = g[f"{split}/{fname}"]
@@ -1294,7 +1281,7 @@ class FeatureCache:
     def fingerprints(self, kind: str, key: str, split: str) -> tuple[np.ndarray | None, np.ndarray]:
         """A source's stored per-row image fingerprints (None if not recorded) and its row status."""
         self._check_split(split)
-        g = self._group(f"{kind}/{key}")[split]
+        g = self.source_group(f"{kind}/{key}")[split]
         return (g["_fp"][()] if "_fp" in g else None), g["_status"][()]
 
     def read(
@@ -1318,13 +1305,13 @@ class FeatureCache:
                 f"{self.path}: source {info.name} is incomplete on '{split}' "
                 f"({c['missing']} of {c['rows']} rows missing); resume `vea-bench extract`"
             )
-        g = self._group(info.name)[split]
+        g = self.source_group(info.name)[split]
         names = list(fields) if fields is not None else list(info.fields)
         unknown = [n for n in names if n not in info.fields]
         if unknown:
             raise CacheError(f"{self.path}: source {info.name} has no field(s) {unknown}")
         try:
-            arrays = {n: _decode(g[n][()]) for n in names}
+            arrays = {n: decode_strings(g[n][()]) for n in names}
             status = g["_status"][()]
         except (OSError, KeyError, ValueError) as exc:
             raise DamagedSourceError(
@@ -1334,12 +1321,6 @@ class FeatureCache:
         missing = status == ROW_MISSING
         if missing.any():  # never written: show zeros / '' rather than whatever the disk held
             for n in names:
-                arrays[n][missing] = "" if info.fields[n].dtype == _STR else 0
+                arrays[n][missing] = "" if info.fields[n].dtype == STR_DTYPE else 0
         errors = [e.decode("utf-8") if isinstance(e, bytes) else e for e in g["_error"][()]]
         return SourceData(arrays, status, errors)
-
-    def iter_chunks(self, kind: str, key: str, split: str, field: str, rows: int = 8192) -> Iterator[np.ndarray]:
-        """Stream a large field in row blocks without loading it whole."""
-        ds = self._group(f"{kind}/{key}")[f"{split}/{field}"]
-        for s in range(0, ds.shape[0], rows):
-            yield ds[s : s + rows]

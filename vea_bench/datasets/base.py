@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vea_bench.cache.store import SplitSpec
 from vea_bench.hashing import manifest_hash
 from vea_bench.labels import LabelSpace
 from vea_bench.registry import Registry
+from vea_bench.splits import SplitSpec
 
 SPLITS = ("train", "val", "test")
 

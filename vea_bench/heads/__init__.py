@@ -1,4 +1,4 @@
-"""Heads trained against the cache: the distill head, the KD loss, the five gates, batched sweeps.
+"""Heads trained against the cache: registered heads (SPEC's distill head first), the KD loss, the gates, sweeps.
 
 Light to import: torch-based modules load lazily, so `--help` and the report layer stay fast.
 """
@@ -13,7 +13,11 @@ _LAZY = {
     "HEADS": "vea_bench.heads.distill",
     "HIDDEN_DIMS": "vea_bench.heads.distill",
     "DistillHead": "vea_bench.heads.distill",
+    "MLPLayout": "vea_bench.heads.distill",
+    "ResMLPHead": "vea_bench.heads.resmlp",
     "build_distill_head": "vea_bench.heads.distill",
+    "build_head": "vea_bench.heads.distill",
+    "check_head": "vea_bench.heads.distill",
     "hidden_dims_for": "vea_bench.heads.distill",
     "count_params": "vea_bench.heads.distill",
     "kd_loss": "vea_bench.heads.losses",

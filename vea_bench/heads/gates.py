@@ -2,8 +2,10 @@
 
 Every gate maps ``v1`` (the distill head's logits, ``[B, C]``) and ``v2`` (the VLM's answer as a
 one-hot, or its normalised label probabilities, ``[B, C]``) to final logits ``[B, C]``. Gates are
-plain ``nn.Module`` classes without randomness, so the batched trainer runs many of them at once
-with ``torch.func.vmap``; adding a sixth gate is one decorated class here.
+plain ``nn.Module`` classes (``__init__(num_classes)``, ``forward(v1, v2)``, a ``display_name``),
+random only through ``nn.Dropout`` if at all, so the batched trainer runs many of them at once
+with ``torch.func.vmap``, each member with its own dropout masks. Adding a sixth gate is one
+decorated class here; the tests over ``GATES.names()`` then train, batch and count it.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from torch import nn
 
 from vea_bench.registry import Registry
 
-GATES: Registry[type[nn.Module]] = Registry("gate")
+GATES: Registry[type[nn.Module]] = Registry("gate", plugins="vea_bench.gates")
 
 
 class Gate(nn.Module):

@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DEFAULT_TAU = 2.0
-DEFAULT_ALPHA = 0.5
+from vea_bench.heads.config import DEFAULT_ALPHA, DEFAULT_TAU  # noqa: E402,F401  (one home)
 
 
 def _per_member(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:

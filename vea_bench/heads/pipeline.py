@@ -14,26 +14,42 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from vea_bench.devices import torch_device
 from vea_bench.errors import ConfigError
+from vea_bench.heads.config import (  # noqa: F401  (the configs' home; re-exported for callers)
+    CONFIGS,
+    DEFAULT_BATCH,
+    DEFAULT_FOLDS,
+    DEFAULT_SCHEDULE,
+    GATE_FITS,
+    GATE_SOLVERS,
+    LR_SCALINGS,
+    PRECISION_CHOICES,
+    REFERENCE,
+    SCHEDULES,
+    DistillConfig,
+    GateConfig,
+    apply_schedule,
+    effective_lr,
+    make_config,
+)
 from vea_bench.heads.data import HeadData
-from vea_bench.heads.distill import DEFAULT_DROPOUT, build_distill_head, count_params, hidden_dims_for
+from vea_bench.heads.distill import DEFAULT_HEAD, HEADS, build_head, check_head, count_params
 from vea_bench.heads.gates import GATES, build_gate, gate_display_name
-from vea_bench.heads.losses import DEFAULT_ALPHA, DEFAULT_TAU
 from vea_bench.heads.trainer import (
     MemberHistory,
     MemberHyper,
     SplitInputs,
-    StackedMLP,
     VmappedModules,
+    batched_heads,
     build_member_modules,
-    resolve_device,
     stream_seed,
     train_members,
 )
@@ -44,179 +60,20 @@ from vea_bench.report.predictions import attach_head
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("default", "reference")
-GATE_FITS = ("train", "val", "crossfit")
-GATE_SOLVERS = ("adam", "lbfgs")
-PRECISION_CHOICES = ("fp32", "bf16", "auto")
-DEFAULT_FOLDS = 5
-LR_SCALINGS = ("sqrt", "linear", "none")
-# The reference implementation's stages 2/3 (batch size 1, last epoch kept, fixed epochs): pinned
-# by ``--schedule reference`` and never changed, so that it stays a faithful reproduction.
-REFERENCE = {"distill": {"lr": 1e-5, "weight_decay": 1e-4, "epochs": 5},
-             "gate": {"lr": 1e-4, "weight_decay": 1e-4, "epochs": 10}}
-# The default schedule trains to convergence and chooses on val only: mini-batches, an epoch
-# budget, each member scored on val after every epoch (accuracy, ties broken by val loss), stopped
-# after ``patience`` epochs without improvement, and its best epoch restored. ``lr`` is always the
-# batch-1 rate; at batch B Adam uses lr * sqrt(B) (``lr_scaling``). The gate's batch-1 rate is 10x
-# the reference's: at the reference's 1e-4 a 136-parameter gate needs hundreds of epochs at any
-# batch size, which the budget would cut short (the issue this schedule fixes). benchmarks/heads.py
-# compares both schedules side by side; the README gives its figures.
-DEFAULT_SCHEDULE = {
-    "distill": {"lr": 1e-5, "weight_decay": 1e-4, "epochs": 60, "batch_size": 256, "patience": 5, "keep": "best"},
-    "gate": {"lr": 1e-3, "weight_decay": 1e-4, "epochs": 200, "batch_size": 64, "patience": 15, "keep": "best"},
-}
-DEFAULT_BATCH = {k: v["batch_size"] for k, v in DEFAULT_SCHEDULE.items()}
-
-
-def effective_lr(lr: float, batch_size: int, scaling: str) -> float:
-    """The Adam learning rate used at ``batch_size`` for a batch-1 learning rate ``lr``."""
-    if scaling == "sqrt":
-        return lr * batch_size ** 0.5
-    if scaling == "linear":
-        return lr * batch_size
-    if scaling == "none":
-        return lr
-    raise ConfigError(f"unknown --lr-scaling '{scaling}' (choices: {', '.join(LR_SCALINGS)})")
-
-
 def resolve_precision(precision: str, device: str | torch.device | None) -> str:
     """``auto`` -> bf16 only on a CUDA device with bf16 support, else fp32.
 
-    Why not bf16 on CPU: benchmarks/heads.py measured bf16 GEMMs far slower than fp32 on a CPU
-    without AVX512-BF16 (the only kind measured), so ``auto`` keeps fp32 there.
+    Why not bf16 on CPU: on a CPU without AVX512-BF16 bf16 GEMMs run slower than fp32 ones
+    (`python benchmarks/heads.py` measures both), so ``auto`` keeps fp32 there.
     """
     if precision not in PRECISION_CHOICES:
         raise ConfigError(f"unknown --precision '{precision}' (choices: {', '.join(PRECISION_CHOICES)})")
     if precision != "auto":
         return precision
-    dev = resolve_device(str(device) if device is not None else None)
+    dev = torch_device(device)
     if dev.type == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp32"
-
-
-_D = DEFAULT_SCHEDULE["distill"]
-_G = DEFAULT_SCHEDULE["gate"]
-
-
-@dataclass
-class DistillConfig:
-    """One distill run: architecture, KD weights, optimiser and schedule (the default one), seed."""
-
-    depth: int = 1
-    alpha: float = DEFAULT_ALPHA
-    tau: float = DEFAULT_TAU
-    lr: float = _D["lr"]
-    weight_decay: float = _D["weight_decay"]
-    epochs: int = _D["epochs"]
-    batch_size: int = _D["batch_size"]
-    dropout: float = DEFAULT_DROPOUT
-    seed: int = 0
-    keep: str = _D["keep"]
-    schedule: str = "default"
-    lr_scaling: str = "sqrt"
-    patience: int | None = _D["patience"]
-    precision: str = "fp32"
-
-    @property
-    def effective_lr(self) -> float:
-        return effective_lr(self.lr, self.batch_size, self.lr_scaling)
-
-    @property
-    def hidden_dims(self) -> list[int]:
-        return hidden_dims_for(self.depth)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["hidden_dims"] = self.hidden_dims
-        d["effective_lr"] = self.effective_lr
-        return d
-
-
-@dataclass
-class GateConfig:
-    """One gate run over a distill head; ``gate_fit`` says which split's inputs the gate is fitted on.
-
-    ``solver="lbfgs"`` fits the Concat & Linear gate exactly (multinomial logistic regression is
-    convex): full-batch L-BFGS to a gradient tolerance, no lr, epochs or seed-dependent init.
-    """
-
-    gate: str = "concat"
-    lr: float = _G["lr"]
-    weight_decay: float = _G["weight_decay"]
-    epochs: int = _G["epochs"]
-    batch_size: int = _G["batch_size"]
-    seed: int = 0
-    gate_fit: str = "train"
-    folds: int = DEFAULT_FOLDS
-    vlm_input: str = "onehot"
-    keep: str = _G["keep"]
-    schedule: str = "default"
-    lr_scaling: str = "sqrt"
-    patience: int | None = _G["patience"]
-    solver: str = "adam"
-
-    @property
-    def effective_lr(self) -> float:
-        return effective_lr(self.lr, self.batch_size, self.lr_scaling)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["effective_lr"] = self.effective_lr
-        return d
-
-
-def apply_schedule(cfg: Any, kind: str, *, explicit: dict[str, Any] | None = None) -> Any:
-    """Validate ``cfg`` and apply its schedule; the reference schedule pins batch 1, fixed epochs, last epoch.
-
-    ``explicit`` names the options the user set; setting one the reference pins is an error.
-    """
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(f"unknown --schedule '{cfg.schedule}' (choices: {', '.join(SCHEDULES)})")
-    if kind == "gate":
-        GATES.canonical(cfg.gate)
-        if cfg.gate_fit not in GATE_FITS:
-            raise ConfigError(f"unknown --gate-fit '{cfg.gate_fit}' (choices: {', '.join(GATE_FITS)})")
-        if cfg.gate_fit == "crossfit" and cfg.folds < 2:
-            raise ConfigError("--gate-fit crossfit needs at least 2 folds")
-        if cfg.solver not in GATE_SOLVERS:
-            raise ConfigError(f"unknown --solver '{cfg.solver}' (choices: {', '.join(GATE_SOLVERS)})")
-        if cfg.solver == "lbfgs" and GATES.canonical(cfg.gate) != "concat":
-            raise ConfigError("--solver lbfgs fits only the convex concat gate; use adam for "
-                              f"'{GATES.canonical(cfg.gate)}'")
-    else:
-        hidden_dims_for(cfg.depth)
-        if not 0.0 <= cfg.alpha <= 1.0:
-            raise ConfigError(f"--alpha must be in [0, 1], got {cfg.alpha}")
-        if cfg.tau <= 0:
-            raise ConfigError(f"--tau must be positive, got {cfg.tau}")
-        if cfg.precision not in PRECISION_CHOICES:
-            raise ConfigError(f"unknown --precision '{cfg.precision}' (choices: {', '.join(PRECISION_CHOICES)})")
-    effective_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling)
-    if cfg.lr <= 0 or cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ConfigError("--lr must be positive, --epochs and --batch-size at least 1")
-    if cfg.patience is not None and cfg.patience < 1:
-        raise ConfigError("--patience must be at least 1 (0: no early stopping)")
-    if cfg.schedule == "reference":
-        pinned = {"batch_size": 1, "keep": "last", "lr_scaling": "none", "patience": None, **REFERENCE[kind]}
-        if kind == "gate":
-            pinned["gate_fit"] = "train"
-            pinned["solver"] = "adam"
-        else:
-            pinned["precision"] = "fp32"
-        for k, v in pinned.items():
-            if explicit and k in explicit and explicit[k] is not None and explicit[k] != v:
-                shown = "off" if v is None else v
-                raise ConfigError(f"--schedule reference pins {k.replace('_', '-')} = {shown}; drop that option")
-        cfg = replace(cfg, **pinned)
-    if cfg.patience is not None and cfg.keep != "best":
-        cfg = replace(cfg, patience=None)   # early stopping restores the best epoch; keep=last trains the budget
-    if kind == "gate" and cfg.gate_fit == "val" and cfg.keep == "best":
-        # val is the gate's training data here: nothing honest is left to select or stop on
-        if explicit and explicit.get("keep") == "best":
-            raise ConfigError("--keep best selects on val, which --gate-fit val trains on; use --keep last")
-        cfg = replace(cfg, keep="last", patience=None)
-    return cfg
 
 
 # ----------------------------------------------------------------------------- results
@@ -286,6 +143,19 @@ def warn_convergence(label: str, conv: dict[str, Any]) -> None:
                         label, 100 * gate_val, name, 100 * best)
 
 
+def head_precision(cfg: DistillConfig, device: str | torch.device | None) -> str:
+    """The precision a head trains in: ``resolve_precision`` on the stacked MLP path; any other head
+    trains in fp32 (``auto`` gives fp32, an explicit bf16 is refused by `batched_heads`)."""
+    if hasattr(HEADS.get(cfg.head), "stacked_mlp") or cfg.precision != "auto":
+        return resolve_precision(cfg.precision, device)
+    return "fp32"
+
+
+def _frozen(kwargs: dict[str, Any]) -> str:
+    """A hashable, order-free key of head options (members with equal options batch together)."""
+    return json.dumps(kwargs, sort_keys=True, default=str)
+
+
 def _groups(items: Sequence[Any], key: Any) -> list[list[int]]:
     groups: dict[Any, list[int]] = {}
     for i, it in enumerate(items):
@@ -302,18 +172,21 @@ def train_distill(
     device: str | None = "cpu",
     progress: Progress | None = None,
 ) -> list[HeadResult]:
-    """Train distill heads for ``configs``; compatible ones as one batched model each.
+    """Train the heads of ``configs`` (``cfg.head`` through ``HEADS``); compatible ones as one batched model each.
 
-    ``rows[i]`` restricts config i to those training rows (cross-fitting); ``eval_splits``
+    Members of one head, options, widths and schedule share a batched model: `batched_heads` gives
+    the fast `StackedMLP` to heads that declare (and are verified to be) a plain MLP, vmap to any
+    other. ``rows[i]`` restricts config i to those training rows (cross-fitting); ``eval_splits``
     defaults to every split but train (pass "train" too when a gate is fitted on it).
     """
-    dev = resolve_device(device)
+    dev = torch_device(device)
     rows = list(rows) if rows is not None else [None] * len(configs)
     splits = list(eval_splits) if eval_splits is not None else data.eval_splits()
     tr = data.splits["train"]
     if tr.x is None or tr.teacher is None:
         raise ConfigError("distill training needs visual features and teacher logits")
-    precisions = [resolve_precision(c.precision, dev) for c in configs]
+    heads = [check_head(c.head, c.head_kwargs) for c in configs]
+    precisions = [head_precision(c, dev) for c in configs]
     select = ["val"] if "val" in data.splits else []
     if any(c.keep == "best" for c in configs) and not select:
         raise ConfigError("the default schedule selects epochs on val, and this cache has no 'val' split; "
@@ -337,29 +210,31 @@ def train_distill(
         c = configs[i]
         n = len(tr) if rows[i] is None else len(rows[i])
         solo = i if c.schedule == "reference" else -1   # the reference runs one configuration at a time
-        return (tuple(c.hidden_dims), c.dropout, c.batch_size, c.epochs, c.keep, c.patience, precisions[i], n, solo)
+        return (heads[i], _frozen(c.head_kwargs), tuple(c.hidden_dims), c.dropout, c.batch_size, c.epochs, c.keep,
+                c.patience, precisions[i], n, solo)
 
     for idx in _groups(list(range(len(configs))), key):
         t0 = time.perf_counter()
         cfgs = [configs[i] for i in idx]
         c0 = cfgs[0]
         prec = precisions[idx[0]]
-        heads = build_member_modules(
-            lambda: build_distill_head(data.input_dim, data.num_classes, c0.hidden_dims, dropout=c0.dropout),
+        members = build_member_modules(
+            lambda: build_head(c0.head, data.input_dim, data.num_classes, c0.hidden_dims, depth=c0.depth,
+                               dropout=c0.dropout, kwargs=c0.head_kwargs),
             [c.seed for c in cfgs])
-        model = StackedMLP(heads, [c.seed for c in cfgs], dev, precision=prec)
+        model = batched_heads(members, [c.seed for c in cfgs], dev, precision=prec)
         tr_rows = None
         if any(rows[i] is not None for i in idx):
             tr_rows = torch.stack([torch.as_tensor(rows[i] if rows[i] is not None else np.arange(len(tr)))
                                    for i in idx]).long()
         hyper = [MemberHyper(c.seed, c.effective_lr, c.weight_decay, c.alpha, c.tau) for c in cfgs]
-        desc = f"distill {c0.hidden_dims} x{len(cfgs)}"
+        desc = f"{heads[idx[0]]} {c0.hidden_dims} x{len(cfgs)}"
         evals = {s: split_inputs(s, prec) for s in dict.fromkeys(select + splits)}
         out = train_members(model, split_inputs("train", prec), hyper, loss="kd", epochs=c0.epochs,
                             batch_size=c0.batch_size, train_rows=tr_rows, evals=evals, keep=c0.keep,
                             patience=c0.patience, progress=progress, desc=desc)
         wall = (time.perf_counter() - t0) / len(cfgs)
-        n_params = count_params(heads[0])
+        n_params = count_params(members[0])
         for j, i in enumerate(idx):
             lg = {s: out.logits[s][j] for s in splits}
             h = out.history[j]
@@ -384,7 +259,9 @@ def _report_member(progress: Progress | None, res: HeadResult) -> None:
 def member_label(cfg: Any) -> str:
     if isinstance(cfg, GateConfig):
         return f"{GATES.canonical(cfg.gate)} fit={cfg.gate_fit} seed={cfg.seed}"
-    return f"depth={cfg.depth} alpha={cfg.alpha:g} lr={cfg.lr:g} seed={cfg.seed}"
+    head = HEADS.canonical(cfg.head)
+    shown = "" if head == DEFAULT_HEAD else f"head={head} "
+    return f"{shown}depth={cfg.depth} alpha={cfg.alpha:g} lr={cfg.lr:g} seed={cfg.seed}"
 
 
 def fold_rows(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
@@ -483,7 +360,7 @@ def train_gates(
     tau: float = 1.0,
 ) -> list[HeadResult]:
     """Train gates for ``configs`` (config i over distill logits ``v1[i]``), one batched model per gate type."""
-    dev = resolve_device(device)
+    dev = torch_device(device)
     if data.splits["train"].vlm is None:
         raise ConfigError("gate training needs the VLM source")
     results: list[HeadResult | None] = [None] * len(configs)
@@ -510,13 +387,14 @@ def train_gates(
             v1s = np.stack([v1[i][s] for i in idx]).astype(np.float32)
             inputs[s] = SplitInputs([_to(v1s, dev), _to(sa.vlm, dev)], [True, False], _to(sa.y, dev), None)
         fit = "val" if g0.gate_fit == "val" else "train"
-        mods = build_member_modules(lambda: build_gate(g0.gate, c), [g.seed for g in cfgs], stream="gate-init")
-        model = VmappedModules(mods, dev)
+        seeds = [g.seed for g in cfgs]
+        mods = build_member_modules(lambda: build_gate(g0.gate, c), seeds, stream="gate-init")
+        model = VmappedModules(mods, dev, dropout_seeds=seeds, dropout_stream="gate-dropout")
         if g0.solver == "lbfgs":
             sp = inputs[fit]
             state, info = fit_concat_lbfgs(sp.tables[0][0].cpu(), sp.tables[1].cpu(), sp.y.cpu(), g0.weight_decay)
             mods[0].load_state_dict(state)
-            model = VmappedModules(mods, dev)
+            model = VmappedModules(mods, dev, dropout_seeds=seeds, dropout_stream="gate-dropout")
             logits = {s: model.forward(inputs[s].gather(torch.arange(len(inputs[s]), device=dev), 1), train=False)
                       .detach().float().cpu().numpy() for s in splits}
             hist = [MemberHistory(kept_epoch=0, kept_because="exact optimum (L-BFGS)", stop_reason=info["stop_reason"])]
@@ -578,13 +456,17 @@ def _lineage(data: HeadData) -> dict[str, Any]:
 
 
 def distill_arch(data: HeadData, cfg: DistillConfig) -> dict[str, Any]:
-    return {"head": "distill", "in_dim": data.input_dim, "num_classes": data.num_classes,
+    return {"head": HEADS.canonical(cfg.head), "head_kwargs": dict(cfg.head_kwargs), "in_dim": data.input_dim,
+            "num_classes": data.num_classes,
             "hidden_dims": cfg.hidden_dims, "dropout": cfg.dropout}
 
 
 def distill_record(data: HeadData, res: HeadResult, *, results_dir: str | Path, group: str | None = None,
                    device: str | None = None) -> RunRecord:
-    """Write the run record and safetensors weights of a distill head; returns the saved record."""
+    """Write the run record and safetensors weights of a distill head; returns the saved record.
+
+    Its variant is the head's registry name, read from ``config["head"]`` (`records.default_variant`).
+    """
     cfg: DistillConfig = res.config
     config = {**cfg.to_dict(), "visual": data.sources.get("visual"), "teacher": data.sources.get("teacher"),
               "input_dim": data.input_dim, "num_classes": data.num_classes, "device": device,
@@ -603,7 +485,8 @@ def distill_record(data: HeadData, res: HeadResult, *, results_dir: str | Path, 
 
 def gate_record(data: HeadData, res: HeadResult, distill: HeadResult | None, *, results_dir: str | Path,
                 group: str | None = None, distill_run: str | None = None, device: str | None = None) -> RunRecord:
-    """Write the record of a gate run (method "EmoVLM-KD"), with gate and distill weights."""
+    """Write the record of a gate run (method "EmoVLM-KD", variant the gate's registry name), with gate and
+    distill weights; ``params`` counts the gate alone (the distill head has its own record)."""
     cfg: GateConfig = res.config
     dcfg = distill.config.to_dict() if distill is not None else {}
     config = {**cfg.to_dict(), "gate": GATES.canonical(cfg.gate), "gate_display": gate_display_name(cfg.gate),
@@ -614,8 +497,8 @@ def gate_record(data: HeadData, res: HeadResult, distill: HeadResult | None, *, 
               "tau": dcfg.get("tau"), "kept_epoch": "best-on-val" if cfg.keep == "best" else "last"}
     if cfg.gate_fit == "val":
         config["note"] = "gate fitted on val: val metrics are in-sample; read test"
-    rec = RunRecord(kind="gate", method="EmoVLM-KD", dataset=data.dataset, config=config, metrics=res.metrics,
-                    seed=cfg.seed, params=res.params, group=group, label_names=list(data.label_names),
+    rec = RunRecord(kind="gate", method="EmoVLM-KD", variant=GATES.canonical(cfg.gate), dataset=data.dataset,
+                    config=config, metrics=res.metrics, seed=cfg.seed, params=res.params, group=group, label_names=list(data.label_names),
                     cache=data.provenance, wall_time_s=res.wall_time_s, convergence=res.convergence or None)
     weights = {"gate": res.state}
     arch: dict[str, Any] = {"gate": {"name": GATES.canonical(cfg.gate), "num_classes": data.num_classes}}
@@ -653,7 +536,8 @@ def load_distill_run(ref: str | Path, results_dir: str | Path, data: HeadData) -
     cfg_d = dict(meta.get("config") or {})
     known = set(DistillConfig.__dataclass_fields__)
     cfg = DistillConfig(**{k: v for k, v in cfg_d.items() if k in known and k != "effective_lr"})
-    head = build_distill_head(arch["in_dim"], arch["num_classes"], arch["hidden_dims"], dropout=arch["dropout"])
+    head = build_head(arch.get("head", DEFAULT_HEAD), arch["in_dim"], arch["num_classes"], arch["hidden_dims"],
+                      dropout=arch["dropout"], kwargs=arch.get("head_kwargs") or {})   # old records: the default head
     head.load_state_dict(load_file(str(p / "distill.safetensors")))
     head.eval()
     logits = {}

@@ -4,6 +4,11 @@ Why: every sweep of the paper (11 alphas x 3 seeds, 5 depths, 5 gates) trains sm
 same cached arrays. Stacking M members' weights (``[M, in, out]``) and running them with batched
 matrix products makes the sweep cost about what its FLOPs cost, instead of M Python loops.
 
+Two batched models, one loop: `StackedMLP` (a hand-written forward/backward, used only for heads
+that declare themselves a plain Linear-GELU-Dropout MLP, and checked to be exactly that) and
+`VmappedModules` (any module: ``torch.func.vmap`` of ``functional_call`` over stacked parameters).
+`batched_heads` picks between them; both give the same logits for the same members.
+
 Determinism per member: each member's initial weights, data order and dropout masks come from its
 own generators, seeded from its own seed (``stream_seed(seed, "init" | "order" | "dropout")``),
 never from a shared or global generator. The loss of the batch is the sum of the members' losses,
@@ -24,10 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vea_bench.errors import ConfigError
+from vea_bench.heads.distill import MLPLayout
 from vea_bench.heads.losses import ce_loss, kd_loss
 from vea_bench.progress import Progress, ensure
 
-_STREAMS = {"init": 0, "order": 1, "dropout": 2, "gate-init": 3, "gate-order": 4, "folds": 5}
+_STREAMS = {"init": 0, "order": 1, "dropout": 2, "gate-init": 3, "gate-order": 4, "folds": 5, "gate-dropout": 6}
 KEEP_CHOICES = ("last", "best")
 PRECISIONS = ("fp32", "bf16")
 EVAL_CHUNK = 1024
@@ -49,23 +55,61 @@ def build_member_modules(factory: Callable[[], nn.Module], seeds: Sequence[int],
     return mods
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA is a one-line error."""
-    name = (device or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no CUDA device")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown --device '{device}' (cpu, cuda, cuda:N or auto)") from None
-
-
 # ----------------------------------------------------------------------------- batched models
+
+def stacked_layout(head: nn.Module) -> MLPLayout | None:
+    """The head's declared `MLPLayout` (``head.stacked_mlp()``), or None: it trains with vmap."""
+    declare = getattr(head, "stacked_mlp", None)
+    return None if declare is None else declare()
+
+
+def verified_layout(head: nn.Module) -> MLPLayout:
+    """The head's declared layout, checked against its modules: exactly what `StackedMLP` computes.
+
+    Why so strict: `StackedMLP` reproduces only ``nn.Sequential(Linear, GELU, Dropout, ...,
+    Linear)`` with the stock forward; anything else (ReLU, tanh-GELU, LayerNorm, a residual, an
+    overridden forward, a hook) would silently train as a different network, so it is refused.
+    """
+    name = type(head).__name__
+    layout = stacked_layout(head)
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(f"StackedMLP runs only plain Linear-GELU-Dropout nn.Sequential heads; {name} {why} "
+                           "(drop its stacked_mlp() to train it with vmap)")
+
+    if layout is None:
+        raise refuse("declares no stacked_mlp() layout")
+    if layout.activation != "gelu":
+        raise refuse(f"declares activation '{layout.activation}'")
+    if not isinstance(head, nn.Sequential) or type(head).forward is not nn.Sequential.forward:
+        raise refuse("is not a stock nn.Sequential (its forward differs)")
+    kids = list(head.children())
+    k = len(kids) // 3
+    if len(kids) != 3 * k + 1 or k < 1:
+        raise refuse(f"has {len(kids)} layers, not (Linear, GELU, Dropout) x k + Linear")
+    for i, mod in enumerate(kids):
+        role = "Linear" if i % 3 == 0 else ("GELU" if i % 3 == 1 else "Dropout")
+        ok = {"Linear": type(mod) is nn.Linear and getattr(mod, "bias", None) is not None,
+              "GELU": type(mod) is nn.GELU and getattr(mod, "approximate", "") == "none",
+              "Dropout": type(mod) is nn.Dropout and float(getattr(mod, "p", -1)) == float(layout.dropout)}[role]
+        if not ok:
+            raise refuse(f"has {mod!r} where a stock {role}"
+                         f"{'(p=%g)' % layout.dropout if role == 'Dropout' else ''} belongs (layer {i})")
+    if [id(m) for m in layout.linears] != [id(m) for m in kids[0::3]]:
+        raise refuse("declares Linear layers that are not its own, in order")
+    n_params = sum(1 for _ in head.parameters())
+    if n_params != 2 * (k + 1) or any(True for _ in head.buffers()):
+        raise refuse("has parameters or buffers beyond its Linear layers")
+    for mod in head.modules():
+        if mod._forward_hooks or mod._forward_pre_hooks or getattr(mod, "_backward_hooks", None):
+            raise refuse("has module hooks")
+    return layout
+
 
 class StackedMLP:
     """M distill heads (same hidden dims) as ``[M, in, out]`` weights; per-member dropout masks.
+
+    Only heads that declare a `MLPLayout` and pass `verified_layout` are accepted.
 
     Training runs a hand-written backward (the head is Linear-GELU-Dropout blocks and a Linear):
     the weight gradients go by ``bmm(..., out=)`` into buffers allocated once, no gradient is formed
@@ -79,8 +123,13 @@ class StackedMLP:
                  precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown --precision '{precision}' (choices: fp32, bf16, auto)")
-        linears = [[m for m in h.modules() if isinstance(m, nn.Linear)] for h in heads]
-        self.names = [n for n, m in heads[0].named_modules() if isinstance(m, nn.Linear)]
+        layouts = [verified_layout(h) for h in heads]
+        if len({(tuple((lin.in_features, lin.out_features) for lin in lay.linears), lay.dropout)
+                for lay in layouts}) != 1:
+            raise ConfigError("StackedMLP members must share one layout (widths and dropout)")
+        linears = [list(lay.linears) for lay in layouts]
+        where = {id(m): n for n, m in heads[0].named_modules()}
+        self.names = [where[id(lin)] for lin in linears[0]]
         self.weights: list[torch.Tensor] = []
         self.biases: list[torch.Tensor] = []
         for i in range(len(self.names)):
@@ -88,8 +137,7 @@ class StackedMLP:
             b = torch.stack([ls[i].bias.detach() for ls in linears]).unsqueeze(1).contiguous()
             self.weights.append(w.to(device).requires_grad_())
             self.biases.append(b.to(device).requires_grad_())
-        drops = [m.p for m in heads[0].modules() if isinstance(m, nn.Dropout)]
-        self.p = float(drops[0]) if drops else 0.0
+        self.p = float(layouts[0].dropout)
         self.gens = [torch.Generator(device=device).manual_seed(stream_seed(s, "dropout")) for s in dropout_seeds]
         self.device = device
         self.precision = precision
@@ -214,30 +262,133 @@ class StackedMLP:
         return out
 
 
-class VmappedModules:
-    """M copies of any deterministic module (the gates) run with ``torch.func.vmap`` over stacked params."""
+class _MemberDropout(nn.Module):
+    """``nn.Dropout`` whose keep-mask comes in as a buffer: the trainer draws it from the member's generator.
 
-    def __init__(self, modules: Sequence[nn.Module], device: torch.device) -> None:
+    Same arithmetic as `StackedMLP` (``x * mask / keep``), so both paths drop the same units.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+        self.register_buffer("mask", torch.empty(0), persistent=False)
+        self.probe: list[tuple[str, torch.Size]] | None = None
+        self.path = ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.probe is not None:          # shape discovery (`VmappedModules._mask_plan`)
+            self.probe.append((self.path, x.shape))
+            return x
+        if not self.training or self.p == 0:
+            return x
+        if self.p >= 1:
+            return x * 0
+        return x * self.mask / (1.0 - self.p)
+
+
+class VmappedModules:
+    """M copies of any module run with ``torch.func.vmap`` of ``functional_call`` over stacked params.
+
+    Randomness per member: every ``nn.Dropout`` is swapped (in the shared meta copy) for one whose
+    mask is an input, and each step's masks are drawn from each member's own generator
+    (``dropout_seeds``), as `StackedMLP` draws them; so member m trains the same in any batch. Any
+    other random op in the module's forward is refused (vmap's ``randomness="error"``): it would
+    draw from a global generator shared by the members.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], device: torch.device,
+                 dropout_seeds: Sequence[int] | None = None, dropout_stream: str = "dropout") -> None:
         from torch.func import stack_module_state
 
-        params, _ = stack_module_state(list(modules))
+        for mod in modules[0].modules():
+            if isinstance(mod, nn.modules.batchnorm._NormBase) and mod.track_running_stats:
+                raise ConfigError(f"{type(modules[0]).__name__}: batched training cannot update running "
+                                  f"statistics ({type(mod).__name__}); use LayerNorm or track_running_stats=False")
+        params, buffers = stack_module_state(list(modules))
         self.names = list(params)
         self._params = [params[n].detach().to(device).contiguous().requires_grad_() for n in self.names]
+        persistent = {n for n in modules[0].state_dict() if n in buffers}
+        self.buffer_names = [n for n in buffers if n in persistent]
+        self._buffers = [buffers[n].detach().to(device).contiguous() for n in self.buffer_names]
         self.base = copy.deepcopy(modules[0]).to("meta")
+        self.drops: dict[str, _MemberDropout] = {}
+        for path, mod in list(self.base.named_modules()):
+            if type(mod) is nn.Dropout and mod.p > 0:
+                new = _MemberDropout(mod.p)
+                new.path = path
+                parent, _, leaf = path.rpartition(".")
+                setattr(self.base.get_submodule(parent) if parent else self.base, leaf, new)
+                self.drops[path] = new
+        if self.drops and dropout_seeds is None:
+            raise ConfigError(f"{type(modules[0]).__name__} has dropout: give each member its dropout seed")
+        seeds = list(dropout_seeds) if dropout_seeds is not None else []
+        self.gens = [torch.Generator(device=device).manual_seed(stream_seed(s, dropout_stream)) for s in seeds]
+        self.device = device
+        self._shapes: dict[tuple, list[tuple[str, torch.Size]]] = {}
 
     @property
     def params(self) -> list[torch.Tensor]:
         return self._params
 
+    def _mask_plan(self, inputs: Sequence[torch.Tensor]) -> list[tuple[str, torch.Size]]:
+        """Each dropout's per-member input shape, in call order (one forward of member 0 per input shape)."""
+        from torch.func import functional_call
+
+        key = tuple((tuple(x.shape[1:]), x.dtype) for x in inputs)
+        plan = self._shapes.get(key)
+        if plan is None:
+            plan = []
+            for d in self.drops.values():
+                d.probe = plan
+            try:
+                self.base.train(True)
+                first = {n: t[0] for n, t in zip(self.names + self.buffer_names, self._params + self._buffers)}
+                with torch.no_grad():
+                    functional_call(self.base, first, tuple(x[0] for x in inputs))
+            finally:
+                for d in self.drops.values():
+                    d.probe = None
+            paths = [p for p, _ in plan]
+            if len(set(paths)) != len(paths):
+                raise ConfigError(f"{type(self.base).__name__}: a dropout module is called twice in one forward; "
+                                  "give each call its own nn.Dropout")
+            self._shapes[key] = plan
+        return plan
+
+    def _masks(self, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This step's keep-masks ``[M, ...]`` per dropout, member j's drawn from its own generator."""
+        out = {}
+        for path, shape in self._mask_plan(inputs):
+            buf = torch.empty((len(self.gens), *shape), device=self.device, dtype=torch.float32)
+            keep = 1.0 - self.drops[path].p
+            for j, g in enumerate(self.gens):
+                buf[j].bernoulli_(keep, generator=g)
+            out[f"{path}.mask" if path else "mask"] = buf
+        return out
+
     def forward(self, inputs: Sequence[torch.Tensor], train: bool) -> torch.Tensor:
         from torch.func import functional_call, vmap
 
-        names, base = self.names, self.base
+        names = self.names + self.buffer_names
+        masks = self._masks(inputs) if (train and self.drops) else {}
+        mask_names = list(masks)
+        base = self.base
+        base.train(train)
+        n_state = len(names)
 
-        def one(ps: tuple[torch.Tensor, ...], *xs: torch.Tensor) -> torch.Tensor:
-            return functional_call(base, dict(zip(names, ps)), xs)
+        def one(state: tuple[torch.Tensor, ...], *xs: torch.Tensor) -> torch.Tensor:
+            tensors = dict(zip(names, state[:n_state]))
+            tensors.update(zip(mask_names, state[n_state:]))
+            return functional_call(base, tensors, xs)
 
-        return vmap(one)(tuple(self._params), *inputs)
+        state = (*self._params, *self._buffers, *masks.values())
+        try:
+            return vmap(one)(state, *inputs)
+        except RuntimeError as e:
+            if "randomness" not in str(e):
+                raise
+            raise ConfigError(f"{type(base).__name__} draws random numbers outside nn.Dropout; the batched trainer "
+                              "gives each member its own dropout masks and refuses shared randomness") from None
 
     def params_changed(self) -> None:
         return None
@@ -246,12 +397,29 @@ class VmappedModules:
         """A model of members ``keep`` only (see `StackedMLP.subset`)."""
         new = object.__new__(VmappedModules)
         idx = torch.as_tensor(list(keep), dtype=torch.long, device=self._params[0].device)
-        new.names, new.base = self.names, self.base
+        new.names, new.base, new.buffer_names = self.names, self.base, self.buffer_names
+        new.drops, new.device, new._shapes = self.drops, self.device, self._shapes
         new._params = [p.detach().index_select(0, idx).contiguous().requires_grad_() for p in self._params]
+        new._buffers = [b.index_select(0, idx).contiguous() for b in self._buffers]
+        new.gens = [self.gens[k] for k in keep] if self.gens else []
         return new
 
     def state_dict(self, m: int) -> dict[str, torch.Tensor]:
-        return {n: p[m].detach().contiguous().cpu() for n, p in zip(self.names, self._params)}
+        out = {n: p[m].detach().contiguous().cpu() for n, p in zip(self.names, self._params)}
+        out.update({n: b[m].contiguous().cpu() for n, b in zip(self.buffer_names, self._buffers)})
+        return out
+
+
+def batched_heads(heads: Sequence[nn.Module], seeds: Sequence[int], device: torch.device,
+                  precision: str = "fp32") -> StackedMLP | VmappedModules:
+    """The batched model for these members: the fast `StackedMLP` where the head declares (and is
+    verified to be) its plain MLP, else `VmappedModules` (fp32) for any other head."""
+    if stacked_layout(heads[0]) is not None:
+        return StackedMLP(heads, seeds, device, precision=precision)
+    if precision != "fp32":
+        raise ConfigError(f"--precision {precision} runs only on the stacked MLP path; "
+                          f"{type(heads[0]).__name__} trains in fp32")
+    return VmappedModules(heads, device, dropout_seeds=seeds)
 
 
 class BatchedAdam:

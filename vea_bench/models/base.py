@@ -19,7 +19,10 @@ from vea_bench.prompts import SYSTEM_MESSAGE  # noqa: F401  (re-exported)
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to load a VLM: hub id or local path plus the knobs every backend honours."""
+    """How to load a VLM: hub id or local path plus the knobs every backend honours.
+
+    Also the schema of an experiment file's ``[vlm]`` section (`vea_bench.pipeline.experiment`).
+    """
 
     model: str
     revision: str | None = None
@@ -51,7 +54,8 @@ class GenerationOptions:
     ``temperature`` / ``top_p`` with top_k off and no penalty. ``max_new_tokens`` None picks
     `TUNED_MAX_NEW_TOKENS` with an adapter and ``zero_shot_max_new_tokens`` without one; every
     row still stops at its closing brace. ``score_memory_gb`` bounds score mode's working memory
-    (KV copies + logits) and sets how many images share one scoring forward.
+    (KV copies + logits) and sets how many images share one scoring forward. Also the schema of
+    an experiment file's ``[extract]`` section, beside the keys only extraction has.
     """
 
     decoding: str = "greedy"

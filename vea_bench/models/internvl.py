@@ -20,7 +20,8 @@ FAMILY = VLMFamily(
     name="internvl", model_class="InternVLForConditionalGeneration", model_types=("internvl",),
     pooling="mean over all crop tokens (tiles + thumbnail) of the pixel-shuffle multi_modal_projector output",
     image_inputs=("pixel_values",), embed_dim_path="text_config.hidden_size", vision_module="model.vision_tower",
-    vision_paths=("model.vision_tower", "model.multi_modal_projector"), tiny="internvl", aliases=("internvl3",))
+    vision_paths=("model.vision_tower", "model.multi_modal_projector"), tiny="internvl", aliases=("internvl3",),
+    presets=("internvl3-1b-hf",))
 
 
 @vlm_family(FAMILY)

@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from vea_bench.devices import resolve_device
 from vea_bench.errors import ModelError, VeaError
 from vea_bench.models.base import LoadOptions
 
@@ -126,19 +127,6 @@ def _model_type_of(path: str) -> str | None:
         return json.loads((Path(path) / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
         return None
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; an unavailable CUDA device is an error."""
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device '{device}' requested but no CUDA GPU is visible; use --device cpu")
-    if device not in ("cpu", "mps") and not device.startswith("cuda"):
-        raise ModelError(f"unknown device '{device}' (auto, cpu, cuda, cuda:N)")
-    return device
 
 
 _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",

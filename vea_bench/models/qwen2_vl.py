@@ -101,7 +101,7 @@ QWEN25_FAMILY = VLMFamily(
     pooling=_QWEN_POOLING, image_inputs=("pixel_values", "image_grid_thw"),
     embed_dim_path="vision_config.out_hidden_size", vision_module="model.visual",
     language_module="model.language_model", tiny="qwen2.5-vl", aliases=("qwen2-5-vl", "qwen25-vl"),
-    fit_processor=fit_qwen_processor)
+    presets=("qwen2.5-vl-7b-instruct",), fit_processor=fit_qwen_processor)
 
 if _has_qwen25():
     @vlm_family(QWEN25_FAMILY)

@@ -138,7 +138,8 @@ def random_backend(preset: str, workdir: str | Path, *, layers: int | None = Non
 
     from vea_bench.models import backend_for_model_type
     from vea_bench.models.base import LoadOptions
-    from vea_bench.models.loading import resolve_device, resolve_dtype
+    from vea_bench.devices import resolve_device
+    from vea_bench.models.loading import resolve_dtype
     from vea_bench.models.tiny import make_tiny
 
     config = reduced_config(preset, layers=layers, hidden=hidden)

@@ -1,4 +1,4 @@
-"""Teacher checkpoints: one on-disk format shared by `train teacher`, `extract --teacher` and baselines.
+"""Teacher checkpoints: one on-disk format that `train teacher` writes and `extract --teacher` reads.
 
 A teacher checkpoint is a folder::
 
@@ -255,15 +255,11 @@ def save_teacher(model: nn.Module, out_dir: str | Path, meta: Mapping[str, Any],
     return weights
 
 
-class HFClassifier:
-    """Marker base for wrapped transformers classifiers (see `_wrap_hf`)."""
-
-
 def _wrap_hf(hf_model: nn.Module) -> nn.Module:
     """A transformers image classifier as a module whose ``forward(pixels)`` returns logits, like timm."""
     from torch import nn
 
-    class _Wrapped(nn.Module, HFClassifier):
+    class _Wrapped(nn.Module):
         def __init__(self, inner: nn.Module) -> None:
             super().__init__()
             self.inner = inner

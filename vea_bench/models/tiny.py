@@ -31,7 +31,7 @@ def make_tiny(kind: str, out: str | Path, *, seed: int = 0, num_classes: int = 8
     ``num_classes`` only matters for classifier kinds (the teacher); VLM kinds ignore it.
     The same ``seed`` gives byte-identical weights.
     """
-    import inspect
+    from vea_bench.registry import build
 
     try:  # library code never prints: no "Writing model shards" progress bars
         from transformers.utils import logging as hf_logging
@@ -41,11 +41,8 @@ def make_tiny(kind: str, out: str | Path, *, seed: int = 0, num_classes: int = 8
         pass
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    builder = TINY_BUILDERS.get(kind)
-    kwargs: dict[str, Any] = {"out": out, "seed": seed}
-    if "num_classes" in inspect.signature(builder).parameters:   # classifier kinds only
-        kwargs["num_classes"] = num_classes
-    return Path(builder(**kwargs))
+    return Path(build(TINY_BUILDERS, kind, optional=("num_classes",), out=out, seed=seed,
+                      num_classes=num_classes))
 
 
 # --------------------------------------------------------------------------------------------

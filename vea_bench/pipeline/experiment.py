@@ -1,115 +1,137 @@
 """Experiment files: one TOML names the dataset, the models and the stages; `vea-bench run` does the rest.
 
-The file is data, not code: every section maps onto a dataclass below, unknown keys are errors
-(a typo must not silently fall back to a default). Relative paths resolve against the working
-folder `vea-bench run` is started from (the repository root in the README's recipes), like every
-other vea-bench path option.
+The file is data, not code. A stage's section is the library config that trains it, field for
+field (`[distill]` is `DistillConfig`, `[gate]` is `GateConfig`, `[teacher]` is `TeacherConfig`,
+`[qlora]` is `QLoRAConfig`, `[vlm]` is `LoadOptions`, `[extract]` is `GenerationOptions`), plus
+the few keys that exist only at the experiment level (seeds, gate names, file paths). A key left
+out is not set: the library's (or the schedule's) default applies. Unknown keys and wrong types
+are one-line errors naming the key. `write_experiment` is the inverse of `parse_experiment`.
+
+Relative paths resolve against the working folder `vea-bench run` is started from (the
+repository root in the README's recipes), like every other vea-bench path option.
 """
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from vea_bench.errors import ConfigError
+from vea_bench.schema import NOT_IN_FILE, Settings, check_fields, check_value, field_types, toml_table, unknown_key
 
-T = TypeVar("T")
 
+def _distill_cls() -> type:
+    from vea_bench.heads.pipeline import DistillConfig
+
+    return DistillConfig
+
+
+def _gate_cls() -> type:
+    from vea_bench.heads.pipeline import GateConfig
+
+    return GateConfig
+
+
+def _teacher_cls() -> type:
+    from vea_bench.train.teacher import TeacherConfig
+
+    return TeacherConfig
+
+
+def _qlora_cls() -> type:
+    from vea_bench.train.qlora import QLoRAConfig
+
+    return QLoRAConfig
+
+
+def _load_cls() -> type:
+    from vea_bench.models.base import LoadOptions
+
+    return LoadOptions
+
+
+def _generation_cls() -> type:
+    from vea_bench.models.base import GenerationOptions
+
+    return GenerationOptions
+
+
+# ----------------------------------------------------------------------------- sections
 
 @dataclass
 class ExperimentSection:
     name: str = "experiment"
-    workdir: str = ""            # default: results/<name>
+    workdir: str | None = None   # default: results/<name>
     seed: int = 0
     device: str = "auto"
-    threads: int = 0             # torch CPU threads while stages run (0: torch's default)
+    threads: int | None = None   # torch CPU threads while stages run (default: torch's own)
 
 
 @dataclass
 class DatasetSection:
     name: str = ""
     root: str = ""
-    cache: str = ""              # default: cache/<dataset>.h5
+    cache: str | None = None     # default: cache/<dataset>.h5
     split_seed: int = 42
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class TeacherSection:
-    """Either fine-tune ``arch`` (stage 0) or use an existing ``checkpoint``."""
+    """[teacher]: `TeacherConfig`'s fields to fine-tune ``arch`` (stage 0), or an existing ``checkpoint``."""
 
-    arch: str = ""
-    checkpoint: str = ""
-    weights: str = ""
-    random_init: bool = False
-    epochs: int = 10
-    lr: float = 3e-5
-    weight_decay: float = 1e-5
-    batch_size: int = 10
-    img_size: int = 0
-    workers: int = 2
-    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    settings: Settings = field(default_factory=lambda: Settings(_teacher_cls()))
+    checkpoint: str | None = None
+    workers: int = 2             # data-loader processes: speed only, not in the stage identity
 
 
 @dataclass
 class VLMSection:
-    model: str = ""
-    revision: str = ""
-    adapter: str = ""            # an existing stage-1 adapter (else [qlora] trains one)
-    backend: str = ""
-    dtype: str = "auto"
-    quantization: str = ""       # "", "4bit", "8bit"
-    trust_remote_code: bool = False
-    image_position: str = "first"        # "last": question before the image (the reference); stage 1 too
-    instructblip_prompt: str = "raw"     # "vicuna": system + USER/ASSISTANT wrapper (InstructBLIP only)
+    """[vlm]: `LoadOptions`' fields; ``image_position`` is shared by stage 1 and extraction.
+
+    The backend is the one the model's config calls for (its `model_type`): every family
+    declares the types it serves, so there is nothing left to force.
+    """
+
+    settings: Settings = field(default_factory=lambda: Settings(_load_cls()))
 
 
 @dataclass
 class QLoRASection:
+    """[qlora]: `QLoRAConfig`'s fields and the instruction file."""
+
+    settings: Settings = field(default_factory=lambda: Settings(_qlora_cls()))
     instructions: str = ""
-    epochs: int = 5
-    max_steps: int = 0
-    lr: float = 1e-4
-    quantize: bool = True
-    loss_on: str = "answer"              # "all": every non-pad, non-image token (the reference)
-    kinds: list[str] = field(default_factory=lambda: ["categorical", "conversation", "reasoning"])
-    gradient_checkpointing: bool = True   # memory for speed; the same numbers either way
 
 
 @dataclass
 class ExtractSection:
+    """[extract]: `GenerationOptions`' fields and what extraction computes."""
+
+    settings: Settings = field(default_factory=lambda: Settings(_generation_cls()))
     answer: list[str] = field(default_factory=lambda: ["generate"])
-    batch_size: int = 8
+    batch_size: int = 8          # batch size and workers change speed, not rows: not in the stage identity
     workers: int = 2
-    max_pixels: int = 0
-    sample: bool = False
-    max_new_tokens: int = 24
     backbones: list[str] = field(default_factory=list)
-    limit: int = 0
+    limit: int | None = None
 
 
 @dataclass
 class DistillSection:
-    depth: int = 1
-    alpha: float = 0.5
-    tau: float = 2.0
-    epochs: int = 0              # 0: the schedule's own (default: an early-stopped budget; reference: SPEC's 5)
-    lr: float = 0.0              # 0: the trainer's default (SPEC)
-    batch_size: int = 0
-    schedule: str = "default"
+    """[distill]: `DistillConfig`'s fields and the seeds to train (one head per seed)."""
+
+    settings: Settings = field(default_factory=lambda: Settings(_distill_cls()))
     seeds: list[int] = field(default_factory=lambda: [0])
 
 
 @dataclass
 class GateSection:
-    """Gates to train, one per distill head (so per [distill].seeds seed, seeded alike)."""
+    """[gate]: `GateConfig`'s fields and the gates to train, one per distill head (seeded alike)."""
 
+    settings: Settings = field(default_factory=lambda: Settings(_gate_cls()))
     names: list[str] = field(default_factory=lambda: ["concat"])
-    fit: str = "train"
-    vlm_input: str = "onehot"
-    epochs: int = 0              # 0: the schedule's own (default: an early-stopped budget; reference: SPEC's 10)
-    lr: float = 0.0
 
 
 @dataclass
@@ -134,22 +156,21 @@ class ReportSection:
 
 @dataclass
 class Experiment:
-    """A parsed experiment file. ``path`` is where it was read from (relative paths resolve there)."""
+    """A parsed experiment file. ``path`` is where it was read from; relative paths resolve against ``base``."""
 
-    experiment: ExperimentSection
-    dataset: DatasetSection
-    vlm: VLMSection
-    extract: ExtractSection
-    distill: DistillSection
-    gate: GateSection
-    sweep: SweepSection
-    baselines: BaselinesSection
-    report: ReportSection
+    experiment: ExperimentSection = field(default_factory=ExperimentSection)
+    dataset: DatasetSection = field(default_factory=DatasetSection)
+    vlm: VLMSection = field(default_factory=VLMSection)
+    extract: ExtractSection = field(default_factory=ExtractSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    gate: GateSection = field(default_factory=GateSection)
+    sweep: SweepSection = field(default_factory=SweepSection)
+    baselines: BaselinesSection = field(default_factory=BaselinesSection)
+    report: ReportSection = field(default_factory=ReportSection)
     teacher: TeacherSection | None = None
     qlora: QLoRASection | None = None
-    path: Path | None = None
-
-    base: Path = field(default_factory=Path.cwd)
+    path: Path | None = field(default=None, compare=False)
+    base: Path = field(default_factory=Path.cwd, compare=False)
 
     def resolve(self, p: str) -> Path:
         """A path from the file, relative to ``base`` (the working folder; absolute paths unchanged)."""
@@ -165,81 +186,135 @@ class Experiment:
         return self.resolve(self.dataset.cache or f"cache/{self.dataset.name}.h5")
 
 
-_SECTIONS: dict[str, type] = {
-    "experiment": ExperimentSection,
-    "dataset": DatasetSection,
-    "teacher": TeacherSection,
-    "vlm": VLMSection,
-    "qlora": QLoRASection,
-    "extract": ExtractSection,
-    "distill": DistillSection,
-    "gate": GateSection,
-    "sweep": SweepSection,
-    "baselines": BaselinesSection,
-    "report": ReportSection,
+# Which library config each section reads into (None: an experiment-level section only).
+_SECTIONS: dict[str, tuple[type, Any]] = {
+    "experiment": (ExperimentSection, None),
+    "dataset": (DatasetSection, None),
+    "teacher": (TeacherSection, _teacher_cls),
+    "vlm": (VLMSection, _load_cls),
+    "qlora": (QLoRASection, _qlora_cls),
+    "extract": (ExtractSection, _generation_cls),
+    "distill": (DistillSection, _distill_cls),
+    "gate": (GateSection, _gate_cls),
+    "sweep": (SweepSection, None),
+    "baselines": (BaselinesSection, None),
+    "report": (ReportSection, None),
 }
 _OPTIONAL = {"teacher", "qlora"}
 
+# Keys renamed by the one-schema change: an old file gets a one-line pointer to the new key.
+_RENAMED = {("gate", "fit"): "gate_fit", ("extract", "max_pixels"): "[vlm].max_pixels",
+            ("extract", "sample"): 'decoding = "sample"'}
 
-def _section(cls: type[T], name: str, data: Any, where: str) -> T:
+
+def section_keys(name: str) -> list[str]:
+    """Every key ``[name]`` accepts: its experiment-level keys, then its library config's fields."""
+    cls, lib = _SECTIONS[name]
+    own = [f.name for f in fields(cls) if f.name != "settings"]
+    if lib is None:
+        return own
+    lib_cls = lib()
+    return own + [n for n in field_types(lib_cls) if (lib_cls.__name__, n) not in NOT_IN_FILE]
+
+
+def _section(name: str, data: Any, where: str) -> Any:
+    cls, lib = _SECTIONS[name]
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: [{name}] must be a table")
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown} in [{name}] (known: {', '.join(known)})")
-    obj = cls(**data)
-    for fname, f in known.items():
-        default = getattr(cls(), fname)
-        value = getattr(obj, fname)
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"{where}: [{name}].{fname} must be true or false, got {value!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"{where}: [{name}].{fname} must be a number, got {value!r}")
-        if isinstance(default, str) and not isinstance(value, str):
-            raise ConfigError(f"{where}: [{name}].{fname} must be a string, got {value!r}")
-        if isinstance(default, list) and not isinstance(value, list):
-            raise ConfigError(f"{where}: [{name}].{fname} must be a list, got {value!r}")
-    return obj
+    known = section_keys(name)
+    for key in data:
+        if key not in known:
+            if (name, key) in _RENAMED:
+                raise ConfigError(f"{where}: [{name}].{key}: unknown key; it is now {_RENAMED[name, key]}")
+            raise unknown_key(f"{where}: [{name}]", key, known)
+    own_types = field_types(cls)
+    own = {k: check_value(v, own_types[k], f"{where}: [{name}].{k}") for k, v in data.items() if k in own_types}
+    if lib is None:
+        return cls(**own)
+    lib_cls = lib()
+    rest = {k: v for k, v in data.items() if k not in own_types}
+    values = check_fields(lib_cls, rest, f"{where}: [{name}]")
+    return cls(settings=Settings(lib_cls, values), **own)
 
 
 def parse_experiment(data: dict[str, Any], *, path: Path | None = None, base: Path | None = None) -> Experiment:
     """Validate a TOML mapping into an `Experiment` (one-line errors naming the key)."""
     where = str(path) if path else "experiment"
-    unknown = sorted(set(data) - set(_SECTIONS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown section(s) {unknown} (known: {', '.join(_SECTIONS)})")
+    for name in data:
+        if name not in _SECTIONS:
+            close = difflib.get_close_matches(name, list(_SECTIONS), n=1, cutoff=0.6)
+            hint = f"did you mean [{close[0]}]?" if close else f"known: {', '.join(_SECTIONS)}"
+            raise ConfigError(f"{where}: [{name}]: unknown section; {hint}")
     parsed: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
+    for name in _SECTIONS:
         if name in data:
-            parsed[name] = _section(cls, name, data[name], where)
+            parsed[name] = _section(name, data[name], where)
         elif name not in _OPTIONAL:
-            parsed[name] = cls()
+            parsed[name] = _SECTIONS[name][0]()
     exp = Experiment(**parsed, path=path, base=(base or Path.cwd()).resolve())
+    validate(exp, where)
+    return exp
+
+
+def validate(exp: Experiment, where: str = "experiment") -> None:
+    """What no single section can check alone: required keys, choices, sections that exclude each other."""
     if not exp.dataset.name or not exp.dataset.root:
         raise ConfigError(f"{where}: [dataset] needs name and root")
-    if not exp.vlm.model:
+    vlm = exp.vlm.settings
+    if not vlm.get("model"):
         raise ConfigError(f"{where}: [vlm] needs model (a hub id or a local path)")
-    if exp.teacher is not None and not (exp.teacher.arch or exp.teacher.checkpoint):
-        raise ConfigError(f"{where}: [teacher] needs arch (to fine-tune) or checkpoint (to reuse)")
+    if exp.teacher is not None:
+        if not (exp.teacher.settings.get("arch") or exp.teacher.checkpoint):
+            raise ConfigError(f"{where}: [teacher] needs arch (to fine-tune) or checkpoint (to reuse)")
+        if exp.teacher.settings.get("arch") and exp.teacher.checkpoint:
+            raise ConfigError(f"{where}: [teacher] takes arch (to fine-tune) or checkpoint (to reuse), not both")
     if exp.qlora is not None and not exp.qlora.instructions:
         raise ConfigError(f"{where}: [qlora] needs instructions (a file from `vea-bench instruct`)")
-    if exp.qlora is not None and exp.vlm.adapter:
+    if exp.qlora is not None and vlm.get("adapter"):
         raise ConfigError(f"{where}: give [vlm].adapter or a [qlora] section, not both")
-    choices = [("[vlm].image_position", exp.vlm.image_position, ("first", "last")),
-               ("[vlm].instructblip_prompt", exp.vlm.instructblip_prompt, ("raw", "vicuna"))]
+    choices = [("[vlm].image_position", vlm.value("image_position"), ("first", "last")),
+               ("[vlm].instructblip_prompt", vlm.value("instructblip_prompt"), ("raw", "vicuna"))]
     if exp.qlora is not None:
-        choices.append(("[qlora].loss_on", exp.qlora.loss_on, ("answer", "all")))
+        choices.append(("[qlora].loss_on", exp.qlora.settings.value("loss_on"), ("answer", "all")))
     for key, value, allowed in choices:
         if value not in allowed:
             raise ConfigError(f"{where}: {key} must be one of {', '.join(allowed)}, got '{value}'")
     bad = sorted(set(exp.extract.answer) - {"generate", "score"})
     if bad or not exp.extract.answer:
         raise ConfigError(f"{where}: [extract].answer must list generate and/or score, got {exp.extract.answer}")
-    if exp.gate.vlm_input == "logprobs" and "score" not in exp.extract.answer:
+    if exp.experiment.threads is not None and exp.experiment.threads < 1:
+        raise ConfigError(f"{where}: [experiment].threads must be positive (leave it out for torch's default)")
+    if not exp.distill.seeds:
+        raise ConfigError(f"{where}: [distill].seeds must list at least one seed")
+    try:
+        # every stage's config checks its own ranges now, not hours into the run
+        exp.extract.settings.build(seed=exp.experiment.seed)
+        if exp.teacher is not None and exp.teacher.settings.get("arch"):
+            exp.teacher.settings.build(seed=exp.experiment.seed).validate()
+        if exp.qlora is not None:
+            exp.qlora.settings.build(vlm=vlm.get("model"), seed=exp.experiment.seed,
+                                     image_position=vlm.value("image_position")).validate()
+        for name in exp.gate.names:
+            gate_config(exp, name, exp.distill.seeds[0])
+        distill_config(exp, exp.distill.seeds[0])
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if exp.gate.settings.value("vlm_input") == "logprobs" and "score" not in exp.extract.answer:
         raise ConfigError(f"{where}: [gate].vlm_input = 'logprobs' needs 'score' in [extract].answer")
-    return exp
+
+
+def distill_config(exp: Experiment, seed: int) -> Any:
+    """The scheduled `DistillConfig` of ``[distill]`` for one seed."""
+    from vea_bench.heads.config import make_config
+
+    return make_config("distill", exp.distill.settings.values, seed=seed)
+
+
+def gate_config(exp: Experiment, name: str, seed: int) -> Any:
+    """The scheduled `GateConfig` of ``[gate]`` for gate ``name`` over the head of ``seed``."""
+    from vea_bench.heads.config import make_config
+
+    return make_config("gate", exp.gate.settings.values, gate=name, seed=seed)
 
 
 def load_experiment(path: str | Path, *, base: str | Path | None = None) -> Experiment:
@@ -252,3 +327,40 @@ def load_experiment(path: str | Path, *, base: str | Path | None = None) -> Expe
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     return parse_experiment(data, path=path.resolve(), base=Path(base) if base else None)
+
+
+def section_values(obj: Any) -> dict[str, Any]:
+    """A section's keys as a file writes them: experiment-level keys first, then the set library fields."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        if f.name == "settings":
+            continue
+        out[f.name] = getattr(obj, f.name)
+    settings = getattr(obj, "settings", None)
+    if settings is not None:
+        out.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.values.items()})
+    return out
+
+
+def write_experiment(exp: Experiment, comments: dict[str, str] | None = None, header: str = "") -> str:
+    """``exp`` as experiment TOML (``parse_experiment`` of the result equals ``exp``).
+
+    Only set library fields are written, so a schedule's own values stay the schedule's. A None
+    value is left out (not set); a patience of None (no early stopping) is written as 0.
+    """
+    comments = comments or {}
+    parts = [header.rstrip("\n") + "\n"] if header else []
+    for name in _SECTIONS:
+        obj = getattr(exp, name)
+        if obj is None:
+            continue
+        values = section_values(obj)
+        settings = getattr(obj, "settings", None)
+        if settings is not None:
+            from vea_bench.schema import zero_is_none
+
+            for k in list(values):
+                if k in settings.values and settings.values[k] is None and zero_is_none(settings.cls, k):
+                    values[k] = 0
+        parts.append(toml_table(name, values, comments.get(name, "")))
+    return "\n".join(parts)

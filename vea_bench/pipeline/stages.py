@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from vea_bench.errors import ConfigError
 from vea_bench.hashing import config_hash
-from vea_bench.pipeline.experiment import Experiment
+from vea_bench.pipeline.experiment import Experiment, distill_config, gate_config
 from vea_bench.pipeline.ledger import Ledger, Stage, StageContext, StageResult, run_stages
 from vea_bench.progress import Progress
+from vea_bench.schema import canonical
 
 log = logging.getLogger(__name__)
 
@@ -44,32 +44,36 @@ def _records(workdir: Path, recs: list[Any]) -> dict[str, Any]:
     return {"run_ids": ids, "paths": paths}
 
 
+def _identity(obj: Any, *drop: str) -> dict[str, Any]:
+    """The canonical dict of a typed config, less the fields that do not decide a stage's outputs."""
+    d = canonical(obj)
+    return {k: v for k, v in d.items() if k not in drop}
+
+
 def build_stages(exp: Experiment) -> list[Stage]:
-    """The experiment's stages in dependency order."""
+    """The experiment's stages in dependency order; each stage's identity hashes its typed config."""
     work = exp.workdir
     artifacts = work / "artifacts"
     device = exp.experiment.device
     seed = exp.experiment.seed
     data_cfg = _dataset_config(exp)
     stages: list[Stage] = []
+    vlm = exp.vlm.settings
 
     # Stage 0: the teacher (fine-tuned) or an existing checkpoint.
     teacher_dep: list[str] = []
-    if exp.teacher is not None and exp.teacher.arch:
+    if exp.teacher is not None and exp.teacher.settings.get("arch"):
         t = exp.teacher
-        t_cfg = {"dataset": data_cfg, **asdict(t), "seed": seed}
+        weights = t.settings.get("weights")
+        t_obj = t.settings.build(seed=seed, weights=str(exp.resolve(weights)) if weights else None)
+        t_cfg = {"dataset": data_cfg, "teacher": _identity(t_obj)}
 
         def run_teacher(ctx: StageContext) -> dict[str, Any]:
-            from vea_bench.train.teacher import TeacherConfig, train_teacher
+            from vea_bench.train.teacher import train_teacher
 
-            cfg = TeacherConfig(
-                arch=t.arch, epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay, batch_size=t.batch_size,
-                img_size=t.img_size or None, seed=seed, weights=str(exp.resolve(t.weights)) if t.weights else None,
-                random_init=t.random_init, timm_kwargs=dict(t.timm_kwargs),
-            )
             # One folder per config: an edited [teacher] trains afresh beside the old run, never into it.
             out_dir = artifacts / f"teacher-{config_hash(t_cfg)[:12]}"
-            res = train_teacher(_load_index(exp), cfg, out_dir, device=device, workers=t.workers,
+            res = train_teacher(_load_index(exp), t_obj, out_dir, device=device, workers=t.workers,
                                 results_dir=work, progress=ctx.progress)
             out = _records(work, [res.record])
             out["checkpoint"] = str(res.out)
@@ -87,20 +91,17 @@ def build_stages(exp: Experiment) -> list[Stage]:
     qlora_dep: list[str] = []
     if exp.qlora is not None:
         q = exp.qlora
-        q_cfg = {"dataset": data_cfg, "vlm": exp.vlm.model, "revision": exp.vlm.revision, **asdict(q), "seed": seed,
-                 "instructions_file": str(exp.resolve(q.instructions)), "image_position": exp.vlm.image_position}
+        q_obj = q.settings.build(vlm=vlm.get("model"), seed=seed, image_position=vlm.value("image_position"))
+        q_cfg = {"dataset": data_cfg, **_identity(q_obj), "revision": vlm.get("revision"),
+                 "instructions_file": str(exp.resolve(q.instructions))}
 
         def run_qlora(ctx: StageContext) -> dict[str, Any]:
-            from vea_bench.train.qlora import QLoRAConfig, train_vlm
+            from vea_bench.train.qlora import train_vlm
 
-            cfg = QLoRAConfig(vlm=exp.vlm.model, quantize=q.quantize, epochs=q.epochs, lr=q.lr,
-                              max_steps=q.max_steps or None, seed=seed, kinds=tuple(q.kinds),
-                              gradient_checkpointing=q.gradient_checkpointing, loss_on=q.loss_on,
-                              image_position=exp.vlm.image_position)
             # The tuned VLM's accuracy comes from the extract stage's cache (baseline "vlm"), so the
             # trainer's own greedy evaluation pass would only repeat that work.
             out_dir = artifacts / f"qlora-{config_hash(q_cfg)[:12]}"
-            res = train_vlm(_load_index(exp), cfg, exp.resolve(q.instructions), out_dir,
+            res = train_vlm(_load_index(exp), q_obj, exp.resolve(q.instructions), out_dir,
                             device=device, eval_split=None, results_dir=work, progress=ctx.progress)
             out = _records(work, [res.record])
             out["adapter"] = str(res.adapter_dir)
@@ -112,26 +113,25 @@ def build_stages(exp: Experiment) -> list[Stage]:
 
     # Extraction: one pass per image into the cache.
     x = exp.extract
-    v = exp.vlm
-    # Batch size and workers change speed, not rows: they stay out of the stage's identity.
-    x_cfg = {"dataset": data_cfg, "cache": str(exp.cache_path), "vlm": asdict(v),
-             **{k: val for k, val in asdict(x).items() if k not in ("batch_size", "workers")}}
+    model = vlm.get("model")
+    model = str(Path(model).resolve()) if Path(model).exists() else model
+    own_adapter = vlm.get("adapter")
+    load = vlm.build(model=model, adapter=str(exp.resolve(own_adapter)) if own_adapter else None, device=device)
+    gen = x.settings.build(seed=seed)
+    # Batch size, workers and the device change speed, not rows: they stay out of the stage's identity.
+    x_cfg = {"dataset": data_cfg, "cache": str(exp.cache_path), "vlm": _identity(load, "device"),
+             "generation": _identity(gen), "answer": x.answer, "backbones": x.backbones, "limit": x.limit}
 
     def run_extract(ctx: StageContext) -> dict[str, Any]:
-        from vea_bench.extract import extract, teacher_key, vlm_key
-        from vea_bench.models.base import GenerationOptions, LoadOptions
+        from dataclasses import replace
 
-        adapter = ctx.outputs["qlora"]["adapter"] if qlora_dep else (str(exp.resolve(v.adapter)) if v.adapter else None)
+        from vea_bench.extract import extract, teacher_key, vlm_key
+
+        adapter = ctx.outputs["qlora"]["adapter"] if qlora_dep else load.adapter
         teachers = [ctx.outputs["teacher"]["checkpoint"]] if teacher_dep else []
-        opts = LoadOptions(model=v.model if not Path(v.model).exists() else str(Path(v.model).resolve()),
-                           revision=v.revision or None, adapter=adapter, dtype=v.dtype,
-                           quantization=v.quantization or None, device=device,
-                           trust_remote_code=v.trust_remote_code, max_pixels=x.max_pixels or None,
-                           image_position=v.image_position, instructblip_prompt=v.instructblip_prompt)
-        gen = GenerationOptions(decoding="sample" if x.sample else "greedy", max_new_tokens=x.max_new_tokens,
-                                seed=seed)
+        opts = replace(load, adapter=adapter)
         summary = extract(_load_index(exp), exp.cache_path, vlm=opts, answer_modes=x.answer, generation=gen,
-                          teachers=teachers, backbones=list(x.backbones), limit=x.limit or None,
+                          teachers=teachers, backbones=list(x.backbones), limit=x.limit,
                           batch_size=x.batch_size, num_workers=x.workers, device=device,
                           overwrite=ctx.rerun, progress=ctx.progress)
         if not summary.complete:
@@ -139,7 +139,7 @@ def build_stages(exp: Experiment) -> list[Stage]:
                 f"extraction left rows missing in {exp.cache_path} ({', '.join(s.name for s in summary.sources if s.missing)}); "
                 f"rerun to resume"
             )
-        keys = {"vlm": vlm_key(v.model, adapter), "teacher": teacher_key(teachers[0]) if teachers else None}
+        keys = {"vlm": vlm_key(vlm.get("model"), adapter), "teacher": teacher_key(teachers[0]) if teachers else None}
         return {"cache": str(exp.cache_path), "keys": keys, "paths": [str(exp.cache_path)],
                 "images_per_s": round(summary.images_per_s, 2), "failed_images": summary.failed_images}
 
@@ -157,18 +157,6 @@ def build_stages(exp: Experiment) -> list[Stage]:
         with FeatureCache.open(ctx.outputs["extract"]["cache"]) as cache:
             return load_head_data(cache, visual=keys["vlm"], teacher=keys["teacher"], vlm=keys["vlm"],
                                   need=need, vlm_input=vlm_input)
-
-    def distill_base() -> Any:
-        from vea_bench.heads.pipeline import DistillConfig, apply_schedule
-
-        cfg = DistillConfig(depth=d.depth, alpha=d.alpha, tau=d.tau, schedule=d.schedule)
-        if d.epochs:
-            cfg.epochs = d.epochs
-        if d.lr:
-            cfg.lr = d.lr
-        if d.batch_size:
-            cfg.batch_size = d.batch_size
-        return apply_schedule(cfg, "distill")
 
     def run_plan_stage(plan_fn: Callable[[], Any], need: tuple[str, ...], vlm_input: str = "onehot",
                        distill_from: str | None = None) -> Callable[[StageContext], dict[str, Any]]:
@@ -195,45 +183,39 @@ def build_stages(exp: Experiment) -> list[Stage]:
             from vea_bench.heads.pipeline import GateConfig
             from vea_bench.heads.sweep import plan_sweep
 
-            return plan_sweep(kind, distill_base(), GateConfig(), seeds=seeds, **grid)
+            return plan_sweep(kind, distill_config(exp, seeds[0]), GateConfig(), seeds=seeds, **grid)
 
         return plan
 
-    distill_cfg = {"distill": asdict(d)}
+    base_distill = _identity(distill_config(exp, d.seeds[0]), "seed")
+    distill_cfg = {"distill": base_distill, "seeds": d.seeds}
     stages.append(Stage("distill", distill_cfg,
-                        run_plan_stage(distill_grid("alpha", d.seeds, alphas=[d.alpha]), ("visual", "teacher")),
+                        run_plan_stage(distill_grid("alpha", d.seeds, alphas=[base_distill["alpha"]]),
+                                       ("visual", "teacher")),
                         deps=["extract"]))
 
     # One stage per gate, each over the distill heads of the "distill" stage (one per seed).
     for name in g.names:
         def gate_plan(name: str = name) -> Any:
-            from vea_bench.heads.pipeline import GateConfig, apply_schedule
             from vea_bench.heads.sweep import SweepPlan
 
             # One gate per distill head (per seed), seeded like its head; heads come from the distill stage.
-            gates = []
-            for i, s in enumerate(d.seeds):
-                gc = GateConfig(gate=name, gate_fit=g.fit, vlm_input=g.vlm_input, seed=s)
-                if g.epochs:
-                    gc.epochs = g.epochs
-                if g.lr:
-                    gc.lr = g.lr
-                gates.append((apply_schedule(gc, "gate"), i))
+            gates = [(gate_config(exp, name, s), i) for i, s in enumerate(d.seeds)]
             return SweepPlan("gate", [], gates)
 
-        g_cfg = {"gate": name, "fit": g.fit, "vlm_input": g.vlm_input, "epochs": g.epochs, "lr": g.lr}
-        stages.append(Stage(f"gate:{name}", g_cfg,
-                            run_plan_stage(gate_plan, ("visual", "teacher", "vlm"), g.vlm_input,
+        g_obj = gate_config(exp, name, d.seeds[0])
+        stages.append(Stage(f"gate:{name}", {"gate": _identity(g_obj, "seed")},
+                            run_plan_stage(gate_plan, ("visual", "teacher", "vlm"), g_obj.vlm_input,
                                            distill_from="distill"),
                             deps=["extract", "distill"]))
 
     sw = exp.sweep
     if sw.alpha:
-        stages.append(Stage("sweep:alpha", {"alphas": sw.alpha, "seeds": sw.seeds, "distill": asdict(d)},
+        stages.append(Stage("sweep:alpha", {"alphas": sw.alpha, "seeds": sw.seeds, "distill": base_distill},
                             run_plan_stage(distill_grid("alpha", sw.seeds, alphas=sw.alpha), ("visual", "teacher")),
                             deps=["extract"]))
     if sw.depth:
-        stages.append(Stage("sweep:depth", {"depths": sw.depth, "seeds": sw.seeds, "distill": asdict(d)},
+        stages.append(Stage("sweep:depth", {"depths": sw.depth, "seeds": sw.seeds, "distill": base_distill},
                             run_plan_stage(distill_grid("depth", sw.seeds, depths=sw.depth), ("visual", "teacher")),
                             deps=["extract"]))
 
@@ -292,7 +274,7 @@ def build_stages(exp: Experiment) -> list[Stage]:
             written.append(str(page.index))
         return {"paths": written}
 
-    stages.append(Stage("report", {**asdict(r)}, run_report, deps=upstream))
+    stages.append(Stage("report", canonical(r), run_report, deps=upstream))
     return stages
 
 
@@ -313,9 +295,9 @@ def run_experiment(
     if unknown:
         raise ConfigError(f"--force: unknown stage(s) {unknown} (stages: {', '.join(s.name for s in stages)})")
     threads = exp.experiment.threads
-    if threads < 0:
-        raise ConfigError(f"[experiment].threads must be 0 (torch's default) or positive, got {threads}")
-    if not threads:
+    if threads is not None and threads < 1:
+        raise ConfigError(f"[experiment].threads must be positive (leave it out for torch's default), got {threads}")
+    if threads is None:
         return run_stages(stages, ledger, workdir=work, progress=progress, force=force or [], on_stage=on_stage)
     import torch
 

@@ -25,7 +25,7 @@ from vea_bench.errors import ConfigError
 from vea_bench.records import RunRecord
 from vea_bench.report import stats as S
 from vea_bench.report.predictions import SplitPredictions, load_for
-from vea_bench.report.tables import Results, _created, config_signature, latest_group
+from vea_bench.report.tables import Results, _created, latest_group
 
 ALPHA = 0.05
 DEFAULT_CI_METHOD = "percentile"
@@ -39,7 +39,7 @@ def resolve(results: Results, spec: str) -> list[RunRecord]:
         return hit
     group = [r for r in recs if r.group == spec]
     if group:
-        sigs = {config_signature(r) for r in group}
+        sigs = {r.experiment_id for r in group}
         if len(sigs) > 1:
             raise ConfigError(f"group '{spec}' holds {len(sigs)} configurations (a sweep); name one run id "
                               f"(see `vea-bench results list`)")

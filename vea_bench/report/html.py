@@ -23,7 +23,7 @@ from vea_bench.errors import ConfigError, VeaError
 from vea_bench.records import RunRecord
 from vea_bench.report import stats as S
 from vea_bench.report.compare import Comparison, annotate_tables, compare_records, format_comparison
-from vea_bench.report.paper import dataset_title
+from vea_bench.report.paper import dataset_title, paper_setting
 from vea_bench.report.predictions import SplitPredictions, load_for
 from vea_bench.report.tables import (
     Results,
@@ -32,8 +32,9 @@ from vea_bench.report.tables import (
     _delta_text,
     _paper_text,
     _value_text,
+    Select,
+    _at_paper_alpha,
     build_tables,
-    config_signature,
     latest_group,
     metric_of,
     require_records,
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 TEMPLATE = "report.html"
 FIG_DIR = "figures"
 MAX_CALIBRATION_RUNS = 6
+MAIN = "EmoVLM-KD"   # the page's name for the gate runs it is about (the paper's method, or --gate's)
 
 
 @dataclass
@@ -78,22 +80,20 @@ def key_runs(results: Results, dataset: str, gate: str | None = None) -> dict[st
     latest config group each."""
     from vea_bench.heads.gates import GATES
 
-    want = GATES.canonical(gate) if gate else "concat"
-    if gate and not any(r.kind == "gate" and r.dataset == dataset and (r.config or {}).get("gate") == want
-                        for r in results.records):
+    paper = paper_setting()
+    want = GATES.canonical(gate) if gate else paper["gate"]
+    if gate and not any(r.kind == "gate" and r.dataset == dataset and r.variant == want for r in results.records):
         raise ConfigError(f"no '{want}' gate run on {dataset} under {results.root}")
+    # the paper's gate input; the paper's fit too unless --gate names the gate to show
+    setting = (("vlm_input", paper["vlm_input"]),) + ((("gate_fit", paper["gate_fit"]),) if gate is None else ())
+    main = Select(kind="gate", variant=want, config=setting)
 
-    def paper_gate(r: RunRecord) -> bool:
-        c = r.config or {}
-        return (r.kind == "gate" and str(c.get("gate", "concat")) == want and c.get("vlm_input", "onehot") == "onehot"
-                and (gate is not None or c.get("gate_fit", "train") == "train"))
-
-    gate = _latest(results, dataset, paper_gate) or _latest(results, dataset, lambda r: r.kind == "gate")
+    gate = _latest(results, dataset, main.matches) or _latest(results, dataset, lambda r: r.kind == "gate")
     ids = {(g.config or {}).get("distill_run") for g in gate}
     distill = [r for r in results.records if r.run_id in ids and r.kind == "distill"]
     if not distill:
-        distill = _latest(results, dataset, lambda r: r.kind == "distill" and (r.config or {}).get("alpha", 0.5) == 0.5)
-    out = {"EmoVLM-KD": gate, "distill head": latest_group(distill) if distill else [],
+        distill = _latest(results, dataset, lambda r: r.kind == "distill" and _at_paper_alpha(r))
+    out = {MAIN: gate, "distill head": latest_group(distill) if distill else [],
            "VLM alone": _latest(results, dataset, lambda r: r.kind == "vlm-eval"),
            "teacher alone": _latest(results, dataset, lambda r: r.kind == "baseline" and r.method == "teacher")}
     return {k: v for k, v in out.items() if v}
@@ -225,7 +225,7 @@ def _run_view(rec: RunRecord, path: Path | None) -> dict[str, Any]:
             "group": rec.group, "created": rec.created_at, "path": str(path) if path else "",
             "acc": metric_of(rec, "test"), "cache_path": (rec.cache or {}).get("path", ""),
             "config": _json(rec.config), "cache": _json(rec.cache), "artifacts": _json(rec.artifacts),
-            "environment": _json(rec.environment), "signature": config_signature(rec)[:12]}
+            "environment": _json(rec.environment), "signature": rec.experiment_id[:12]}
 
 
 def build_report(results: Results, out: str | Path, *, dataset: str | None = None, seed: int = 0,
@@ -276,23 +276,23 @@ def build_report(results: Results, out: str | Path, *, dataset: str | None = Non
 
     # Key comparisons on the main dataset.
     comparisons: list[dict[str, Any]] = []
-    if "EmoVLM-KD" in keys:
+    if MAIN in keys:
         for other in ("distill head", "VLM alone", "teacher alone"):
             if other not in keys:
                 continue
             try:
-                c: Comparison = compare_records(results, keys["EmoVLM-KD"], keys[other], "EmoVLM-KD", other,
+                c: Comparison = compare_records(results, keys[MAIN], keys[other], MAIN, other,
                                                 seed=seed, n_resamples=n_resamples)
             except ConfigError as exc:
-                rep.missing.append(f"comparison EmoVLM-KD vs {other}: {exc}")
+                rep.missing.append(f"comparison {MAIN} vs {other}: {exc}")
                 continue
-            comparisons.append({"title": f"EmoVLM-KD vs {other}", "lines": format_comparison(c),
+            comparisons.append({"title": f"{MAIN} vs {other}", "lines": format_comparison(c),
                                 "runs": sorted({p.run_a for p in c.pairs} | {p.run_b for p in c.pairs})})
 
     # Figure 4 from the newest paper gate run with stored predictions.
     fig4: dict[str, Any] | None = None
     src = None
-    gate_runs = sorted(keys.get("EmoVLM-KD", []), key=_created, reverse=True)
+    gate_runs = sorted(keys.get(MAIN, []), key=_created, reverse=True)
     gate_pred: tuple[RunRecord, SplitPredictions] | None = None
     for g in gate_runs:
         p = load_for(g, results.root)
@@ -333,7 +333,7 @@ def build_report(results: Results, out: str | Path, *, dataset: str | None = Non
                     (r.kind == "baseline" and not r.method.startswith("oracle")))],
                    key=lambda r: (r.run_id not in key_ids, order[r.kind], -_created(r)[0], r.run_id))
     for r in cands:
-        sig = config_signature(r)
+        sig = r.experiment_id
         if sig in seen:
             continue
         p = load_for(r, results.root)

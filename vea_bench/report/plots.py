@@ -16,9 +16,9 @@ import numpy as np
 
 from vea_bench.errors import ConfigError
 from vea_bench.hashing import config_hash
-from vea_bench.records import RunRecord
-from vea_bench.report.paper import PAPER_DATASETS, dataset_title
-from vea_bench.report.tables import STD_DDOF, Results, _strip, config_signature, latest_group, metric_of
+from vea_bench.records import RunRecord, experiment_config
+from vea_bench.report.paper import PAPER_DATASETS, dataset_title, paper_setting
+from vea_bench.report.tables import STD_DDOF, Results, latest_group, metric_of
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,10 @@ class AlphaCurve:
 
 
 def _sweep_key(r: RunRecord) -> str:
-    """Sweep identity: the record's ``group``, else its config without seed and alpha."""
+    """Sweep identity: the record's ``group``, else its experiment's config without alpha."""
     if r.group:
         return r.group
-    cfg = _strip(r.config)
+    cfg = experiment_config(r.config)
     cfg.pop("alpha", None)
     return config_hash({"dataset": r.dataset, "config": cfg})
 
@@ -218,7 +218,7 @@ def confusion_runs(results: Results, *, which: str = "latest", datasets: Sequenc
         raise ConfigError(f"unknown confusion selection '{which}' (choices: latest, all, none)")
     latest: dict[str, RunRecord] = {}
     for r in sorted(recs, key=lambda r: r.created_at):
-        latest[config_signature(r)] = r
+        latest[r.experiment_id] = r
     return list(latest.values())
 
 
@@ -226,10 +226,11 @@ def run_label(rec: RunRecord) -> str:
     """Short name of a run for titles: method plus the config choices that tell its variants apart."""
     cfg = rec.config if isinstance(rec.config, dict) else {}
     if rec.kind == "gate":
-        bits = [str(cfg.get("gate", "concat"))]
-        if cfg.get("vlm_input", "onehot") != "onehot":
+        paper = paper_setting()
+        bits = [rec.variant]
+        if "vlm_input" in cfg and cfg["vlm_input"] != paper["vlm_input"]:
             bits.append(str(cfg["vlm_input"]))
-        if cfg.get("gate_fit", "train") != "train":
+        if "gate_fit" in cfg and cfg["gate_fit"] != paper["gate_fit"]:
             bits.append(f"fit {cfg['gate_fit']}")
         return f"{rec.method} ({', '.join(bits)})"
     if rec.kind == "distill" and "alpha" in cfg:

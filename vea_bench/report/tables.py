@@ -3,18 +3,20 @@
 Tables read only run records (`vea_bench.records`), never models, so every number traces back to
 the runs, data and code that produced it. How cells are filled:
 
-- **Which records.** A row selects records by ``kind`` / ``method`` / ``config`` (the conventions
-  in `vea_bench.records`), one dataset per column.
-- **Seeds and reruns.** Records of a cell are grouped by their config without seed-like keys
-  (``seed``, ``*_seed``, ``run_id``, ``*_run`` / ``*_run_id`` such as a gate's ``distill_run``, the
-  ``device`` and output locations, at any nesting depth).
-  When a cell has several such groups (a rerun with another learning rate, say) the group holding
+- **Which records.** Rows are data: a `Select` over the record's typed fields (``kind``,
+  ``method``, ``variant``, config values; conventions in `vea_bench.records`), one dataset per
+  column. The paper's rows carry theirs in the bundled paper data; a gate or head registered
+  later gets its rows (Table 4, Extensions) without a change here.
+- **Seeds and reruns.** Records of a cell are grouped by their ``experiment_id`` (the config
+  without seeds, run ids, device and output places; `vea_bench.records.experiment_id`).
+  When a cell has several experiments (a rerun with another learning rate, say) the one holding
   the most recently created record wins: the table shows your latest experiment, and older ones
   stay available through `vea-bench results list`. Within the group, a seed run more than once
   counts once (its latest record). The cell is the mean over seeds; ``±`` is the sample standard
   deviation over seeds (``np.std(..., ddof=1)``), shown only with two or more seeds.
-- **Paper settings first.** Where a table is about one setting (Tables 2-4 and Table 1's
-  EmoVLM-KD use alpha = 0.5), records with that setting are preferred when present.
+- **Paper settings first.** Where a table is about the paper's setting (Tables 2-4 and Table 1's
+  EmoVLM-KD; the paper's alpha, gate, head and VLM are in its data, `report.paper.paper_setting`),
+  records at the paper's alpha are preferred in a cell when present.
 - **Percent.** Records hold fractions; tables show percent with two decimals.
 - **Missing cells say why**: ``not run`` (no record), ``reported only`` (a literature number,
   with ``--compare-paper``), ``— in paper`` (the paper has a dash there).
@@ -27,7 +29,7 @@ import csv
 import io
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,14 +38,12 @@ from typing import Any
 import numpy as np
 
 from vea_bench.errors import ConfigError
-from vea_bench.hashing import config_hash
 from vea_bench.records import RunRecord, iter_records
-from vea_bench.report.paper import PAPER_DATASETS, dataset_title, gate_key, label_space_for, paper_results
+from vea_bench.report.paper import PAPER_DATASETS, dataset_title, label_space_for, paper_results, paper_setting
 
 log = logging.getLogger(__name__)
 
 STD_DDOF = 1  # sample standard deviation over seeds
-PAPER_ALPHA = 0.5
 FORMATS = ("rich", "md", "latex", "csv")
 TABLE_IDS = ("1", "2", "3", "4", "ext")
 
@@ -51,12 +51,6 @@ EMPTY_HINT = (
     "run `vea-bench demo` for a tiny end-to-end example, or train runs (`vea-bench train ...`, "
     "`vea-bench sweep ...`) with --results pointing here"
 )
-
-# Config keys that name a run's replicate or output location rather than its experiment.
-_IGNORED_KEYS = frozenset({"seed", "run_id", "out", "out_dir", "output", "output_dir", "results", "results_dir",
-                           "device"})
-_IGNORED_SUFFIXES = ("_seed", "_run", "_run_id", "_run_ids")
-
 
 # ============================================================================ loading
 
@@ -106,22 +100,6 @@ def find_record(results_dir: str | Path, run: str) -> tuple[Path, RunRecord]:
 
 # ============================================================================ aggregation
 
-def _strip(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {
-            k: _strip(v) for k, v in obj.items()
-            if k not in _IGNORED_KEYS and not str(k).endswith(_IGNORED_SUFFIXES)
-        }
-    if isinstance(obj, list):
-        return [_strip(v) for v in obj]
-    return obj
-
-
-def config_signature(rec: RunRecord) -> str:
-    """Identity of a record's experiment: kind, method, dataset and config without seed-like keys."""
-    return config_hash({"kind": rec.kind, "method": rec.method, "dataset": rec.dataset, "config": _strip(rec.config)})
-
-
 def _created(rec: RunRecord) -> tuple[float, str]:
     for fmt in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"):
         try:
@@ -133,7 +111,7 @@ def _created(rec: RunRecord) -> tuple[float, str]:
 
 @dataclass
 class Aggregate:
-    """Mean and spread of one metric over the seeds of one config group (fractions)."""
+    """Mean and spread of one metric over the seeds of one experiment (fractions)."""
 
     mean: float
     std: float | None
@@ -152,12 +130,12 @@ def metric_of(rec: RunRecord, split: str, metric: str = "accuracy") -> float | N
 
 
 def latest_group(records: Sequence[RunRecord]) -> list[RunRecord]:
-    """The config group with the newest record, one record per seed (its latest rerun)."""
+    """The experiment (``experiment_id``) with the newest record, one record per seed (its latest rerun)."""
     if not records:
         return []
     groups: dict[str, list[RunRecord]] = {}
     for r in records:
-        groups.setdefault(config_signature(r), []).append(r)
+        groups.setdefault(r.experiment_id, []).append(r)
     best = max(groups.values(), key=lambda g: max(_created(r) for r in g))
     per_seed: dict[Any, RunRecord] = {}
     for r in sorted(best, key=_created):
@@ -166,7 +144,7 @@ def latest_group(records: Sequence[RunRecord]) -> list[RunRecord]:
 
 
 def aggregate(records: Sequence[RunRecord], split: str = "test", metric: str = "accuracy") -> Aggregate | None:
-    """Mean ± sample std (ddof=1) of ``metric`` over the seeds of the latest config group."""
+    """Mean ± sample std (ddof=1) of ``metric`` over the seeds of the latest experiment."""
     usable = [r for r in records if metric_of(r, split, metric) is not None]
     chosen = latest_group(usable)
     if not chosen:
@@ -178,18 +156,108 @@ def aggregate(records: Sequence[RunRecord], split: str = "test", metric: str = "
                      run_ids=[r.run_id for r in chosen])
 
 
-def _prefer(records: list[RunRecord], pred: Callable[[RunRecord], bool]) -> list[RunRecord]:
-    sub = [r for r in records if pred(r)]
-    return sub or records
+def _at_paper_alpha(r: RunRecord) -> bool:
+    """Trained at the paper's alpha, or a record without one (nothing to prefer)."""
+    a = r.config.get("alpha") if isinstance(r.config, dict) else None
+    return a is None or (isinstance(a, (int, float)) and abs(float(a) - paper_setting()["alpha"]) < 1e-9)
 
 
-def _alpha_is_paper(r: RunRecord) -> bool:
-    a = _cfg(r, "alpha")
-    return a is None or (isinstance(a, (int, float)) and abs(float(a) - PAPER_ALPHA) < 1e-9)
+# ============================================================================ rows as data
+
+@dataclass(frozen=True)
+class Select:
+    """Which records a row shows: this ``kind``, and ``method`` / ``variant`` / config values where given.
+
+    ``config`` holds (key, value) pairs a record's config must equal; a record lacking the key does
+    not match (tables never assume a default). ``paper_alpha`` prefers, per cell, the records
+    trained at the paper's alpha when any are present. ``dims`` matches ``config["hidden_dims"]``.
+    """
+
+    kind: str
+    method: str | None = None
+    variant: str | None = None
+    config: tuple[tuple[str, Any], ...] = ()
+    dims: tuple[int, ...] | None = None
+    paper_alpha: bool = False
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any]) -> Select:
+        """A selector from table data (``{"kind": ..., "variant": ..., "config": {...}}``)."""
+        return cls(kind=spec["kind"], method=spec.get("method"), variant=spec.get("variant"),
+                   config=tuple(sorted((spec.get("config") or {}).items())),
+                   dims=tuple(spec["dims"]) if spec.get("dims") is not None else None,
+                   paper_alpha=bool(spec.get("paper_alpha", False)))
+
+    def matches(self, r: RunRecord) -> bool:
+        cfg = r.config if isinstance(r.config, dict) else {}
+        return (r.kind == self.kind and (self.method is None or r.method == self.method)
+                and (self.variant is None or r.variant == self.variant)
+                and all(k in cfg and cfg[k] == v for k, v in self.config)
+                and (self.dims is None or _hidden_dims(r) == self.dims))
+
+    def pick(self, records: Iterable[RunRecord], dataset: str | None = None) -> list[RunRecord]:
+        """The matching records (of ``dataset`` when given), paper-alpha ones first if asked."""
+        sel = [r for r in records if self.matches(r) and (dataset is None or r.dataset == dataset)]
+        if self.paper_alpha:
+            sel = [r for r in sel if _at_paper_alpha(r)] or sel
+        return sel
 
 
-def _cfg(r: RunRecord, key: str, default: Any = None) -> Any:
-    return r.config.get(key, default) if isinstance(r.config, dict) else default
+def _hidden_dims(r: RunRecord) -> tuple[int, ...] | None:
+    dims = r.config.get("hidden_dims") if isinstance(r.config, dict) else None
+    return tuple(int(d) for d in dims) if isinstance(dims, list) else None
+
+
+def paper_gate_setting() -> tuple[tuple[str, Any], ...]:
+    """The config values of the paper's gates (Table 4): the VLM's one-hot answer, fitted on train."""
+    s = paper_setting()
+    return (("gate_fit", s["gate_fit"]), ("vlm_input", s["vlm_input"]))
+
+
+def emovlm_kd() -> Select:
+    """The paper's EmoVLM-KD: its gate in its setting, paper-alpha runs preferred."""
+    return Select(kind="gate", variant=paper_setting()["gate"], config=paper_gate_setting(), paper_alpha=True)
+
+
+def paper_distill(dims: Sequence[int] | None = None) -> Select:
+    """The paper's distill head (optionally of these hidden dims), paper-alpha runs preferred."""
+    return Select(kind="distill", variant=paper_setting()["distill_head"],
+                  dims=tuple(dims) if dims is not None else None, paper_alpha=True)
+
+
+# Selectors the paper data names by string (its rows' ``"select": "emovlm-kd"``).
+NAMED_SELECTS: dict[str, Callable[[], Select]] = {"emovlm-kd": emovlm_kd}
+
+
+def datasets_in(results: Results) -> list[str]:
+    """The paper's five datasets, then any other dataset found in the records."""
+    extra = sorted({r.dataset for r in results.records} - set(PAPER_DATASETS))
+    return list(PAPER_DATASETS) + extra
+
+
+def num_classes_for(results: Results, dataset: str) -> int:
+    """Class count of a dataset: from its records' label names, else its registered label space."""
+    for r in results.records:
+        if r.dataset == dataset and r.label_names:
+            return len(r.label_names)
+    space = label_space_for(dataset)
+    if space is None:
+        raise ConfigError(f"dataset '{dataset}': no record carries its label names, so its class count is unknown")
+    return space.num_classes
+
+
+def _params_of(records: Sequence[RunRecord]) -> int | None:
+    """The parameter count the chosen records stored (the seeds of one experiment share it)."""
+    counts = {r.params for r in latest_group(list(records)) if r.params is not None}
+    return counts.pop() if len(counts) == 1 else None
+
+
+def _gate_params(name: str, num_classes: int) -> int:
+    """Parameters of a registered gate over C classes, built for real (for rows without a record)."""
+    from vea_bench.heads.distill import count_params
+    from vea_bench.heads.gates import build_gate
+
+    return count_params(build_gate(name, num_classes))
 
 
 # ============================================================================ table model
@@ -268,76 +336,33 @@ def _reported_cell(paper: float | None) -> Cell:
     return Cell(kind="acc", value=paper, reported=True, paper=paper)
 
 
-# ============================================================================ selectors
-
-def _by(records: Iterable[RunRecord], *, kind: str, dataset: str | None = None) -> list[RunRecord]:
-    return [r for r in records if r.kind == kind and (dataset is None or r.dataset == dataset)]
-
-
-def _teacher_method(r: RunRecord) -> str:
-    """A teacher record's row name: its method, or the preset's name when the method is a timm name."""
-    try:
-        from vea_bench.models.teacher import TEACHER_PRESETS
-
-        for _, preset in TEACHER_PRESETS.items():
-            if r.method == preset.arch:
-                return preset.method
-    except ImportError:  # teachers module absent: the method is the row name
-        pass
-    return r.method
-
-
-def _is_emovlm_kd(r: RunRecord) -> bool:
-    """The paper's EmoVLM-KD: Concat & Linear gate over the VLM's one-hot answer, fitted on train."""
-    return (
-        r.kind == "gate"
-        and gate_key(_cfg(r, "gate", "concat")) == "concat"
-        and _cfg(r, "vlm_input", "onehot") == "onehot"
-        and _cfg(r, "gate_fit", "train") == "train"
-    )
-
-
-def _is_paper_gate_setting(r: RunRecord) -> bool:
-    return r.kind == "gate" and _cfg(r, "vlm_input", "onehot") == "onehot" and _cfg(r, "gate_fit", "train") == "train"
-
-
-def _tuned(r: RunRecord) -> bool:
-    return bool(_cfg(r, "tuned", False))
-
-
-def _hidden_dims(r: RunRecord) -> tuple[int, ...] | None:
-    dims = _cfg(r, "hidden_dims")
-    if isinstance(dims, list):
-        return tuple(int(d) for d in dims)
-    depth = _cfg(r, "depth")
-    if isinstance(depth, int) and 1 <= depth <= 5:
-        from vea_bench.report.params import hidden_dims_for_depth
-
-        return tuple(hidden_dims_for_depth(depth))
-    return None
-
-
-def datasets_in(results: Results) -> list[str]:
-    """The paper's five datasets, then any other dataset found in the records."""
-    extra = sorted({r.dataset for r in results.records} - set(PAPER_DATASETS))
-    return list(PAPER_DATASETS) + extra
-
-
-def num_classes_for(results: Results, dataset: str) -> int:
-    """Class count of a dataset: from its records' label names, else the paper's label space."""
-    for r in results.records:
-        if r.dataset == dataset and r.label_names:
-            return len(r.label_names)
-    space = label_space_for(dataset)
-    if space is None:
-        raise ConfigError(f"dataset '{dataset}': no record carries its label names, so its class count is unknown")
-    return space.num_classes
-
-
 # ============================================================================ Table 1
 
+@dataclass(frozen=True)
+class ExtraRows:
+    """Rows a Table 1 group adds for records no paper row shows: one per distinct ``by`` value."""
+
+    select: Select
+    by: str                 # "method" or "variant"
+    label: str = "{}"
+    key: str = "{}"
+
+
+# Records the paper's rows of a group leave over (another teacher, another VLM family) get rows here.
+TABLE1_EXTRA: dict[str, ExtraRows] = {
+    "conventional": ExtraRows(Select(kind="teacher"), by="method"),
+    "zero-shot": ExtraRows(Select(kind="vlm-eval", config=(("tuned", False),)), by="variant"),
+    "instruction-tuned": ExtraRows(Select(kind="vlm-eval", config=(("tuned", True),)), by="variant",
+                                   label="{} + QLoRA (VLM alone)", key="{}-tuned"),
+}
+
+
 def table1(results: Results, *, split: str = "test") -> Table:
-    """Methods x datasets, grouped as the paper (conventional, VEA-specific, zero-shot, instruction-tuned)."""
+    """Methods x datasets, grouped as the paper (conventional, VEA-specific, zero-shot, instruction-tuned).
+
+    Each paper row of ours carries its selector in the paper data (``select``; the EmoVLM-KD row
+    names `emovlm_kd`). Records no row of their group shows get rows from `TABLE1_EXTRA`.
+    """
     paper = paper_results()["table1"]
     datasets = datasets_in(results)
     cols = [Column(d, dataset_title(d)) for d in datasets]
@@ -345,55 +370,48 @@ def table1(results: Results, *, split: str = "test") -> Table:
     recs = results.records
     rows: list[Row] = []
 
-    def our_row(key: str, label: str, group: str, selected: list[RunRecord], paper_acc: dict[str, Any] | None) -> Row:
+    def our_row(key: str, label: str, group: str, sel: Select, keep: Callable[[RunRecord], bool],
+                paper_acc: dict[str, Any] | None) -> Row:
         cells = {}
         for d in datasets:
             pv = paper_acc.get(d) if paper_acc else None
-            cells[d] = _acc_cell([r for r in selected if r.dataset == d], split, pv, paper_has_row=paper_acc is not None and d in paper_acc)
+            chosen = [r for r in sel.pick(recs, d) if keep(r)]
+            cells[d] = _acc_cell(chosen, split, pv, paper_has_row=paper_acc is not None and d in paper_acc)
         return Row(label=label, cells=cells, group=group, key=key)
 
-    teachers = _by(recs, kind="teacher")
-    zero = [r for r in _by(recs, kind="vlm-eval") if not _tuned(r)]
-    tuned = [r for r in _by(recs, kind="vlm-eval") if _tuned(r)]
-    gates = [r for r in _by(recs, kind="gate") if _is_emovlm_kd(r)]
-    gates = _prefer(gates, lambda r: _alpha_is_paper(r))
-    paper_keys = {row["key"] for row in paper["rows"]}
-
     for group in groups:
+        shown: list[Select] = []
         for prow in [p for p in paper["rows"] if p["group"] == group]:
             key, label = prow["key"], prow["label"]
             if prow["reported"]:
                 rows.append(Row(label=f"{label} (reported)", cells={d: _reported_cell(prow["acc"].get(d)) for d in datasets},
                                 group=group, reported=True, key=key))
                 continue
-            if group == "conventional":
-                sel = [r for r in teachers if _teacher_method(r).lower() == key.lower()]
-            elif group == "zero-shot":
-                sel = [r for r in zero if _cfg(r, "backend") == key]
-            elif key == "qwen2-vl-tuned":
-                sel = [r for r in tuned if _cfg(r, "backend") == "qwen2-vl"]
-            else:  # EmoVLM-KD
-                sel = gates
-            rows.append(our_row(key, label, group, sel, prow["acc"]))
-        # Rows the paper does not have, in the group they belong to.
-        if group == "conventional":
-            for m in sorted({_teacher_method(r) for r in teachers} - paper_keys, key=str.lower):
-                if m.lower() in {k.lower() for k in paper_keys}:
-                    continue
-                rows.append(our_row(m, m, group, [r for r in teachers if _teacher_method(r) == m], None))
-        elif group == "zero-shot":
-            for b in sorted({str(_cfg(r, "backend")) for r in zero} - paper_keys):
-                rows.append(our_row(b, b, group, [r for r in zero if str(_cfg(r, "backend")) == b], None))
-        elif group == "instruction-tuned":
-            for b in sorted({str(_cfg(r, "backend")) for r in tuned} - {"qwen2-vl"}):
-                rows.append(our_row(f"{b}-tuned", f"{b} + QLoRA (VLM alone)", group,
-                                    [r for r in tuned if str(_cfg(r, "backend")) == b], None))
+            spec = prow["select"]
+            sel = NAMED_SELECTS[spec]() if isinstance(spec, str) else Select.of(spec)
+            shown.append(sel)
+            rows.append(our_row(key, label, group, sel, lambda r: True, prow["acc"]))
+        extra = TABLE1_EXTRA.get(group)
+        if extra is None:
+            continue
+        rest = [r for r in extra.select.pick(recs) if not any(s.matches(r) for s in shown)]
+        for v in sorted({str(getattr(r, extra.by)) for r in rest}, key=str.lower):
+            rows.append(our_row(extra.key.format(v), extra.label.format(v), group, extra.select,
+                                lambda r, v=v: str(getattr(r, extra.by)) == v and not any(s.matches(r) for s in shown),
+                                None))
     return Table(
         id="1", title=f"Table 1: {paper['caption']}", columns=cols, rows=rows, groups=groups,
         notes=_standard_notes(split) + [
-            "EmoVLM-KD: Concat & Linear gate over the VLM's one-hot answer, fitted on train (alpha = 0.5 runs preferred).",
+            f"EmoVLM-KD: {_gate_title(paper_setting()['gate'])} gate over the VLM's one-hot answer, fitted on train "
+            f"(alpha = {paper_setting()['alpha']:g} runs preferred).",
         ],
     )
+
+
+def _gate_title(name: str) -> str:
+    from vea_bench.heads.gates import gate_display_name
+
+    return gate_display_name(name)
 
 
 def _standard_notes(split: str) -> list[str]:
@@ -407,30 +425,33 @@ def _standard_notes(split: str) -> list[str]:
 
 def table2(results: Results, *, dataset: str = "fi", split: str = "test", vlm: str | None = None,
            teacher: str | None = None) -> Table:
-    """Trainable parameters (computed from the architectures) and accuracy of VLM, distill head, teacher, EmoVLM-KD."""
+    """Trainable parameters and accuracy of VLM, distill head, teacher, EmoVLM-KD.
+
+    Parameters are counted at the paper's scale, from the architectures of ``vlm`` (default: the
+    paper's VLM) and ``teacher``, so they compare with the paper whatever size the runs had.
+    """
     from vea_bench.report import params as P
 
     paper = paper_results()["table2"]
+    setting = paper_setting()
     on_paper_ds = dataset == paper["dataset"]
     prow = {p["key"]: p for p in paper["rows"]} if on_paper_ds else {}
     c = num_classes_for(results, dataset)
     vlm = vlm or P.DEFAULT_VLM
     counts = P.vlm_counts_cached(vlm)
-    recs = [r for r in results.records if r.dataset == dataset]
+    recs = results.records
+    dims = tuple(paper["distill_dims"])
 
-    tuned = [r for r in _by(recs, kind="vlm-eval") if _tuned(r)]
-    tuned = _prefer(tuned, lambda r: _cfg(r, "backend") == "qwen2-vl")
-    distill = [r for r in _by(recs, kind="distill") if _hidden_dims(r) == tuple(P.DEPTH_DIMS[:1])]
-    distill = _prefer(distill, _alpha_is_paper)
-    teachers = [r for r in _by(recs, kind="teacher") if _teacher_method(r) == "ViT"]
-    gates = _prefer([r for r in recs if _is_emovlm_kd(r)], _alpha_is_paper)
+    tuned = Select(kind="vlm-eval", config=(("tuned", True),)).pick(recs, dataset)
+    tuned = [r for r in tuned if r.variant == setting["vlm_backend"]] or tuned   # the paper's VLM first
+    teachers = Select(kind="teacher", method=paper["teacher_method"]).pick(recs, dataset)
 
     teacher_arch = teacher
     if teacher_arch is None:
         chosen = latest_group(teachers)
-        teacher_arch = str(_cfg(chosen[0], "arch", P.DEFAULT_TEACHER)) if chosen else P.DEFAULT_TEACHER
-    n_distill = P.distill_head_params(counts.embed_dim, c, P.DEPTH_DIMS[:1])
-    n_gate = P.gate_params("concat", c)
+        teacher_arch = str(chosen[0].config.get("arch") or P.DEFAULT_TEACHER) if chosen else P.DEFAULT_TEACHER
+    n_distill = P.distill_head_params(counts.embed_dim, c, dims)
+    n_gate = _gate_params(setting["gate"], c)
     n_teacher = P.teacher_params(teacher_arch, c)
     n_vlm = counts.quantised_trainable
 
@@ -442,9 +463,9 @@ def table2(results: Results, *, dataset: str = "fi", split: str = "test", vlm: s
 
     rows = [
         row("vlm", "(1) VLM", n_vlm, tuned),
-        row("distill", "(2) Distill", n_distill, distill),
+        row("distill", "(2) Distill", n_distill, paper_distill(dims).pick(recs, dataset)),
         row("teacher", "(3) ViT" if teacher_arch.startswith("vit") else f"(3) {teacher_arch}", n_teacher, teachers),
-        row("emovlm-kd", "(4) EmoVLM-KD", n_vlm + n_distill + n_gate, gates),
+        row("emovlm-kd", "(4) EmoVLM-KD", n_vlm + n_distill + n_gate, emovlm_kd().pick(recs, dataset)),
     ]
     return Table(
         id="2", title=f"Table 2: {paper['caption']} ({dataset_title(dataset)}, {c} classes)",
@@ -464,12 +485,13 @@ def table2(results: Results, *, dataset: str = "fi", split: str = "test", vlm: s
 # ============================================================================ Table 3
 
 def table3(results: Results, *, split: str = "test", vlm: str | None = None) -> Table:
-    """Distill-head depth: hidden dims, parameter count (computed) and accuracy on FI and Emotion6."""
+    """Distill-head depth: hidden dims, parameter count (at the paper's scale, from ``vlm``) and accuracy."""
     from vea_bench.report import params as P
 
     paper = paper_results()["table3"]
-    distill = _by(results.records, kind="distill")
-    sweep_ds = {r.dataset for r in distill if _hidden_dims(r) not in (None, tuple(P.DEPTH_DIMS[:1]))}
+    distill = Select(kind="distill", variant=paper_setting()["distill_head"]).pick(results.records)
+    first = tuple(paper_results()["table2"]["distill_dims"])
+    sweep_ds = {r.dataset for r in distill if _hidden_dims(r) not in (None, first)}
     datasets = list(paper["datasets"]) + sorted(sweep_ds - set(paper["datasets"]))
     counts = P.vlm_counts_cached(vlm or P.DEFAULT_VLM)
     classes = {d: num_classes_for(results, d) for d in datasets}
@@ -486,13 +508,13 @@ def table3(results: Results, *, split: str = "test", vlm: str | None = None) -> 
             pp = p["params"].get(d) if p else None
             cells[f"params:{d}"] = Cell(kind="count", value=P.distill_head_params(counts.embed_dim, classes[d], dims),
                                         paper=pp, paper_note="" if pp is not None else "not in paper")
-            sel = _prefer([r for r in distill if r.dataset == d and _hidden_dims(r) == dims], _alpha_is_paper)
             pa = p["acc"].get(d) if p else None
-            cells[f"acc:{d}"] = _acc_cell(sel, split, pa, paper_has_row=pa is not None)
+            cells[f"acc:{d}"] = _acc_cell(paper_distill(dims).pick(distill, d), split, pa, paper_has_row=pa is not None)
         rows.append(Row(label="[" + ", ".join(str(h) for h in dims) + "]", cells=cells, key=f"depth{len(dims)}"))
     return Table(
         id="3", title=f"Table 3: {paper['caption']}", columns=cols, rows=rows,
-        notes=[f"Distill input width D = {counts.embed_dim} ({vlm or P.DEFAULT_VLM}); alpha = 0.5 runs preferred.",
+        notes=[f"Distill input width D = {counts.embed_dim} ({vlm or P.DEFAULT_VLM}); "
+               f"alpha = {paper_setting()['alpha']:g} runs preferred.",
                _standard_notes(split)[0]],
     )
 
@@ -500,30 +522,30 @@ def table3(results: Results, *, split: str = "test", vlm: str | None = None) -> 
 # ============================================================================ Table 4
 
 def table4(results: Results, *, dataset: str = "fi", split: str = "test") -> Table:
-    """The five gates (VLM one-hot input, fitted on train) with their computed parameter counts."""
-    from vea_bench.report import params as P
+    """Every gate in the paper's setting (VLM one-hot input, fitted on train): the paper's five, then any
+    other gate with runs. Parameter counts are the records' own (a gate not run: built from `GATES`)."""
+    from vea_bench.heads.gates import GATES, gate_display_name
 
     paper = paper_results()["table4"]
     on_paper_ds = dataset == paper["dataset"]
     c = num_classes_for(results, dataset)
-    gates = [r for r in _by(results.records, kind="gate", dataset=dataset) if _is_paper_gate_setting(r)]
-    gates = _prefer(gates, _alpha_is_paper)
-    keys = [p["gate"] for p in paper["rows"]]
-    labels = {p["gate"]: p["label"] for p in paper["rows"]}
-    accs = {p["gate"]: p["acc"] for p in paper["rows"]} if on_paper_ds else {}
-    found = {gate_key(_cfg(r, "gate", "concat")) for r in gates}
-    keys += sorted(k for k in found - set(keys) if k)
+    setting = Select(kind="gate", config=paper_gate_setting(), paper_alpha=True)
+    gates = [r for r in results.records if setting.matches(r) and r.dataset == dataset]
+    keys = [GATES.canonical(p["gate"]) for p in paper["rows"]]
+    labels = {GATES.canonical(p["gate"]): p["label"] for p in paper["rows"]}
+    accs = {GATES.canonical(p["gate"]): p["acc"] for p in paper["rows"]} if on_paper_ds else {}
+    keys += sorted({r.variant for r in gates} - set(keys))
     rows = []
     for k in keys:
-        try:
-            n = P.gate_params(k, c)
-            pc = Cell(kind="count", value=n, paper_note="not in paper")
-        except Exception as exc:  # noqa: BLE001 - a gate only the heads registry knows, with other arguments
-            pc = Cell(kind="count", note="unknown", paper_note="not in paper")
-            log.info("gate %s: parameter count unavailable (%s)", k, exc)
-        sel = [r for r in gates if gate_key(_cfg(r, "gate", "concat")) == k]
+        sel = Select(kind="gate", variant=k, config=paper_gate_setting(), paper_alpha=True).pick(gates)
+        n = _params_of(sel)
+        if n is None and k in GATES:
+            n = _gate_params(k, c)
+        pc = Cell(kind="count", value=n, paper_note="not in paper") if n is not None else \
+            Cell(kind="count", note="unknown", paper_note="not in paper")
         ac = _acc_cell(sel, split, accs.get(k), paper_has_row=k in accs)
-        rows.append(Row(label=labels.get(k, k), cells={"params": pc, "acc": ac}, key=k))
+        label = labels.get(k) or (gate_display_name(k) if k in GATES else k)
+        rows.append(Row(label=label, cells={"params": pc, "acc": ac}, key=k))
     return Table(
         id="4", title=f"Table 4: {paper['caption']} ({dataset_title(dataset)})",
         columns=[Column("params", "Parameters", kind="count", compare=False), Column("acc", "Accuracy")], rows=rows,
@@ -535,35 +557,38 @@ def table4(results: Results, *, dataset: str = "fi", split: str = "test") -> Tab
 # ============================================================================ Extensions
 
 def table_extensions(results: Results, *, split: str = "test") -> Table:
-    """Rows beyond the paper: distill heads alone, other gate inputs / fit modes, cache baselines."""
+    """Rows beyond the paper: distill heads alone (any registered head), gates in other settings, baselines."""
     datasets = datasets_in(results)
     recs = results.records
     rows: list[Row] = []
+    setting = paper_setting()
 
-    def add(key: str, label: str, sel: list[RunRecord]) -> None:
-        cells = {d: _acc_cell([r for r in sel if r.dataset == d], split, None, paper_has_row=False) for d in datasets}
+    def add(key: str, label: str, sel: Select, keep: Callable[[RunRecord], bool]) -> None:
+        cells = {d: _acc_cell([r for r in sel.pick(recs, d) if keep(r)], split, None, paper_has_row=False)
+                 for d in datasets}
         rows.append(Row(label=label, cells=cells, key=key, group="ext"))
 
-    distill = _by(recs, kind="distill")
-    for dims in sorted({h for r in distill if (h := _hidden_dims(r)) is not None}, key=len):
-        sel = _prefer([r for r in distill if _hidden_dims(r) == dims], _alpha_is_paper)
-        add(f"distill{list(dims)}", f"distill head {list(dims)} alone", sel)
+    heads = sorted({(r.variant, h) for r in recs if r.kind == "distill" and (h := _hidden_dims(r)) is not None},
+                   key=lambda vh: (vh[0] != setting["distill_head"], vh[0], len(vh[1])))
+    for v, dims in heads:
+        name = "distill" if v == setting["distill_head"] else v
+        add(f"{name}{list(dims)}", f"{name} head {list(dims)} alone",
+            Select(kind="distill", variant=v, dims=dims, paper_alpha=True), lambda r: True)
 
     # Table 4's setting (one-hot VLM input, fitted on train) is shown there; the rest here.
-    others = [r for r in _by(recs, kind="gate") if not _is_paper_gate_setting(r)]
-    variants = sorted({(str(gate_key(_cfg(r, "gate", "concat"))), str(_cfg(r, "vlm_input", "onehot")),
-                        str(_cfg(r, "gate_fit", "train"))) for r in others})
-    for g, vin, fit in variants:
-        sel = [r for r in others if (str(gate_key(_cfg(r, "gate", "concat"))), str(_cfg(r, "vlm_input", "onehot")),
-                                     str(_cfg(r, "gate_fit", "train"))) == (g, vin, fit)]
-        add(f"gate:{g}:{vin}:{fit}", f"gate {g} (VLM {vin}, fit on {fit})", _prefer(sel, _alpha_is_paper))
+    in_t4 = Select(kind="gate", config=paper_gate_setting())
+    others = [r for r in recs if r.kind == "gate" and not in_t4.matches(r)]
+    for g, vin, fit in sorted({(r.variant, str(r.config.get("vlm_input")), str(r.config.get("gate_fit")))
+                               for r in others}):
+        add(f"gate:{g}:{vin}:{fit}", f"gate {g} (VLM {vin}, fit on {fit})",
+            Select(kind="gate", variant=g, paper_alpha=True),
+            lambda r, vin=vin, fit=fit: (not in_t4.matches(r) and str(r.config.get("vlm_input")) == vin
+                                         and str(r.config.get("gate_fit")) == fit))
 
-    base = _by(recs, kind="baseline")
-    for m in sorted({r.method for r in base}):
-        add(f"baseline:{m}", f"baseline {m}", [r for r in base if r.method == m])
+    for m in sorted({r.method for r in recs if r.kind == "baseline"}):
+        add(f"baseline:{m}", f"baseline {m}", Select(kind="baseline", method=m), lambda r: True)
     return Table(id="ext", title="Extensions: rows beyond the paper", columns=[Column(d, dataset_title(d), compare=False) for d in datasets],
                  rows=rows, notes=_standard_notes(split)[:1])
-
 
 def build_tables(results: Results, which: str = "all", *, dataset: str = "fi", split: str = "test",
                  vlm: str | None = None, teacher: str | None = None) -> list[Table]:

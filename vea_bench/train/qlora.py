@@ -464,7 +464,7 @@ def train_vlm(
     from safetensors.torch import load_file
     from transformers import get_constant_schedule_with_warmup
 
-    from vea_bench.models.loading import resolve_device
+    from vea_bench.devices import resolve_device
 
     cfg.validate()
     device = resolve_device(device)
@@ -587,10 +587,14 @@ def train_vlm(
                                                    adapter=str(adapter_dir), progress=progress,
                                                    image_position=cfg.image_position)
     window = max(1, min(10, len(losses) // 4 or 1))
+    from vea_bench.records import experiment_id
+
     record = RunRecord(
         kind="vlm",
         method="QLoRA",
         dataset=index.name,
+        # the stage identity without the seed; the config below also holds this run's losses and paths
+        experiment_id=experiment_id("vlm", "QLoRA", "QLoRA", index.name, identity),
         config={**identity, "vlm": cfg.vlm, "adapter_dir": str(adapter_dir), "device": device,
                 "base": prov, "steps": global_step,
                 "train_loss_first": sum(losses[:window]) / window if losses else None,

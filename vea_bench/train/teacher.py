@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vea_bench.devices import resolve_device
 from vea_bench.errors import ConfigError, DatasetError, ModelError
 from vea_bench.hashing import config_hash, file_sha256
 from vea_bench.progress import Progress, ensure
@@ -55,7 +56,7 @@ class TeacherConfig:
     lr: float = 3e-5
     weight_decay: float = 1e-5
     batch_size: int = 10
-    img_size: int | None = None
+    img_size: int | None = None         # None: the architecture's own input size
     seed: int = 42
     weights: str | None = None          # local state dict (safetensors / torch) to start from
     random_init: bool = False           # explicit opt-in to training from scratch
@@ -68,6 +69,8 @@ class TeacherConfig:
             raise ConfigError("--batch-size must be at least 1")
         if self.lr <= 0:
             raise ConfigError("--lr must be positive")
+        if self.img_size is not None and self.img_size < 1:
+            raise ConfigError("--img-size must be positive (leave it out for the architecture's own)")
         if self.weights and self.random_init:
             raise ConfigError("give either --weights FILE or --random-init, not both")
 
@@ -90,17 +93,6 @@ def method_name(arch: str) -> str:
 
     methods = {TEACHER_PRESETS.get(n).arch: TEACHER_PRESETS.get(n).method for n in TEACHER_PRESETS.names()}
     return methods.get(arch, arch)
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else is used as given."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
-    return device
 
 
 def build_initial_model(cfg: TeacherConfig, num_classes: int) -> tuple[nn.Module, str]:
@@ -381,10 +373,15 @@ def train_teacher(
         if bad:
             log.warning("%d %s images could not be decoded and were left out of the %s metrics", len(bad), split, split)
         metrics[split] = asdict(m)
+    from vea_bench.records import experiment_id
+
+    method = method_name(cfg.arch)
     record = RunRecord(
         kind="teacher",
-        method=method_name(cfg.arch),
+        method=method,
         dataset=index.name,
+        # the stage identity without the seed; the config below also holds this run's history and paths
+        experiment_id=experiment_id("teacher", method, method, index.name, identity),
         config={**identity, "arch": cfg.arch, "init": init, "checkpoint": str(out), "best_epoch": best_epoch,
                 "device": device, "history": history, "split_rule": index.split_rule},
         metrics=metrics,
