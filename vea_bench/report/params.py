@@ -3,9 +3,9 @@
 Small modules (distill heads, gates) are the very `vea_bench.heads` modules training uses, built
 for real with the right input width D and class count C; large ones (the ViT teacher, the 7B VLM)
 are built on the ``meta`` device, which allocates no memory and needs no weights, so counting
-Qwen2-VL-7B takes seconds offline (the VLM
-architectures ship as configs in `vea_bench/data/configs/`, built by `vea_bench.models.arch`;
-where the vision tower and language model sit is the family's `VLMFamily` declaration).
+Qwen2-VL-7B takes seconds offline (the VLM architectures ship as configs in
+`vea_bench/data/configs/`, built by `vea_bench.models.arch`; where the vision tower and the
+language model sit is the family's `VLMFamily` declaration).
 
 The paper's "trainable parameters" of the VLM (Table 2: 1,091,870,720 for Qwen2-VL-7B-Instruct)
 is not the LoRA adapter (r = 8 on q/k/v/o gives 5,046,272) nor the full model (8,291,375,616). It is
