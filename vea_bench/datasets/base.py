@@ -103,7 +103,7 @@ class DatasetEntry:
     loader: Loader
 
 
-DATASETS: Registry[DatasetEntry] = Registry("dataset")
+DATASETS: Registry[DatasetEntry] = Registry("dataset", plugins="vea_bench.datasets")
 
 
 def register_dataset(

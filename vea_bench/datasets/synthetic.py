@@ -56,7 +56,7 @@ class SyntheticLayout:
         return tuple(f for f in FAULTS if f not in self.unsupported_faults)
 
 
-SYNTHETIC: Registry[SyntheticLayout] = Registry("synthetic layout")
+SYNTHETIC: Registry[SyntheticLayout] = Registry("synthetic layout", plugins="vea_bench.datasets")
 
 
 def register_synthetic(name: str, *, stream: int, label_space: LabelSpace | None,

@@ -139,4 +139,4 @@ class VLMBackend(Protocol):
 
 # Registry of backend classes. Each class has `load(opts: LoadOptions) -> VLMBackend` as a classmethod
 # and `model_types: tuple[str, ...]` (config.model_type values it serves) for auto-detection.
-VLM_BACKENDS: Registry[Any] = Registry("VLM backend")
+VLM_BACKENDS: Registry[Any] = Registry("VLM backend", plugins="vea_bench.vlm_families")

@@ -22,7 +22,7 @@ from vea_bench.registry import Registry
 
 TinyBuilder = Callable[..., Path]
 
-TINY_BUILDERS: Registry[TinyBuilder] = Registry("tiny model kind")
+TINY_BUILDERS: Registry[TinyBuilder] = Registry("tiny model kind", plugins="vea_bench.vlm_families")
 
 
 def make_tiny(kind: str, out: str | Path, *, seed: int = 0, num_classes: int = 8) -> Path:
