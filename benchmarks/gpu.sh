@@ -20,7 +20,8 @@ if [[ "${SMOKE:-0}" == "1" ]]; then
 else
   COMMON=(--device cuda --dtype bf16 --images 32 --batch-size 8 --real-size 448 --ref-images 1
           --ref-max-new-tokens 256)
-  PRESETS=(qwen2-vl-7b-instruct qwen3-vl-4b-instruct llava-onevision-qwen2-7b-ov gemma-3-4b-it smolvlm-instruct
+  PRESETS=(qwen2-vl-7b-instruct qwen2.5-vl-7b-instruct qwen3-vl-4b-instruct llava-onevision-qwen2-7b-ov gemma-3-4b-it
+           smolvlm-instruct internvl3-1b-hf
            )
   QUANT_PRESETS=(qwen2-vl-7b-instruct)
   HEADS=(--device cuda)

@@ -177,3 +177,34 @@ def test_every_bundled_preset_is_declared_by_the_family_serving_it() -> None:
     for preset in PRESETS:
         fam = family_of(load_arch_config(preset).model_type)
         assert preset in fam.presets, f"{preset}: add it to {fam.name}'s VLMFamily(presets=...)"
+
+
+
+@pytest.mark.parametrize(("name", "preset"), [(n, p) for n, p in PRESETS if families()[n].fit_processor])
+def test_every_preset_builds_its_random_weight_backend_at_cpu_size(tmp_path: Path, name: str, preset: str) -> None:
+    """Each bundled preset's real architecture, cut to 1 layer, loads as the backend `benchmarks/gpu.sh` times
+    full-size, with the processor fitted to the real checkpoint's image layout (a family whose fitter is missing
+    or wrong fails here, not on the GPU node)."""
+    from vea_bench.models.family import family_supported
+    from vea_bench.models.random_weights import random_backend, reduced_config
+
+    fam = families()[name]
+    if not family_supported(fam):
+        pytest.skip(f"{name} needs transformers >= {fam.min_transformers}")
+    text = reduced_config(preset).text_config
+    head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    backend = random_backend(preset, tmp_path, layers=1, hidden=head, device="cpu", dtype="fp32")
+    assert type(backend) is backend_for_model_type(reduced_config(preset).model_type)
+    assert backend.embed_dim == fam.embed_dim(reduced_config(preset, layers=1, hidden=head))
+
+
+def test_internvl_random_weight_benchmark_smoke(tmp_path: Path) -> None:
+    """InternVL's crops and pixel shuffle through the benchmark end to end (its processor fitter is its own)."""
+    bench = _bench_module()
+    out = tmp_path / "fig.json"
+    rc = bench.main(["--arch", "internvl3-1b-hf", "--random-weights", "--layers", "1", "--hidden", "64",
+                     "--device", "cpu", "--images", "1", "--batch-size", "1", "--size", "28", "--ref-images", "1",
+                     "--ref-max-new-tokens", "2", "--max-new-tokens", "2", "--json", str(out)])
+    assert rc == 0
+    fig = json.loads(out.read_text())
+    assert fig["layers"] == 1 and fig["one_pass"]["images_per_s"] > 0 and fig["reference"]["gflop_per_image"] > 0

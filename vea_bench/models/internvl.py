@@ -16,12 +16,23 @@ from typing import Any
 from vea_bench.models.generic import ImageTextToTextBackend, VLMFamily, vlm_family
 from vea_bench.models.tiny import TINY_BUILDERS
 
+def _fit_processor(processor: Any, config: Any) -> None:
+    """The real checkpoint's crop side, tile budget and tokens per crop on the tiny processor."""
+    side, patch = config.vision_config.image_size, config.vision_config.patch_size
+    side = side[0] if isinstance(side, (list, tuple)) else side
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    ip = processor.image_processor
+    ip.size = {"height": side, "width": side}
+    ip.max_patches = 12          # the -hf checkpoints' processor: up to 12 tiles + a thumbnail
+    processor.image_seq_length = int((side // patch) ** 2 * config.downsample_ratio ** 2)
+
+
 FAMILY = VLMFamily(
     name="internvl", model_class="InternVLForConditionalGeneration", model_types=("internvl",),
     pooling="mean over all crop tokens (tiles + thumbnail) of the pixel-shuffle multi_modal_projector output",
     image_inputs=("pixel_values",), embed_dim_path="text_config.hidden_size", vision_module="model.vision_tower",
     vision_paths=("model.vision_tower", "model.multi_modal_projector"), tiny="internvl", aliases=("internvl3",),
-    presets=("internvl3-1b-hf",))
+    presets=("internvl3-1b-hf",), fit_processor=_fit_processor)
 
 
 @vlm_family(FAMILY)
