@@ -10,7 +10,7 @@ import torch
 from vea_bench.cache.store import FeatureCache, SplitSpec
 from vea_bench.datasets import load_dataset
 from vea_bench.errors import ConfigError
-from vea_bench.heads.gates import build_gate
+from vea_bench.heads.gates import GATES, build_gate
 from vea_bench.labels import EKMAN6, MIKELS8
 from vea_bench.records import RunRecord
 from vea_bench.report.examples import DatasetSource, dataset_source, group_report, pick_examples, split_meta
@@ -35,6 +35,18 @@ def test_dynamic_gate_weights_are_its_softmax_and_linear_gates_have_none() -> No
     wc = gate_source_weights("cross", 4, build_gate("cross", 4).state_dict(), v1, v2)
     assert wc.shape == (5, 2) and np.allclose(wc.sum(1), 1)
     assert gate_source_weights("concat", 4, build_gate("concat", 4).state_dict(), v1, v2) is None
+
+
+@pytest.mark.parametrize("name", GATES.names())
+def test_every_gates_source_weights_are_none_or_a_distribution(name: str) -> None:
+    """Whatever a registered gate declares as its per-image source weights is [B, 2], in [0, 1], summing to one."""
+    torch.manual_seed(1)
+    g = build_gate(name, 4)
+    rng = np.random.default_rng(1)
+    v1, v2 = rng.normal(size=(6, 4)).astype(np.float32), np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]]
+    w = gate_source_weights(name, 4, g.state_dict(), v1, v2)
+    if w is not None:
+        assert w.shape == (6, 2) and np.all((w >= 0) & (w <= 1)) and np.allclose(w.sum(1), 1, atol=1e-6)
 
 
 def test_examples_are_seeded_in_both_directions() -> None:

@@ -29,6 +29,11 @@ class Gate(nn.Module):
     def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def source_weights(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor | None:
+        """Per-image weights ``[B, 2]`` (distill, VLM) summing to one, for gates whose architecture weighs
+        its two sources (Figure 4 and the report show them); None for gates that mix through linear maps."""
+        return None
+
 
 @GATES.register("concat", aliases=("concat-linear", "concat & linear", "concatlinear", "linear"))
 class ConcatLinear(Gate):
@@ -91,8 +96,12 @@ class DynamicWeighting(Gate):
         self.fc = nn.Linear(num_classes, num_classes)
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-        w = torch.softmax(self.weigher(torch.cat([v1, v2], dim=-1)), dim=-1)
+        w = self.source_weights(v1, v2)
         return self.fc(w[..., :1] * v1 + w[..., 1:] * v2)
+
+    def source_weights(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        """The softmax weights themselves."""
+        return torch.softmax(self.weigher(torch.cat([v1, v2], dim=-1)), dim=-1)
 
 
 @GATES.register("crossgating", aliases=("cross", "cross-gating"))
@@ -111,6 +120,11 @@ class CrossGating(Gate):
         g1 = torch.sigmoid(self.gate1(v2))
         g2 = torch.sigmoid(self.gate2(v1))
         return self.fc(g1 * v1 + g2 * v2)
+
+    def source_weights(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        """The sigmoid gates averaged over classes, normalised to sum to one."""
+        w = torch.stack([torch.sigmoid(self.gate1(v2)).mean(-1), torch.sigmoid(self.gate2(v1)).mean(-1)], dim=-1)
+        return w / w.sum(-1, keepdim=True)
 
 
 def build_gate(name: str, num_classes: int) -> Gate:

@@ -178,32 +178,22 @@ def load_for(rec: Any, results_root: str | Path | None = None, split: str = "tes
 
 def gate_source_weights(gate: str, num_classes: int, state: Mapping[str, Any], v1: np.ndarray,
                         v2: np.ndarray) -> np.ndarray | None:
-    """Per-image weights (distill, VLM) of gates whose architecture weighs its two sources.
+    """Per-image weights (distill, VLM) of a gate whose architecture weighs its two sources, else None.
 
-    DynamicWeighting's softmax weights are exactly that; CrossGating's sigmoid gates are averaged
-    over classes and normalised to sum to one. The other gates mix sources through linear maps,
-    which have no per-image source weight: None.
+    The gate class says what its weights are (`Gate.source_weights`), so a new gate shows them
+    without an edit here.
     """
     import torch
 
-    from vea_bench.heads.gates import GATES, build_gate
+    from vea_bench.heads.gates import build_gate
 
-    name = GATES.canonical(gate)
-    if name not in ("dynamic", "crossgating"):
-        return None
-    g = build_gate(name, num_classes)
+    g = build_gate(gate, num_classes)
     g.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
     a = torch.from_numpy(np.asarray(v1, dtype=np.float32))
     b = torch.from_numpy(np.asarray(v2, dtype=np.float32))
     with torch.no_grad():
-        if name == "dynamic":
-            w = torch.softmax(g.weigher(torch.cat([a, b], dim=-1)), dim=-1)
-        else:
-            g1 = torch.sigmoid(g.gate1(b)).mean(-1)
-            g2 = torch.sigmoid(g.gate2(a)).mean(-1)
-            w = torch.stack([g1, g2], dim=-1)
-            w = w / w.sum(-1, keepdim=True)
-    return w.numpy()
+        w = g.source_weights(a, b)
+    return None if w is None else w.numpy()
 
 
 def attach_head(rec: Any, data: Any, res: Any, distill: Any | None = None) -> None:
