@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from vea_bench.cache.store import FeatureCache, SplitSpec
 from vea_bench.hashing import manifest_hash
 from vea_bench.labels import MIKELS8
+
+
+def complementary_data(path: Path, **kwargs: Any) -> Any:
+    """`make_complementary_cache(path, **kwargs)` read back as `HeadData` with every source (cache closed)."""
+    from vea_bench.heads.data import load_head_data
+    from vea_bench.heads.synthetic_cache import make_complementary_cache
+
+    with FeatureCache.open(make_complementary_cache(path, **kwargs)) as c:
+        return load_head_data(c, need=("visual", "teacher", "vlm"))
 
 
 def tiny_cache(path: Path, *, n: int = 40, dim: int = 8, teacher_width: int = 8, nan_row: int | None = None,

@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests._heads_helpers import complementary_data
 from vea_bench.cache.store import FeatureCache
 from vea_bench.errors import ConfigError
 from vea_bench.heads.data import load_head_data
@@ -24,6 +25,7 @@ from vea_bench.heads.pipeline import (
 from vea_bench.heads.synthetic_cache import make_complementary_cache
 from vea_bench.records import RunRecord
 from vea_bench_cli.main import app
+
 
 runner = CliRunner()
 
@@ -43,10 +45,8 @@ def data80(vlm80):
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    p = make_complementary_cache(tmp_path_factory.mktemp("small") / "c.h5", n_train=200, n_val=100, n_test=100,
-                                 dim=12, seed=6)
-    with FeatureCache.open(p) as c:
-        return load_head_data(c, need=("visual", "teacher", "vlm"))
+    return complementary_data(tmp_path_factory.mktemp("small") / "c.h5", n_train=200, n_val=100, n_test=100,
+                              dim=12, seed=6)
 
 
 def _vlm_acc(sa) -> float:

@@ -11,12 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from vea_bench.cache.store import FeatureCache
-from vea_bench.heads.data import load_head_data
+from tests._heads_helpers import complementary_data
 from vea_bench.heads.distill import HEADS
 from vea_bench.heads.gates import GATES, Gate
 from vea_bench.heads.pipeline import DistillConfig, GateConfig, train_distill, train_gates
-from vea_bench.heads.synthetic_cache import make_complementary_cache
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
 
@@ -32,10 +30,8 @@ def _block(heading: str) -> str:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    p = make_complementary_cache(tmp_path_factory.mktemp("guide") / "c.h5", n_train=400, n_val=100, n_test=300,
-                                 dim=16, seed=3)
-    with FeatureCache.open(p) as c:
-        return load_head_data(c, need=("visual", "teacher", "vlm"))
+    return complementary_data(tmp_path_factory.mktemp("guide") / "c.h5", n_train=400, n_val=100, n_test=300,
+                              dim=16, seed=3)
 
 
 def test_the_guides_head_registers_and_learns(data) -> None:

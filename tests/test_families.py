@@ -193,9 +193,10 @@ def test_every_preset_builds_its_random_weight_backend_at_cpu_size(tmp_path: Pat
         pytest.skip(f"{name} needs transformers >= {fam.min_transformers}")
     text = reduced_config(preset).text_config
     head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    cut = reduced_config(preset, layers=1, hidden=head)
     backend = random_backend(preset, tmp_path, layers=1, hidden=head, device="cpu", dtype="fp32")
-    assert type(backend) is backend_for_model_type(reduced_config(preset).model_type)
-    assert backend.embed_dim == fam.embed_dim(reduced_config(preset, layers=1, hidden=head))
+    assert type(backend) is backend_for_model_type(cut.model_type)
+    assert backend.embed_dim == fam.embed_dim(cut)
 
 
 def test_internvl_random_weight_benchmark_smoke(tmp_path: Path) -> None:

@@ -11,13 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from vea_bench.cache.store import FeatureCache
+from tests._heads_helpers import complementary_data
 from vea_bench.errors import ConfigError, VeaError
-from vea_bench.heads.data import load_head_data
 from vea_bench.heads.distill import HEADS, DistillHead, MLPLayout, build_head, count_params
 from vea_bench.heads.pipeline import DistillConfig, GateConfig, distill_record, load_distill_run, train_distill
 from vea_bench.heads.sweep import plan_sweep, run_plan
-from vea_bench.heads.synthetic_cache import make_complementary_cache
 from vea_bench.heads.trainer import (
     MemberHyper,
     SplitInputs,
@@ -36,10 +34,8 @@ CHANCE = 1 / 8
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Learnable: the embedding carries the class on 60 % of rows (a head can reach about that)."""
-    p = make_complementary_cache(tmp_path_factory.mktemp("heads") / "c.h5", n_train=600, n_val=200, n_test=400,
-                                 dim=24, seed=2)
-    with FeatureCache.open(p) as c:
-        return load_head_data(c, need=("visual", "teacher", "vlm"))
+    return complementary_data(tmp_path_factory.mktemp("heads") / "c.h5", n_train=600, n_val=200, n_test=400,
+                              dim=24, seed=2)
 
 
 def _cfg(head: str, **kw) -> DistillConfig:

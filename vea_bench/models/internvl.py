@@ -16,15 +16,22 @@ from typing import Any
 from vea_bench.models.generic import ImageTextToTextBackend, VLMFamily, vlm_family
 from vea_bench.models.tiny import TINY_BUILDERS
 
-def _fit_processor(processor: Any, config: Any) -> None:
-    """The real checkpoint's crop side, tile budget and tokens per crop on the tiny processor."""
+def crop_layout(config: Any) -> tuple[int, int]:
+    """``(crop side in pixels, language tokens per crop)``: patches per crop side squared, shrunk by the
+    pixel shuffle (``downsample_ratio`` per side). The config may give sizes as ``[h, w]``; crops are square."""
     side, patch = config.vision_config.image_size, config.vision_config.patch_size
     side = side[0] if isinstance(side, (list, tuple)) else side
     patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    return int(side), int((side // patch) ** 2 * config.downsample_ratio ** 2)
+
+
+def _fit_processor(processor: Any, config: Any) -> None:
+    """The real checkpoint's crop side, tile budget and tokens per crop on the tiny processor."""
+    side, per_crop = crop_layout(config)
     ip = processor.image_processor
     ip.size = {"height": side, "width": side}
     ip.max_patches = 12          # the -hf checkpoints' processor: up to 12 tiles + a thumbnail
-    processor.image_seq_length = int((side // patch) ** 2 * config.downsample_ratio ** 2)
+    processor.image_seq_length = per_crop
 
 
 FAMILY = VLMFamily(
@@ -40,12 +47,7 @@ class InternVLBackend(ImageTextToTextBackend):
     """InternVLForConditionalGeneration: per-crop features, crops per image from the placeholders."""
 
     def crops_per_image(self, batch: dict[str, Any]) -> list[int]:
-        cfg = self.core.config
-        side = cfg.vision_config.image_size
-        patch = cfg.vision_config.patch_size
-        side = side[0] if isinstance(side, (list, tuple)) else side
-        patch = patch[0] if isinstance(patch, (list, tuple)) else patch
-        per_crop = int((side // patch) ** 2 * cfg.downsample_ratio ** 2)
+        _, per_crop = crop_layout(self.core.config)
         counts = (batch["input_ids"] == self._image_token_id()).sum(-1)
         return [int(c) // per_crop for c in counts.tolist()]
 
