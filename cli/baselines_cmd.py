@@ -35,10 +35,11 @@ def register(app: typer.Typer) -> None:
             from rich.table import Table
 
             from vea_bench.cache.store import FeatureCache
-            from vea_bench.heads.baselines import run_baselines, save_records
+            from vea_bench.heads.baselines import run_baselines
             from vea_bench.heads.data import load_head_data
             from vea_bench.heads.pipeline import load_distill_run
             from vea_bench.devices import resolve_device
+            from vea_bench.results import ResultsStore
             from vea_bench_cli.common import RichProgress
 
             dev = str(resolve_device(device))
@@ -49,11 +50,12 @@ def register(app: typer.Typer) -> None:
                     hdata = load_head_data(c, visual=visual, teacher=teacher, need=("visual", "teacher"))
                     head = load_distill_run(distill, results, hdata)
                 bkeys = [b.strip() for b in backbone.split(",") if b.strip()] if backbone else None
-                recs, skipped = run_baselines(c, only=want, vlm=vlm, teacher=teacher, visual=visual, backbones=bkeys,
+                outs, skipped = run_baselines(c, only=want, vlm=vlm, teacher=teacher, visual=visual, backbones=bkeys,
                                               vlm_input=vlm_input, distill=head, distill_data=hdata,
                                               probe_l2=probe_l2, probe_iters=probe_iters, device=dev,
                                               progress=RichProgress("baseline", quiet=quiet))
-            paths = save_records(recs, results)
+            paths = ResultsStore(results).save_all(outs)
+            recs = [o.record for o in outs]
             if quiet:
                 for p in paths:
                     echo_path(p, True)

@@ -14,11 +14,16 @@ results_app = typer.Typer(no_args_is_help=True)
 ResultsOpt = Annotated[Path, typer.Option("--results", "-r", help="Folder of run records (searched recursively).")]
 
 
-class TableFormat(str, Enum):
-    rich = "rich"
-    md = "md"
-    latex = "latex"
-    csv = "csv"
+def _format_choices() -> tuple[type[Enum], str]:
+    """`--format`'s choices and help: every registered table format (`vea_bench.report.formats`)."""
+    from vea_bench.report.formats import TABLE_FORMATS
+
+    names = TABLE_FORMATS.names()
+    helps = ", ".join(f"{n} ({TABLE_FORMATS.get(n).help})" if TABLE_FORMATS.get(n).help else n for n in names)
+    return Enum("TableFormat", {n: n for n in names}, type=str), f"Table format: {helps}."  # type: ignore[return-value]
+
+
+TableFormat, _FORMAT_HELP = _format_choices()
 
 
 class TableChoice(str, Enum):
@@ -59,7 +64,7 @@ def _load(results: Path) -> Any:
 
 def table(
     results: ResultsOpt = Path("results"),
-    fmt: Annotated[TableFormat, typer.Option("--format", "-f", help="rich (terminal), md, latex (booktabs) or csv.")] = TableFormat.rich,
+    fmt: Annotated[TableFormat, typer.Option("--format", "-f", help=_FORMAT_HELP)] = TableFormat("rich"),  # type: ignore[valid-type]
     compare_paper: Annotated[bool, typer.Option("--compare-paper", help="Add the paper's numbers and the difference (Δ).")] = False,
     which: Annotated[TableChoice, typer.Option("--table", "-t", help="Which table: 1, 2, 3, 4, ext (extensions) or all.")] = TableChoice.all,
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset of Tables 2 and 4.")] = "fi",
@@ -71,7 +76,8 @@ def table(
     significance: Annotated[bool, typer.Option("--significance", help="Mark the best row per column (▲) and rows not significantly different from it (≈, Holm-corrected).")] = False,
 ) -> None:
     """Render the paper's Tables 1-4 (and extensions) from run records, optionally against the paper."""
-    from vea_bench.report.tables import build_tables, render, to_rich
+    from vea_bench.report.formats import table_format
+    from vea_bench.report.tables import build_tables
 
     if (ci or significance) and split != "test":
         fail("--ci and --significance use the stored test predictions; drop --split or use --split test")
@@ -82,11 +88,13 @@ def table(
 
         for note in run_guarded(annotate_tables, tables, res, ci=ci, marks=significance):
             err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-    if fmt is TableFormat.rich and out is None:
-        for t in tables:
-            console.print(to_rich(t, compare=compare_paper))
+    form = run_guarded(table_format, fmt.value)
+    shown = form.renderables(tables, compare=compare_paper) if out is None else None
+    if shown is not None:
+        for t in shown:
+            console.print(t)
         return
-    text = run_guarded(render, tables, fmt.value, compare=compare_paper)
+    text = form.render(tables, compare=compare_paper)
     if out is None:
         typer.echo(text, nl=False)
         return
@@ -172,8 +180,8 @@ def results_list(
     """List run records: run id, kind, method, variant, dataset, seed, test accuracy, created."""
     from rich.table import Table
 
-    from vea_bench.records import RUN_KINDS
-    from vea_bench.report.tables import metric_of
+    from vea_bench.results import RUN_KINDS
+    from vea_bench.report.selection import metric_of
 
     if kind is not None and kind not in RUN_KINDS:
         fail(f"unknown run kind '{kind}' (choices: {', '.join(RUN_KINDS)})")

@@ -97,6 +97,7 @@ def _sweep(kind: str, *, cache: Path, seeds: str, grid: dict[str, str | None], d
     def go() -> None:
         from vea_bench.heads.config import make_config
         from vea_bench.heads.sweep import parse_grid, parse_names, plan_sweep, run_plan
+        from vea_bench.results import ResultsStore
 
         setup_logging(quiet)
         seed_list = parse_grid(seeds, int, flag="--seeds")
@@ -116,7 +117,7 @@ def _sweep(kind: str, *, cache: Path, seeds: str, grid: dict[str, str | None], d
             recs = run_plan(plan, data, results_dir=results, device=device, progress=live)
         if quiet:
             for r in recs:
-                echo_path(Path(results) / r.kind / f"{r.run_id}.json", True)
+                echo_path(ResultsStore(results).record_path(r), True)
         else:
             show_records(recs, f"sweep {kind}: group {recs[0].group}")
             console.print(f"{len(recs)} records in {results}/ (group {recs[0].group})")

@@ -86,6 +86,7 @@ def distill_cmd(
     def go() -> None:
         from vea_bench.heads.config import make_config
         from vea_bench.heads.sweep import SweepPlan, run_plan
+        from vea_bench.results import ResultsStore
         from vea_bench_cli.common import RichProgress
 
         setup_logging(quiet)
@@ -94,10 +95,10 @@ def distill_cmd(
         recs = run_plan(SweepPlan("distill", [cfg], []), data, results_dir=results, device=device,
                         progress=RichProgress("step", quiet=quiet), group=None)
         if quiet:
-            echo_path(Path(results) / "distill" / f"{recs[0].run_id}.json", True)
+            echo_path(ResultsStore(results).record_path(recs[0]), True)
         else:
             show_records(recs, f"distill head on {data.dataset}")
-            console.print(f"record: {Path(results) / 'distill' / (recs[0].run_id + '.json')}")
+            console.print(f"record: {ResultsStore(results).record_path(recs[0])}")
 
     run_guarded(go)
 
@@ -123,6 +124,7 @@ def gate_cmd(
         from vea_bench.heads.config import make_config
         from vea_bench.heads.pipeline import load_distill_run
         from vea_bench.heads.sweep import SweepPlan, run_plan
+        from vea_bench.results import ResultsStore
         from vea_bench_cli.common import RichProgress
 
         setup_logging(quiet)
@@ -137,7 +139,7 @@ def gate_cmd(
         plan = SweepPlan("gate", [dcfg], [(gcfg, 0)])
         recs = run_plan(plan, data, results_dir=results, device=device, progress=RichProgress("step", quiet=quiet),
                         distill_results=reused, distill_run=reused[0].extra.get("run_id") if reused else None)
-        paths = [Path(results) / r.kind / f"{r.run_id}.json" for r in recs]
+        paths = [ResultsStore(results).record_path(r) for r in recs]
         if quiet:
             echo_path(paths[-1], True)
         else:

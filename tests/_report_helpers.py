@@ -1,4 +1,4 @@
-"""Run records shaped as the heads / teacher / VLM engineers write them (see `vea_bench.records`).
+"""Run records shaped as the heads / teacher / VLM engineers write them (see `vea_bench.results.records`).
 
 Metrics come from the real `split_metrics` on synthetic predictions, so confusion matrices, per-class
 accuracies and KL values are consistent with each accuracy, exactly as real runs produce them.
@@ -13,7 +13,7 @@ import numpy as np
 
 from vea_bench.labels import BINARY, EKMAN6, MIKELS8
 from vea_bench.metrics import split_metrics
-from vea_bench.records import RunRecord
+from vea_bench.results import ResultsStore, RunRecord
 
 SPACES = {"emoset": MIKELS8, "fi": MIKELS8, "emotion6": EKMAN6, "flickr": BINARY, "instagram": BINARY}
 DATASETS = tuple(SPACES)
@@ -64,7 +64,7 @@ def write_realistic_results(root: Path, *, seeds: tuple[int, ...] = (0, 1, 2), s
     out: list[RunRecord] = []
 
     def save(rec: RunRecord) -> None:
-        rec.save(root)
+        ResultsStore(root).save(rec)
         out.append(rec)
 
     for i, d in enumerate(DATASETS):

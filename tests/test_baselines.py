@@ -11,7 +11,7 @@ from tests._heads_helpers import tiny_cache
 from vea_bench.cache.store import FeatureCache
 from vea_bench.heads.baselines import complementarity_counts, ensemble_scores, oracle_predictions, pick_ensemble_weight
 from vea_bench.heads.synthetic_cache import make_complementary_cache
-from vea_bench.records import iter_records
+from vea_bench.results import ResultsStore
 from vea_bench_cli.main import app
 
 runner = CliRunner()
@@ -51,8 +51,8 @@ def test_baselines_command_writes_all_records(cache, tmp_path):
     res = runner.invoke(app, ["baselines", "--cache", str(cache), "--distill", run_id, "--results", str(out),
                               "--probe-iters", "30"])
     assert res.exit_code == 0, res.output + res.stderr
-    records = {r.method: r for _, r in iter_records(out)[0] if r.kind in ("baseline", "complementarity")}
-    vlm_eval = [r for _, r in iter_records(out)[0] if r.kind == "vlm-eval"]
+    records = {r.method: r for _, r in ResultsStore(out).scan()[0] if r.kind in ("baseline", "complementarity")}
+    vlm_eval = [r for _, r in ResultsStore(out).scan()[0] if r.kind == "vlm-eval"]
     assert len(vlm_eval) == 1 and vlm_eval[0].method == "VLM" and vlm_eval[0].config["tuned"] is False
     records["vlm"] = vlm_eval[0]  # the VLM alone: Table 1's VLM rows and Table 2's row (1)
     assert set(records) == {"vlm", "teacher", "distill", "probe:visual/synthetic", "probe:backbone/vit", "ensemble",

@@ -12,9 +12,8 @@ from typer.testing import CliRunner
 from test_stats import exact_mcnemar_by_hand, planted
 from vea_bench.labels import MIKELS8
 from vea_bench.metrics import split_metrics
-from vea_bench.records import RunRecord
+from vea_bench.results import ResultsStore, RunRecord, from_scores, load_for, read_predictions
 from vea_bench.report.compare import annotate_tables
-from vea_bench.report.predictions import PRED_FILE, attach, from_scores, load_for, read_predictions
 from vea_bench.report.tables import build_tables, load_results
 from vea_bench_cli.main import app
 
@@ -32,8 +31,7 @@ def save_run(root: Path, kind: str, method: str, config: dict, y: np.ndarray, pr
     rec = RunRecord(kind=kind, method=method, dataset="fi", config={**config, "seed": seed}, metrics={"test": asdict(m)},
                     seed=seed, group=group, label_names=NAMES, environment=ENV,
                     cache={"path": "", "manifest_hashes": {"test": manifest}})
-    attach(rec, {"test": from_scores(y, scores, rows, logits=True)})
-    rec.save(root)
+    ResultsStore(root).save(rec, predictions={"test": from_scores(y, scores, rows, logits=True)})
     return rec
 
 
@@ -47,7 +45,7 @@ def pair(tmp_path: Path) -> tuple[Path, RunRecord, RunRecord, tuple]:
 
 def test_predictions_are_stored_beside_the_record_without_pickle(pair) -> None:
     root, ra, _, (y, a, _) = pair
-    path = root / "artifacts" / ra.run_id / PRED_FILE
+    path = root / "artifacts" / ra.run_id / "predictions.safetensors"
     saved = json.loads((root / "gate" / f"{ra.run_id}.json").read_text())
     assert saved["artifacts"]["predictions"] == str(path) and path.is_file()
     preds, meta = read_predictions(path)

@@ -23,7 +23,7 @@ from vea_bench.heads.pipeline import (
     train_gates,
 )
 from vea_bench.heads.synthetic_cache import make_complementary_cache
-from vea_bench.records import RunRecord
+from vea_bench.results import RunRecord
 from vea_bench_cli.main import app
 
 

@@ -12,9 +12,10 @@ from vea_bench.datasets import load_dataset
 from vea_bench.errors import ConfigError
 from vea_bench.heads.gates import GATES, build_gate
 from vea_bench.labels import EKMAN6, MIKELS8
-from vea_bench.records import RunRecord
+from vea_bench.results import RunRecord
 from vea_bench.report.examples import DatasetSource, dataset_source, group_report, pick_examples, split_meta
-from vea_bench.report.predictions import SplitPredictions, gate_source_weights
+from vea_bench.heads.pipeline import gate_source_weights
+from vea_bench.results import SplitPredictions
 
 ENV = {"versions": {}, "python": "3.11", "platform": "test", "git": None, "device": "cpu"}
 

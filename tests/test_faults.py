@@ -459,16 +459,17 @@ def test_results_on_a_full_disk_are_one_line(tmpfs: Path) -> None:
     import torch
 
     from _cache_helpers import fill_disk
-    from vea_bench.heads.pipeline import _save_artifacts
-    from vea_bench.records import RunRecord
+    from vea_bench.results import ResultsStore, RunRecord
 
     fill_disk(tmpfs / "filler")
+    store = ResultsStore(tmpfs / "results")
     with pytest.raises(ConfigError) as ei:
-        _save_artifacts(tmpfs / "results", "run1", {"head": {"w": torch.zeros(4096, 64)}}, {"a": 1})
+        store.save(RunRecord(kind="distill", method="distill", dataset="fi", config={}, metrics={}, run_id="run1"),
+                   weights={"head": {"w": torch.zeros(4096, 64)}}, weights_config={"a": 1})
     _one_line(str(ei.value), "no space left on device", "results")
     rec = RunRecord(kind="distill", method="distill", dataset="fi", config={"blob": "x" * 200_000}, metrics={})
     with pytest.raises(ConfigError) as ei:
-        rec.save(tmpfs / "results")
+        store.save(rec)
     _one_line(str(ei.value), "no space left on device")
     assert not list((tmpfs / "results").rglob("*.tmp"))
 

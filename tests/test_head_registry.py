@@ -26,7 +26,7 @@ from vea_bench.heads.trainer import (
     train_members,
     verified_layout,
 )
-from vea_bench.records import iter_records
+from vea_bench.results import ResultsStore
 
 CHANCE = 1 / 8
 
@@ -78,7 +78,7 @@ def test_every_head_sweeps_depth_and_alpha(data, head, tmp_path):
     depth = run_plan(plan_sweep("depth", base, GateConfig(), seeds=[0], depths=[1, 2]), data, results_dir=tmp_path)
     alpha = run_plan(plan_sweep("alpha", base, GateConfig(), seeds=[0], alphas=[0.0, 1.0]), data, results_dir=tmp_path)
     assert sorted(r.config["depth"] for r in depth) == [1, 2] and sorted(r.config["alpha"] for r in alpha) == [0, 1]
-    records, bad = iter_records(tmp_path)
+    records, bad = ResultsStore(tmp_path).scan()
     assert not bad and len(records) == 4 and {r.config["head"] for _, r in records} == {head}
     assert len({r.params for r in depth}) == 2            # deeper heads have their own parameter count
 

@@ -20,7 +20,7 @@ from vea_bench.heads.losses import kd_loss, kd_terms
 from vea_bench.heads.pipeline import DistillConfig, GateConfig, gate_inputs, train_distill, train_gates
 from vea_bench.heads.sweep import parse_grid, parse_names
 from vea_bench.heads.synthetic_cache import make_complementary_cache
-from vea_bench.records import RunRecord, iter_records
+from vea_bench.results import ResultsStore, RunRecord
 from vea_bench_cli.main import app
 
 runner = CliRunner()
@@ -273,7 +273,7 @@ def test_cli_distill_and_gate_write_records_and_weights(comp_cache, tmp_path):
     assert (grec.config["gate"], grec.config["gate_fit"], grec.config["vlm_input"]) == ("concat", "val", "onehot")
     assert grec.config["distill_run"] == rec.run_id and grec.params == 136
     assert set(load_file(grec.artifacts["gate"])) == {"fc.weight", "fc.bias"}
-    records, bad = iter_records(out)
+    records, bad = ResultsStore(out).scan()
     assert not bad and {x.kind for _, x in records} == {"distill", "gate"}
 
 

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vea_bench.records import iter_records
-from vea_bench.report.predictions import load_for
+from vea_bench.results import ResultsStore, load_for
 from vea_bench_cli.main import app
 
 runner = CliRunner()
@@ -132,10 +131,10 @@ def test_report_stage_writes_a_page_with_every_table_and_image(study: Path) -> N
     # Every number's runs are one click away: each run link targets a provenance entry.
     runs = {ln[1:] for ln in doc.links if ln.startswith("#run-")}
     assert runs and runs <= doc.ids
-    gates = [r for _, r in iter_records(study)[0] if r.kind == "gate"]
+    gates = [r for _, r in ResultsStore(study).scan()[0] if r.kind == "gate"]
     assert {f"run-{r.run_id}" for r in gates} <= doc.ids
     # Every cache-based run stored its test predictions; the DynamicWeighting gate its source weights.
-    for _, r in iter_records(study)[0]:
+    for _, r in ResultsStore(study).scan()[0]:
         if r.kind in ("gate", "distill", "vlm-eval", "baseline"):
             p = load_for(r, study)
             assert p is not None and len(p) == r.metrics["test"]["n"], r.run_id
@@ -143,7 +142,7 @@ def test_report_stage_writes_a_page_with_every_table_and_image(study: Path) -> N
 
 
 def test_compare_on_two_pipeline_runs(study: Path) -> None:
-    recs = [r for _, r in iter_records(study)[0]]
+    recs = [r for _, r in ResultsStore(study).scan()[0]]
     gate = next(r for r in recs if r.kind == "gate" and r.config["gate"] == "concat")
     vlm = next(r for r in recs if r.kind == "vlm-eval")
     res = runner.invoke(app, ["compare", gate.group, vlm.run_id, "-r", str(study)])

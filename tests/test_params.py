@@ -11,7 +11,9 @@ from _report_helpers import record
 from vea_bench.heads.gates import GATES, build_gate
 from vea_bench.report import params as P
 from vea_bench.report.paper import paper_results
-from vea_bench.report.tables import load_results, table2, table3, to_markdown
+from vea_bench.report.formats import to_markdown
+from vea_bench.report.tables import load_results, table2, table3
+from vea_bench.results import ResultsStore
 from vea_bench_cli.main import app
 
 SPEC_DISTILL = {  # depth: (FI 8 classes, Emotion6 6 classes)
@@ -76,8 +78,8 @@ def test_qwen2_vl_7b_counts(qwen_counts: P.VLMCounts) -> None:
 
 def test_table2_and_table3_parameter_columns_reproduce_spec(tmp_path: Path, qwen_counts: P.VLMCounts) -> None:
     rng = np.random.default_rng(0)
-    record("teacher", "ViT", "fi", {"arch": "vit_base_patch16_224"}, 0.69, rng).save(tmp_path)
-    record("distill", "distill[1024]", "fi", {"depth": 1, "hidden_dims": [1024], "alpha": 0.5, "tau": 2.0}, 0.77, rng).save(tmp_path)
+    ResultsStore(tmp_path).save(record("teacher", "ViT", "fi", {"arch": "vit_base_patch16_224"}, 0.69, rng))
+    ResultsStore(tmp_path).save(record("distill", "distill[1024]", "fi", {"depth": 1, "hidden_dims": [1024], "alpha": 0.5, "tau": 2.0}, 0.77, rng))
     res = load_results(tmp_path)
     t2 = table2(res, dataset="fi")
     got = {r.key: r.cells["params"].value for r in t2.rows}

@@ -15,7 +15,7 @@ from vea_bench.models.teacher import TINY_TEACHER_ARCH, TINY_TEACHER_IMG_SIZE, T
 from vea_bench.pipeline.demo import _instructions, demo_markdown
 from vea_bench.pipeline.experiment import load_experiment
 from vea_bench.pipeline.stages import run_experiment
-from vea_bench.records import iter_records
+from vea_bench.results import ResultsStore
 from vea_bench_cli.main import app
 
 runner = CliRunner()
@@ -112,7 +112,7 @@ def test_experiment_runs_then_skips_then_trains_only_the_new_gate(setup: dict[st
     assert ran == {s: "ran" for s in ["teacher", "qlora", "extract", "distill", "gate:concat", "sweep:alpha",
                                       "baselines", "report"]}
     work = tmp / "work"
-    records, skipped = iter_records(work)
+    records, skipped = ResultsStore(work).scan()
     assert not skipped, skipped
     kinds = sorted({r.kind for _, r in records})
     assert kinds == ["baseline", "complementarity", "distill", "gate", "teacher", "vlm", "vlm-eval"]
@@ -128,7 +128,7 @@ def test_experiment_runs_then_skips_then_trains_only_the_new_gate(setup: dict[st
     second = runner.invoke(app, ["run", str(exp_file)])
     assert second.exit_code == 0, second.output
     assert set(_stage_lines(second.output).values()) == {"skipped"}
-    assert len(iter_records(work)[0]) == n_records
+    assert len(ResultsStore(work).scan()[0]) == n_records
     assert (tmp / "cache" / "fi.h5").stat().st_mtime_ns == cache_mtime
 
     # Add one gate: only that gate trains (and the report re-renders).
@@ -137,12 +137,12 @@ def test_experiment_runs_then_skips_then_trains_only_the_new_gate(setup: dict[st
     assert third.exit_code == 0, third.output
     lines = _stage_lines(third.output)
     assert {k for k, v in lines.items() if v == "ran"} == {"gate:moe", "report"}
-    new = [r for _, r in iter_records(work)[0] if r.kind == "gate" and r.config["gate"] == "moe"]
+    new = [r for _, r in ResultsStore(work).scan()[0] if r.kind == "gate" and r.config["gate"] == "moe"]
     assert len(new) == 1
-    assert len(iter_records(work)[0]) == n_records + 1
+    assert len(ResultsStore(work).scan()[0]) == n_records + 1
     assert (tmp / "cache" / "fi.h5").stat().st_mtime_ns == cache_mtime
     # The typed [distill] config (head and its kwargs included) is what the records carry.
-    heads = [r for _, r in iter_records(work)[0] if r.kind == "distill"]
+    heads = [r for _, r in ResultsStore(work).scan()[0] if r.kind == "distill"]
     assert heads and all(r.config["head"] == "distill" and r.config["head_kwargs"] == {} for r in heads)
 
     # The README's results section comes from these records: one row per stage and method.

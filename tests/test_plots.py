@@ -18,6 +18,7 @@ from vea_bench.report.plots import (
     render_plots,
 )
 from vea_bench.report.tables import load_results
+from vea_bench.results import ResultsStore
 from vea_bench_cli.main import app
 
 
@@ -82,7 +83,7 @@ def test_render_plots_writes_png_and_pdf_of_the_requested_size(realistic: Path, 
 
 def test_missing_figure_data_is_explained(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    record("teacher", "ViT", "fi", {"arch": "vit_base_patch16_224"}, 0.7, rng).save(tmp_path)
+    ResultsStore(tmp_path).save(record("teacher", "ViT", "fi", {"arch": "vit_base_patch16_224"}, 0.7, rng))
     res = load_results(tmp_path)
     with pytest.raises(ConfigError, match="complementarity"):
         figure1(res)

@@ -16,19 +16,10 @@ from _report_helpers import record, write_realistic_results
 from vea_bench.errors import ConfigError
 from vea_bench.heads.distill import count_params
 from vea_bench.heads.gates import GATES, Gate, build_gate, gate_display_name
-from vea_bench.records import RECORD_SCHEMA, RunRecord
-from vea_bench.report.tables import (
-    STD_DDOF,
-    aggregate,
-    build_tables,
-    load_results,
-    render,
-    table1,
-    table4,
-    table_extensions,
-    to_latex,
-    to_markdown,
-)
+from vea_bench.results import RECORD_SCHEMA, ResultsStore, RunRecord
+from vea_bench.report.formats import render, to_latex, to_markdown
+from vea_bench.report.selection import STD_DDOF, aggregate
+from vea_bench.report.tables import build_tables, load_results, table1, table4, table_extensions
 from vea_bench_cli.main import app
 
 runner = CliRunner()
@@ -60,9 +51,9 @@ def vit_seeds(tmp_path: Path) -> tuple[Path, list[float]]:
     accs = []
     for s, a in zip((0, 1, 2), (0.66, 0.70, 0.71)):
         rec = record("teacher", "ViT", "fi", {"arch": "vit_base_patch16_224", "lr": 3e-5}, a, rng, seed=s)
-        rec.save(tmp_path)
+        ResultsStore(tmp_path).save(rec)
         accs.append(rec.metrics["test"]["accuracy"])
-    record("teacher", "ViT", "emotion6", {"arch": "vit_base_patch16_224", "lr": 3e-5}, 0.6, rng, seed=0).save(tmp_path)
+    ResultsStore(tmp_path).save(record("teacher", "ViT", "emotion6", {"arch": "vit_base_patch16_224", "lr": 3e-5}, 0.6, rng, seed=0))
     return tmp_path, accs
 
 
@@ -131,14 +122,14 @@ def test_reruns_latest_config_group_and_latest_record_per_seed(tmp_path: Path) -
     old = [record("gate", "EmoVLM-KD", "fi", cfg, 0.5, rng, seed=s, created_at="2025-01-01T10:00:00+0000") for s in (0, 1)]
     rerun = record("gate", "EmoVLM-KD", "fi", cfg, 0.9, rng, seed=1, created_at="2025-01-02T10:00:00+0000")
     for r in [*old, rerun]:
-        r.save(tmp_path)
+        ResultsStore(tmp_path).save(r)
     res = load_results(tmp_path)
     agg = aggregate([r for r in res.records if r.kind == "gate"])
     assert agg.n == 2 and rerun.run_id in agg.run_ids and old[1].run_id not in agg.run_ids
     assert agg.mean == pytest.approx((old[0].accuracy() + rerun.accuracy()) / 2)
     # A newer config group (other lr) replaces the older group in the cell.
     newer = record("gate", "EmoVLM-KD", "fi", {**cfg, "lr": 1e-3}, 0.7, rng, seed=0, created_at="2025-02-01T00:00:00+0000")
-    newer.save(tmp_path)
+    ResultsStore(tmp_path).save(newer)
     cell = table1(load_results(tmp_path)).cell("EmoVLM-KD", "fi")
     assert cell.run_ids == [newer.run_id] and cell.value == pytest.approx(newer.accuracy() * 100)
 
@@ -148,7 +139,7 @@ def test_seed_keys_nested_in_config_do_not_split_groups(tmp_path: Path) -> None:
     for s in (0, 1, 2):
         cfg = {"gate": "concat", "vlm_input": "onehot", "gate_fit": "train",
                "distill": {"depth": 1, "seed": s, "source_run_id": f"distill-{s}"}, "data_seed": s}
-        record("gate", "EmoVLM-KD", "emotion6", cfg, 0.7, rng, seed=s).save(tmp_path)
+        ResultsStore(tmp_path).save(record("gate", "EmoVLM-KD", "emotion6", cfg, 0.7, rng, seed=s))
     assert table1(load_results(tmp_path)).cell("EmoVLM-KD", "emotion6").n == 3
 
 
@@ -284,7 +275,7 @@ def test_record_states_variant_and_experiment_id(tmp_path: Path) -> None:
     assert a.method == "EmoVLM-KD" and a.variant == "moe"
     assert a.experiment_id == b.experiment_id
     assert len({a.experiment_id, other.experiment_id, elsewhere.experiment_id}) == 3
-    path = a.save(tmp_path)
+    path = ResultsStore(tmp_path).save(a)
     saved = json.loads(path.read_text())
     assert saved["schema"] == RECORD_SCHEMA and saved["variant"] == "moe" and saved["experiment_id"] == a.experiment_id
     assert RunRecord.load(path).experiment_id == a.experiment_id
@@ -347,7 +338,7 @@ def test_every_registered_gate_gets_its_table4_row_from_its_records(tmp_path: Pa
     cfg = {"gate": gate, "vlm_input": "onehot", "gate_fit": "train", "alpha": 0.5, "lr": 1e-2}
     recs = [record("gate", "EmoVLM-KD", "fi", cfg, 0.6 + 0.1 * s, rng, seed=s, params=n) for s in (0, 1)]
     for r in recs:
-        r.save(tmp_path)
+        ResultsStore(tmp_path).save(r)
     t4 = table4(load_results(tmp_path))
     row = next(r for r in t4.rows if r.key == gate)
     assert row.label.endswith(gate_display_name(gate))
@@ -397,7 +388,7 @@ def test_a_newly_registered_gate_trains_and_shows_in_table4_and_extensions(tmp_p
     rec = pipeline.gate_record(data, gres[0], dres[0], results_dir=results)
     assert rec.variant == sixth_gate and rec.params == 8
     lp = record("gate", "EmoVLM-KD", "fi", {**cfgs[1].to_dict()}, 0.5, np.random.default_rng(0), seed=0, params=8)
-    lp.save(results)
+    ResultsStore(results).save(lp)
     res = load_results(results)
     t4 = table4(res)
     row = t4.cell("Weighted Sum", "acc")
@@ -452,7 +443,7 @@ def test_another_heads_runs_get_their_own_rows_and_stay_out_of_the_papers(tmp_pa
     paper = [record("distill", "distill", "fi", {**base, "head": "distill"}, 0.6, rng, seed=s) for s in (0, 1)]
     other = [record("distill", "distill", "fi", {**base, "head": "resmlp"}, 0.8, rng, seed=s) for s in (0, 1)]
     for r in [*paper, *other]:
-        r.save(tmp_path)
+        ResultsStore(tmp_path).save(r)
     res = load_results(tmp_path)
     assert {r.variant for r in res.records} == {"distill", "resmlp"}
     ext = to_markdown(table_extensions(res))

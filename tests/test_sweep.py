@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from vea_bench.heads.gates import GATES
 from vea_bench.heads.synthetic_cache import make_complementary_cache
 from vea_bench.progress import RecordingProgress
-from vea_bench.records import RunRecord, iter_records
+from vea_bench.results import ResultsStore, RunRecord
 from vea_bench_cli.main import app
 
 runner = CliRunner()
@@ -68,7 +68,7 @@ def test_sweep_depth_and_gate_and_seed(cache, tmp_path):
     seed = _paths(runner.invoke(app, ["sweep", "seed", "--cache", str(cache), "--seeds", "0:2:1", "--gate-epochs", "1",
                                       "--results", str(out), *COMMON]))
     assert sorted(RunRecord.load(p).seed for p in seed if "gate" in Path(p).parts[-2]) == [0, 1, 2]
-    records, bad = iter_records(out)
+    records, bad = ResultsStore(out).scan()
     assert not bad and len(records) == 3 + (2 + 2 * len(GATES)) + 6
 
 

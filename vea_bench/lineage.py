@@ -83,7 +83,9 @@ def head_lineage(artifact_dir: Path, meta: Mapping[str, Any], results_dir: str |
     run_id = meta.get("run_id")
     if not run_id:
         return None
-    for rec in [base / kind / f"{run_id}.json" for base in (artifact_dir.parent.parent, Path(results_dir))
+    from vea_bench.results import ResultsStore
+
+    for rec in [ResultsStore(base).record_path(kind, run_id) for base in (artifact_dir.parent.parent, Path(results_dir))
                 for kind in ("distill", "gate")]:
         try:
             cache = json.loads(rec.read_text()).get("cache")

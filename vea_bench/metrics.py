@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vea_bench.records import SplitMetrics
+from vea_bench.results import SplitMetrics
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -55,8 +55,7 @@ from vea_bench.heads.trainer import (
 )
 from vea_bench.metrics import split_metrics
 from vea_bench.progress import Progress
-from vea_bench.records import ARTIFACTS_DIR, RunRecord
-from vea_bench.report.predictions import attach_head
+from vea_bench.results import PRED_SPLITS, ResultsStore, RunRecord, SplitPredictions, from_scores
 
 log = logging.getLogger(__name__)
 
@@ -428,24 +427,46 @@ def train_gates(
 
 # ----------------------------------------------------------------------------- records
 
-def _save_artifacts(results_dir: Path, run_id: str, weights: dict[str, dict[str, torch.Tensor]],
-                    config: dict[str, Any]) -> dict[str, str]:
-    from safetensors.torch import save_file
+def gate_source_weights(gate: str, num_classes: int, state: dict[str, Any], v1: np.ndarray,
+                        v2: np.ndarray) -> np.ndarray | None:
+    """Per-image weights (distill, VLM) of a gate whose architecture weighs its two sources, else None.
 
-    from vea_bench.records import writing_results
+    The gate class says what its weights are (`Gate.source_weights`), so a new gate shows them
+    without an edit here.
+    """
+    g = build_gate(gate, num_classes)
+    g.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    a = torch.from_numpy(np.asarray(v1, dtype=np.float32))
+    b = torch.from_numpy(np.asarray(v2, dtype=np.float32))
+    with torch.no_grad():
+        w = g.source_weights(a, b)
+    return None if w is None else w.numpy()
 
-    d = Path(results_dir) / ARTIFACTS_DIR / run_id
-    out = {}
-    cfg_path = d / "config.json"
-    with writing_results(d):  # a full disk or read-only folder: one line, not a safetensors traceback
-        d.mkdir(parents=True, exist_ok=True)
-        for name, sd in weights.items():
-            p = d / f"{name}.safetensors"
-            save_file({k: v.contiguous() for k, v in sd.items()}, str(p))
-            out[name] = str(p)
-        cfg_path.write_text(json.dumps(config, indent=2, default=str))
-    out["config"] = str(cfg_path)
-    return out
+
+def head_predictions(data: HeadData, res: HeadResult, distill: HeadResult | None = None) -> dict[str, SplitPredictions]:
+    """A distill head's or gate's per-image predictions (from its `HeadResult`), split -> predictions.
+
+    For a gate, also its inputs' predictions (the VLM's answer and the distill head's) and, where
+    the gate has them, its source weights: Figure 4 reads all of them from the gate's file.
+    """
+    preds: dict[str, SplitPredictions] = {}
+    for split in PRED_SPLITS:
+        sa = data.splits.get(split)
+        lg = res.logits.get(split) if isinstance(res.logits, dict) else None
+        if sa is None or lg is None:
+            continue
+        extra: dict[str, np.ndarray] = {}
+        if res.kind == "gate" and sa.vlm is not None:
+            vlm = np.asarray(sa.vlm)
+            extra["vlm_pred"] = np.where(np.any(vlm != 0, axis=1), vlm.argmax(1), -1)
+            v1 = distill.logits.get(split) if distill is not None else None
+            if v1 is not None:
+                extra["distill_pred"] = np.asarray(v1).argmax(1)
+                w = gate_source_weights(res.config.gate, len(data.label_names), res.state, v1, vlm)
+                if w is not None:
+                    extra["source_weights"] = w
+        preds[split] = from_scores(sa.y, lg, sa.rows, logits=True, extra=extra)
+    return preds
 
 
 def _lineage(data: HeadData) -> dict[str, Any]:
@@ -475,11 +496,10 @@ def distill_record(data: HeadData, res: HeadResult, *, results_dir: str | Path, 
     rec = RunRecord(kind="distill", method="distill", dataset=data.dataset, config=config, metrics=res.metrics,
                     seed=cfg.seed, params=res.params, group=group, label_names=list(data.label_names),
                     cache=data.provenance, wall_time_s=res.wall_time_s, convergence=res.convergence or None)
-    rec.artifacts = _save_artifacts(Path(results_dir), rec.run_id, {"distill": res.state},
-                                    {"run_id": rec.run_id, "distill": distill_arch(data, cfg), "config": config,
-                                     "data": _lineage(data)})
-    attach_head(rec, data, res)
-    rec.save(results_dir)
+    ResultsStore(results_dir).save(
+        rec, weights={"distill": res.state}, predictions=head_predictions(data, res),
+        weights_config={"run_id": rec.run_id, "distill": distill_arch(data, cfg), "config": config,
+                        "data": _lineage(data)})
     return rec
 
 
@@ -505,10 +525,9 @@ def gate_record(data: HeadData, res: HeadResult, distill: HeadResult | None, *, 
     if distill is not None:
         weights["distill"] = distill.state
         arch["distill"] = distill_arch(data, distill.config)
-    rec.artifacts = _save_artifacts(Path(results_dir), rec.run_id, weights, {"run_id": rec.run_id, **arch,
-                                                                             "config": config, "data": _lineage(data)})
-    attach_head(rec, data, res, distill)
-    rec.save(results_dir)
+    ResultsStore(results_dir).save(rec, weights=weights, predictions=head_predictions(data, res, distill),
+                                   weights_config={"run_id": rec.run_id, **arch, "config": config,
+                                                   "data": _lineage(data)})
     return rec
 
 
@@ -518,14 +537,10 @@ def load_distill_run(ref: str | Path, results_dir: str | Path, data: HeadData) -
     """A saved distill head (a run id under ``<results>/artifacts`` or its folder), checked against the cache."""
     from safetensors.torch import load_file
 
-    p = Path(ref)
-    if not (p.is_dir() and (p / "config.json").exists()):
-        p = Path(results_dir) / ARTIFACTS_DIR / str(ref)
-    if not (p / "config.json").exists() or not (p / "distill.safetensors").exists():
-        raise ConfigError(f"no saved distill head at '{ref}' (a run id under {results_dir}/{ARTIFACTS_DIR} "
-                          f"or a folder with config.json and distill.safetensors)")
-    meta = json.loads((p / "config.json").read_text())
     from vea_bench import lineage
+
+    saved = ResultsStore(results_dir).weights(ref, "distill")
+    p, meta = saved.folder, saved.meta
 
     # A head trained on another split of this dataset has seen this cache's test rows: refused.
     lineage.check_head(p, lineage.head_lineage(p, meta, results_dir), lineage.of_provenance(data.provenance))
@@ -538,7 +553,7 @@ def load_distill_run(ref: str | Path, results_dir: str | Path, data: HeadData) -
     cfg = DistillConfig(**{k: v for k, v in cfg_d.items() if k in known and k != "effective_lr"})
     head = build_head(arch.get("head", DEFAULT_HEAD), arch["in_dim"], arch["num_classes"], arch["hidden_dims"],
                       dropout=arch["dropout"], kwargs=arch.get("head_kwargs") or {})   # old records: the default head
-    head.load_state_dict(load_file(str(p / "distill.safetensors")))
+    head.load_state_dict(load_file(str(saved.path)))
     head.eval()
     logits = {}
     with torch.no_grad():

@@ -30,7 +30,7 @@ from vea_bench.heads.pipeline import (
     warn_convergence,
 )
 from vea_bench.progress import Progress
-from vea_bench.records import RunRecord
+from vea_bench.results import RunRecord
 
 SWEEP_KINDS = ("alpha", "depth", "gate", "seed")
 

@@ -183,6 +183,7 @@ def demo_markdown(workdir: str | Path) -> str:
     """
     from vea_bench.errors import ConfigError
     from vea_bench.pipeline.ledger import Ledger
+    from vea_bench.results import ResultsStore
 
     work = Path(workdir)
     ledger = Ledger.load(work / "artifacts" / "stages.json")
@@ -196,10 +197,9 @@ def demo_markdown(workdir: str | Path) -> str:
         by_method: dict[str, list[float]] = {}
         for run_id in entry.get("outputs", {}).get("run_ids", []):
             # records sit in <workdir>/<kind>/<run id>.json (found by id: the folder may have moved)
-            found = [p for p in work.glob(f"*/{run_id}.json") if p.parent.name != "artifacts"]
-            if not found:
+            path = ResultsStore(work).find(run_id)
+            if path is None:
                 continue
-            path = found[0]
             rec = json.loads(path.read_text())
             test = (rec.get("metrics") or {}).get("test") or {}
             if not isinstance(test.get("accuracy"), (int, float)):

@@ -40,7 +40,9 @@ def _load_index(exp: Experiment) -> Any:
 def _records(workdir: Path, recs: list[Any]) -> dict[str, Any]:
     """Stage outputs for records: their ids, and their files (which must still exist to skip)."""
     ids = [r.run_id for r in recs]
-    paths = [str(workdir / r.kind / f"{r.run_id}.json") for r in recs]
+    from vea_bench.results import ResultsStore
+
+    paths = [str(ResultsStore(workdir).record_path(r)) for r in recs]
     return {"run_ids": ids, "paths": paths}
 
 
@@ -224,19 +226,19 @@ def build_stages(exp: Experiment) -> list[Stage]:
             from vea_bench.cache import FeatureCache
             from vea_bench.heads.baselines import run_baselines
             from vea_bench.heads.pipeline import load_distill_run
+            from vea_bench.results import ResultsStore
 
             keys = ctx.outputs["extract"]["keys"]
             data = head_data(ctx, ("visual", "teacher"))
             distill = load_distill_run(ctx.outputs["distill"]["run_ids"][0], work, data)
             with FeatureCache.open(ctx.outputs["extract"]["cache"]) as cache:
-                recs, skipped = run_baselines(cache, visual=keys["vlm"], teacher=keys["teacher"], vlm=keys["vlm"],
+                outs, skipped = run_baselines(cache, visual=keys["vlm"], teacher=keys["teacher"], vlm=keys["vlm"],
                                               distill=distill, distill_data=data, device=device,
                                               progress=ctx.progress)
             for why in skipped:
                 log.info("baseline skipped: %s", why)
-            for rec in recs:
-                rec.save(work)
-            return _records(work, recs)
+            ResultsStore(work).save_all(outs)
+            return _records(work, [o.record for o in outs])
 
         stages.append(Stage("baselines", {"enabled": True}, run_baselines_stage, deps=["extract", "distill"]))
 
@@ -246,19 +248,18 @@ def build_stages(exp: Experiment) -> list[Stage]:
 
     def run_report(ctx: StageContext) -> dict[str, Any]:
         from vea_bench.report.plots import render_plots
-        from vea_bench.report.tables import build_tables, load_results, render
+        from vea_bench.report.formats import table_format
+        from vea_bench.report.tables import build_tables, load_results
 
         res = load_results(work)
         out_dir = work / "tables"
         out_dir.mkdir(parents=True, exist_ok=True)
         written: list[str] = []
-        suffix = {"md": "md", "latex": "tex", "csv": "csv", "rich": "txt"}
-        for fmt in r.formats:
-            if fmt not in suffix:
-                raise ConfigError(f"[report].formats: unknown format '{fmt}' (choices: md, latex, csv, rich)")
+        for name in r.formats:
+            fmt = table_format(name, where="[report].formats")
             tables = build_tables(res, "all", dataset=exp.dataset.name)
-            path = out_dir / f"tables.{suffix[fmt]}"
-            path.write_text(render(tables, fmt, compare=r.compare_paper))
+            path = out_dir / f"tables.{fmt.suffix}"
+            path.write_text(fmt.render(tables, compare=r.compare_paper))
             written.append(str(path))
         plots: list[Path] = []
         if r.plots:

@@ -4,7 +4,6 @@
 - `vea_bench.report.plots`: `render_plots` (Figure 1, Figure 3, confusion matrices).
 - `vea_bench.report.params`: `param_report`, `distill_head_params`, `gate_params`, `teacher_params`, `vlm_counts`.
 - `vea_bench.report.paper`: the paper's published numbers (bundled `data/paper_results.json`).
-- `vea_bench.report.predictions`: per-image test predictions stored beside each run record.
 - `vea_bench.report.stats`: bootstrap intervals, paired bootstrap, McNemar, seed t interval, Holm, ECE.
 - `vea_bench.report.compare`: `vea-bench compare` and the tables' intervals and significance marks.
 - `vea_bench.report.examples`: Figure 4 and per-class / per-attribute accuracy from the dataset root.

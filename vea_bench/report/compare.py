@@ -1,7 +1,7 @@
 """Paired comparisons between runs (or seed groups) and the significance marks of the tables.
 
 `compare` answers "is A better than B?" from the per-image test predictions both runs stored
-(`vea_bench.report.predictions`): on one run each, the paired-bootstrap interval of the difference
+(`vea_bench.results.predictions`): on one run each, the paired-bootstrap interval of the difference
 and McNemar's exact p; on seed groups, the mean seed-paired difference with its t interval (and
 each seed's paired comparison). Two runs are paired only on the same test images: the same
 dataset, the same test manifest hash and the same cache rows, else a one-line error.
@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 
 from vea_bench.errors import ConfigError
-from vea_bench.records import RunRecord
 from vea_bench.report import stats as S
-from vea_bench.report.predictions import SplitPredictions, load_for
-from vea_bench.report.tables import Results, _created, latest_group
+from vea_bench.report.selection import Results, _created, latest_group
+from vea_bench.results import RunRecord, SplitPredictions, load_for
 
 ALPHA = 0.05
 DEFAULT_CI_METHOD = "percentile"
@@ -212,7 +211,7 @@ def _cell_p(results: Results, best: _CellRuns, other: _CellRuns) -> float | None
     so = {r.seed: r for r in other.recs if r.seed is not None}
     common = sorted(set(sb) & set(so))
     if len(common) >= 2:
-        from vea_bench.report.tables import metric_of
+        from vea_bench.report.selection import metric_of
 
         d = S.seed_difference([metric_of(sb[k], "test") or 0.0 for k in common],
                               [metric_of(so[k], "test") or 0.0 for k in common])
@@ -274,7 +273,7 @@ def annotate_tables(tables: Sequence[Any], results: Results, *, ci: bool = True,
 def _cell_ci(results: Results, recs: list[RunRecord], *, method: str, seed: int,
              n_resamples: int) -> tuple[float, float] | None:
     """Percent interval: over seeds the t interval of the mean, for one run the bootstrap over images."""
-    from vea_bench.report.tables import metric_of
+    from vea_bench.report.selection import metric_of
 
     vals = [v for r in recs if (v := metric_of(r, "test")) is not None]
     if len(vals) >= 2:

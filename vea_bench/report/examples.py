@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 
 from vea_bench.errors import ConfigError
-from vea_bench.records import RunRecord
 from vea_bench.report import stats as S
-from vea_bench.report.predictions import SplitPredictions
+from vea_bench.results import RunRecord, SplitPredictions
 
 EMOSET_ATTRIBUTES = ("brightness", "colorfulness", "scene", "object", "facial_expression", "human_action")
 VA_EDGES = (1.0, 3.0, 4.0, 5.0, 6.0, 9.0)    # Emotion6's valence / arousal are on a 1-9 scale

@@ -20,25 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from vea_bench.errors import ConfigError, VeaError
-from vea_bench.records import RunRecord
+from vea_bench.results import RunRecord
 from vea_bench.report import stats as S
 from vea_bench.report.compare import Comparison, annotate_tables, compare_records, format_comparison
 from vea_bench.report.paper import dataset_title, paper_setting
-from vea_bench.report.predictions import SplitPredictions, load_for
-from vea_bench.report.tables import (
-    Results,
-    Table,
-    _created,
-    _delta_text,
-    _paper_text,
-    _value_text,
-    Select,
-    _at_paper_alpha,
-    build_tables,
-    latest_group,
-    metric_of,
-    require_records,
-)
+from vea_bench.results import SplitPredictions, load_for
+from vea_bench.report.formats.text import delta_text as _delta_text
+from vea_bench.report.formats.text import paper_text as _paper_text
+from vea_bench.report.formats.text import value_text as _value_text
+from vea_bench.report.selection import Results, Select, _at_paper_alpha, _created, latest_group, metric_of
+from vea_bench.report.table_model import Table
+from vea_bench.report.tables import build_tables, require_records
 
 log = logging.getLogger(__name__)
 

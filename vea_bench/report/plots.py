@@ -16,9 +16,9 @@ import numpy as np
 
 from vea_bench.errors import ConfigError
 from vea_bench.hashing import config_hash
-from vea_bench.records import RunRecord, experiment_config
+from vea_bench.results import RunRecord, experiment_config
 from vea_bench.report.paper import PAPER_DATASETS, dataset_title, paper_setting
-from vea_bench.report.tables import STD_DDOF, Results, latest_group, metric_of
+from vea_bench.report.selection import STD_DDOF, Results, latest_group, metric_of
 
 log = logging.getLogger(__name__)
 

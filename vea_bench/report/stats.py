@@ -1,6 +1,6 @@
 """Statistics a reviewer accepts: intervals, paired tests, multiple-comparison control, calibration.
 
-Everything here works on per-image predictions (`vea_bench.report.predictions`):
+Everything here works on per-image predictions (`vea_bench.results.predictions`):
 
 - `bootstrap_ci`: a 95 % interval for accuracy or macro-F1, resampling test images
   (`scipy.stats.bootstrap`, percentile by default or BCa, seeded).

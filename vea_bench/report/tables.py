@@ -1,14 +1,14 @@
 """The paper's Tables 1-4 (and an Extensions table) from run records, in rich, Markdown, LaTeX and CSV.
 
-Tables read only run records (`vea_bench.records`), never models, so every number traces back to
+Tables read only run records (`vea_bench.results.records`), never models, so every number traces back to
 the runs, data and code that produced it. How cells are filled:
 
 - **Which records.** Rows are data: a `Select` over the record's typed fields (``kind``,
-  ``method``, ``variant``, config values; conventions in `vea_bench.records`), one dataset per
+  ``method``, ``variant``, config values; conventions in `vea_bench.results.records`), one dataset per
   column. The paper's rows carry theirs in the bundled paper data; a gate or head registered
   later gets its rows (Table 4, Extensions) without a change here.
 - **Seeds and reruns.** Records of a cell are grouped by their ``experiment_id`` (the config
-  without seeds, run ids, device and output places; `vea_bench.records.experiment_id`).
+  without seeds, run ids, device and output places; `vea_bench.results.records.experiment_id`).
   When a cell has several experiments (a rerun with another learning rate, say) the one holding
   the most recently created record wins: the table shows your latest experiment, and older ones
   stay available through `vea-bench results list`. Within the group, a seed run more than once
@@ -25,26 +25,35 @@ the runs, data and code that produced it. How cells are filled:
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vea_bench.errors import ConfigError
-from vea_bench.records import RunRecord, iter_records
-from vea_bench.report.paper import PAPER_DATASETS, dataset_title, label_space_for, paper_results, paper_setting
+from vea_bench.report.paper import dataset_title, paper_results, paper_setting
+from vea_bench.report.selection import (
+    NAMED_SELECTS,
+    STD_DDOF,
+    Results,
+    Select,
+    _gate_params,
+    _hidden_dims,
+    _params_of,
+    aggregate,
+    datasets_in,
+    emovlm_kd,
+    latest_group,
+    num_classes_for,
+    paper_distill,
+    paper_gate_setting,
+)
+from vea_bench.report.table_model import Cell, Column, Row, Table
+from vea_bench.results import ResultsStore, RunRecord
 
 log = logging.getLogger(__name__)
 
-STD_DDOF = 1  # sample standard deviation over seeds
-FORMATS = ("rich", "md", "latex", "csv")
 TABLE_IDS = ("1", "2", "3", "4", "ext")
 
 EMPTY_HINT = (
@@ -54,22 +63,12 @@ EMPTY_HINT = (
 
 # ============================================================================ loading
 
-@dataclass
-class Results:
-    """The records of a results folder and the files skipped (each with why)."""
-
-    root: Path
-    records: list[RunRecord]
-    paths: dict[str, Path]
-    skipped: list[tuple[Path, str]]
-
-
 def load_results(results_dir: str | Path) -> Results:
     """Read every run record under ``results_dir``; corrupt or foreign JSON is skipped with a warning."""
     root = Path(results_dir)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"{root}: not a folder (give the results folder that holds run records)")
-    good, bad = iter_records(root)
+    good, bad = ResultsStore(root).scan()
     for path, why in bad:
         log.warning("skipped %s: %s", path, why)
     return Results(root=root, records=[r for _, r in good], paths={r.run_id: p for p, r in good}, skipped=bad)
@@ -96,228 +95,6 @@ def find_record(results_dir: str | Path, run: str) -> tuple[Path, RunRecord]:
     if len(hits) > 1:
         raise ConfigError(f"'{run}' matches {len(hits)} runs under {res.root}; give more of the run id")
     return hits[0]
-
-
-# ============================================================================ aggregation
-
-def _created(rec: RunRecord) -> tuple[float, str]:
-    for fmt in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"):
-        try:
-            return datetime.strptime(rec.created_at, fmt).timestamp(), rec.run_id
-        except (TypeError, ValueError):
-            continue
-    return 0.0, rec.run_id
-
-
-@dataclass
-class Aggregate:
-    """Mean and spread of one metric over the seeds of one experiment (fractions)."""
-
-    mean: float
-    std: float | None
-    n: int
-    values: list[float]
-    run_ids: list[str]
-
-
-def metric_of(rec: RunRecord, split: str, metric: str = "accuracy") -> float | None:
-    """A split's metric from a record, None when absent or not a number."""
-    m = rec.metrics.get(split) if isinstance(rec.metrics, dict) else None
-    v = m.get(metric) if isinstance(m, dict) else None
-    if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
-        return float(v)
-    return None
-
-
-def latest_group(records: Sequence[RunRecord]) -> list[RunRecord]:
-    """The experiment (``experiment_id``) with the newest record, one record per seed (its latest rerun)."""
-    if not records:
-        return []
-    groups: dict[str, list[RunRecord]] = {}
-    for r in records:
-        groups.setdefault(r.experiment_id, []).append(r)
-    best = max(groups.values(), key=lambda g: max(_created(r) for r in g))
-    per_seed: dict[Any, RunRecord] = {}
-    for r in sorted(best, key=_created):
-        per_seed[r.seed] = r
-    return sorted(per_seed.values(), key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0))
-
-
-def aggregate(records: Sequence[RunRecord], split: str = "test", metric: str = "accuracy") -> Aggregate | None:
-    """Mean ± sample std (ddof=1) of ``metric`` over the seeds of the latest experiment."""
-    usable = [r for r in records if metric_of(r, split, metric) is not None]
-    chosen = latest_group(usable)
-    if not chosen:
-        return None
-    vals = [metric_of(r, split, metric) for r in chosen]
-    arr = np.asarray(vals, dtype=np.float64)
-    std = float(np.std(arr, ddof=STD_DDOF)) if arr.size >= 2 else None
-    return Aggregate(mean=float(arr.mean()), std=std, n=int(arr.size), values=[float(v) for v in arr],
-                     run_ids=[r.run_id for r in chosen])
-
-
-def _at_paper_alpha(r: RunRecord) -> bool:
-    """Trained at the paper's alpha, or a record without one (nothing to prefer)."""
-    a = r.config.get("alpha") if isinstance(r.config, dict) else None
-    return a is None or (isinstance(a, (int, float)) and abs(float(a) - paper_setting()["alpha"]) < 1e-9)
-
-
-# ============================================================================ rows as data
-
-@dataclass(frozen=True)
-class Select:
-    """Which records a row shows: this ``kind``, and ``method`` / ``variant`` / config values where given.
-
-    ``config`` holds (key, value) pairs a record's config must equal; a record lacking the key does
-    not match (tables never assume a default). ``paper_alpha`` prefers, per cell, the records
-    trained at the paper's alpha when any are present. ``dims`` matches ``config["hidden_dims"]``.
-    """
-
-    kind: str
-    method: str | None = None
-    variant: str | None = None
-    config: tuple[tuple[str, Any], ...] = ()
-    dims: tuple[int, ...] | None = None
-    paper_alpha: bool = False
-
-    @classmethod
-    def of(cls, spec: Mapping[str, Any]) -> Select:
-        """A selector from table data (``{"kind": ..., "variant": ..., "config": {...}}``)."""
-        return cls(kind=spec["kind"], method=spec.get("method"), variant=spec.get("variant"),
-                   config=tuple(sorted((spec.get("config") or {}).items())),
-                   dims=tuple(spec["dims"]) if spec.get("dims") is not None else None,
-                   paper_alpha=bool(spec.get("paper_alpha", False)))
-
-    def matches(self, r: RunRecord) -> bool:
-        cfg = r.config if isinstance(r.config, dict) else {}
-        return (r.kind == self.kind and (self.method is None or r.method == self.method)
-                and (self.variant is None or r.variant == self.variant)
-                and all(k in cfg and cfg[k] == v for k, v in self.config)
-                and (self.dims is None or _hidden_dims(r) == self.dims))
-
-    def pick(self, records: Iterable[RunRecord], dataset: str | None = None) -> list[RunRecord]:
-        """The matching records (of ``dataset`` when given), paper-alpha ones first if asked."""
-        sel = [r for r in records if self.matches(r) and (dataset is None or r.dataset == dataset)]
-        if self.paper_alpha:
-            sel = [r for r in sel if _at_paper_alpha(r)] or sel
-        return sel
-
-
-def _hidden_dims(r: RunRecord) -> tuple[int, ...] | None:
-    dims = r.config.get("hidden_dims") if isinstance(r.config, dict) else None
-    return tuple(int(d) for d in dims) if isinstance(dims, list) else None
-
-
-def paper_gate_setting() -> tuple[tuple[str, Any], ...]:
-    """The config values of the paper's gates (Table 4): the VLM's one-hot answer, fitted on train."""
-    s = paper_setting()
-    return (("gate_fit", s["gate_fit"]), ("vlm_input", s["vlm_input"]))
-
-
-def emovlm_kd() -> Select:
-    """The paper's EmoVLM-KD: its gate in its setting, paper-alpha runs preferred."""
-    return Select(kind="gate", variant=paper_setting()["gate"], config=paper_gate_setting(), paper_alpha=True)
-
-
-def paper_distill(dims: Sequence[int] | None = None) -> Select:
-    """The paper's distill head (optionally of these hidden dims), paper-alpha runs preferred."""
-    return Select(kind="distill", variant=paper_setting()["distill_head"],
-                  dims=tuple(dims) if dims is not None else None, paper_alpha=True)
-
-
-# Selectors the paper data names by string (its rows' ``"select": "emovlm-kd"``).
-NAMED_SELECTS: dict[str, Callable[[], Select]] = {"emovlm-kd": emovlm_kd}
-
-
-def datasets_in(results: Results) -> list[str]:
-    """The paper's five datasets, then any other dataset found in the records."""
-    extra = sorted({r.dataset for r in results.records} - set(PAPER_DATASETS))
-    return list(PAPER_DATASETS) + extra
-
-
-def num_classes_for(results: Results, dataset: str) -> int:
-    """Class count of a dataset: from its records' label names, else its registered label space."""
-    for r in results.records:
-        if r.dataset == dataset and r.label_names:
-            return len(r.label_names)
-    space = label_space_for(dataset)
-    if space is None:
-        raise ConfigError(f"dataset '{dataset}': no record carries its label names, so its class count is unknown")
-    return space.num_classes
-
-
-def _params_of(records: Sequence[RunRecord]) -> int | None:
-    """The parameter count the chosen records stored (the seeds of one experiment share it)."""
-    counts = {r.params for r in latest_group(list(records)) if r.params is not None}
-    return counts.pop() if len(counts) == 1 else None
-
-
-def _gate_params(name: str, num_classes: int) -> int:
-    """Parameters of a registered gate over C classes, built for real (for rows without a record)."""
-    from vea_bench.heads.distill import count_params
-    from vea_bench.heads.gates import build_gate
-
-    return count_params(build_gate(name, num_classes))
-
-
-# ============================================================================ table model
-
-@dataclass
-class Cell:
-    """One table cell: an accuracy (percent), a count or text, or a note saying why it is empty."""
-
-    kind: str = "acc"                # "acc" | "count" | "text"
-    value: float | int | str | None = None
-    std: float | None = None
-    n: int = 0
-    note: str = ""                   # why empty: "not run", "reported only", "— in paper"
-    reported: bool = False
-    paper: float | int | None = None
-    paper_note: str = ""
-    run_ids: list[str] = field(default_factory=list)
-    ci: tuple[float, float] | None = None   # 95 % interval (percent), filled by `report.compare.annotate_tables`
-    mark: str = ""                          # "best" | "tie" (not significantly different from the best)
-
-    @property
-    def delta(self) -> float | int | None:
-        if isinstance(self.value, (int, float)) and isinstance(self.paper, (int, float)) and not self.reported:
-            return self.value - self.paper
-        return None
-
-
-@dataclass
-class Column:
-    key: str
-    title: str
-    kind: str = "acc"
-    compare: bool = True             # gets paper and Δ columns with --compare-paper
-
-
-@dataclass
-class Row:
-    label: str
-    cells: dict[str, Cell]
-    group: str | None = None
-    reported: bool = False
-    key: str = ""
-
-
-@dataclass
-class Table:
-    """A rendered-to-be table: columns, rows (optionally grouped) and notes printed under it."""
-
-    id: str
-    title: str
-    columns: list[Column]
-    rows: list[Row]
-    groups: dict[str, str] = field(default_factory=dict)   # group key -> title, in order
-    notes: list[str] = field(default_factory=list)
-
-    def cell(self, row_label: str, col: str) -> Cell:
-        for r in self.rows:
-            if r.label == row_label or r.key == row_label:
-                return r.cells[col]
-        raise KeyError(row_label)
 
 
 def _acc_cell(records: Sequence[RunRecord], split: str, paper: float | None, *, paper_has_row: bool = True) -> Cell:
@@ -607,198 +384,3 @@ def build_tables(results: Results, which: str = "all", *, dataset: str = "fi", s
     if which not in builders:
         raise ConfigError(f"unknown table '{which}' (choices: {', '.join(TABLE_IDS)}, all)")
     return [builders[which]()]
-
-
-# ============================================================================ rendering
-
-def _num(cell: Cell, v: float | int | None) -> str:
-    if v is None:
-        return ""
-    return f"{int(v):,}" if cell.kind == "count" else f"{v:.2f}"
-
-
-def _value_text(cell: Cell, fmt: str) -> str:
-    """Our value of a cell as text (pm sign per format), or the reason it is empty."""
-    if cell.value is None:
-        note = cell.note or "—"
-        return {"md": f"_{note}_", "latex": r"\textit{" + _tex_escape(note) + "}"}.get(fmt, note)
-    if cell.kind == "text":
-        return str(cell.value)
-    s = _num(cell, cell.value)  # type: ignore[arg-type]
-    if cell.std is not None:
-        pm = {"latex": r" $\pm$ "}.get(fmt, " ± ")
-        s += f"{pm}{cell.std:.2f}"
-    if cell.n >= 2:
-        s += r" {\scriptsize (n=%d)}" % cell.n if fmt == "latex" else f" (n={cell.n})"
-    if cell.ci is not None:
-        s += r" {\scriptsize [%.2f, %.2f]}" % cell.ci if fmt == "latex" else f" [{cell.ci[0]:.2f}, {cell.ci[1]:.2f}]"
-    if cell.mark:
-        s += _MARKS[cell.mark].get(fmt, _MARKS[cell.mark]["text"])
-    return s
-
-
-_MARKS = {"best": {"text": " ▲", "latex": r" $^{\ast}$"}, "tie": {"text": " ≈", "latex": r" $^{\approx}$"}}
-
-
-def _paper_text(cell: Cell, fmt: str) -> str:
-    if cell.paper is None:
-        note = cell.paper_note or "—"
-        return {"md": f"_{note}_", "latex": r"\textit{" + _tex_escape(note) + "}"}.get(fmt, note)
-    return _num(cell, cell.paper)
-
-
-def _delta_text(cell: Cell) -> str:
-    d = cell.delta
-    if d is None:
-        return ""
-    return f"{int(d):+,}" if cell.kind == "count" else f"{d:+.2f}"
-
-
-def _header_and_rows(table: Table, fmt: str, compare: bool) -> tuple[list[str], list[list[str]], list[str | None]]:
-    header = ["Model" if table.id in ("1", "ext") else ("Gate" if table.id == "4" else ("Hidden dims" if table.id == "3" else "Module"))]
-    for c in table.columns:
-        header.append(c.title)
-        if compare and c.compare:
-            header += [f"{c.title} (paper)", f"{c.title} Δ"]
-    body, groups = [], []
-    for r in table.rows:
-        line = [r.label]
-        for c in table.columns:
-            cell = r.cells[c.key]
-            if compare and cell.reported:
-                line.append(_value_text(Cell(kind=cell.kind, note="reported only"), fmt))
-            else:
-                line.append(_value_text(cell, fmt))
-            if compare and c.compare:
-                d = _delta_text(cell)
-                line += [_paper_text(cell, fmt), f"${d}$" if d and fmt == "latex" else d]
-        body.append(line)
-        groups.append(r.group)
-    return header, body, groups
-
-
-def to_markdown(table: Table, *, compare: bool = False) -> str:
-    """GitHub Markdown; group titles become bold rows."""
-    header, body, groups = _header_and_rows(table, "md", compare)
-    out = [f"**{table.title}**", "", "| " + " | ".join(header) + " |",
-           "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
-    last = None
-    for line, g in zip(body, groups):
-        if g != last and g in table.groups:
-            out.append("| " + " | ".join([f"**{table.groups[g]}**"] + [""] * (len(header) - 1)) + " |")
-        last = g
-        out.append("| " + " | ".join(x.replace("|", "\\|") for x in line) + " |")
-    out.append("")
-    out += [f"- {n}" for n in table.notes]
-    return "\n".join(out) + "\n"
-
-
-_TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "Δ": r"$\Delta$", "±": r"$\pm$", "—": "---"}
-
-
-_TEX.update({"▲": r"$^{\ast}$", "≈": r"$^{\approx}$", "≥": r"$\geq$"})  # significance marks' notes
-
-
-def _tex_escape(s: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in s)
-
-
-def to_latex(table: Table, *, compare: bool = False) -> str:
-    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``)."""
-    header, body, groups = _header_and_rows(table, "latex", compare)
-    ncol = len(header)
-    out = [r"\begin{table}[t]", r"\centering", r"\small",
-           r"\caption{" + _tex_escape(table.title) + "}",
-           r"\begin{tabular}{l" + "r" * (ncol - 1) + "}", r"\toprule",
-           " & ".join(_tex_escape(h) for h in header) + r" \\", r"\midrule"]
-    last = None
-    first = True
-    for line, g in zip(body, groups):
-        if g != last and g in table.groups:
-            if not first:
-                out.append(r"\midrule")
-            out.append(r"\multicolumn{%d}{l}{\textit{%s}} \\" % (ncol, _tex_escape(table.groups[g])))
-        last = g
-        first = False
-        # Cells are already LaTeX (notes, pm); only labels need escaping.
-        out.append(" & ".join([_tex_escape(line[0])] + line[1:]) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}"]
-    if table.notes:
-        out.append(r"\par\smallskip{\footnotesize " + " ".join(_tex_escape(n) for n in table.notes) + "}")
-    out.append(r"\end{table}")
-    return "\n".join(out) + "\n"
-
-
-def to_csv(tables: Sequence[Table], *, compare: bool = False) -> str:
-    """Long-format CSV, one line per cell: machine-readable numbers (percent), std, n, notes, paper, Δ."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    head = ["table", "group", "row", "reported", "column", "kind", "value", "std", "n", "note"]
-    if compare:
-        head += ["paper", "delta"]
-    # Intervals and significance marks (`report.compare.annotate_tables`) get columns when present.
-    annotated = any(c.ci is not None or c.mark for t in tables for r in t.rows for c in r.cells.values())
-    if annotated:
-        head += ["ci_low", "ci_high", "mark"]
-    w.writerow(head)
-    for t in tables:
-        for r in t.rows:
-            for c in t.columns:
-                cell = r.cells[c.key]
-                v = "" if cell.value is None else (f"{cell.value:.4f}" if cell.kind == "acc" else cell.value)
-                line = [t.id, t.groups.get(r.group or "", r.group or ""), r.label, int(r.reported), c.key, cell.kind, v,
-                        "" if cell.std is None else f"{cell.std:.4f}", cell.n or "", cell.note]
-                if compare:
-                    d = cell.delta
-                    line += ["" if cell.paper is None else cell.paper,
-                             "" if d is None else (f"{d:.4f}" if cell.kind == "acc" else d)]
-                if annotated:
-                    line += ["" if cell.ci is None else f"{cell.ci[0]:.4f}",
-                             "" if cell.ci is None else f"{cell.ci[1]:.4f}", cell.mark]
-                w.writerow(line)
-    return buf.getvalue()
-
-
-def to_rich(table: Table, *, compare: bool = False) -> Any:
-    """A rich renderable (the CLI prints it); reported rows dimmed, missing cells in italics."""
-    from rich.table import Table as RichTable
-
-    header, body, groups = _header_and_rows(table, "rich", compare)
-    rt = RichTable(title=table.title, caption="\n".join(table.notes), caption_justify="left", title_justify="left")
-    label_width = max(len(line[0]) for line in body) if body else 8
-    for i, h in enumerate(header):
-        if i == 0:
-            rt.add_column(h, justify="left", no_wrap=True, min_width=min(label_width, 40))
-        else:
-            rt.add_column(h, justify="right", overflow="fold")
-    last = None
-    for line, g, row in zip(body, groups, table.rows):
-        if g != last and g in table.groups:
-            if last is not None:
-                rt.add_section()
-            rt.add_row(f"[bold]{table.groups[g]}[/]", *[""] * (len(header) - 1))
-        last = g
-        styled = [line[0]]
-        for j, text in enumerate(line[1:]):
-            styled.append(f"[italic dim]{text}[/]" if text and not any(ch.isdigit() for ch in text) else text)
-        rt.add_row(*styled, style="dim" if row.reported else None)
-    return rt
-
-
-def render(tables: Sequence[Table], fmt: str = "md", *, compare: bool = False) -> str:
-    """Text of ``tables`` in ``fmt`` ('md', 'latex' or 'csv'); rich renders via `to_rich`."""
-    if fmt == "md":
-        return "\n".join(to_markdown(t, compare=compare) for t in tables)
-    if fmt == "latex":
-        return "\n".join(to_latex(t, compare=compare) for t in tables)
-    if fmt == "csv":
-        return to_csv(tables, compare=compare)
-    if fmt == "rich":
-        from rich.console import Console
-
-        con = Console(width=200, record=True, file=io.StringIO())
-        for t in tables:
-            con.print(to_rich(t, compare=compare))
-        return con.export_text()
-    raise ConfigError(f"unknown table format '{fmt}' (choices: {', '.join(FORMATS)})")

@@ -37,7 +37,7 @@ from vea_bench.models.base import GenerationOptions
 from vea_bench.models.engine import cap_image
 from vea_bench.progress import Progress, ensure
 from vea_bench.prompts import SYSTEM_MESSAGE, categorical_instruction, user_content
-from vea_bench.records import RunRecord
+from vea_bench.results import ResultsStore, RunRecord
 from vea_bench.train.instructions import (
     INSTRUCTION_KINDS,
     Instruction,
@@ -587,7 +587,7 @@ def train_vlm(
                                                    adapter=str(adapter_dir), progress=progress,
                                                    image_position=cfg.image_position)
     window = max(1, min(10, len(losses) // 4 or 1))
-    from vea_bench.records import experiment_id
+    from vea_bench.results import experiment_id
 
     record = RunRecord(
         kind="vlm",
@@ -606,9 +606,9 @@ def train_vlm(
         artifacts={"adapter": str(adapter_dir)},
         wall_time_s=time.time() - t0,
     )
-    paths = [record.save(out, subdir=".")]
+    paths = [ResultsStore(out).save(record, flat=True)]
     if results_dir is not None:
-        paths.append(record.save(results_dir))
+        paths.append(ResultsStore(results_dir).save(record))
     checkpoint(finished=True, record=str(paths[0]))
     return QLoRAResult(out, adapter_dir, record, paths, losses, global_step, resumed_from)
 

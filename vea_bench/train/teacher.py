@@ -25,7 +25,7 @@ from vea_bench.devices import resolve_device
 from vea_bench.errors import ConfigError, DatasetError, ModelError
 from vea_bench.hashing import config_hash, file_sha256
 from vea_bench.progress import Progress, ensure
-from vea_bench.records import RunRecord
+from vea_bench.results import ResultsStore, RunRecord
 from vea_bench.train.state import (
     STATE_FILE,
     atomic_dir,
@@ -373,7 +373,7 @@ def train_teacher(
         if bad:
             log.warning("%d %s images could not be decoded and were left out of the %s metrics", len(bad), split, split)
         metrics[split] = asdict(m)
-    from vea_bench.records import experiment_id
+    from vea_bench.results import experiment_id
 
     method = method_name(cfg.arch)
     record = RunRecord(
@@ -392,9 +392,9 @@ def train_teacher(
                    "config": str(out / "config.json")},
         wall_time_s=time.time() - t0,
     )
-    paths = [record.save(out, subdir=".")]
+    paths = [ResultsStore(out).save(record, flat=True)]
     if results_dir is not None:
-        paths.append(record.save(results_dir))
+        paths.append(ResultsStore(results_dir).save(record))
     # The run is complete: drop the heavy resume tensors, keep the state as the "finished" marker.
     with atomic_dir(resume_dir) as tmp:
         write_json_atomic(tmp / STATE_FILE, {

@@ -23,50 +23,27 @@ Sweep members share ``group``; accuracies are fractions in [0, 1] (tables show p
 of an older schema are upgraded on load (`RunRecord.from_dict`), so old results folders still
 render. `vea-bench table` and `vea-bench plot` read only these records, never models, so a table
 can always be traced back to the exact runs, data and code that produced it.
+
+This module says what a record holds; where it is written (and its weights and predictions) is
+`vea_bench.results.store.ResultsStore`'s alone.
 """
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vea_bench.errors import ConfigError, os_error
+from vea_bench.errors import ConfigError
 from vea_bench.hashing import config_hash
 
 RECORD_SCHEMA = "vea-bench/run-record/2"
 # Older shapes `from_dict` still reads; their missing fields are derived from their config.
 _UPGRADABLE = ("vea-bench/run-record/1",)
-
-# Heads' safetensors and their config JSON go under <results>/artifacts/<run_id>/, which record
-# readers skip; every other *.json below a results folder is expected to be a run record.
-ARTIFACTS_DIR = "artifacts"
-
-@contextmanager
-def writing_results(path: str | Path) -> Iterator[None]:
-    """Turn a failed write under a results folder (full disk, read-only, permissions; from the OS
-    or from safetensors) into one line naming the path and what to do."""
-    try:
-        yield
-    except OSError as exc:
-        raise _results_error(path, exc) from None
-    except Exception as exc:
-        if type(exc).__name__ == "SafetensorError":  # safetensors wraps the OS error in its own type
-            raise _results_error(path, exc) from None
-        raise
-
-
-def _results_error(path: str | Path, exc: BaseException) -> ConfigError:
-    msg = str(os_error(path, exc, "write results"))
-    return ConfigError(msg.replace("--cache", "--results folder"))
-
 
 # Run kinds a record may have; the table layer groups by these.
 RUN_KINDS = (
@@ -172,24 +149,6 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def save(self, results_dir: str | Path, *, subdir: str | None = None) -> Path:
-        """Write ``<results>/<subdir or kind>/<run_id>.json`` atomically; returns the path."""
-        out = Path(results_dir) / (subdir or self.kind)
-        path = out / f"{self.run_id}.json"
-        tmp = path.with_suffix(".json.tmp")
-        with writing_results(path):
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-                from vea_bench.report.predictions import write_pending
-
-                write_pending(self, results_dir)  # per-image predictions a run attached, beside the record
-                tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False, default=_json_default))
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-        return path
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunRecord:
         """A record from its JSON dict; an older schema is upgraded (missing variant and
@@ -271,7 +230,7 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "-" for c in s.lower()).strip("-")[:40] or "run"
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
     try:
         import numpy as np
 
@@ -282,20 +241,3 @@ def _json_default(o: Any) -> Any:
     except ImportError:  # pragma: no cover
         pass
     return str(o)  # Path and anything else JSON cannot hold
-
-
-def iter_records(results_dir: str | Path) -> tuple[list[tuple[Path, RunRecord]], list[tuple[Path, str]]]:
-    """All records under ``results_dir`` (recursively) and the files skipped, each with why."""
-    good: list[tuple[Path, RunRecord]] = []
-    bad: list[tuple[Path, str]] = []
-    root = Path(results_dir)
-    if not root.exists():
-        return good, bad
-    for path in sorted(root.rglob("*.json")):
-        if ARTIFACTS_DIR in path.relative_to(root).parts:
-            continue  # weights' configs and other non-record JSON live there
-        try:
-            good.append((path, RunRecord.load(path)))
-        except ConfigError as exc:
-            bad.append((path, str(exc)))
-    return good, bad

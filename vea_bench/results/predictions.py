@@ -15,8 +15,8 @@ reads the cache (VLM alone, baselines, distill heads, gates) writes them to
   ``distill_pred``) and, where its architecture has them, its per-image ``source_weights`` N x 2
   (distill, VLM).
 
-The record names the file in ``artifacts["predictions"]``. A run attaches them with `attach` before
-its record is saved; `RunRecord.save` writes them.
+The record names the file in ``artifacts["predictions"]``. A run hands them to
+`ResultsStore.save` with its record; this module holds their type and file format only.
 """
 from __future__ import annotations
 
@@ -30,9 +30,7 @@ import numpy as np
 
 from vea_bench.errors import ConfigError
 
-PRED_FILE = "predictions.safetensors"
 PRED_SPLITS = ("test",)
-_PENDING = "_pending_predictions"
 
 
 @dataclass
@@ -84,28 +82,11 @@ def from_scores(y: np.ndarray, scores: np.ndarray, rows: np.ndarray | None, *, l
     return SplitPredictions(rows=rows, y=y, pred=pred, prob=prob, extra=dict(extra or {}))
 
 
-def attach(rec: Any, preds: Mapping[str, SplitPredictions]) -> None:
-    """Hold ``preds`` (split -> predictions) on an unsaved record; `RunRecord.save` writes them."""
-    rec.__dict__[_PENDING] = {s: p for s, p in preds.items() if s in PRED_SPLITS and p is not None}
-
-
-def write_pending(rec: Any, results_dir: str | Path) -> None:
-    """Write the predictions `attach` held on ``rec`` (if any) and name the file in its artifacts."""
-    pending = rec.__dict__.pop(_PENDING, None)
-    if not pending:
-        return
-    from vea_bench.records import ARTIFACTS_DIR
-
-    path = Path(results_dir) / ARTIFACTS_DIR / rec.run_id / PRED_FILE
-    manifests = (rec.cache or {}).get("manifest_hashes") or {}
-    write_predictions(path, pending, {"run_id": rec.run_id, "dataset": rec.dataset,
-                                      "label_names": list(rec.label_names),
-                                      "manifest_hashes": {s: manifests.get(s) for s in pending}})
-    rec.artifacts = {**rec.artifacts, "predictions": str(path)}
-
-
 def write_predictions(path: str | Path, preds: Mapping[str, SplitPredictions], meta: Mapping[str, Any]) -> Path:
-    """Write ``preds`` to a safetensors file (atomically), ints as int16/int32, probabilities float16."""
+    """Write ``preds`` to the safetensors file ``path``, ints as int16/int32, probabilities float16.
+
+    The file is written in place; `ResultsStore.save` gives it a temporary name and renames it once
+    complete, so a reader never sees half a file."""
     from safetensors.numpy import save_file
 
     tensors: dict[str, np.ndarray] = {}
@@ -119,11 +100,8 @@ def write_predictions(path: str | Path, preds: Mapping[str, SplitPredictions], m
             arr = np.asarray(v)
             tensors[f"{split}/{k}"] = arr.astype(np.float16 if arr.dtype.kind == "f" else np.int16)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
               metadata={"meta": json.dumps(dict(meta), default=str)})
-    tmp.replace(path)
     return path
 
 
@@ -150,73 +128,3 @@ def read_predictions(path: str | Path) -> tuple[dict[str, SplitPredictions], dic
                                       extra={k: (v.astype(np.float32) if v.dtype.kind == "f" else v.astype(np.int64))
                                              for k, v in a.items()}, **base)
     return out, meta
-
-
-def predictions_path(rec: Any, results_root: str | Path | None = None) -> Path | None:
-    """Where ``rec``'s predictions are: the path its record names, else the standard place under the results."""
-    from vea_bench.records import ARTIFACTS_DIR
-
-    cands = []
-    named = (rec.artifacts or {}).get("predictions") if isinstance(rec.artifacts, dict) else None
-    if named:
-        cands.append(Path(named))
-    if results_root is not None:
-        cands.append(Path(results_root) / ARTIFACTS_DIR / rec.run_id / PRED_FILE)
-    return next((p for p in cands if p.is_file()), None)
-
-
-def load_for(rec: Any, results_root: str | Path | None = None, split: str = "test") -> SplitPredictions | None:
-    """``rec``'s predictions of ``split``, or None when the run stored none."""
-    p = predictions_path(rec, results_root)
-    if p is None:
-        return None
-    preds, _ = read_predictions(p)
-    return preds.get(split)
-
-
-# ----------------------------------------------------------------------------- writers' helpers
-
-def gate_source_weights(gate: str, num_classes: int, state: Mapping[str, Any], v1: np.ndarray,
-                        v2: np.ndarray) -> np.ndarray | None:
-    """Per-image weights (distill, VLM) of a gate whose architecture weighs its two sources, else None.
-
-    The gate class says what its weights are (`Gate.source_weights`), so a new gate shows them
-    without an edit here.
-    """
-    import torch
-
-    from vea_bench.heads.gates import build_gate
-
-    g = build_gate(gate, num_classes)
-    g.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
-    a = torch.from_numpy(np.asarray(v1, dtype=np.float32))
-    b = torch.from_numpy(np.asarray(v2, dtype=np.float32))
-    with torch.no_grad():
-        w = g.source_weights(a, b)
-    return None if w is None else w.numpy()
-
-
-def attach_head(rec: Any, data: Any, res: Any, distill: Any | None = None) -> None:
-    """Attach a distill head's or gate's test predictions (from its `HeadResult`) to its record.
-
-    For a gate, also its inputs' predictions (the VLM's answer and the distill head's) and, where
-    the gate has them, its source weights: Figure 4 reads all of them from the gate's file.
-    """
-    preds: dict[str, SplitPredictions] = {}
-    for split in PRED_SPLITS:
-        sa = data.splits.get(split)
-        lg = res.logits.get(split) if isinstance(res.logits, dict) else None
-        if sa is None or lg is None:
-            continue
-        extra: dict[str, np.ndarray] = {}
-        if res.kind == "gate" and sa.vlm is not None:
-            vlm = np.asarray(sa.vlm)
-            extra["vlm_pred"] = np.where(np.any(vlm != 0, axis=1), vlm.argmax(1), -1)
-            v1 = distill.logits.get(split) if distill is not None else None
-            if v1 is not None:
-                extra["distill_pred"] = np.asarray(v1).argmax(1)
-                w = gate_source_weights(res.config.gate, len(data.label_names), res.state, v1, vlm)
-                if w is not None:
-                    extra["source_weights"] = w
-        preds[split] = from_scores(sa.y, lg, sa.rows, logits=True, extra=extra)
-    attach(rec, preds)
