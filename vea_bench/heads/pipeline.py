@@ -486,15 +486,15 @@ def distill_record(data: HeadData, res: HeadResult, *, results_dir: str | Path, 
                    device: str | None = None) -> RunRecord:
     """Write the run record and safetensors weights of a distill head; returns the saved record.
 
-    Its variant is the head's registry name, read from ``config["head"]`` (`records.default_variant`).
+    Its variant is the head's registry name (``config["head"]`` may spell an alias).
     """
     cfg: DistillConfig = res.config
     config = {**cfg.to_dict(), "visual": data.sources.get("visual"), "teacher": data.sources.get("teacher"),
               "input_dim": data.input_dim, "num_classes": data.num_classes, "device": device,
               "kept_epoch": "best-on-val" if cfg.keep == "best" else "last",
               "precision": res.convergence.get("precision", cfg.precision), "precision_requested": cfg.precision}
-    rec = RunRecord(kind="distill", method="distill", dataset=data.dataset, config=config, metrics=res.metrics,
-                    seed=cfg.seed, params=res.params, group=group, label_names=list(data.label_names),
+    rec = RunRecord(kind="distill", method="distill", variant=HEADS.canonical(cfg.head), dataset=data.dataset,
+                    config=config, metrics=res.metrics, seed=cfg.seed, params=res.params, group=group, label_names=list(data.label_names),
                     cache=data.provenance, wall_time_s=res.wall_time_s, convergence=res.convergence or None)
     ResultsStore(results_dir).save(
         rec, weights={"distill": res.state}, predictions=head_predictions(data, res),

@@ -50,7 +50,7 @@ from vea_bench.report.selection import (
     paper_gate_setting,
 )
 from vea_bench.report.table_model import Cell, Column, Row, Table
-from vea_bench.results import ResultsStore, RunRecord
+from vea_bench.results import ResultsStore, RunRecord, experiment_id
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,28 @@ def load_results(results_dir: str | Path) -> Results:
     good, bad = ResultsStore(root).scan()
     for path, why in bad:
         log.warning("skipped %s: %s", path, why)
+    registered_variants([r for _, r in good])
     return Results(root=root, records=[r for _, r in good], paths={r.run_id: p for p, r in good}, skipped=bad)
+
+
+def registered_variants(records: Sequence[RunRecord]) -> None:
+    """Spell every gate's and head's variant by its registered name, in place.
+
+    A hand-made or older record may name its gate or head by an alias ("cross"); its rows are the
+    registered entry's ("crossgating"), and its experiment id follows the name it now has.
+    """
+    if not any(r.kind in ("gate", "distill") for r in records):
+        return
+    from vea_bench.heads.distill import HEADS
+    from vea_bench.heads.gates import GATES
+
+    registries = {"gate": GATES, "distill": HEADS}
+    for r in records:
+        reg = registries.get(r.kind)
+        if reg is None or r.variant not in reg or reg.canonical(r.variant) == r.variant:
+            continue   # not a registry's entry (a gate since removed keeps its name), or already its name
+        r.variant = reg.canonical(r.variant)
+        r.experiment_id = experiment_id(r.kind, r.method, r.variant, r.dataset, r.config)
 
 
 def require_records(results: Results) -> None:

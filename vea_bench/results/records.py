@@ -202,27 +202,26 @@ def experiment_id(kind: str, method: str, variant: str, dataset: str, config: di
                         "config": experiment_config(config)})
 
 
+# The head every distill record of schema 1 used: they predate the heads registry's second entry.
+SCHEMA1_HEAD = "distill"
+
+
 def default_variant(kind: str, method: str, config: dict[str, Any]) -> str:
     """The variant a record states implicitly in its config (records of schema 1 had no field).
 
-    A gate's is its registry name (``config["gate"]``, aliases resolved through `GATES`), a VLM
-    evaluation's the family (``config["backend"]``), a distill head's the head (``config["head"]``,
-    through `HEADS`; schema-1 records predate the heads registry's second entry, so theirs is the
-    one head, `DEFAULT_HEAD`); any other record's is its method.
+    A gate's is ``config["gate"]``, a VLM evaluation's the family (``config["backend"]``), a distill
+    head's ``config["head"]`` (`SCHEMA1_HEAD` where absent); any other record's is its method. Names
+    are as the config spells them: writers pass the registered name, and the table layer, which
+    knows the registries, resolves an alias in a hand-made or older record
+    (`vea_bench.report.tables.load_results`).
     """
     cfg = config if isinstance(config, dict) else {}
     if kind == "gate" and cfg.get("gate"):
-        from vea_bench.heads.gates import GATES
-
-        name = str(cfg["gate"])
-        return GATES.canonical(name) if name in GATES else name   # a gate since removed keeps its name
+        return str(cfg["gate"])
     if kind == "vlm-eval" and cfg.get("backend"):
         return str(cfg["backend"])
     if kind == "distill":
-        from vea_bench.heads.distill import DEFAULT_HEAD, HEADS
-
-        name = str(cfg.get("head") or DEFAULT_HEAD)
-        return HEADS.canonical(name) if name in HEADS else name
+        return str(cfg.get("head") or SCHEMA1_HEAD)
     return method
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from vea_bench.cache.store import FeatureCache
 from vea_bench.errors import CacheError
-from vea_bench.heads.baselines.base import BASELINES, Baseline, BaselineContext, BaselineSkipped
+from vea_bench.heads.baselines.base import BASELINES, Baseline, BaselineContext, BaselineSkipped, PairBaseline
 
 # The built-in baselines, one module each, registered on import in the order they run and are listed.
 from vea_bench.heads.baselines.vlm import VlmAlone  # noqa: I001
@@ -89,9 +89,7 @@ def run_baselines(
     return outputs, skipped
 
 
-
-
 __all__ = ["BASELINES", "ENSEMBLE_GRID", "Baseline", "BaselineContext", "BaselineSkipped", "Complementarity",
-           "Ensemble", "LinearProbes", "Oracle", "SavedDistill", "TeacherAlone", "VlmAlone", "complementarity_counts",
-           "ensemble_scores", "fit_linear_probe", "oracle_predictions", "pick_ensemble_weight", "probe_logits",
-           "run_baselines"]
+           "Ensemble", "LinearProbes", "Oracle", "PairBaseline", "SavedDistill", "TeacherAlone", "VlmAlone",
+           "complementarity_counts", "ensemble_scores", "fit_linear_probe", "oracle_predictions",
+           "pick_ensemble_weight", "probe_logits", "run_baselines"]

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from vea_bench.cache.store import FeatureCache
+from vea_bench.errors import ConfigError
 from vea_bench.heads.data import HeadData, load_head_data
 from vea_bench.registry import Registry
 from vea_bench.results import RunOutput, RunRecord, SplitMetrics, SplitPredictions
@@ -37,6 +38,14 @@ class Baseline:
         raise NotImplementedError
 
 
+class PairBaseline(Baseline):
+    """A baseline over the teacher and the VLM on the same rows (`BaselineContext.paired`)."""
+
+    needs = ("vlm", "teacher")
+    missing = "needs both a vlm and a teacher source"
+    pair = True
+
+
 BASELINES: Registry[type[Baseline]] = Registry("baseline", plugins="vea_bench.baselines")
 
 
@@ -60,6 +69,8 @@ class BaselineContext:
 
     def has(self, need: str) -> bool:
         """Whether this call can feed ``need`` (a source kind, "features" or "distill")."""
+        if need not in NEEDS:
+            raise ConfigError(f"a baseline needs '{need}', which is not a source (choices: {', '.join(NEEDS)})")
         if need == "distill":
             return self.distill is not None
         if need == "features":
@@ -74,8 +85,15 @@ class BaselineContext:
         """The cache's ``need`` sources (the chosen keys) for every split."""
         return load_head_data(self.cache, vlm=self.vlm, teacher=self.teacher, need=need, vlm_input=vlm_input)
 
+    def paired(self) -> HeadData:
+        """Teacher logits and the VLM's answers (as ``vlm_input`` asks) on the same rows."""
+        if self.pair is None:
+            raise BaselineSkipped(PairBaseline.missing)
+        return self.pair
+
     def onehots(self) -> HeadData:
         """Teacher logits and the VLM's one-hot answers on the same rows (read once)."""
+        self.paired()
         if self._onehots is None:
             self._onehots = self.load("teacher", "vlm")
         return self._onehots

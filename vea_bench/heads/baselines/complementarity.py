@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from vea_bench.heads.baselines.base import BASELINES, Baseline, BaselineContext, BaselineSkipped
+from vea_bench.heads.baselines.base import BASELINES, BaselineContext, PairBaseline
 from vea_bench.results import RunOutput, SplitMetrics
 
 
@@ -18,17 +18,11 @@ def complementarity_counts(y: np.ndarray, teacher_pred: np.ndarray, vlm_onehot: 
 
 
 @BASELINES.register("complementarity")
-class Complementarity(Baseline):
+class Complementarity(PairBaseline):
     """A "complementarity" record: the counts in ``metrics[split]["extra"]``, accuracy the oracle's."""
-
-    needs = ("vlm", "teacher")
-    missing = "needs both a vlm and a teacher source"
-    pair = True
 
     def run(self, ctx: BaselineContext) -> list[RunOutput]:
         t0 = time.perf_counter()
-        if ctx.pair is None:
-            raise BaselineSkipped(self.missing)
         d = ctx.onehots()
         mets = {}
         for s, sa in d.splits.items():

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vea_bench.heads.baselines.base import BASELINES, Baseline, BaselineContext, BaselineSkipped
+from vea_bench.heads.baselines.base import BASELINES, BaselineContext, PairBaseline
 from vea_bench.metrics import split_metrics
 from vea_bench.results import PRED_SPLITS, RunOutput, from_scores, softmax
 
@@ -26,18 +26,12 @@ def pick_ensemble_weight(y: np.ndarray, teacher_logits: np.ndarray, vlm_vec: np.
 
 
 @BASELINES.register("ensemble")
-class Ensemble(Baseline):
+class Ensemble(PairBaseline):
     """The teacher weight is picked on val (train when the cache has no val), never on test."""
-
-    needs = ("vlm", "teacher")
-    missing = "needs both a vlm and a teacher source"
-    pair = True
 
     def run(self, ctx: BaselineContext) -> list[RunOutput]:
         t0 = time.perf_counter()
-        pair = ctx.pair
-        if pair is None:
-            raise BaselineSkipped(self.missing)
+        pair = ctx.paired()
         sel = "val" if "val" in pair.splits else "train"
         sv = pair.splits[sel]
         weight = pick_ensemble_weight(sv.y, sv.teacher, sv.vlm)

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from vea_bench.heads.baselines.base import BASELINES, Baseline, BaselineContext, BaselineSkipped
+from vea_bench.heads.baselines.base import BASELINES, BaselineContext, PairBaseline
 from vea_bench.metrics import split_metrics
 from vea_bench.results import PRED_SPLITS, RunOutput, SplitPredictions
 
@@ -17,17 +17,11 @@ def oracle_predictions(y: np.ndarray, teacher_pred: np.ndarray, vlm_onehot: np.n
 
 
 @BASELINES.register("oracle")
-class Oracle(Baseline):
+class Oracle(PairBaseline):
     """Reads the VLM's one-hot answers whatever ``vlm_input`` the call uses."""
-
-    needs = ("vlm", "teacher")
-    missing = "needs both a vlm and a teacher source"
-    pair = True
 
     def run(self, ctx: BaselineContext) -> list[RunOutput]:
         t0 = time.perf_counter()
-        if ctx.pair is None:
-            raise BaselineSkipped(self.missing)
         d = ctx.onehots()
         names = ctx.cache.label_names
         mets = {s: split_metrics(sa.y, oracle_predictions(sa.y, sa.teacher.argmax(1), sa.vlm), names)
