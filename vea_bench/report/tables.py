@@ -1,4 +1,4 @@
-"""The paper's Tables 1-4 (and an Extensions table) from run records, in rich, Markdown, LaTeX and CSV.
+"""The paper's Tables 1-4 (and an Extensions table) from run records, as the table model every format renders.
 
 Tables read only run records (`vea_bench.results.records`), never models, so every number traces back to
 the runs, data and code that produced it. How cells are filled:
@@ -22,6 +22,9 @@ the runs, data and code that produced it. How cells are filled:
   with ``--compare-paper``), ``— in paper`` (the paper has a dash there).
 - Literature rows (WSCNet, Stimuli-aware, MDAN, PDANet, EmoVIT) come from the bundled paper data
   and are always marked ``(reported)``.
+
+Which records fill a cell is `report.selection`'s; the model (`Table`, `Row`, `Cell`) is
+`report.table_model`'s; turning it into text is each registered format's (`report.formats`).
 """
 from __future__ import annotations
 
