@@ -40,6 +40,7 @@ def extract_command(
     backbone: Annotated[Optional[list[str]], typer.Option("--backbone", help="Frozen timm backbone NAME or NAME@WEIGHTS (file or 'random'); repeatable.")] = None,
     backbone_weights: Annotated[Optional[str], typer.Option("--backbone-weights", help="Local weights file (or 'random') for every --backbone without @WEIGHTS.")] = None,
     answer: Annotated[str, typer.Option("--answer", help="VLM answer modes: generate, score or generate,score.")] = "generate",
+    engine: Annotated[str, typer.Option("--engine", help="How the VLM runs: transformers (one vision pass gives the embedding and the answers) or embed-only (the embedding alone: no language model, no answers), or an installed engine (docs/extending.md).")] = "transformers",
     sample: Annotated[bool, typer.Option("--sample", hidden=True, help="Deprecated: same as --decoding sample.")] = False,
     split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the stratified split where the dataset has none (SPEC: 42).")] = 42,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")] = 8,
@@ -69,6 +70,7 @@ def extract_command(
     run_guarded(
         _run, dataset=dataset, root=root, cache=cache, load=load_options, generation=generation_options,
         teachers=list(teacher or []), backbones=list(backbone or []), backbone_weights=backbone_weights, modes=modes,
+        engine=engine,
         sample=sample, split_seed=split_seed, batch_size=batch_size, workers=workers, threads=threads, limit=limit,
         shard=shard, splits=list(split or []), label_space=label_space, keys=keys, overwrite=overwrite,
         retry_failed=retry_failed, quiet=quiet, parse=parse, exif=exif, allow_outside_root=allow_outside_root,
@@ -137,7 +139,7 @@ def _run(**a: Any) -> None:
         backbones=backbones, splits=a["splits"] or None, limit=a["limit"], shard=shard,
         batch_size=a["batch_size"], num_workers=a["workers"], source_keys=keys, overwrite=a["overwrite"],
         retry_failed=a["retry_failed"], device=None if device == "auto" else device,
-        progress=progress, parse=a["parse"], exif=a["exif"],
+        progress=progress, parse=a["parse"], exif=a["exif"], engine=a["engine"],
     )
     if a["quiet"]:
         echo_path(summary.cache_path, True)
