@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _extract_helpers import fi_root, tiny_dir  # noqa: F401  (fixtures)
+from _extract_helpers import backend, fi_root, index, tiny_dir  # noqa: F401  (fixtures)
 
 from vea_bench.cache import FeatureCache
 from vea_bench.errors import ModelError
@@ -30,20 +30,6 @@ torch.set_num_threads(1)
 GEN = GenerationOptions(max_new_tokens=4)
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
 ENGINES_PY = Path(__file__).resolve().parent.parent / "vea_bench" / "models" / "engines.py"
-
-
-@pytest.fixture(scope="module")
-def index(fi_root):  # noqa: F811
-    from vea_bench.datasets import load_dataset
-
-    return load_dataset("fi", fi_root)
-
-
-@pytest.fixture(scope="module")
-def backend(tiny_dir):  # noqa: F811
-    from vea_bench.models import load_vlm
-
-    return load_vlm(LoadOptions(str(tiny_dir["qwen"]), device="cpu"))
 
 
 def _run(index, backend, tiny_dir, path: Path, engine: str, modes=("generate", "score")):  # noqa: F811
