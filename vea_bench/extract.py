@@ -35,7 +35,7 @@ import numpy as np
 
 from vea_bench.errors import ConfigError, DatasetError, ModelError
 from vea_bench.models.base import GenerationOptions, LoadOptions
-from vea_bench.models.engines import engine_provenance, load_engine
+from vea_bench.models.engines import ENGINES, engine_provenance, load_engine
 from vea_bench.progress import Progress, ensure
 
 if TYPE_CHECKING:
@@ -393,6 +393,7 @@ def extract(
     from vea_bench.models.parse import check_mode
 
     check_mode(parse)
+    ENGINES.canonical(engine)  # an unknown engine is a one-line error before anything loads
     decoding = decoding_provenance(exif)
     keys = dict(source_keys or {})
     if isinstance(shard, str):

@@ -20,6 +20,7 @@ from typing import Any
 
 from vea_bench.errors import ConfigError
 from vea_bench.hashing import config_hash
+from vea_bench.models.engines import DEFAULT_ENGINE, ENGINES
 from vea_bench.pipeline.experiment import Experiment, distill_config, gate_config
 from vea_bench.pipeline.ledger import Ledger, Stage, StageContext, StageResult, run_stages
 from vea_bench.progress import Progress
@@ -173,6 +174,8 @@ def extract_stages(plan: Plan) -> list[Stage]:
     # Batch size, workers and the device change speed, not rows: they stay out of the stage's identity.
     x_cfg = {"dataset": _dataset_config(exp), "cache": str(exp.cache_path), "vlm": _identity(load, "device"),
              "generation": _identity(gen), "answer": x.answer, "backbones": x.backbones, "limit": x.limit}
+    if ENGINES.get(x.engine).name != DEFAULT_ENGINE:   # the default engine keeps the identities made before engines
+        x_cfg["engine"] = ENGINES.get(x.engine).name
     deps = [n for n in ("teacher", "qlora") if plan.has(n)]
     return [Stage("extract", x_cfg, partial(_run_extract, exp, load, gen), deps=deps)]
 
@@ -187,7 +190,7 @@ def _run_extract(exp: Experiment, load: Any, gen: Any, ctx: StageContext) -> dic
     summary = extract(_load_index(exp), exp.cache_path, vlm=opts, answer_modes=x.answer, generation=gen,
                       teachers=teachers, backbones=list(x.backbones), limit=x.limit,
                       batch_size=x.batch_size, num_workers=x.workers, device=exp.experiment.device,
-                      overwrite=ctx.rerun, progress=ctx.progress)
+                      overwrite=ctx.rerun, progress=ctx.progress, engine=x.engine)
     if not summary.complete:
         raise ConfigError(
             f"extraction left rows missing in {exp.cache_path} ({', '.join(s.name for s in summary.sources if s.missing)}); "
