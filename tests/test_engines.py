@@ -123,3 +123,19 @@ def test_sources_from_before_engines_still_resume_with_the_default_engine() -> N
     assert engine_provenance("hf", None) == {"engine": "transformers"}
     assert engine_provenance("embed-only", old) == {"engine": "embed-only"}   # another engine: refused on resume
     assert source_engine(old) == "transformers"
+
+
+def test_extract_cli_takes_the_engine(tmp_path, fi_root, tiny_dir) -> None:  # noqa: F811
+    from typer.testing import CliRunner
+
+    from vea_bench_cli.main import app
+
+    base = ["extract", "fi", "--root", str(fi_root), "--vlm", str(tiny_dir["qwen"]), "--device", "cpu",
+            "--workers", "0", "--split", "test", "-q"]
+    res = CliRunner().invoke(app, [*base, "--cache", str(tmp_path / "e.h5"), "--engine", "embed-only"])
+    assert res.exit_code == 0, res.output
+    with FeatureCache.open(tmp_path / "e.h5") as cache:
+        assert [s.name for s in cache.sources()] == ["visual/qwen"]
+    res = CliRunner().invoke(app, [*base, "--cache", str(tmp_path / "x.h5"), "--engine", "vlm-server"])
+    assert res.exit_code == 2 and "unknown VLM engine 'vlm-server'" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x.h5").exists()

@@ -365,9 +365,9 @@ def extract(
     ``parse`` is the answer parse mode (`vea_bench.models.parse`: strict, the reference's, or
     lenient); ``exif`` applies or ignores EXIF orientation (`vea_bench.datasets.images`); both are
     recorded in the sources' provenance. ``engine`` (a `vea_bench.models.engines.ENGINES` name) runs
-    the VLM; an engine that gives no answers writes only the visual source. Returns per-source counts. SIGTERM / SIGINT stop the
-    run after the current batch with `vea_bench.cache.guard.Stopped` (every batch written so far
-    is kept; a second signal stops at once).
+    the VLM; an engine that gives no answers writes only the visual source. Returns per-source
+    counts. SIGTERM / SIGINT stop the run after the current batch with
+    `vea_bench.cache.guard.Stopped` (every batch written so far is kept; a second signal stops at once).
     """
     from vea_bench.cache.fingerprints import fingerprints, stale_rows
     from vea_bench.cache.guard import stop_on_signals
