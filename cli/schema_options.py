@@ -7,12 +7,15 @@ command hands that dict to `vea_bench.heads.config.make_config`, the same functi
 file's section goes through, so a value means the same thing from either side.
 
 Naming: a group's options are ``--<prefix><field>`` (``--gate-lr``), except its ``plain`` fields
-(``--gate-fit``, ``--keep``). Two groups naming the same option share it: one ``--schedule``
-sets both the distill head's and the gate's. A ``dict`` field takes ``KEY=VALUE`` (repeatable,
-values read as JSON); a list field repeats its option.
+(``--gate-fit``, ``--keep``) and the fields `vea_bench.schema.CLI_NAMES` renames (``--vlm``).
+Two groups naming the same option share it: one ``--schedule`` sets both the distill head's and
+the gate's. A ``dict`` field takes ``KEY=VALUE`` (repeatable, values read as JSON); a list field
+repeats its option; a field with ``words`` takes one of them (``--quant 4bit``). A field without
+a default is a required option unless the group lists it as ``optional``.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -25,7 +28,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from vea_bench.errors import ConfigError
-from vea_bench.schema import field_help, field_types
+from vea_bench.schema import CLI_NAMES, field_default, field_help, field_types, field_words
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,16 @@ class Group:
     exclude: tuple[str, ...] = ()              # fields this command does not take (see NOT_ON_CLI)
     names: dict[str, str] = field(default_factory=dict)   # field -> option name, where the rule does not fit
     help_prefix: str = ""                      # e.g. "gate: " so two groups' --epochs read apart
+    optional: tuple[str, ...] = ()             # fields without a default that this command may leave out
+    show_defaults: bool = False                # --help shows each field's default (not where a schedule sets it)
 
     def option(self, name: str) -> str:
         """The option name of field ``name`` (without the leading dashes)."""
         if name in self.names:
             return self.names[name]
+        renamed = CLI_NAMES.get((self.cls.__name__, name))
+        if renamed is not None:
+            return renamed.lstrip("-")
         base = name.replace("_", "-")
         return base if (not self.prefix or name in self.plain) else f"{self.prefix}{base}"
 
@@ -80,6 +88,28 @@ def parse_pairs(pairs: list[str], option: str) -> dict[str, Any]:
     return out
 
 
+def _shown(default: Any, words: dict[str, Any] | None) -> str:
+    """A field default as --help shows it: the word standing for it, a flag's name, or the value."""
+    if words:
+        return next((w for w, v in words.items() if v == default), str(default))
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, (list, tuple)):
+        return ", ".join(str(v) for v in default)
+    return str(default)
+
+
+def from_word(cls: type, name: str, value: Any, option: str) -> Any:
+    """The field value a word given on the command line stands for (fields with ``words``), else ``value``."""
+    words = field_words(cls, name)
+    if not words:
+        return value
+    key = str(value).lower()
+    if key not in words:
+        raise ConfigError(f"--{option}: '{value}' is not one of {', '.join(words)}")
+    return words[key]
+
+
 def generated_options(*groups: Group) -> dict[str, tuple[str, list[tuple[Group, str]], Any, bool]]:
     """param name -> (option, [(group, field)], typer type, is-mapping), in field order."""
     out: dict[str, tuple[str, list[tuple[Group, str]], Any, bool]] = {}
@@ -89,7 +119,7 @@ def generated_options(*groups: Group) -> dict[str, tuple[str, list[tuple[Group, 
                 continue
             opt = g.option(name) if name not in _NAMES else _NAMES[name]
             param = opt.replace("-", "_")
-            cli_tp, mapping = _cli_type(tp)
+            cli_tp, mapping = (str, False) if field_words(g.cls, name) else _cli_type(tp)
             if param in out:
                 if out[param][2] != cli_tp:
                     raise TypeError(f"--{opt} is shared by fields of different types")
@@ -119,10 +149,18 @@ def config_options(*groups: Group) -> Callable[[Callable[..., Any]], Callable[..
                 text = f"{text} KEY=VALUE, repeatable."
             elif typing.get_origin(cli_tp) is list:
                 text = f"{text} Repeatable."
+            words = field_words(g.cls, name)
+            if words:
+                text = f"{text} One of: {', '.join(words)}."
             flag = f"--{opt}/--no-{opt}" if cli_tp is bool else f"--{opt}"
             help_text = (g.help_prefix + text) if len(targets) == 1 else text
+            required = field_default(g.cls, name) is dataclasses.MISSING and name not in g.optional
+            default = field_default(g.cls, name)
+            if g.show_defaults and default is not None and default is not dataclasses.MISSING:
+                help_text = f"{help_text} \\[default: {_shown(default, words)}]"   # escaped: not rich markup
             ann = Annotated[Optional[cli_tp], typer.Option(flag, help=help_text, show_default=False)]
-            extra.append(inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann))
+            extra.append(inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=... if required else None,
+                                           annotation=ann))
 
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
@@ -131,15 +169,15 @@ def config_options(*groups: Group) -> Callable[[Callable[..., Any]], Callable[..
                 value = kwargs.pop(param, None)
                 if value is None or (isinstance(value, (list, tuple)) and not value):
                     continue   # not given (a repeatable option left out arrives empty)
-                if mapping:
-                    try:
+                try:
+                    if mapping:
                         value = parse_pairs(value, opt)
-                    except ConfigError as e:
-                        from vea_bench_cli.common import fail
+                    for g, name in targets:
+                        given[g.key][name] = from_word(g.cls, name, value, opt)
+                except ConfigError as e:
+                    from vea_bench_cli.common import fail
 
-                        fail(str(e))
-                for g, name in targets:
-                    given[g.key][name] = value
+                    fail(str(e))
             return fn(**kwargs, **given)
 
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + extra

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from vea_bench.schema import NOT_ON_CLI, Settings
+from vea_bench.train.qlora import QLoRAConfig
+from vea_bench.train.teacher import TeacherConfig
 from vea_bench_cli.common import (
     AllowOutsideRootOpt,
     setup_logging,
@@ -13,6 +17,7 @@ from vea_bench_cli.common import (
     echo_path,
     run_guarded,
 )
+from vea_bench_cli.schema_options import Group, config_options
 from vea_bench_cli.train_cmd import app
 
 DatasetArg = Annotated[str, typer.Argument(help="Registered dataset name (see `vea-bench datasets list`).")]
@@ -28,20 +33,24 @@ def _logging(quiet: bool) -> None:
     setup_logging(quiet)
 
 
+def _not_on_cli(cls: type) -> tuple[str, ...]:
+    """The fields of ``cls`` an experiment file sets but the command line does not (`NOT_ON_CLI`)."""
+    return tuple(name for (owner, name) in NOT_ON_CLI if owner == cls.__name__)
+
+
+# TeacherConfig's and QLoRAConfig's fields as options: their help and defaults are the fields' own
+# (`vea_bench.train.teacher`, `vea_bench.train.qlora`); `NOT_ON_CLI` lists those left to a file.
+TEACHER_GROUPS = (Group("teacher_options", TeacherConfig, exclude=_not_on_cli(TeacherConfig), show_defaults=True),)
+VLM_GROUPS = (Group("qlora_options", QLoRAConfig, exclude=_not_on_cli(QLoRAConfig), show_defaults=True),)
+
+
 @app.command("teacher")
+@config_options(*TEACHER_GROUPS)
 def teacher_cmd(
     dataset: DatasetArg,
     root: RootOpt,
-    arch: Annotated[str, typer.Option("--arch", help="timm architecture or preset: vit (ViT-B/16 224), vit-384, resnet50, vgg16, or any timm name.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder: best/last safetensors, config.json, resume state, run record.")],
-    weights: Annotated[Path | None, typer.Option("--weights", help="Local pretrained weights (safetensors or torch state dict) to start from.")] = None,
-    random_init: Annotated[bool, typer.Option("--random-init", help="Train from random weights (far below the paper's numbers).")] = False,
-    epochs: Annotated[int, typer.Option(help="Epochs (SPEC: 10).")] = 10,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (SPEC: 3e-5).")] = 3e-5,
-    wd: Annotated[float, typer.Option("--wd", help="Adam weight decay (SPEC: 1e-5).")] = 1e-5,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size (SPEC: 10).")] = 10,
-    img_size: Annotated[int | None, typer.Option("--img-size", help="Input size (default: the architecture's own, e.g. 384 for vit_base_patch16_384).")] = None,
-    seed: Annotated[int, typer.Option(help="Training seed (init of the head, shuffling, augmentation).")] = 42,
+    teacher_options: dict[str, Any],
     device: DeviceOpt = "auto",
     workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 0,
     results: ResultsOpt = Path("results"),
@@ -57,18 +66,16 @@ def teacher_cmd(
 
     [bold]Example[/]: vea-bench train teacher fi --root data/FI --arch vit-384 --weights vit_b16_384.safetensors --out runs/fi-vit
     """
-    if weights is not None and random_init:
-        raise typer.BadParameter("give either --weights or --random-init, not both", param_hint="--weights")
     _logging(quiet)
 
     def go() -> None:
         from vea_bench.datasets import load_dataset
-        from vea_bench.train.teacher import TeacherConfig, train_teacher
+        from vea_bench.train.teacher import train_teacher
 
+        cfg = Settings(TeacherConfig, teacher_options).build()
+        cfg.validate()
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
                              allow_outside_root=allow_outside_root)
-        cfg = TeacherConfig(arch=arch, epochs=epochs, lr=lr, weight_decay=wd, batch_size=batch_size, img_size=img_size,
-                            seed=seed, weights=str(weights) if weights else None, random_init=random_init)
         result = train_teacher(index, cfg, out, device=device, workers=workers, results_dir=results,
                                progress=RichProgress("img", quiet=quiet))
         if quiet:
@@ -86,24 +93,15 @@ def teacher_cmd(
 
 
 @app.command("vlm")
+@config_options(*VLM_GROUPS)
 def vlm_cmd(
     dataset: DatasetArg,
     root: RootOpt,
-    vlm: Annotated[str, typer.Option("--vlm", help="Base VLM: hub id (Qwen/Qwen2-VL-7B-Instruct) or local folder.")],
     instructions: Annotated[Path, typer.Option("--instructions", help="Instruction data: reference JSON list, `instruct generate` JSONL or `instruct build` triplets.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: adapter/ (peft), checkpoint/ (resume), run record.")],
-    quant: Annotated[str, typer.Option("--quant", help="4bit: NF4 + double quantisation (SPEC; GPU, or CPU through bitsandbytes' CPU kernels); none: plain LoRA on unquantised weights.")] = "4bit",
+    qlora_options: dict[str, Any],
     no_quant: Annotated[bool, typer.Option("--no-quant", help="Same as --quant none.")] = False,
-    loss_on: Annotated[str, typer.Option("--loss-on", help="answer: loss on the answer tokens only (default); all: on every non-pad, non-image token, as the reference trains.")] = "answer",
-    image_position: Annotated[str, typer.Option("--image-position", help="first: image before the question in the user turn (default); last: after it, as the reference does. Pass the same to extract.")] = "first",
-    epochs: Annotated[int, typer.Option(help="Epochs (SPEC: 5).")] = 5,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate (SPEC: 1e-4).")] = 1e-4,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimiser steps.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of LoRA init, data order and dropout.")] = 42,
     device: DeviceOpt = "auto",
-    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory (SPEC: on).")] = True,
-    max_side: Annotated[int, typer.Option("--max-side", help="Longer image side cap before the processor (SPEC: 1024).")] = 1024,
-    max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="Optional pixel budget per image; pass the same to extract.")] = None,
     save_every: Annotated[int, typer.Option("--save-every", help="Also checkpoint every N steps (0: at epoch ends only).")] = 0,
     eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Evaluate on the first N test images only.")] = None,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the test-split check after training.")] = False,
@@ -121,17 +119,19 @@ def vlm_cmd(
 
     [bold]Example[/]: vea-bench train vlm fi --root data/FI --vlm Qwen/Qwen2-VL-7B-Instruct --instructions fi.jsonl --out runs/fi-qlora
     """
-    if quant.lower() not in ("4bit", "nf4", "none"):
-        raise typer.BadParameter(f"'{quant}' is not 4bit or none", param_hint="--quant")
     _logging(quiet)
 
     def go() -> None:
         from vea_bench.datasets import load_dataset
-        from vea_bench.train.qlora import QLoRAConfig, train_vlm
+        from vea_bench.errors import ConfigError
+        from vea_bench.train.qlora import train_vlm
 
-        cfg = QLoRAConfig(vlm=vlm, quantize=not no_quant and quant.lower() != "none", epochs=epochs, lr=lr,
-                          max_steps=max_steps, seed=seed, gradient_checkpointing=gradient_checkpointing,
-                          max_side=max_side, max_pixels=max_pixels, loss_on=loss_on, image_position=image_position)
+        given = dict(qlora_options)
+        if no_quant:
+            if given.get("quantize", False):
+                raise ConfigError("--no-quant contradicts --quant 4bit; pass one")
+            given["quantize"] = False
+        cfg = Settings(QLoRAConfig, given).build()
         cfg.validate()
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
                              allow_outside_root=allow_outside_root)
@@ -142,7 +142,7 @@ def vlm_cmd(
             echo_path(result.adapter_dir, quiet)
             return
         c = result.record.config
-        console.print(f"[bold green]QLoRA[/] {vlm} on {index.name}: {result.steps} steps, loss "
+        console.print(f"[bold green]QLoRA[/] {cfg.vlm} on {index.name}: {result.steps} steps, loss "
                       f"{c['train_loss_first']:.4f} -> {c['train_loss_last']:.4f}")
         if "test" in result.record.metrics:
             m = result.record.metrics["test"]

@@ -31,6 +31,23 @@ def fi_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           faults=("corrupt",))
 
 
+@pytest.fixture(scope="module")
+def index(fi_root: Path) -> Any:
+    """The synthetic FI set, loaded."""
+    from vea_bench.datasets import load_dataset
+
+    return load_dataset("fi", fi_root)
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_dir: dict[str, Path]) -> Any:
+    """The tiny Qwen2-VL, loaded on the CPU."""
+    from vea_bench.models import load_vlm
+    from vea_bench.models.base import LoadOptions
+
+    return load_vlm(LoadOptions(str(tiny_dir["qwen"]), device="cpu"))
+
+
 def cache_arrays(path: Path) -> dict[str, Any]:
     """Every source dataset of a cache file (values and status), for exact comparisons."""
     out: dict[str, Any] = {}

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _extract_helpers import cache_arrays, fi_root, tiny_dir  # noqa: F401  (fixtures)
+from _extract_helpers import backend, cache_arrays, fi_root, index, tiny_dir  # noqa: F401  (fixtures)
 from PIL import Image
 
 from vea_bench.cache import ROW_FAILED, ROW_OK, FeatureCache, merge_caches
@@ -22,20 +22,6 @@ torch.set_num_threads(1)
 GEN = GenerationOptions(max_new_tokens=6)
 TINY_BACKBONE = BackboneSpec("vit_tiny_patch16_224", "random", img_size=32,
                              timm_kwargs={"patch_size": 8, "embed_dim": 24, "depth": 1, "num_heads": 2})
-
-
-@pytest.fixture(scope="module")
-def index(fi_root):  # noqa: F811
-    from vea_bench.datasets import load_dataset
-
-    return load_dataset("fi", fi_root)
-
-
-@pytest.fixture(scope="module")
-def backend(tiny_dir):  # noqa: F811
-    from vea_bench.models import load_vlm
-
-    return load_vlm(LoadOptions(str(tiny_dir["qwen"]), device="cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ line, or be listed with a reason in `vea_bench.schema.NOT_IN_FILE` / `NOT_ON_CLI
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import tomllib
 import typing
@@ -28,11 +29,13 @@ from vea_bench.pipeline.experiment import (
     write_experiment,
 )
 from vea_bench.pipeline.stages import build_stages
-from vea_bench.schema import CLI_NAMES, NOT_IN_FILE, NOT_ON_CLI, check_fields, field_types
+from vea_bench.schema import CLI_NAMES, NOT_IN_FILE, NOT_ON_CLI, check_fields, field_default, field_types, field_words
 from vea_bench.train.qlora import QLoRAConfig
 from vea_bench.train.teacher import TeacherConfig
 from vea_bench_cli.main import app
-from vea_bench_cli.schema_options import Group, config_options
+from vea_bench_cli.extract_cmd import EXTRACT_GROUPS
+from vea_bench_cli.schema_options import Group, config_options, generated_options
+from vea_bench_cli.train_models_cmd import TEACHER_GROUPS, VLM_GROUPS
 from vea_bench_cli.sweep_cmd import sweep_groups
 from vea_bench_cli.train_heads_cmd import TRAIN_DISTILL, TRAIN_GATE
 
@@ -133,7 +136,9 @@ def _sample(cls: type, name: str) -> Any:
     raise AssertionError(f"no sample for {tp}")
 
 
-def _cli_args(option: str, value: Any) -> list[str]:
+def _cli_args(option: str, value: Any, words: dict[str, Any] | None = None) -> list[str]:
+    if words:
+        return [option, next(w for w, v in words.items() if v == value)]
     if isinstance(value, bool):
         return [option if value else "--no-" + option[2:]]
     if isinstance(value, dict):
@@ -143,7 +148,23 @@ def _cli_args(option: str, value: Any) -> list[str]:
     return [option, str(value)]
 
 
-GENERATED = [(g, name) for g in (*TRAIN_DISTILL, *TRAIN_GATE[:1]) for name in field_types(g.cls)]
+# Every generated group of the commands whose options come from the schema.
+COMMAND_GROUPS = (*TRAIN_DISTILL, TRAIN_GATE[0], *EXTRACT_GROUPS, *TEACHER_GROUPS, *VLM_GROUPS)
+GENERATED = [(g, name) for g in COMMAND_GROUPS for name in field_types(g.cls) if name not in g.exclude]
+
+
+def _option(group: Group, name: str) -> str:
+    return "--head-arg" if name == "head_kwargs" else "--" + group.option(name)
+
+
+def _group_args(group: Group, name: str, value: Any) -> list[str]:
+    """The command line giving ``value`` to field ``name``, plus a value for every required option."""
+    args = _cli_args(_option(group, name), value, field_words(group.cls, name))
+    for other in field_types(group.cls):
+        if other != name and other not in group.optional and \
+                field_default(group.cls, other) is dataclasses.MISSING:
+            args += _cli_args(_option(group, other), _sample(group.cls, other))
+    return args
 
 
 @pytest.mark.parametrize(("group", "name"), GENERATED, ids=[f"{g.cls.__name__}.{n}" for g, n in GENERATED])
@@ -152,21 +173,51 @@ def test_cli_and_file_give_the_same_typed_value(group: Group, name: str) -> None
     seen: dict[str, Any] = {}
     probe = typer.Typer()
 
-    def distill(distill_options: dict[str, Any]) -> None:
-        seen.update(distill_options)
+    def cmd(**given: dict[str, Any]) -> None:
+        seen.update(given[group.key])
 
-    def gate(gate_options: dict[str, Any]) -> None:
-        seen.update(gate_options)
-
-    probe.command("cmd")(config_options(group)(distill if group.key == "distill_options" else gate))
+    cmd.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(group.key, inspect.Parameter.KEYWORD_ONLY, annotation=dict)])
+    probe.command("cmd")(config_options(group)(cmd))
     probe.command("other")(lambda: None)   # a group, so the command is addressed by name
-    option = "--head-arg" if name == "head_kwargs" else "--" + group.option(name)
-    res = CliRunner().invoke(probe, ["cmd", *_cli_args(option, value)])
+    res = CliRunner().invoke(probe, ["cmd", *_group_args(group, name, value)])
     assert res.exit_code == 0, res.output
-    section = "distill" if group.cls is DistillConfig else "gate"
+    section = SCHEMA[group.cls][0]
     text = f"[{section}]\n" + write_experiment.__globals__["toml_table"]("x", {name: value}).split("\n", 1)[1]
     from_file = check_fields(group.cls, tomllib.loads(text)[section], section)
-    assert seen == from_file == {name: value}
+    assert seen[name] == from_file[name] == value
+    assert set(seen) <= {name} | {n for n in field_types(group.cls) if field_default(group.cls, n) is dataclasses.MISSING}
+
+
+@pytest.mark.parametrize("path", [["extract"], ["train", "teacher"], ["train", "vlm"]], ids=" ".join)
+def test_schema_commands_restate_no_default(path: list[str]) -> None:
+    """A generated option is "not set" until given, so the field's own default is the only one."""
+    callback = _command(path).callback
+    groups = getattr(callback, "__schema_groups__", ())
+    assert groups, f"`{' '.join(path)}` does not take its options from the schema"
+    params = {p.name: p for p in _command(path).params}
+    for g in groups:
+        for param, (opt, _targets, _tp, _m) in generated_options(g).items():
+            assert params[param].default is None, f"--{opt} restates a default"
+    help_text = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
+    assert "Traceback" not in help_text and "[default: 0]" in help_text   # every seed defaults to 0
+
+
+def test_words_stand_for_field_values_and_bad_words_are_one_line() -> None:
+    seen: dict[str, Any] = {}
+    probe = typer.Typer()
+
+    @probe.command()
+    @config_options(*VLM_GROUPS)
+    def cmd(qlora_options: dict[str, Any]) -> None:
+        seen.update(qlora_options)
+
+    probe.command("other")(lambda: None)
+    for word, value in (("4bit", True), ("none", False), ("NF4", True)):
+        assert CliRunner().invoke(probe, ["cmd", "--vlm", "m", "--quant", word]).exit_code == 0
+        assert seen["quantize"] is value
+    res = CliRunner().invoke(probe, ["cmd", "--vlm", "m", "--quant", "3bit"])
+    assert res.exit_code == 2 and "'3bit' is not one of 4bit, nf4, none" in res.output and "Traceback" not in res.output
 
 
 def test_options_left_out_are_not_set() -> None:

@@ -35,6 +35,7 @@ import numpy as np
 
 from vea_bench.errors import ConfigError, DatasetError, ModelError
 from vea_bench.models.base import GenerationOptions, LoadOptions
+from vea_bench.models.engines import ENGINES, engine_provenance, load_engine
 from vea_bench.progress import Progress, ensure
 
 if TYPE_CHECKING:
@@ -157,11 +158,14 @@ class _Group:
 
 
 class _VLMGroup(_Group):
-    def __init__(self, backend: Any, prompt: str, modes: set[str], labels: list[str], space: Any,
-                 generation: GenerationOptions, visual: _Target, vlm: _Target, parse: str = "strict") -> None:
+    def __init__(self, engine: Any, prompt: str, modes: set[str], labels: list[str], space: Any,
+                 generation: GenerationOptions, visual: _Target, vlm: _Target | None, parse: str = "strict") -> None:
         self.name = "vlm"
         self.parse = parse
-        self.backend = backend
+        self.engine = engine
+        self.backend = backend = engine.backend
+        if vlm is None:   # an engine without answers (embed-only): the visual source alone
+            modes = set()
         self.prompt = prompt
         self.modes = modes
         self.labels = labels
@@ -169,7 +173,7 @@ class _VLMGroup(_Group):
         self.generation = generation
         self.visual = visual
         self.vlm = vlm
-        self.targets = [visual, vlm]
+        self.targets = [visual] if vlm is None else [visual, vlm]
 
         # The CPU half only (processor + chat template), so workers never need the model itself.
         get = getattr(backend, "preparer", None)
@@ -183,7 +187,7 @@ class _VLMGroup(_Group):
 
         # Sampled decoding is seeded by the backend from ``generation.seed`` per batch, so a
         # resumed run redraws what an uninterrupted one would have drawn for the same batch.
-        out = self.backend.run(
+        out = self.engine.run(
             inputs,
             generate="generate" in self.modes,
             score_labels=list(self.labels) if "score" in self.modes else None,
@@ -210,6 +214,8 @@ class _VLMGroup(_Group):
             if lp.shape != (len(jobs), len(self.labels)):
                 raise ModelError(f"VLM backend {self.backend.name} returned log-probs of shape {lp.shape}")
             vlm["logprobs"] = lp
+        if self.vlm is None:
+            return {self.visual.summary.name: {"emb": pooled.astype(np.float16)}}
         return {self.visual.summary.name: {"emb": pooled.astype(np.float16)}, self.vlm.summary.name: vlm}
 
 
@@ -349,6 +355,7 @@ def extract(
     progress: Progress | None = None,
     parse: str = "strict",
     exif: str = "apply",
+    engine: str = "transformers",
 ) -> ExtractSummary:
     """Fill ``cache_path`` with the sources of ``vlm`` / ``teachers`` / ``backbones`` for the dataset.
 
@@ -357,9 +364,10 @@ def extract(
     default. ``vlm_backend`` passes an already loaded backend (benchmarks, repeated runs).
     ``parse`` is the answer parse mode (`vea_bench.models.parse`: strict, the reference's, or
     lenient); ``exif`` applies or ignores EXIF orientation (`vea_bench.datasets.images`); both are
-    recorded in the sources' provenance. Returns per-source counts. SIGTERM / SIGINT stop the
-    run after the current batch with `vea_bench.cache.guard.Stopped` (every batch written so far
-    is kept; a second signal stops at once).
+    recorded in the sources' provenance. ``engine`` (a `vea_bench.models.engines.ENGINES` name) runs
+    the VLM; an engine that gives no answers writes only the visual source. Returns per-source
+    counts. SIGTERM / SIGINT stop the run after the current batch with
+    `vea_bench.cache.guard.Stopped` (every batch written so far is kept; a second signal stops at once).
     """
     from vea_bench.cache.fingerprints import fingerprints, stale_rows
     from vea_bench.cache.guard import stop_on_signals
@@ -385,6 +393,7 @@ def extract(
     from vea_bench.models.parse import check_mode
 
     check_mode(parse)
+    ENGINES.canonical(engine)  # an unknown engine is a one-line error before anything loads
     decoding = decoding_provenance(exif)
     keys = dict(source_keys or {})
     if isinstance(shard, str):
@@ -421,7 +430,7 @@ def extract(
     loader_iter = None
     try:
         groups = _build_groups(cache, index, vlm, vlm_backend, modes, generation, teachers, backbones, keys,
-                               overwrite, shard, device, parse=parse, decoding=decoding)
+                               overwrite, shard, device, parse=parse, decoding=decoding, engine=engine)
         # Rows to compute: per split, the union of what any source is missing.
         jobs: list[_Job] = []
         for split in use_splits:
@@ -580,6 +589,7 @@ def _build_groups(
     *,
     parse: str = "strict",
     decoding: Mapping[str, Any] | None = None,
+    engine: str = "transformers",
 ) -> list[_Group]:
     from vea_bench.models.backbone import BackboneSpec, load_backbone
     from vea_bench.devices import resolve_device
@@ -605,11 +615,13 @@ def _build_groups(
         adapter = vlm.adapter if vlm is not None else backend.provenance().get("adapter")
         key = keys.get("vlm") or vlm_key(str(model_ref), adapter)
         prompt = categorical_instruction(space)
+        runner = load_engine(engine, backend)
         base = dict(backend.provenance())
         base.update(backend=backend.name, prompt=prompt, system=SYSTEM_MESSAGE, label_names=labels, **extra)
         visual_prov = dict(base, pooling="mean over the image's visual tokens (merger / projector output)",
-                           dim=int(backend.embed_dim))
-        vlm_prov = dict(base, answer_modes=sorted(modes), parser=PARSER_VERSION)
+                           dim=int(backend.embed_dim), **_engine_prov(cache, "visual", key, runner, overwrite))
+        vlm_prov = dict(base, answer_modes=sorted(modes), parser=PARSER_VERSION,
+                        **_engine_prov(cache, "vlm", key, runner, overwrite))
         if "generate" in modes:
             from vea_bench.models.parse import parser_provenance
 
@@ -624,10 +636,11 @@ def _build_groups(
             fields["logprobs"] = ((C,), "float32")
         vis_w = cache.writer("visual", key, {"emb": ((int(backend.embed_dim),), "float16")}, visual_prov,
                              overwrite=overwrite)
-        vlm_w = cache.writer("vlm", key, fields, vlm_prov, overwrite=overwrite)
-        groups.append(_VLMGroup(backend, prompt, modes, labels, space, generation,
+        vlm_w = cache.writer("vlm", key, fields, vlm_prov, overwrite=overwrite) if runner.answers else None
+        groups.append(_VLMGroup(runner, prompt, modes, labels, space, generation,
                                 _Target(vis_w, SourceSummary(f"visual/{key}")),
-                                _Target(vlm_w, SourceSummary(f"vlm/{key}")), parse=parse))
+                                _Target(vlm_w, SourceSummary(f"vlm/{key}")) if vlm_w is not None else None,
+                                parse=parse))
     if device is None:
         device = resolve_device("auto")
     device = str(device)
@@ -660,6 +673,12 @@ def _build_groups(
     if dup:
         raise ConfigError(f"two models would write the same source(s) {', '.join(dup)}; give distinct keys")
     return groups
+
+
+def _engine_prov(cache: FeatureCache, kind: str, key: str, runner: Any, overwrite: bool) -> dict[str, Any]:
+    """The engine entry of a VLM source's provenance (see `vea_bench.models.engines.engine_provenance`)."""
+    existing = None if overwrite or not cache.has_source(kind, key) else cache.source(kind, key).provenance
+    return engine_provenance(runner.name, existing)
 
 
 def _teacher_columns(meta: Mapping[str, Any], space: Any, where: str) -> np.ndarray | None:

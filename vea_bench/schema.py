@@ -25,6 +25,23 @@ from vea_bench.errors import ConfigError
 C = TypeVar("C")
 
 
+def doc(help: str, **meta: Any) -> dict[str, Any]:
+    """Field metadata: the help text the generated CLI option shows (``field(metadata=doc(...))``).
+
+    ``words={"4bit": True, "none": False}`` lets the command line name a value by a word (a flag
+    users already type) while the file writes the field's own type.
+    """
+    return {"help": help, **meta}
+
+
+def field_words(cls: type, name: str) -> dict[str, Any] | None:
+    """The words the command line may use for a field's values (see `doc`), else None."""
+    for f in fields(cls):
+        if f.name == name:
+            return f.metadata.get("words")
+    raise KeyError(name)
+
+
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved annotation of every dataclass field of ``cls``."""
     hints = typing.get_type_hints(cls)
@@ -215,7 +232,7 @@ NOT_ON_CLI: dict[tuple[str, str], str] = {
     ("QLoRAConfig", "dtype"): "follows the device (bf16 on GPU, fp32 on CPU); an experiment file can force one",
     ("LoadOptions", "attn_implementation"): "transformers' own choice; an experiment file can force one",
 }
-# Options of hand-written commands whose name is not the field's (``--<field-with-dashes>``).
+# Options whose name is not the field's (``--<field-with-dashes>``); the generated options take these names.
 CLI_NAMES: dict[tuple[str, str], str] = {
     ("TeacherConfig", "weight_decay"): "--wd",
     ("QLoRAConfig", "quantize"): "--quant",

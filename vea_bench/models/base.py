@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from vea_bench.registry import Registry
+from vea_bench.schema import doc
 
 from vea_bench.prompts import SYSTEM_MESSAGE  # noqa: F401  (re-exported)
 
@@ -24,18 +25,24 @@ class LoadOptions:
     Also the schema of an experiment file's ``[vlm]`` section (`vea_bench.pipeline.experiment`).
     """
 
-    model: str
-    revision: str | None = None
-    adapter: str | None = None          # peft LoRA adapter dir from `vea-bench train vlm`
-    dtype: str = "auto"                 # auto | bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)
-    quantization: str | None = None     # None | "4bit" (NF4, GPU or CPU) | "8bit" (GPU only)
-    device: str = "auto"                # auto | cpu | cuda | cuda:N
-    trust_remote_code: bool = False
-    max_side: int = 1024                # SPEC: longer image side capped before the processor
-    max_pixels: int | None = None       # optional processor pixel budget (speed vs fidelity)
-    attn_implementation: str | None = None
-    image_position: str = "first"       # image before ("first") or after ("last", the reference) the question
-    instructblip_prompt: str = "raw"    # InstructBLIP's LM prompt: the raw question (LAVIS) or "vicuna" chat wrapper
+    model: str = field(metadata=doc("VLM hub id or local folder (optional when only teachers/backbones are wanted)."))
+    revision: str | None = field(default=None, metadata=doc("Hub revision (branch, tag or commit) of --vlm."))
+    adapter: str | None = field(default=None, metadata=doc("LoRA adapter folder from `vea-bench train vlm`."))
+    dtype: str = field(default="auto", metadata=doc("auto, bf16, fp16 or fp32 (auto: bf16 on GPU, fp32 on CPU)."))
+    quantization: str | None = field(default=None, metadata=doc(
+        "4bit (NF4; GPU or CPU) or 8bit (GPU) loading through bitsandbytes."))
+    device: str = field(default="auto", metadata=doc("auto, cpu, cuda or cuda:N."))
+    trust_remote_code: bool = field(default=False, metadata=doc("Allow the model repo's own code (off by default)."))
+    max_side: int = field(default=1024, metadata=doc(
+        "Cap on the image's longer side before the VLM processor (SPEC: 1024)."))
+    max_pixels: int | None = field(default=None, metadata=doc("Pixel budget per image for the VLM (speed vs fidelity)."))
+    attn_implementation: str | None = field(default=None, metadata=doc("transformers' attention implementation."))
+    image_position: str = field(default="first", metadata=doc(
+        "first: image before the question in the user turn; last: after it, as the reference (pass what "
+        "train vlm used)."))
+    instructblip_prompt: str = field(default="raw", metadata=doc(
+        "InstructBLIP's LM prompt: raw (the question, as LAVIS trained it) or vicuna (system + USER/ASSISTANT "
+        "wrapper). The Q-Former always reads the question."))
 
 
 DECODING_MODES: tuple[str, ...] = ("greedy", "reference", "sample")
@@ -58,13 +65,22 @@ class GenerationOptions:
     an experiment file's ``[extract]`` section, beside the keys only extraction has.
     """
 
-    decoding: str = "greedy"
-    temperature: float = 0.8
-    top_p: float = 1.0
-    max_new_tokens: int | None = None
-    zero_shot_max_new_tokens: int = ZERO_SHOT_MAX_NEW_TOKENS
-    seed: int = 0
-    score_memory_gb: float = 4.0
+    decoding: str = field(default="greedy", metadata=doc(
+        "greedy (argmax); reference: the reference code's generate(do_sample=True, temperature 0.8, top_p 1.0) "
+        "with the checkpoint's top_k and repetition penalty (Qwen2-VL-Instruct: in effect greedy with a 1.05 "
+        "penalty); sample: true sampling at --temperature / --top-p, no top_k, no penalty."))
+    temperature: float = field(default=0.8, metadata=doc("Sampling temperature (--decoding reference or sample)."))
+    top_p: float = field(default=1.0, metadata=doc("Nucleus sampling mass (--decoding reference or sample)."))
+    max_new_tokens: int | None = field(default=None, metadata=doc(
+        "Token budget of a generated answer, which stops at '}' (default: 24 with --adapter, else "
+        "--zero-shot-max-new-tokens)."))
+    zero_shot_max_new_tokens: int = field(default=ZERO_SHOT_MAX_NEW_TOKENS, metadata=doc(
+        "Token budget without --adapter: a zero-shot model may write a sentence before its answer."))
+    seed: int = field(default=0, metadata=doc(
+        "Sampling seed (--decoding reference or sample); does not change the split."))
+    score_memory_gb: float = field(default=4.0, metadata=doc(
+        "Working memory for --answer score in GB (KV copies + logits); sets how many images share one "
+        "scoring forward."))
 
     def __post_init__(self) -> None:
         from vea_bench.errors import ConfigError

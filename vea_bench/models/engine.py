@@ -277,6 +277,15 @@ class HFVLMBackend:
         return {"pooled": pooled.float(), "logits": logits[:, -1], "cache": cache, "mask": mask, "ids": ids,
                 "next_pos": next_pos, "batch_size": ids.shape[0]}
 
+    def embed_visual(self, batch: dict[str, Any]) -> np.ndarray:
+        """The pooled embedding alone (`vea_bench.models.engines`' embed-only engine): the same vision
+        pass as `run`, without the language model's prefill."""
+        import torch
+
+        with torch.inference_mode():
+            _feats, pooled, *_extra = self._visual(self._to_device(batch))
+            return pooled.float().cpu().numpy().astype(np.float32)
+
     def run(self, batch: dict[str, Any], *, generate: bool, score_labels: list[str] | None,
             generation: GenerationOptions) -> BatchOutput:
         """One vision pass per batch: pooled embedding, and the answer(s) from the same prefill."""

@@ -116,6 +116,7 @@ class ExtractSection:
     workers: int = 2
     backbones: list[str] = field(default_factory=list)
     limit: int | None = None
+    engine: str = "transformers"  # how the VLM runs (`vea_bench.models.engines`): transformers or embed-only
 
 
 @dataclass
@@ -282,6 +283,7 @@ def validate(exp: Experiment, where: str = "experiment") -> None:
     bad = sorted(set(exp.extract.answer) - {"generate", "score"})
     if bad or not exp.extract.answer:
         raise ConfigError(f"{where}: [extract].answer must list generate and/or score, got {exp.extract.answer}")
+    _check_engine(exp, where)
     if exp.experiment.threads is not None and exp.experiment.threads < 1:
         raise ConfigError(f"{where}: [experiment].threads must be positive (leave it out for torch's default)")
     if not exp.distill.seeds:
@@ -301,6 +303,21 @@ def validate(exp: Experiment, where: str = "experiment") -> None:
         raise ConfigError(f"{where}: {e}") from None
     if exp.gate.settings.value("vlm_input") == "logprobs" and "score" not in exp.extract.answer:
         raise ConfigError(f"{where}: [gate].vlm_input = 'logprobs' needs 'score' in [extract].answer")
+
+
+def _check_engine(exp: Experiment, where: str) -> None:
+    """``[extract].engine`` names a registered engine, and one that answers if a later stage needs answers."""
+    from vea_bench.models.engines import ENGINES
+    from vea_bench.registry import RegistryError
+
+    try:
+        engine = ENGINES.get(exp.extract.engine)
+    except RegistryError as e:
+        raise ConfigError(f"{where}: [extract].engine: {e}") from None
+    if not engine.answers and (exp.gate.names or exp.baselines.enabled):
+        raise ConfigError(f"{where}: [extract].engine = '{exp.extract.engine}' gives no VLM answers, which the "
+                          "gates and baselines read; leave out [gate].names and [baselines] or use an engine "
+                          "that answers")
 
 
 def distill_config(exp: Experiment, seed: int) -> Any:

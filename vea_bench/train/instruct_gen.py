@@ -237,6 +237,65 @@ def done_images(out: Path) -> set[str]:
     return done
 
 
+@dataclass
+class _Asker:
+    """Asks the endpoint about one image, retrying transient failures with jittered backoff.
+
+    Called from the pool's threads: the jitter draws share one seeded generator under a lock, and
+    ``stop`` (set on an interrupt) ends every retry loop at its next attempt.
+    """
+
+    index: DatasetIndex
+    endpoint: Endpoint
+    max_side: int
+    max_retries: int
+    backoff: float
+    backoff_max: float
+    seed: int
+    sleep: Callable[[float], None]
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._rng_lock = threading.Lock()
+
+    def wait_s(self, k: int, retry_after: float | None) -> float:
+        """Seconds before retry ``k``: ``backoff * 2**k`` plus jitter, a larger Retry-After winning, capped."""
+        with self._rng_lock:
+            j = self._rng.uniform(0, self.backoff)
+        wait_s = min(self.backoff_max, self.backoff * (2 ** k) + j)
+        return max(wait_s, min(retry_after or 0.0, self.backoff_max))
+
+    def __call__(self, sample: Sample) -> tuple[Sample, dict[str, Any] | None, str | None, int]:
+        """(sample, the JSONL row or None, why it failed or None, retries spent)."""
+        space = self.index.label_space
+        label = space.labels[sample.label]
+        try:
+            image_url = encode_image(self.index.abspath(sample), self.max_side)
+        except DatasetError as exc:
+            return sample, None, str(exc), 0
+        body = request_body(self.endpoint, generation_prompt(label, space), image_url)
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            if self.stop.is_set():
+                return sample, None, "interrupted", attempt
+            retry_after = None
+            try:
+                content = post_chat(self.endpoint, body)
+                key, reasoning = parse_sections(content)
+                row = {"image": sample.path, "label": label, "response": content, "key_elements": key,
+                       "reasoning": reasoning, "model": self.endpoint.model, "dataset": self.index.name}
+                return sample, row, None, attempt
+            except TransientError as exc:
+                last, retry_after = str(exc), exc.retry_after
+            except ValueError as exc:  # sections missing or empty
+                last = f"bad answer: {exc}"
+            if attempt < self.max_retries:
+                log.info("%s: attempt %d failed (%s); retrying", sample.path, attempt + 1, last)
+                self.sleep(self.wait_s(attempt, retry_after))
+        return sample, None, f"gave up after {self.max_retries + 1} attempts: {last}", self.max_retries
+
+
 def generate_instructions(
     index: DatasetIndex,
     out: str | Path,
@@ -270,78 +329,47 @@ def generate_instructions(
     done = done_images(out)
     todo = [s for s in samples if s.path not in done]
     report = GenerateReport(out=out, total=len(samples), skipped_existing=len(samples) - len(todo))
-    space = index.label_space
-    rng = random.Random(seed)
-    rng_lock = threading.Lock()
-    stop = threading.Event()
-
-    def jitter(k: int, retry_after: float | None) -> float:
-        with rng_lock:
-            j = rng.uniform(0, backoff)
-        wait_s = min(backoff_max, backoff * (2 ** k) + j)
-        return max(wait_s, min(retry_after or 0.0, backoff_max))
-
-    def one(sample: Sample) -> tuple[Sample, dict[str, Any] | None, str | None, int]:
-        label = space.labels[sample.label]
-        try:
-            image_url = encode_image(index.abspath(sample), max_side)
-        except DatasetError as exc:
-            return sample, None, str(exc), 0
-        body = request_body(endpoint, generation_prompt(label, space), image_url)
-        last = ""
-        for attempt in range(max_retries + 1):
-            if stop.is_set():
-                return sample, None, "interrupted", attempt
-            retry_after = None
-            try:
-                content = post_chat(endpoint, body)
-                key, reasoning = parse_sections(content)
-                row = {"image": sample.path, "label": label, "response": content, "key_elements": key,
-                       "reasoning": reasoning, "model": endpoint.model, "dataset": index.name}
-                return sample, row, None, attempt
-            except TransientError as exc:
-                last, retry_after = str(exc), exc.retry_after
-            except ValueError as exc:  # sections missing or empty
-                last = f"bad answer: {exc}"
-            if attempt < max_retries:
-                log.info("%s: attempt %d failed (%s); retrying", sample.path, attempt + 1, last)
-                sleep(jitter(attempt, retry_after))
-        return sample, None, f"gave up after {max_retries + 1} attempts: {last}", max_retries
-
+    ask = _Asker(index, endpoint, max_side, max_retries, backoff, backoff_max, seed, sleep)
     prog = ensure(progress)
     prog.start(f"instructions {index.name}/{split}", total=len(todo))
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="instruct")
     try:
-        with open(out, "a", encoding="utf-8") as f:
-            pending: set[Future[Any]] = set()
-            it = iter(todo)
-            # Keep at most 2 x concurrency requests queued: an interrupt cancels little work.
-            for s in it:
-                pending.add(pool.submit(one, s))
-                if len(pending) >= 2 * concurrency:
-                    break
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    sample, row, err, retries = fut.result()
-                    report.retries += retries
-                    if row is not None:
-                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                        f.flush()
-                        os.fsync(f.fileno())
-                        report.written += 1
-                    else:
-                        report.failed.append((sample.path, err or "unknown"))
-                        log.warning("%s: %s", sample.path, err)
-                    prog.advance(1, written=report.written, failed=len(report.failed))
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending.add(pool.submit(one, nxt))
+        _append_answers(pool, ask, todo, out, concurrency, report, prog)
     except BaseException:
-        stop.set()
+        ask.stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
         prog.finish()
     pool.shutdown(wait=True)
     return report
+
+
+def _append_answers(pool: ThreadPoolExecutor, ask: _Asker, todo: list[Sample], out: Path, concurrency: int,
+                    report: GenerateReport, prog: Progress) -> None:
+    """Run ``ask`` over ``todo`` in ``pool``, appending (and syncing) each answer to ``out`` as it lands."""
+    with open(out, "a", encoding="utf-8") as f:
+        pending: set[Future[Any]] = set()
+        it = iter(todo)
+        # Keep at most 2 x concurrency requests queued: an interrupt cancels little work.
+        for s in it:
+            pending.add(pool.submit(ask, s))
+            if len(pending) >= 2 * concurrency:
+                break
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                sample, row, err, retries = fut.result()
+                report.retries += retries
+                if row is not None:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                    report.written += 1
+                else:
+                    report.failed.append((sample.path, err or "unknown"))
+                    log.warning("%s: %s", sample.path, err)
+                prog.advance(1, written=report.written, failed=len(report.failed))
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.add(pool.submit(ask, nxt))

@@ -38,6 +38,7 @@ from vea_bench.models.engine import cap_image
 from vea_bench.progress import Progress, ensure
 from vea_bench.prompts import SYSTEM_MESSAGE, categorical_instruction, user_content
 from vea_bench.results import ResultsStore, RunRecord
+from vea_bench.schema import doc
 from vea_bench.train.instructions import (
     INSTRUCTION_KINDS,
     Instruction,
@@ -73,27 +74,38 @@ LOSS_ON = ("answer", "all")
 class QLoRAConfig:
     """What decides the adapter (hashed into the run identity); device and eval options are not in it."""
 
-    vlm: str
-    quantize: bool = True               # 4-bit NF4 + double quant (GPU or CPU); False: plain LoRA (--quant none)
-    epochs: int = 5
-    lr: float = 1e-4
-    max_steps: int | None = None        # cap on optimiser steps (smoke runs, tests)
-    seed: int = 42
-    batch_size: int = 1
-    lora_r: int = 8
-    lora_alpha: int = 8
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = LORA_TARGETS
-    max_grad_norm: float = 0.3
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    gradient_checkpointing: bool = True
-    max_side: int = 1024                # SPEC: longer image side capped before the processor
-    max_pixels: int | None = None       # optional pixel budget; use the same at extraction
-    kinds: tuple[str, ...] = INSTRUCTION_KINDS
-    dtype: str = "auto"                 # compute / weight dtype when not quantised (auto: bf16 GPU, fp32 CPU)
-    loss_on: str = "answer"             # "answer" (+ its end-of-turn); "all": every non-pad, non-image token (reference)
-    image_position: str = "first"       # image before the question; "last": after it (reference)
+    vlm: str = field(metadata=doc("Base VLM: hub id (Qwen/Qwen2-VL-7B-Instruct) or local folder."))
+    quantize: bool = field(default=True, metadata=doc(
+        "4bit: NF4 + double quantisation (SPEC, the default; GPU, or CPU through bitsandbytes' CPU kernels); "
+        "none: plain LoRA on unquantised weights.", words={"4bit": True, "nf4": True, "none": False}))
+    epochs: int = field(default=5, metadata=doc("Epochs (SPEC: 5)."))
+    lr: float = field(default=1e-4, metadata=doc("AdamW learning rate (SPEC: 1e-4)."))
+    max_steps: int | None = field(default=None, metadata=doc("Stop after this many optimiser steps."))
+    seed: int = field(default=0, metadata=doc("Seed of LoRA init, data order and dropout."))
+    batch_size: int = field(default=1, metadata=doc("Instructions per optimiser step (SPEC: 1)."))
+    lora_r: int = field(default=8, metadata=doc("LoRA rank (SPEC: 8)."))
+    lora_alpha: int = field(default=8, metadata=doc("LoRA alpha (SPEC: 8)."))
+    lora_dropout: float = field(default=0.05, metadata=doc("LoRA dropout (SPEC: 0.05)."))
+    target_modules: tuple[str, ...] = field(default=LORA_TARGETS, metadata=doc(
+        "Linear layers of the language model LoRA adapts (SPEC: q/k/v/o)."))
+    max_grad_norm: float = field(default=0.3, metadata=doc("Gradient clipping norm (SPEC: 0.3)."))
+    warmup_ratio: float = field(default=0.03, metadata=doc("Warmup share of the steps (SPEC: 3 %)."))
+    weight_decay: float = field(default=0.0, metadata=doc("AdamW weight decay (SPEC: none)."))
+    gradient_checkpointing: bool = field(default=True, metadata=doc("Trade compute for memory (SPEC: on)."))
+    max_side: int = field(default=1024, metadata=doc(
+        "Longer image side cap before the processor (SPEC: 1024)."))
+    max_pixels: int | None = field(default=None, metadata=doc(
+        "Optional pixel budget per image; pass the same to extract."))
+    kinds: tuple[str, ...] = field(default=INSTRUCTION_KINDS, metadata=doc(
+        "Instruction kinds to train on (SPEC: categorical, conversation, reasoning)."))
+    dtype: str = field(default="auto", metadata=doc(
+        "Compute / weight dtype when not quantised (auto: bf16 on GPU, fp32 on CPU)."))
+    loss_on: str = field(default="answer", metadata=doc(
+        "answer: loss on the answer tokens only (default); all: on every non-pad, non-image token, as the "
+        "reference trains."))
+    image_position: str = field(default="first", metadata=doc(
+        "first: image before the question in the user turn (default); last: after it, as the reference does. "
+        "Pass the same to extract."))
 
     def validate(self) -> None:
         from vea_bench.prompts import check_image_position

@@ -26,6 +26,7 @@ from vea_bench.errors import ConfigError, DatasetError, ModelError
 from vea_bench.hashing import config_hash, file_sha256
 from vea_bench.progress import Progress, ensure
 from vea_bench.results import ResultsStore, RunRecord
+from vea_bench.schema import doc
 from vea_bench.train.state import (
     STATE_FILE,
     atomic_dir,
@@ -51,16 +52,19 @@ RESUME_DIR = "resume"
 class TeacherConfig:
     """Everything that decides the trained weights (its hash names the run; device and workers do not)."""
 
-    arch: str
-    epochs: int = 10
-    lr: float = 3e-5
-    weight_decay: float = 1e-5
-    batch_size: int = 10
-    img_size: int | None = None         # None: the architecture's own input size
-    seed: int = 42
-    weights: str | None = None          # local state dict (safetensors / torch) to start from
-    random_init: bool = False           # explicit opt-in to training from scratch
-    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    arch: str = field(metadata=doc(
+        "timm architecture or preset: vit (ViT-B/16 224), vit-384, resnet50, vgg16, or any timm name."))
+    epochs: int = field(default=10, metadata=doc("Epochs (SPEC: 10)."))
+    lr: float = field(default=3e-5, metadata=doc("Adam learning rate (SPEC: 3e-5)."))
+    weight_decay: float = field(default=1e-5, metadata=doc("Adam weight decay (SPEC: 1e-5)."))
+    batch_size: int = field(default=10, metadata=doc("Batch size (SPEC: 10)."))
+    img_size: int | None = field(default=None, metadata=doc(
+        "Input size (default: the architecture's own, e.g. 384 for vit_base_patch16_384)."))
+    seed: int = field(default=0, metadata=doc("Training seed (init of the head, shuffling, augmentation)."))
+    weights: str | None = field(default=None, metadata=doc(
+        "Local pretrained weights (safetensors or torch state dict) to start from."))
+    random_init: bool = field(default=False, metadata=doc("Train from random weights (far below the paper's numbers)."))
+    timm_kwargs: dict[str, Any] = field(default_factory=dict, metadata=doc("timm constructor arguments."))
 
     def validate(self) -> None:
         if self.epochs < 1:
