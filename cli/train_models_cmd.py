@@ -16,6 +16,7 @@ from vea_bench_cli.common import (
     echo_path,
     run_guarded,
 )
+from vea_bench_cli.tracker_option import TrackerOpt, tracking
 from vea_bench_cli.train_cmd import app
 
 DatasetArg = Annotated[str, typer.Argument(help="Registered dataset name (see `vea-bench datasets list`).")]
@@ -54,6 +55,7 @@ def teacher_cmd(
     image_column: ImageColumnOpt = None,
     label_column: LabelColumnOpt = None,
     quiet: QuietOpt = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Fine-tune a conventional vision model: Table 1's baselines and the distillation teacher.
 
@@ -74,8 +76,11 @@ def teacher_cmd(
                              allow_outside_root=allow_outside_root, **column_options(image_column, label_column))
         cfg = TeacherConfig(arch=arch, epochs=epochs, lr=lr, weight_decay=wd, batch_size=batch_size, img_size=img_size,
                             seed=seed, weights=str(weights) if weights else None, random_init=random_init)
-        result = train_teacher(index, cfg, out, device=device, workers=workers, results_dir=results,
-                               progress=RichProgress("img", quiet=quiet))
+        with tracking(tracker) as tr:
+            tr.start(f"teacher-{index.name}-{cfg.arch}", vars(cfg))
+            result = train_teacher(index, cfg, out, device=device, workers=workers, results_dir=results,
+                                   progress=RichProgress("img", quiet=quiet), tracker=tr)
+            tr.record(result.record)
         if quiet:
             echo_path(result.out, quiet)
             return
@@ -119,6 +124,7 @@ def vlm_cmd(
     image_column: ImageColumnOpt = None,
     label_column: LabelColumnOpt = None,
     quiet: QuietOpt = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """QLoRA instruction tuning of the VLM (stage 1) on categorical, conversation and reasoning instructions.
 
@@ -142,9 +148,12 @@ def vlm_cmd(
         cfg.validate()
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
                              allow_outside_root=allow_outside_root, **column_options(image_column, label_column))
-        result = train_vlm(index, cfg, instructions, out, device=device, save_every=save_every,
-                           eval_split=None if no_eval else "test", eval_limit=eval_limit, results_dir=results,
-                           progress=RichProgress("step", quiet=quiet))
+        with tracking(tracker) as tr:
+            tr.start(f"qlora-{index.name}", vars(cfg))
+            result = train_vlm(index, cfg, instructions, out, device=device, save_every=save_every,
+                               eval_split=None if no_eval else "test", eval_limit=eval_limit, results_dir=results,
+                               progress=RichProgress("step", quiet=quiet), tracker=tr)
+            tr.record(result.record)
         if quiet:
             echo_path(result.adapter_dir, quiet)
             return

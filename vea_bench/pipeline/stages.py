@@ -21,6 +21,7 @@ from vea_bench.pipeline.experiment import Experiment, distill_config, gate_confi
 from vea_bench.pipeline.ledger import Ledger, Stage, StageContext, StageResult, run_stages
 from vea_bench.progress import Progress
 from vea_bench.schema import canonical
+from vea_bench.tracking.base import Tracker, ensure_tracker
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,13 @@ def _identity(obj: Any, *drop: str) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in drop}
 
 
-def build_stages(exp: Experiment) -> list[Stage]:
+def build_stages(exp: Experiment, tracker: Tracker | None = None) -> list[Stage]:
     """The experiment's stages in dependency order; each stage's identity hashes its typed config."""
     work = exp.workdir
     artifacts = work / "artifacts"
     device = exp.experiment.device
     seed = exp.experiment.seed
+    track = ensure_tracker(tracker)
     data_cfg = _dataset_config(exp)
     stages: list[Stage] = []
     vlm = exp.vlm.settings
@@ -73,8 +75,9 @@ def build_stages(exp: Experiment) -> list[Stage]:
 
             # One folder per config: an edited [teacher] trains afresh beside the old run, never into it.
             out_dir = artifacts / f"teacher-{config_hash(t_cfg)[:12]}"
+            track.start(f"teacher-{exp.dataset.name}", _identity(t_obj), group=exp.experiment.name)
             res = train_teacher(_load_index(exp), t_obj, out_dir, device=device, workers=t.workers,
-                                results_dir=work, progress=ctx.progress)
+                                results_dir=work, progress=ctx.progress, tracker=track)
             out = _records(work, [res.record])
             out["checkpoint"] = str(res.out)
             out["paths"].append(str(res.out / "best.safetensors"))
@@ -101,8 +104,9 @@ def build_stages(exp: Experiment) -> list[Stage]:
             # The tuned VLM's accuracy comes from the extract stage's cache (baseline "vlm"), so the
             # trainer's own greedy evaluation pass would only repeat that work.
             out_dir = artifacts / f"qlora-{config_hash(q_cfg)[:12]}"
+            track.start(f"qlora-{exp.dataset.name}", _identity(q_obj), group=exp.experiment.name)
             res = train_vlm(_load_index(exp), q_obj, exp.resolve(q.instructions), out_dir,
-                            device=device, eval_split=None, results_dir=work, progress=ctx.progress)
+                            device=device, eval_split=None, results_dir=work, progress=ctx.progress, tracker=track)
             out = _records(work, [res.record])
             out["adapter"] = str(res.adapter_dir)
             out["paths"].append(str(res.adapter_dir))
@@ -284,12 +288,20 @@ def run_experiment(
     progress: Progress | None = None,
     force: list[str] | None = None,
     on_stage: Callable[[StageResult], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> list[StageResult]:
-    """Run (or skip) every stage of ``exp``; returns what each stage did."""
+    """Run (or skip) every stage of ``exp``; returns what each stage did (and tells ``tracker``)."""
+    track = ensure_tracker(tracker)
+
+    def tracked(res: StageResult) -> None:
+        track.stage(res.name, res.status, res.outputs)
+        if on_stage is not None:
+            on_stage(res)
+
     work = exp.workdir
     work.mkdir(parents=True, exist_ok=True)
     ledger = Ledger.load(work / "artifacts" / "stages.json")
-    stages = build_stages(exp)
+    stages = build_stages(exp, tracker)
     names = {s.name for s in stages}
     unknown = sorted(set(force or []) - names)
     if unknown:
@@ -298,7 +310,7 @@ def run_experiment(
     if threads is not None and threads < 1:
         raise ConfigError(f"[experiment].threads must be positive (leave it out for torch's default), got {threads}")
     if threads is None:
-        return run_stages(stages, ledger, workdir=work, progress=progress, force=force or [], on_stage=on_stage)
+        return run_stages(stages, ledger, workdir=work, progress=progress, force=force or [], on_stage=tracked)
     import torch
 
     # Tiny models on a shared CPU: one thread avoids OpenMP oversubscription, which otherwise
@@ -306,6 +318,6 @@ def run_experiment(
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return run_stages(stages, ledger, workdir=work, progress=progress, force=force or [], on_stage=on_stage)
+        return run_stages(stages, ledger, workdir=work, progress=progress, force=force or [], on_stage=tracked)
     finally:
         torch.set_num_threads(before)
