@@ -186,3 +186,62 @@ def test_unknown_tracker_and_missing_package_are_one_line(cache: Path, tmp_path:
     res = _invoke("train", "distill", "--cache", cache, "--epochs", 1, "--device", "cpu", "--results", tmp_path,
                   "--tracker", "wandb")
     assert res.exit_code != 0 and "vea-bench[wandb]" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_qlora_steps_and_the_reports_files_reach_mlflow(images: Path, tmp_path: Path, monkeypatch) -> None:
+    """Stage 1 logs loss and lr every step; a pipeline's report stage uploads its tables and page."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from vea_bench.datasets import load_dataset
+    from vea_bench.models.tiny import make_tiny
+    from vea_bench.tracking import make_tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    vlm = make_tiny("qwen2-vl", tmp_path / "qwen", seed=0)
+    index = load_dataset("imagefolder", images)
+    rows = [{"img_path": s.path, "img": Path(s.path).name, "label": index.label_space.labels[s.label],
+             "gpt_response": "1. Key elements\nA calm scene with bright shapes and a tree.\n\n"
+                             "2. Reasoning\nThe shapes and colours make the viewer feel at ease."}
+            for s in index.split("train")]
+    (tmp_path / "inst.json").write_text(json.dumps(rows))
+    r = _invoke("train", "vlm", "imagefolder", "--root", images, "--vlm", vlm, "--instructions", tmp_path / "inst.json",
+                "--out", tmp_path / "q", "--quant", "none", "--device", "cpu", "--max-steps", 3, "--no-eval",
+                "--results", tmp_path / "results", "--tracker", "mlflow", "--quiet")
+    assert r.exit_code == 0, r.output
+    rec = next(rec for _, rec in iter_records(tmp_path / "results")[0] if rec.kind == "vlm")
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("vea-bench")
+    run = next(x for x in client.search_runs([exp.experiment_id]) if x.info.run_name == "qlora-imagefolder")
+    loss = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
+    assert [m.step for m in loss] == [1, 2, 3]
+    assert loss[-1].value == pytest.approx(rec.config["train_loss_last"])
+    assert all(m.value > 0 for m in client.get_metric_history(run.info.run_id, "train/lr"))
+    assert run.data.params["run_id"] == rec.run_id
+    # The report stage's outputs: tables as files, the HTML report as its folder.
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "tables.md").write_text("| a |\n")
+    (tmp_path / "report" / "figures").mkdir(parents=True)
+    (tmp_path / "report" / "index.html").write_text("<html></html>")
+    (tmp_path / "report" / "figures" / "f.png").write_bytes(b"png")
+    tracker = make_tracker("mlflow", group="study")
+    tracker.stage("report", "skipped", {"paths": [str(tmp_path / "tables" / "tables.md")]})   # nothing: it did not run
+    tracker.stage("report", "ran", {"paths": [str(tmp_path / "tables" / "tables.md"), str(tmp_path / "report" / "index.html")]})
+    tracker.close()
+    reports = [x for x in client.search_runs([exp.experiment_id]) if x.info.run_name == "report"]
+    assert len(reports) == 1
+    listed = {a.path for a in client.list_artifacts(reports[0].info.run_id)}
+    assert listed == {"tables.md", "report"}
+    assert {a.path for a in client.list_artifacts(reports[0].info.run_id, "report")} == {"report/index.html", "report/figures"}
+
+
+def test_experiment_files_name_a_tracker(tmp_path: Path) -> None:
+    from vea_bench.pipeline.experiment import parse_experiment
+
+    base = {"dataset": {"name": "fi", "root": "d"}, "vlm": {"model": "m"}}
+    exp = parse_experiment({**base, "experiment": {"name": "s", "tracker": "mlflow"}}, base=tmp_path)
+    assert exp.experiment.tracker == "mlflow"
+    assert parse_experiment(base, base=tmp_path).experiment.tracker is None

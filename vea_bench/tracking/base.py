@@ -26,28 +26,26 @@ log = logging.getLogger("vea_bench.tracking")
 DEFAULT_PROJECT = "vea-bench"
 
 
-def flat_numbers(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Every int/float leaf of a nested mapping as ``a/b/c -> value`` (lists and text are left out)."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flat_numbers(value, name + "/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
-
-
-def flat_config(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config as ``a.b -> value`` (lists kept whole): what tracker params hold."""
+def _flatten(tree: Mapping[str, Any], sep: str, keep: Callable[[Any], bool], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            out.update(flat_config(value, name + "."))
-        else:
+            out.update(_flatten(value, sep, keep, name + sep))
+        elif keep(value):
             out[name] = value
     return out
+
+
+def flat_numbers(tree: Mapping[str, Any]) -> dict[str, float]:
+    """Every int/float leaf of a nested mapping as ``a/b/c -> value`` (lists and text are left out)."""
+    nums = _flatten(tree, "/", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+    return {k: float(v) for k, v in nums.items()}
+
+
+def flat_config(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A nested config as ``a.b -> value`` (lists kept whole): what tracker params hold."""
+    return _flatten(tree, ".", lambda v: True)
 
 
 def epoch_curves(record: RunRecord) -> list[tuple[int, dict[str, float]]]:
