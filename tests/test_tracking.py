@@ -245,3 +245,33 @@ def test_experiment_files_name_a_tracker(tmp_path: Path) -> None:
     exp = parse_experiment({**base, "experiment": {"name": "s", "tracker": "mlflow"}}, base=tmp_path)
     assert exp.experiment.tracker == "mlflow"
     assert parse_experiment(base, base=tmp_path).experiment.tracker is None
+
+
+def test_the_guides_tracker_registers_and_logs_a_teacher(images: Path, tmp_path: Path, monkeypatch) -> None:
+    import json
+    import re
+
+    from vea_bench.datasets import load_dataset
+    from vea_bench.tracking import TRACKERS, make_tracker
+    from vea_bench.train.teacher import TeacherConfig, train_teacher
+
+    guide = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
+    section = guide.read_text().split("## Add an experiment tracker in one file", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    exec(compile(code, str(guide), "exec"), {})
+    try:
+        monkeypatch.setenv("VEA_TRACK_DIR", str(tmp_path / "runs"))
+        tracker = make_tracker("jsonl", group="guide")
+        cfg = TeacherConfig(arch="test_resnet", img_size=32, random_init=True, batch_size=BATCH, epochs=EPOCHS)
+        tracker.start("teacher", vars(cfg))
+        res = train_teacher(load_dataset("imagefolder", images), cfg, tmp_path / "t", device="cpu", results_dir=None,
+                            tracker=tracker)
+        tracker.record(res.record)
+        events = [json.loads(x) for x in (tmp_path / "runs" / "teacher.jsonl").read_text().splitlines()]
+        assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "finish"
+        steps = [e for e in events if e["event"] == "log" and "train/loss" in e["metrics"]]
+        assert len(steps) == _teacher_steps(images)
+        (rec,) = [e for e in events if e["event"] == "record"]
+        assert rec["metrics"]["test/accuracy"] == pytest.approx(res.record.metrics["test"]["accuracy"])
+    finally:
+        TRACKERS.remove("jsonl")
