@@ -127,6 +127,13 @@ def test_row_ids_fingerprints_and_manifest_hash(sets: dict[str, Path], tmp_path:
     assert [s.path for s in p.split("train")] == [s.path for s in a.split("train")]
     assert p.manifest_hash("train") != a.manifest_hash("train")
     assert a.meta["fingerprint"] != p.meta["fingerprint"]
+    # The store is written once and listed; a file removed from it is written again from the dataset.
+    assert list(a.root.glob(".rows-*.json"))
+    victim = a.abspath(a.split("test")[0])
+    data = victim.read_bytes()
+    victim.unlink()
+    again = load_dataset("hf", sets["arrow"])
+    assert victim.read_bytes() == data and again.manifest_hashes() == a.manifest_hashes()
     # Another image store (-o images_dir) gives the same ids and hashes.
     c = load_dataset("hf", sets["arrow"], images_dir=tmp_path / "store")
     assert c.root.parent == tmp_path / "store" and c.manifest_hashes() == a.manifest_hashes()

@@ -17,7 +17,8 @@ or forced with ``label_space``).
 Rows carry no files, yet every reader of a dataset opens ``root / id``: the stored image bytes are
 written once, byte for byte, into an image store (``images_dir``; default ``ROOT/.vea-bench-images``,
 or the user cache where the root is read-only) under the dataset's fingerprint, and the index's root
-is that folder. Row ids are ``<split>/<row:06d>.<ext>`` (row = position in the split as stored), so
+is that folder; a listing beside the images lets later loads read only the label column. Row ids
+are ``<split>/<row:06d>.<ext>`` (row = position in the split as stored), so
 they are stable across runs and machines; per-image fingerprints come from the stored bytes, and the
 dataset's fingerprint (the `datasets` fingerprints of an Arrow save, or the parquet footers) enters
 every split's manifest hash.
@@ -25,6 +26,7 @@ every split's manifest hash.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -239,9 +241,9 @@ def _store_dir(root: Path | None, images_dir: str | Path | None, fingerprint: st
     return store
 
 
-def _write(path: Path, data: bytes) -> None:
+def _write(path: Path, data: bytes, *, replace: bool = False) -> None:
     """Write ``data`` atomically (an interrupted load never leaves a truncated image behind)."""
-    if path.is_file() and path.stat().st_size == len(data):
+    if not replace and path.is_file() and path.stat().st_size == len(data):
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
@@ -254,8 +256,8 @@ def _write(path: Path, data: bytes) -> None:
         raise
 
 
-def _image_bytes(value: Any, col: Collector, rel: str, source: Path | None) -> bytes | None:
-    """The stored bytes of one image cell (Image struct or binary), or None (recorded as skipped)."""
+def _cell_bytes(value: Any, rel: str, source: Path | None, inside: Any) -> tuple[bytes | None, tuple[str, str] | None]:
+    """The stored bytes of one image cell (Image struct or binary), or why there are none: (kind, reason)."""
     if isinstance(value, dict):
         data, stored = value.get("bytes"), value.get("path")
         if data is None and stored:
@@ -263,21 +265,18 @@ def _image_bytes(value: Any, col: Collector, rel: str, source: Path | None) -> b
             p = Path(stored)
             if not p.is_absolute() and source is not None:
                 p = source / p
-            if p.is_file() and (source is None or col.inside(p)):
-                return p.read_bytes()
-            col.skip(rel, f"image stored as a path only ({stored}) and not found", "missing")
-            return None
+            if p.is_file() and (source is None or inside(p)):
+                return p.read_bytes(), None
+            return None, ("missing", f"image stored as a path only ({stored}) and not found")
     else:
         data = value
     if data is None:
-        col.skip(rel, "no image in this row", "missing")
-        return None
+        return None, ("missing", "no image in this row")
     if not isinstance(data, (bytes, bytearray)):
         raise DatasetError(f"hf: {rel}: the image column holds {type(data).__name__}, not image bytes; pass --image-column")
     if not data:
-        col.skip(rel, "zero-byte image", "zero-byte")
-        return None
-    return bytes(data)
+        return None, ("zero-byte", "zero-byte image")
+    return bytes(data), None
 
 
 @register_dataset(
@@ -365,15 +364,47 @@ def _infer(names: list[str] | None, splits: dict[str, _Split], lab_col: str) -> 
     return infer_space(values)
 
 
+def _materialise(sp: _Split, img_col: str, store: Path, source: Path | None, inside: Any) -> list[Any]:
+    """Write every row's stored image bytes into the store; per row its extension, or [kind, reason]."""
+    entries: list[Any] = []
+    row = 0
+    for batch in sp.batches([img_col]):
+        for value in batch.column(0).to_pylist():
+            rel = f"{sp.name}/{row:06d}"
+            row += 1
+            data, problem = _cell_bytes(value, rel, source, inside)
+            if data is None:
+                entries.append(list(problem or ("missing", "no image in this row")))
+                continue
+            ext = _extension(data, value.get("path") if isinstance(value, dict) else None)
+            _write(store / (rel + ext), data)
+            entries.append(ext)
+    return entries
+
+
+def _store_entries(sp: _Split, img_col: str, store: Path, source: Path | None, inside: Any) -> list[Any]:
+    """The split's row listing in the store; images are read from the dataset only when a file is missing."""
+    listing = store / f".rows-{hashlib.sha256(f'{sp.name}/{img_col}'.encode()).hexdigest()[:16]}.json"
+    try:
+        entries = json.loads(listing.read_text())
+        if all(not isinstance(e, str) or (store / f"{sp.name}/{i:06d}{e}").is_file() for i, e in enumerate(entries)):
+            return entries
+    except (OSError, ValueError):
+        pass
+    entries = _materialise(sp, img_col, store, source, inside)
+    _write(listing, json.dumps(entries).encode(), replace=True)
+    return entries
+
+
 def _rows(sp: _Split, img_col: str, lab_col: str, names: list[str] | None, col: Collector,
           store: Path, source: Path | None) -> Iterator[tuple[str, int, dict[str, Any]]]:
-    """(id, label, meta) of every usable row of one split; the image bytes land in the store."""
+    """(id, label, meta) of every usable row of one split; the image bytes land in the store once."""
+    entries = _store_entries(sp, img_col, store, source, col.inside)
     row = 0
-    for batch in sp.batches([img_col, lab_col]):
-        images = batch.column(0).to_pylist()
-        labels = batch.column(1).to_pylist()
-        for value, raw in zip(images, labels):
+    for batch in sp.batches([lab_col]):
+        for raw in batch.column(0).to_pylist():
             rel = f"{sp.name}/{row:06d}"
+            entry = entries[row]
             row += 1
             if raw is None or (names is not None and isinstance(raw, int) and raw < 0):
                 col.skip(rel, "no label in this row", "unlabelled")
@@ -382,13 +413,10 @@ def _rows(sp: _Split, img_col: str, lab_col: str, names: list[str] | None, col: 
             lab = col.label(text, rel)
             if lab is None:
                 continue
-            data = _image_bytes(value, col, rel, source)
-            if data is None:
+            if not isinstance(entry, str):
+                col.skip(rel, entry[1], entry[0])
                 continue
-            stored = value.get("path") if isinstance(value, dict) else None
-            rel += _extension(data, stored)
-            _write(store / rel, data)
-            yield rel, lab, {"row": row - 1, "split": sp.name}
+            yield rel + entry, lab, {"row": row - 1, "split": sp.name}
 
 
 # --- synthetic writer: a DatasetDict saved with save_to_disk (vea-bench datasets make-synthetic) ----
