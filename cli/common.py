@@ -28,6 +28,18 @@ AllowOutsideRootOpt = Annotated[bool, typer.Option(
     help="Read images that resolve outside --root (.., absolute paths, escaping symlinks); refused by default.")]
 
 
+# `--image-column` / `--label-column`, on every command that opens a dataset (the hf layout's columns).
+ImageColumnOpt = Annotated[str | None, typer.Option(
+    "--image-column", help="hf datasets: the image column (default: the one Image feature).")]
+LabelColumnOpt = Annotated[str | None, typer.Option(
+    "--label-column", help="hf datasets: the label column (default: the one ClassLabel, else 'label').")]
+
+
+def column_options(image_column: str | None, label_column: str | None) -> dict[str, str]:
+    """Loader options for the column flags given (layouts without columns refuse them in one line)."""
+    return {k: v for k, v in (("image_column", image_column), ("label_column", label_column)) if v is not None}
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error to stderr and exit non-zero (never a traceback)."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vea_bench_cli.common import AllowOutsideRootOpt, console, err_console, fail, run_guarded
+from vea_bench_cli.common import AllowOutsideRootOpt, ImageColumnOpt, LabelColumnOpt, column_options, console, err_console, fail, run_guarded
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -98,6 +98,8 @@ def check_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
     show: Annotated[int, typer.Option(help="How many example paths to show per problem kind.")] = 5,
     allow_outside_root: AllowOutsideRootOpt = False,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
 ) -> None:
     """Check a dataset where it lies: counts per split and class, and every fault found.
 
@@ -116,7 +118,7 @@ def check_cmd(
     from vea_bench.errors import DatasetError, UnknownLabelError
     from vea_bench_cli.common import RichProgress
 
-    opts = _parse_options(option or [])
+    opts = {**_parse_options(option or []), **column_options(image_column, label_column)}
     progress = RichProgress("img", quiet=as_json)
     try:
         report = check_dataset(name, root, seed=seed, label_space=label_space, decode=decode, progress=progress,

@@ -8,7 +8,17 @@ import typer
 
 from vea_bench.models.base import GenerationOptions, LoadOptions
 from vea_bench.schema import Settings
-from vea_bench_cli.common import AllowOutsideRootOpt, RichProgress, console, echo_path, err_console, run_guarded
+from vea_bench_cli.common import (
+    AllowOutsideRootOpt,
+    ImageColumnOpt,
+    LabelColumnOpt,
+    RichProgress,
+    column_options,
+    console,
+    echo_path,
+    err_console,
+    run_guarded,
+)
 from vea_bench_cli.schema_options import Group, config_options
 
 
@@ -56,6 +66,8 @@ def extract_command(
     parse: Annotated[str, typer.Option("--parse", help="Answer parse: strict (the reference's: only {'emotion': '...'}, else none) or lenient (also other dict shapes and negation-aware label words; recorded in provenance).")] = "strict",
     exif: Annotated[str, typer.Option("--exif", help="EXIF orientation: apply (upright images) or ignore (the reference's decoding); recorded in provenance.")] = "apply",
     allow_outside_root: AllowOutsideRootOpt = False,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table; print only the cache path.")] = False,
 ) -> None:
     """Run the VLM (one pass per batch: pooled visual embedding + answer), teachers and backbones
@@ -74,6 +86,7 @@ def extract_command(
         sample=sample, split_seed=split_seed, batch_size=batch_size, workers=workers, threads=threads, limit=limit,
         shard=shard, splits=list(split or []), label_space=label_space, keys=keys, overwrite=overwrite,
         retry_failed=retry_failed, quiet=quiet, parse=parse, exif=exif, allow_outside_root=allow_outside_root,
+        columns=column_options(image_column, label_column),
     )
 
 
@@ -125,7 +138,7 @@ def _run(**a: Any) -> None:
     gen = _generation(a["generation"], a["sample"])
     device = Settings(LoadOptions, a["load"]).value("device")
     index = load_dataset(a["dataset"], a["root"], seed=a["split_seed"], label_space=a["label_space"],
-                         allow_outside_root=a["allow_outside_root"])
+                         allow_outside_root=a["allow_outside_root"], **a["columns"])
     cache = a["cache"] or Path("cache") / f"{index.name}.h5"
     backbones = [BackboneSpec.parse(b, default_weights=a["backbone_weights"]) for b in a["backbones"]]
     keys = dict(a["keys"])

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from vea_bench_cli.common import RichProgress, console, err_console, run_guarded, setup_logging
+from vea_bench_cli.tracker_option import TrackerOpt, tracking
 
 
 def _stage_line(quiet: bool) -> Any:
@@ -63,6 +64,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="List the stages and whether each would run.")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the work folder.")] = False,
+        tracker: TrackerOpt = None,
     ) -> None:
         """Run a whole study from one experiment file, skipping every stage whose outputs exist with the same config.
 
@@ -91,8 +93,9 @@ def register(app: typer.Typer) -> None:
                     console.print(f"{s.name}: {state}")
                 return
             t0 = time.perf_counter()
-            results = run_experiment(exp, progress=RichProgress("step", quiet=quiet), force=force or [],
-                                     on_stage=_stage_line(quiet))
+            with tracking(tracker or exp.experiment.tracker, group=exp.experiment.name) as tr:
+                results = run_experiment(exp, progress=RichProgress("step", quiet=quiet), force=force or [],
+                                         on_stage=_stage_line(quiet), tracker=tr)
             if quiet:
                 typer.echo(str(exp.workdir))
                 return

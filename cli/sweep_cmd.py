@@ -9,6 +9,7 @@ import typer
 from vea_bench.heads.config import DistillConfig, GateConfig
 from vea_bench_cli.common import console, echo_path, err_console, run_guarded, setup_logging
 from vea_bench_cli.schema_options import Group, config_options
+from vea_bench_cli.tracker_option import TrackerOpt, log_records
 from vea_bench_cli.train_heads_cmd import (
     DISTILL_PLAIN,
     GATE_PLAIN,
@@ -93,7 +94,7 @@ class LiveSweep:
 
 def _sweep(kind: str, *, cache: Path, seeds: str, grid: dict[str, str | None], distill_options: dict[str, Any],
            gate_options: dict[str, Any], sources: dict[str, str | None], device: str, results: Path,
-           quiet: bool) -> None:
+           quiet: bool, tracker: str | None = None) -> None:
     def go() -> None:
         from vea_bench.heads.config import make_config
         from vea_bench.heads.sweep import parse_grid, parse_names, plan_sweep, run_plan
@@ -115,6 +116,7 @@ def _sweep(kind: str, *, cache: Path, seeds: str, grid: dict[str, str | None], d
         n = len(plan.distill) + len(plan.gates)
         with LiveSweep(f"sweep {kind} on {data.dataset}: {n} runs", quiet=quiet) as live:
             recs = run_plan(plan, data, results_dir=results, device=device, progress=live)
+        log_records(tracker, recs)
         if quiet:
             for r in recs:
                 echo_path(ResultsStore(results).record_path(r), True)
@@ -138,11 +140,12 @@ def sweep_alpha(
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Distill heads over alphas x seeds (paper Figure 3), all members as one batched model."""
     _sweep("alpha", cache=cache, seeds=seeds, grid={"alphas": alphas, "lrs": lrs}, distill_options=distill_options,
            gate_options={}, sources={"visual": visual, "teacher": teacher}, device=device, results=results,
-           quiet=quiet)
+           quiet=quiet, tracker=tracker)
 
 
 @app.command("depth")
@@ -158,11 +161,12 @@ def sweep_depth(
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Distill heads over depths x seeds (paper Table 3); each depth's members batched."""
     _sweep("depth", cache=cache, seeds=seeds, grid={"depths": depths, "lrs": lrs}, distill_options=distill_options,
            gate_options={}, sources={"visual": visual, "teacher": teacher}, device=device, results=results,
-           quiet=quiet)
+           quiet=quiet, tracker=tracker)
 
 
 @app.command("gate")
@@ -179,11 +183,12 @@ def sweep_gate(
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """The gates of paper Table 4 x seeds, each over its seed's distill head (one head per seed)."""
     _sweep("gate", cache=cache, seeds=seeds, grid={"gates": gates}, distill_options=distill_options,
            gate_options=gate_options, sources={"visual": visual, "teacher": teacher, "vlm": vlm}, device=device,
-           results=results, quiet=quiet)
+           results=results, quiet=quiet, tracker=tracker)
 
 
 @app.command("seed")
@@ -199,7 +204,9 @@ def sweep_seed(
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """The whole EmoVLM-KD (distill head + gate) once per seed: its spread across seeds."""
     _sweep("seed", cache=cache, seeds=seeds, grid={}, distill_options=distill_options, gate_options=gate_options,
-           sources={"visual": visual, "teacher": teacher, "vlm": vlm}, device=device, results=results, quiet=quiet)
+           sources={"visual": visual, "teacher": teacher, "vlm": vlm}, device=device, results=results, quiet=quiet,
+           tracker=tracker)

@@ -9,6 +9,7 @@ import typer
 from vea_bench.heads.config import DistillConfig, GateConfig
 from vea_bench_cli.common import console, echo_path, run_guarded, setup_logging
 from vea_bench_cli.schema_options import Group, config_options
+from vea_bench_cli.tracker_option import TrackerOpt, log_records
 from vea_bench_cli.train_cmd import app
 
 # Shared option definitions (the sweep commands use them too). The config options themselves are
@@ -80,6 +81,7 @@ def distill_cmd(
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Train the distill head (stage 2) on the cached visual embeddings against the teacher's logits."""
 
@@ -94,6 +96,7 @@ def distill_cmd(
         data = load_data(cache, need=("visual", "teacher"), visual=visual, teacher=teacher)
         recs = run_plan(SweepPlan("distill", [cfg], []), data, results_dir=results, device=device,
                         progress=RichProgress("step", quiet=quiet), group=None)
+        log_records(tracker, recs)
         if quiet:
             echo_path(ResultsStore(results).record_path(recs[0]), True)
         else:
@@ -117,6 +120,7 @@ def gate_cmd(
     device: DeviceOpt = "auto",
     results: ResultsOpt = Path("results"),
     quiet: QuietOpt = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Train a gate (stage 3) over the distill head's logits and the VLM's answer: EmoVLM-KD."""
 
@@ -139,6 +143,7 @@ def gate_cmd(
         plan = SweepPlan("gate", [dcfg], [(gcfg, 0)])
         recs = run_plan(plan, data, results_dir=results, device=device, progress=RichProgress("step", quiet=quiet),
                         distill_results=reused, distill_run=reused[0].extra.get("run_id") if reused else None)
+        log_records(tracker, recs)
         paths = [ResultsStore(results).record_path(r) for r in recs]
         if quiet:
             echo_path(paths[-1], True)

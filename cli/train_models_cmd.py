@@ -11,6 +11,9 @@ from vea_bench.train.qlora import QLoRAConfig
 from vea_bench.train.teacher import TeacherConfig
 from vea_bench_cli.common import (
     AllowOutsideRootOpt,
+    ImageColumnOpt,
+    LabelColumnOpt,
+    column_options,
     setup_logging,
     RichProgress,
     console,
@@ -18,6 +21,7 @@ from vea_bench_cli.common import (
     run_guarded,
 )
 from vea_bench_cli.schema_options import Group, config_options
+from vea_bench_cli.tracker_option import TrackerOpt, tracking
 from vea_bench_cli.train_cmd import app
 
 DatasetArg = Annotated[str, typer.Argument(help="Registered dataset name (see `vea-bench datasets list`).")]
@@ -57,7 +61,10 @@ def teacher_cmd(
     split_seed: SplitSeedOpt = 42,
     label_space: LabelSpaceOpt = None,
     allow_outside_root: AllowOutsideRootOpt = False,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
     quiet: QuietOpt = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Fine-tune a conventional vision model: Table 1's baselines and the distillation teacher.
 
@@ -75,9 +82,12 @@ def teacher_cmd(
         cfg = Settings(TeacherConfig, teacher_options).build()
         cfg.validate()
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
-                             allow_outside_root=allow_outside_root)
-        result = train_teacher(index, cfg, out, device=device, workers=workers, results_dir=results,
-                               progress=RichProgress("img", quiet=quiet))
+                             allow_outside_root=allow_outside_root, **column_options(image_column, label_column))
+        with tracking(tracker) as tr:
+            tr.start(f"teacher-{index.name}-{cfg.arch}", vars(cfg))
+            result = train_teacher(index, cfg, out, device=device, workers=workers, results_dir=results,
+                                   progress=RichProgress("img", quiet=quiet), tracker=tr)
+            tr.record(result.record)
         if quiet:
             echo_path(result.out, quiet)
             return
@@ -109,7 +119,10 @@ def vlm_cmd(
     split_seed: SplitSeedOpt = 42,
     label_space: LabelSpaceOpt = None,
     allow_outside_root: AllowOutsideRootOpt = False,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
     quiet: QuietOpt = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """QLoRA instruction tuning of the VLM (stage 1) on categorical, conversation and reasoning instructions.
 
@@ -134,10 +147,13 @@ def vlm_cmd(
         cfg = Settings(QLoRAConfig, given).build()
         cfg.validate()
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
-                             allow_outside_root=allow_outside_root)
-        result = train_vlm(index, cfg, instructions, out, device=device, save_every=save_every,
-                           eval_split=None if no_eval else "test", eval_limit=eval_limit, results_dir=results,
-                           progress=RichProgress("step", quiet=quiet))
+                             allow_outside_root=allow_outside_root, **column_options(image_column, label_column))
+        with tracking(tracker) as tr:
+            tr.start(f"qlora-{index.name}", vars(cfg))
+            result = train_vlm(index, cfg, instructions, out, device=device, save_every=save_every,
+                               eval_split=None if no_eval else "test", eval_limit=eval_limit, results_dir=results,
+                               progress=RichProgress("step", quiet=quiet), tracker=tr)
+            tr.record(result.record)
         if quiet:
             echo_path(result.adapter_dir, quiet)
             return

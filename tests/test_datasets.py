@@ -26,7 +26,7 @@ from vea_bench.registry import RegistryError
 
 SPACE = {
     "emoset": MIKELS8, "fi": MIKELS8, "emotion6": EKMAN6, "flickr": BINARY, "instagram": BINARY,
-    "imagefolder": MIKELS8, "manifest": MIKELS8,
+    "imagefolder": MIKELS8, "manifest": MIKELS8, "hf": MIKELS8,
 }
 # With 6 images per class every layout ends up 4 / 1 / 1 per class: EmoSet and manifest by their
 # own split, imagefolder by 5/1 folders + 10 % of train carved, the others by stratified 80/5/15.
@@ -47,7 +47,7 @@ def test_registry_lists_every_layout() -> None:
     assert names == list(LAYOUTS)
     for e in list_datasets():
         assert e.layout and e.split_rule
-        assert e.label_space == (SPACE[e.name].name if e.name not in ("imagefolder", "manifest") else None)
+        assert e.label_space == (SPACE[e.name].name if e.name not in ("imagefolder", "manifest", "hf") else None)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -61,7 +61,7 @@ def test_layout_loads_with_counts_labels_splits(layout: str, synthetic_root) -> 
     for split, samples in index.splits.items():
         paths = [s.path for s in samples]
         assert paths == sorted(paths), "splits are sorted by relative path"
-        assert all((root / p).is_file() and not Path(p).is_absolute() for p in paths)
+        assert all((index.root / p).is_file() and not Path(p).is_absolute() for p in paths)
     all_paths = [s.path for v in index.splits.values() for s in v]
     assert len(all_paths) == len(set(all_paths)), "no image in two splits"
     # Ties / neutral majorities / unfetched images are the only skips of a clean set.

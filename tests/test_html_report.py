@@ -201,3 +201,72 @@ def test_chromium_renders_every_table_and_image(study: Path) -> None:
         assert im.size == (1280, 2400)
         # A rendered page, not a blank one: many distinct colours.
         assert len(im.convert("RGB").resize((320, 600)).getcolors(1 << 16) or []) > 50
+
+
+def test_paired_comparisons_are_tables_with_their_figure(study: Path) -> None:
+    page = (study / "report" / "index.html").read_text(encoding="utf-8")
+    doc = _Collect()
+    doc.feed(page)
+    cmp = [t for t in doc.tables if t.startswith("comparison-")]
+    assert {"comparison-distill-head", "comparison-VLM-alone"} <= set(cmp), doc.tables
+    assert any(s.endswith("comparisons.png") for s in doc.images)
+    assert "difference A - B:" not in page          # numbers in table cells, not preformatted lines
+    section = page.split('id="comparisons"', 1)[1].split("</section>", 1)[0]
+    assert "<pre>" not in section and "McNemar p" in section and "across 2 seed pairs" in section
+
+
+LAYOUT_HARNESS = """<!DOCTYPE html><html><body style="margin:0"><pre id="result">pending</pre>
+<iframe id="f" src="index.html" style="width:1280px;height:900px;border:0"></iframe>
+<script>
+document.getElementById('f').addEventListener('load', function () {
+  var w = this.contentWindow, d = this.contentDocument, vw = d.documentElement.clientWidth;
+  Array.prototype.forEach.call(d.querySelectorAll('details'), function (e) { e.open = true; });
+  function contained(el) {   // inside a box that scrolls (or clips) sideways and itself fits the viewport
+    for (var a = el.parentElement; a && a !== d.body; a = a.parentElement) {
+      var ox = w.getComputedStyle(a).overflowX;
+      if (ox === 'auto' || ox === 'scroll' || ox === 'hidden') { return a.getBoundingClientRect().right <= vw + 0.5; }
+    }
+    return false;
+  }
+  var over = [];
+  Array.prototype.forEach.call(d.body.querySelectorAll('*'), function (el) {
+    var r = el.getBoundingClientRect();
+    if (r.width > 0 && (r.right > vw + 0.5 || r.left < -0.5) && !contained(el)) {
+      over.push(el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') + (el.className ? '.' + el.className : '') + ' right=' + Math.round(r.right));
+    }
+  });
+  var wide = Array.prototype.filter.call(d.querySelectorAll('.scroll'), function (s) { return s.scrollWidth > s.clientWidth + 1; })
+    .map(function (s) { var t = s.querySelector('table'); return t ? t.getAttribute('data-table') : ''; });
+  var first = d.querySelector('table[data-table="1"] tbody td:first-child');
+  var sticky = first ? w.getComputedStyle(first).position : null, pageWidth = d.documentElement.scrollWidth;
+  // The check itself: with the scroll frames opened up, the wide tables stick out.
+  Array.prototype.forEach.call(d.querySelectorAll('.scroll'), function (s) { s.style.overflowX = 'visible'; });
+  var unframed = Array.prototype.filter.call(d.body.querySelectorAll('*'), function (el) {
+    var r = el.getBoundingClientRect(); return r.width > 0 && r.right > vw + 0.5 && !contained(el); }).length;
+  document.getElementById('result').textContent = 'RESULT' + JSON.stringify({viewport: vw,
+    page_width: pageWidth, overflow: over.slice(0, 20), n_overflow: over.length, wide: wide,
+    sticky: sticky, unframed: unframed}) + 'END';
+});
+</script></body></html>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed "
+                    "(`.ci/run` installs it with apt-get where apt is available)")
+def test_no_element_overflows_a_1280px_viewport(study: Path) -> None:
+    """Every provenance block opened, nothing sticks out of a laptop-wide window: wide tables
+    scroll inside their frame with the row names pinned, long paths wrap."""
+    report = study / "report"
+    harness = report / "_layout.html"
+    harness.write_text(LAYOUT_HARNESS)
+    try:
+        res = _chromium(["--allow-file-access-from-files", "--window-size=1400,1000", "--virtual-time-budget=15000",
+                         "--dump-dom", harness.as_uri()], report)
+    finally:
+        harness.unlink()
+    assert "RESULT" in res.stdout, res.stderr[-2000:]
+    got = json.loads(res.stdout.split("RESULT", 1)[1].split("END", 1)[0])
+    assert 1200 <= got["viewport"] <= 1280, got
+    assert got["n_overflow"] == 0, got["overflow"]
+    assert got["page_width"] <= got["viewport"], got
+    assert got["sticky"] == "sticky"
+    assert "1" in got["wide"] and got["unframed"] > 0, got   # Table 1 is wider than the window: it scrolls inside

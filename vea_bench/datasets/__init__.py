@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 # Registration order is the order `datasets list` shows.
-from vea_bench.datasets import emoset, fi, emotion6, katsurai, imagefolder, manifest  # noqa: F401,I001
+from vea_bench.datasets import emoset, fi, emotion6, katsurai, imagefolder, manifest, hf  # noqa: F401,I001
 from vea_bench.datasets.base import DATASETS, SPLITS, DatasetEntry, DatasetIndex, Sample, Skipped, register_dataset
 from vea_bench.datasets.check import CheckReport, DuplicateGroup, check_dataset, inspect_index
 from vea_bench.datasets.images import IMAGE_EXTENSIONS, decode_image, open_image

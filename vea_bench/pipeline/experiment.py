@@ -67,6 +67,7 @@ class ExperimentSection:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None   # torch CPU threads while stages run (default: torch's own)
+    tracker: str | None = None   # wandb or mlflow: also log curves, records and the report there
 
 
 @dataclass

@@ -26,6 +26,7 @@ from vea_bench.pipeline.ledger import Ledger, Stage, StageContext, StageResult, 
 from vea_bench.progress import Progress
 from vea_bench.registry import Registry
 from vea_bench.schema import canonical
+from vea_bench.tracking.base import Tracker, ensure_tracker
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Plan:
 
     exp: Experiment
     stages: list[Stage] = field(default_factory=list)
+    track: Tracker = field(default_factory=lambda: ensure_tracker(None))  # told when the heavy stages start
 
     @property
     def work(self) -> Path:
@@ -84,9 +86,9 @@ StageBuilder = Callable[[Plan], list[Stage]]
 STAGES: Registry[StageBuilder] = Registry("pipeline stage")
 
 
-def build_stages(exp: Experiment) -> list[Stage]:
+def build_stages(exp: Experiment, tracker: Tracker | None = None) -> list[Stage]:
     """The experiment's stages in dependency order; each stage's identity hashes its typed config."""
-    plan = Plan(exp)
+    plan = Plan(exp, track=ensure_tracker(tracker))
     for _name, builder in STAGES.items():
         plan.stages.extend(builder(plan))
     return plan.stages
@@ -103,21 +105,22 @@ def teacher_stages(plan: Plan) -> list[Stage]:
         weights = t.settings.get("weights")
         t_obj = t.settings.build(seed=exp.experiment.seed, weights=str(exp.resolve(weights)) if weights else None)
         t_cfg = {"dataset": _dataset_config(exp), "teacher": _identity(t_obj)}
-        return [Stage("teacher", t_cfg, partial(_run_teacher, exp, t_obj, t_cfg))]
+        return [Stage("teacher", t_cfg, partial(_run_teacher, exp, t_obj, t_cfg, plan.track))]
     if t is not None and t.checkpoint:
         ckpt = str(exp.resolve(t.checkpoint))
         return [Stage("teacher", {"checkpoint": ckpt}, partial(_existing, {"checkpoint": ckpt, "paths": [ckpt]}))]
     return []
 
 
-def _run_teacher(exp: Experiment, t_obj: Any, t_cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+def _run_teacher(exp: Experiment, t_obj: Any, t_cfg: dict[str, Any], track: Tracker, ctx: StageContext) -> dict[str, Any]:
     from vea_bench.train.teacher import train_teacher
 
     assert exp.teacher is not None
     # One folder per config: an edited [teacher] trains afresh beside the old run, never into it.
     out_dir = exp.workdir / "artifacts" / f"teacher-{config_hash(t_cfg)[:12]}"
+    track.start(f"teacher-{exp.dataset.name}", _identity(t_obj), group=exp.experiment.name)
     res = train_teacher(_load_index(exp), t_obj, out_dir, device=exp.experiment.device, workers=exp.teacher.workers,
-                        results_dir=exp.workdir, progress=ctx.progress)
+                        results_dir=exp.workdir, progress=ctx.progress, tracker=track)
     out = _records(exp.workdir, [res.record])
     out["checkpoint"] = str(res.out)
     out["paths"].append(str(res.out / "best.safetensors"))
@@ -142,18 +145,20 @@ def qlora_stages(plan: Plan) -> list[Stage]:
     q_obj = q.settings.build(vlm=vlm.get("model"), seed=exp.experiment.seed, image_position=vlm.value("image_position"))
     q_cfg = {"dataset": _dataset_config(exp), **_identity(q_obj), "revision": vlm.get("revision"),
              "instructions_file": str(exp.resolve(q.instructions))}
-    return [Stage("qlora", q_cfg, partial(_run_qlora, exp, q_obj, q_cfg))]
+    return [Stage("qlora", q_cfg, partial(_run_qlora, exp, q_obj, q_cfg, plan.track))]
 
 
-def _run_qlora(exp: Experiment, q_obj: Any, q_cfg: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+def _run_qlora(exp: Experiment, q_obj: Any, q_cfg: dict[str, Any], track: Tracker, ctx: StageContext) -> dict[str, Any]:
     from vea_bench.train.qlora import train_vlm
 
     assert exp.qlora is not None
     # The tuned VLM's accuracy comes from the extract stage's cache (baseline "vlm"), so the
     # trainer's own greedy evaluation pass would only repeat that work.
     out_dir = exp.workdir / "artifacts" / f"qlora-{config_hash(q_cfg)[:12]}"
+    track.start(f"qlora-{exp.dataset.name}", _identity(q_obj), group=exp.experiment.name)
     res = train_vlm(_load_index(exp), q_obj, exp.resolve(exp.qlora.instructions), out_dir,
-                    device=exp.experiment.device, eval_split=None, results_dir=exp.workdir, progress=ctx.progress)
+                    device=exp.experiment.device, eval_split=None, results_dir=exp.workdir, progress=ctx.progress,
+                    tracker=track)
     out = _records(exp.workdir, [res.record])
     out["adapter"] = str(res.adapter_dir)
     out["paths"].append(str(res.adapter_dir))
@@ -373,12 +378,20 @@ def run_experiment(
     progress: Progress | None = None,
     force: list[str] | None = None,
     on_stage: Callable[[StageResult], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> list[StageResult]:
-    """Run (or skip) every stage of ``exp``; returns what each stage did."""
+    """Run (or skip) every stage of ``exp``; returns what each stage did (and tells ``tracker``)."""
+    track = ensure_tracker(tracker)
+
+    def tracked(res: StageResult) -> None:
+        track.stage(res.name, res.status, res.outputs)
+        if on_stage is not None:
+            on_stage(res)
+
     work = exp.workdir
     work.mkdir(parents=True, exist_ok=True)
     ledger = Ledger.load(work / "artifacts" / "stages.json")
-    stages = build_stages(exp)
+    stages = build_stages(exp, tracker)
     names = {s.name for s in stages}
     unknown = sorted(set(force or []) - names)
     if unknown:
@@ -387,7 +400,7 @@ def run_experiment(
     if threads is not None and threads < 1:
         raise ConfigError(f"[experiment].threads must be positive (leave it out for torch's default), got {threads}")
     if threads is None:
-        return run_stages(stages, ledger, workdir=work, progress=progress, force=force or [], on_stage=on_stage)
+        return run_stages(stages, ledger, workdir=work, progress=progress, force=force or [], on_stage=tracked)
     import torch
 
     # Tiny models on a shared CPU: one thread avoids OpenMP oversubscription, which otherwise
@@ -395,6 +408,6 @@ def run_experiment(
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return run_stages(stages, ledger, workdir=work, progress=progress, force=force or [], on_stage=on_stage)
+        return run_stages(stages, ledger, workdir=work, progress=progress, force=force or [], on_stage=tracked)
     finally:
         torch.set_num_threads(before)

@@ -22,7 +22,7 @@ from typing import Any
 from vea_bench.errors import ConfigError, VeaError
 from vea_bench.results import RunRecord
 from vea_bench.report import stats as S
-from vea_bench.report.compare import Comparison, annotate_tables, compare_records, format_comparison
+from vea_bench.report.compare import Comparison, annotate_tables, compare_records
 from vea_bench.report.paper import dataset_title, paper_setting
 from vea_bench.results import SplitPredictions, load_for
 from vea_bench.report.formats.text import delta_text as _delta_text
@@ -220,36 +220,49 @@ def _run_view(rec: RunRecord, path: Path | None) -> dict[str, Any]:
             "environment": _json(rec.environment), "signature": rec.experiment_id[:12]}
 
 
-def build_report(results: Results, out: str | Path, *, dataset: str | None = None, seed: int = 0,
-                 examples: int = 4, n_resamples: int = S.N_RESAMPLES, compare_paper: bool = True,
-                 gate: str | None = None, figures: Sequence[Path] | None = None) -> Report:
-    """Write ``out/index.html`` and its figures from ``results``; returns what was written and left out.
+def _comparison_view(c: Comparison) -> dict[str, Any]:
+    """A comparison as table rows (one per seed pair; percentages and percentage points, A - B)."""
+    def ci(iv: S.Interval, signed: bool = False) -> str:
+        f = "{:+.2f}" if signed else "{:.2f}"
+        return f"{f.format(iv.estimate * 100)} [{f.format(iv.low * 100)}, {f.format(iv.high * 100)}]"
 
-    ``gate`` picks the gate of Figure 4 and the key comparisons (default: the paper's Concat & Linear);
-    DynamicWeighting and CrossGating runs show their per-image source weights in Figure 4.
-    ``figures``: PNGs of `render_plots` already drawn (the pipeline's plots stage) to show instead of
-    drawing them again; an empty list leaves the paper figures and confusion matrices out.
-    """
-    import jinja2
+    rows = []
+    for p in c.pairs:
+        pair = f"seed {p.seed}" if p.seed is not None else f"{p.run_a[-6:]} vs {p.run_b[-6:]}"
+        rows.append({"pair": pair, "runs": [p.run_a, p.run_b], "n": p.n, "acc_a": ci(p.acc_a), "acc_b": ci(p.acc_b),
+                     "diff": ci(p.diff, True), "f1_diff": ci(p.f1_diff, True), "p": f"{p.mcnemar.p:.4g}",
+                     "only_a": p.mcnemar.b, "only_b": p.mcnemar.c, "better": p.diff.low > 0 or p.diff.high < 0})
+    seeds = None
+    if c.seeds is not None:
+        s = c.seeds
+        interval = f"[{s.low * 100:+.2f}, {s.high * 100:+.2f}]" if s.low is not None and s.high is not None else "n/a"
+        seeds = {"k": s.k, "mean": f"{s.mean * 100:+.2f}", "interval": interval,
+                 "p": f"{s.p:.4g}" if s.p is not None else "n/a"}
+    how = f"95 % paired bootstrap ({c.method}, {c.n_resamples} resamples, seed {c.boot_seed}); McNemar exact test"
+    return {"a": c.label_a, "b": c.label_b, "rows": rows, "seeds": seeds, "how": how, "notes": list(c.notes)}
 
-    from vea_bench.report.examples import dataset_source, figure4, group_report, pick_examples, split_meta
-    from vea_bench.report.plots import FigureStyle, render_plots, run_label
 
-    require_records(results)
-    ds = main_dataset(results, dataset)
-    keys = key_runs(results, ds, gate)   # a wrong --dataset or --gate fails before any work
-    out = Path(out)
-    figs = out / FIG_DIR
-    if figs.exists():
-        shutil.rmtree(figs)  # the page is rebuilt whole: no stale image from an earlier report survives
-    figs.mkdir(parents=True, exist_ok=True)
-    rep = Report(index=out / "index.html")
+def comparison_figure(comparisons: Sequence[Comparison]) -> Any:
+    """Each pair's accuracy difference A - B (pp) with its 95 % interval, one row per pair, zero marked."""
+    plt = _plt()
+    rows = [(f"{c.label_a} vs {c.label_b}" + (f" (seed {p.seed})" if p.seed is not None else ""), p.diff)
+            for c in comparisons for p in c.pairs]
+    with plt.rc_context({"font.size": 8}):
+        fig, ax = plt.subplots(figsize=(6.0, 0.9 + 0.28 * len(rows)), layout="constrained")
+        for i, (_, d) in enumerate(rows):
+            ax.errorbar(d.estimate * 100, i, xerr=[[(d.estimate - d.low) * 100], [(d.high - d.estimate) * 100]],
+                        fmt="o", ms=3.5, color="#1f5fa8", capsize=2.5, lw=1)
+        ax.axvline(0, color="#999999", lw=0.8, ls="--")
+        ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel("accuracy difference A - B (percentage points, 95 % interval)")
+    return fig
 
-    tables = build_tables(results, "all", dataset=ds)
-    rep.missing += annotate_tables(tables, results, ci=True, marks=True, seed=seed, n_resamples=n_resamples)
-    table_views = [_table_view(t, compare_paper) for t in tables]
 
-    # Paper figures and confusion matrices (latest run per config).
+def _paper_figures(results: Results, figs: Path, figures: Sequence[Path] | None, rep: Report) -> dict[str, Any]:
+    """Paper figures and confusion matrices: drawn now, or copied from the plots the pipeline drew."""
+    from vea_bench.report.plots import FigureStyle, render_plots
+
     if figures is None:
         written, why = render_plots(results, figs, formats=["png"], style=FigureStyle(width=4.5, dpi=130, font_size=8))
         rep.missing += why
@@ -261,77 +274,87 @@ def build_report(results: Results, out: str | Path, *, dataset: str | None = Non
         if not figures:
             rep.missing.append("paper figures and confusion matrices: not drawn ([report].plots = false)")
     rep.images += written
-    paper_figs = [{"src": f"{FIG_DIR}/{p.name}", "name": p.stem}
-                  for p in written if p.suffix == ".png" and not p.stem.startswith("confusion-")]
-    confusions = [{"src": f"{FIG_DIR}/{p.name}", "name": p.stem, "run": p.stem[len("confusion-"):]}
-                  for p in written if p.suffix == ".png" and p.stem.startswith("confusion-")]
+    pngs = [p for p in written if p.suffix == ".png"]
+    return {"paper_figs": [{"src": f"{FIG_DIR}/{p.name}", "name": p.stem} for p in pngs if not p.stem.startswith("confusion-")],
+            "confusions": [{"src": f"{FIG_DIR}/{p.name}", "name": p.stem, "run": p.stem[len("confusion-"):]}
+                           for p in pngs if p.stem.startswith("confusion-")]}
 
-    # Key comparisons on the main dataset.
-    comparisons: list[dict[str, Any]] = []
-    if MAIN in keys:
-        for other in ("distill head", "VLM alone", "teacher alone"):
-            if other not in keys:
-                continue
-            try:
-                c: Comparison = compare_records(results, keys[MAIN], keys[other], MAIN, other,
-                                                seed=seed, n_resamples=n_resamples)
-            except ConfigError as exc:
-                rep.missing.append(f"comparison {MAIN} vs {other}: {exc}")
-                continue
-            comparisons.append({"title": f"{MAIN} vs {other}", "lines": format_comparison(c),
-                                "runs": sorted({p.run_a for p in c.pairs} | {p.run_b for p in c.pairs})})
 
-    # Figure 4 from the newest paper gate run with stored predictions.
-    fig4: dict[str, Any] | None = None
-    src = None
-    gate_runs = sorted(keys.get(MAIN, []), key=_created, reverse=True)
+def _comparisons(results: Results, keys: dict[str, list[RunRecord]], figs: Path, rep: Report, *, seed: int,
+                 n_resamples: int) -> dict[str, Any]:
+    """The key paired comparisons on the main dataset: a table each, and one figure of their differences."""
+    done: list[Comparison] = []
+    views: list[dict[str, Any]] = []
+    for other in ("distill head", "VLM alone", "teacher alone"):
+        if MAIN not in keys or other not in keys:
+            continue
+        try:
+            c = compare_records(results, keys[MAIN], keys[other], MAIN, other, seed=seed, n_resamples=n_resamples)
+        except ConfigError as exc:
+            rep.missing.append(f"comparison {MAIN} vs {other}: {exc}")
+            continue
+        done.append(c)
+        views.append({"title": f"{MAIN} vs {other}", "slug": other.replace(" ", "-"), **_comparison_view(c),
+                      "runs": sorted({p.run_a for p in c.pairs} | {p.run_b for p in c.pairs})})
+    figure = None
+    if done:
+        rep.images += _save(comparison_figure(done), figs, "comparisons")
+        figure = f"{FIG_DIR}/comparisons.png"
+    return {"comparisons": views, "comparison_figure": figure}
+
+
+def _figure4(results: Results, keys: dict[str, list[RunRecord]], ds: str, figs: Path, rep: Report, *,
+             examples: int, seed: int) -> tuple[dict[str, Any] | None, Any]:
+    """Figure 4 from the newest key gate run with stored predictions; returns (view, its dataset source)."""
+    from vea_bench.report.examples import dataset_source, figure4, pick_examples
+
     gate_pred: tuple[RunRecord, SplitPredictions] | None = None
-    for g in gate_runs:
+    for g in sorted(keys.get(MAIN, []), key=_created, reverse=True):
         p = load_for(g, results.root)
         if p is not None:
             gate_pred = (g, p)
             break
     if gate_pred is None:
         rep.missing.append(f"figure 4: no gate run on {ds} with stored per-image predictions")
-    else:
-        g, p = gate_pred
-        try:
-            src = dataset_source(g)
-            exs = pick_examples(g, p, src.ids, per_direction=examples, seed=seed)
-            fig = figure4(exs, src.root, title=f"Figure 4 ({dataset_title(ds)}): VLM vs distill head")
-            paths = _save(fig, figs, "figure4-examples", dpi=150)
-            rep.images += paths
-            gallery = []
-            for i, e in enumerate(exs):
-                dst = figs / f"fig4-{i:02d}{Path(e.image).suffix.lower() or '.png'}"
-                shutil.copyfile(src.root / e.image, dst)
-                rep.images.append(dst)
-                gallery.append({**asdict(e), "src": f"{FIG_DIR}/{dst.name}"})
-            fig4 = {"png": f"{FIG_DIR}/figure4-examples.png", "pdf": f"{FIG_DIR}/figure4-examples.pdf",
-                    "gallery": gallery, "run": g.run_id, "root": str(src.root), "cache": str(src.cache),
-                    "seed": seed}
-        except (ConfigError, VeaError, OSError) as exc:
-            rep.missing.append(f"figure 4: {exc}")
-            src = None
+        return None, None
+    g, p = gate_pred
+    try:
+        src = dataset_source(g)
+        exs = pick_examples(g, p, src.ids, per_direction=examples, seed=seed)
+        fig = figure4(exs, src.root, title=f"Figure 4 ({dataset_title(ds)}): VLM vs distill head")
+        rep.images += _save(fig, figs, "figure4-examples", dpi=150)
+        gallery = []
+        for i, e in enumerate(exs):
+            dst = figs / f"fig4-{i:02d}{Path(e.image).suffix.lower() or '.png'}"
+            shutil.copyfile(src.root / e.image, dst)
+            rep.images.append(dst)
+            gallery.append({**asdict(e), "src": f"{FIG_DIR}/{dst.name}"})
+    except (ConfigError, VeaError, OSError) as exc:
+        rep.missing.append(f"figure 4: {exc}")
+        return None, None
+    return ({"png": f"{FIG_DIR}/figure4-examples.png", "pdf": f"{FIG_DIR}/figure4-examples.pdf", "gallery": gallery,
+             "run": g.run_id, "root": str(src.root), "cache": str(src.cache), "seed": seed}, src)
 
-    # Calibration of heads and gates (and the teacher), latest run of each config on the main dataset.
+
+def _calibration(results: Results, keys: dict[str, list[RunRecord]], ds: str, figs: Path, rep: Report) -> dict[str, Any]:
+    """ECE of heads, gates and the teacher (latest run per config; key runs first) and a reliability diagram."""
+    from vea_bench.report.plots import run_label
+
     cal_rows: list[dict[str, Any]] = []
     curves: list[tuple[str, S.Calibration]] = []
     seen: set[str] = set()
-    # Key runs first (the paper gate, its heads), then other gates, heads and baselines, newest first.
     key_ids = {r.run_id for recs in keys.values() for r in recs}
     order = {"gate": 0, "distill": 1, "baseline": 2}
     cands = sorted([r for r in results.records if r.dataset == ds and (r.kind in ("gate", "distill") or
                     (r.kind == "baseline" and not r.method.startswith("oracle")))],
                    key=lambda r: (r.run_id not in key_ids, order[r.kind], -_created(r)[0], r.run_id))
     for r in cands:
-        sig = r.experiment_id
-        if sig in seen:
+        if r.experiment_id in seen:
             continue
         p = load_for(r, results.root)
         if p is None or p.prob is None:
             continue
-        seen.add(sig)
+        seen.add(r.experiment_id)
         cal = S.calibration(p.prob, p.y)
         label = run_label(r)
         cal_rows.append({"label": label, "run": r.run_id, "ece": cal.ece * 100, "n": len(p),
@@ -344,9 +367,15 @@ def build_report(results: Results, out: str | Path, *, dataset: str | None = Non
         reliability = f"{FIG_DIR}/reliability.png"
     else:
         rep.missing.append(f"calibration: no head or gate run on {ds} with stored probabilities")
+    return {"calibration": cal_rows, "reliability": reliability}
 
-    # Per-group analysis for the key runs.
+
+def _groups(results: Results, keys: dict[str, list[RunRecord]], src: Any, rep: Report) -> dict[str, Any]:
+    """Per-group accuracy of the key runs (by class, and by each attribute the dataset carries)."""
+    from vea_bench.report.examples import dataset_source, group_report, split_meta
+
     meta = None
+    gate_runs = sorted(keys.get(MAIN, []), key=_created, reverse=True)
     if src is None and gate_runs:
         try:
             src = dataset_source(gate_runs[0])
@@ -361,37 +390,75 @@ def build_report(results: Results, out: str | Path, *, dataset: str | None = Non
     for label, recs in keys.items():
         r = max(recs, key=_created)
         p = load_for(r, results.root)
-        if p is None:
-            continue
-        reports.append((label, group_report(r, p, src if meta is not None and r.dataset == src.dataset else None,
-                                            meta)))
+        if p is not None:
+            use = src if meta is not None and r.dataset == src.dataset else None
+            reports.append((label, group_report(r, p, use, meta)))
     groups = group_view(reports)
-    has_attributes = len(groups["tables"]) > 1
+    return {"groups": groups, "has_attributes": len(groups["tables"]) > 1}
 
-    # Loss curves where records carry them (latest distill and gate runs on the main dataset).
+
+def _losses(results: Results, ds: str, figs: Path, rep: Report) -> dict[str, Any]:
+    """Loss curves where records carry them (latest distill and gate runs on the main dataset)."""
+    from vea_bench.report.plots import run_label
+
     loss_runs = []
     for kind in ("distill", "gate"):
         for r in _latest(results, ds, lambda x, k=kind: x.kind == k)[:1]:
             series = loss_series(r)
             if series:
                 loss_runs.append((f"{run_label(r)} seed {r.seed}", series))
-    losses = None
-    if loss_runs:
-        rep.images += _save(loss_figure(loss_runs), figs, "loss-curves")
-        losses = f"{FIG_DIR}/loss-curves.png"
+    if not loss_runs:
+        return {"losses": None}
+    rep.images += _save(loss_figure(loss_runs), figs, "loss-curves")
+    return {"losses": f"{FIG_DIR}/loss-curves.png"}
 
-    runs = [_run_view(r, results.paths.get(r.run_id)) for r in sorted(results.records, key=_created)]
+
+def _write_page(rep: Report, context: dict[str, Any]) -> None:
+    """Render the template with ``context`` and put the page in place atomically."""
+    import jinja2
+
     env = jinja2.Environment(loader=jinja2.PackageLoader("vea_bench", "data/templates"),
                              autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
-    html = env.get_template(TEMPLATE).render(
-        title=f"vea-bench report: {results.root}", generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        root=str(results.root), n_records=len(results.records), dataset=ds, tables=table_views,
-        comparisons=comparisons, paper_figs=paper_figs, fig4=fig4, calibration=cal_rows,
-        reliability=reliability, groups=groups, has_attributes=has_attributes, confusions=confusions,
-        losses=losses, runs=runs, missing=rep.missing, skipped=[f"{p}: {w}" for p, w in results.skipped])
-    out.mkdir(parents=True, exist_ok=True)
+    html = env.get_template(TEMPLATE).render(**context)
+    rep.index.parent.mkdir(parents=True, exist_ok=True)
     tmp = rep.index.with_suffix(".html.tmp")
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(rep.index)
-    return rep
 
+
+def build_report(results: Results, out: str | Path, *, dataset: str | None = None, seed: int = 0,
+                 examples: int = 4, n_resamples: int = S.N_RESAMPLES, compare_paper: bool = True,
+                 gate: str | None = None, figures: Sequence[Path] | None = None) -> Report:
+    """Write ``out/index.html`` and its figures from ``results``; returns what was written and left out.
+
+    ``gate`` picks the gate of Figure 4 and the key comparisons (default: the paper's Concat & Linear);
+    DynamicWeighting and CrossGating runs show their per-image source weights in Figure 4.
+    ``figures``: PNGs of `render_plots` already drawn (the pipeline's plots stage) to show instead of
+    drawing them again; an empty list leaves the paper figures and confusion matrices out.
+    """
+    require_records(results)
+    ds = main_dataset(results, dataset)
+    keys = key_runs(results, ds, gate)   # a wrong --dataset or --gate fails before any work
+    out = Path(out)
+    figs = out / FIG_DIR
+    if figs.exists():
+        shutil.rmtree(figs)  # the page is rebuilt whole: no stale image from an earlier report survives
+    figs.mkdir(parents=True, exist_ok=True)
+    rep = Report(index=out / "index.html")
+
+    tables = build_tables(results, "all", dataset=ds)
+    rep.missing += annotate_tables(tables, results, ci=True, marks=True, seed=seed, n_resamples=n_resamples)
+    context: dict[str, Any] = {"tables": [_table_view(t, compare_paper) for t in tables]}
+    context.update(_paper_figures(results, figs, figures, rep))
+    context.update(_comparisons(results, keys, figs, rep, seed=seed, n_resamples=n_resamples))
+    fig4, src = _figure4(results, keys, ds, figs, rep, examples=examples, seed=seed)
+    context.update(_calibration(results, keys, ds, figs, rep))
+    context.update(_groups(results, keys, src, rep))
+    context.update(_losses(results, ds, figs, rep))
+    runs = [_run_view(r, results.paths.get(r.run_id)) for r in sorted(results.records, key=_created)]
+    _write_page(rep, {
+        **context, "fig4": fig4, "runs": runs, "missing": rep.missing,
+        "title": f"vea-bench report: {results.root}", "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "root": str(results.root), "n_records": len(results.records), "dataset": ds,
+        "skipped": [f"{p}: {w}" for p, w in results.skipped]})
+    return rep

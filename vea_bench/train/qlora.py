@@ -39,6 +39,7 @@ from vea_bench.progress import Progress, ensure
 from vea_bench.prompts import SYSTEM_MESSAGE, categorical_instruction, user_content
 from vea_bench.results import ResultsStore, RunRecord
 from vea_bench.schema import doc
+from vea_bench.tracking.base import Tracker, ensure_tracker
 from vea_bench.train.instructions import (
     INSTRUCTION_KINDS,
     Instruction,
@@ -464,6 +465,7 @@ def train_vlm(
     results_dir: str | Path | None = "results",
     eval_generation: GenerationOptions | None = None,
     progress: Progress | None = None,
+    tracker: Tracker | None = None,
 ) -> QLoRAResult:
     """Instruction-tune ``cfg.vlm`` with LoRA on ``instructions`` (validated against ``index``).
 
@@ -572,6 +574,7 @@ def train_vlm(
                                      device=device, dtype=compute_dtype))
             global_step += 1
             prog.advance(1, loss=losses[-1], lr=sched.get_last_lr()[0])
+            ensure_tracker(tracker).step(global_step, loss=losses[-1], lr=sched.get_last_lr()[0])
             if save_every and global_step % save_every == 0 and global_step < total_steps:
                 checkpoint()
         prog.finish()

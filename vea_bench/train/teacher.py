@@ -27,6 +27,7 @@ from vea_bench.hashing import config_hash, file_sha256
 from vea_bench.progress import Progress, ensure
 from vea_bench.results import ResultsStore, RunRecord
 from vea_bench.schema import doc
+from vea_bench.tracking.base import Tracker, ensure_tracker
 from vea_bench.train.state import (
     STATE_FILE,
     atomic_dir,
@@ -241,6 +242,7 @@ def train_teacher(
     workers: int = 0,
     results_dir: str | Path | None = "results",
     progress: Progress | None = None,
+    tracker: Tracker | None = None,
 ) -> TeacherResult:
     """Fine-tune ``cfg.arch`` on ``index`` into ``out``; resumes an unfinished run with the same config.
 
@@ -318,6 +320,7 @@ def train_teacher(
     val_ds = _ImageSet(index, "val", teacher_transform(meta, train=False))
     test_ds = _ImageSet(index, "test", teacher_transform(meta, train=False))
     prog = ensure(progress)
+    track, n_batches = ensure_tracker(tracker), -(-len(train_ds) // cfg.batch_size)
     loss_fn = torch.nn.CrossEntropyLoss()
     skipped_train: set[int] = set()
     for epoch in range(start_epoch, cfg.epochs):
@@ -326,8 +329,8 @@ def train_teacher(
         model.train()
         prog.start(f"epoch {epoch + 1}/{cfg.epochs}", total=len(train_ds))
         total, seen, correct = 0.0, 0, 0
-        for x, y, _, bad in _loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch,
-                                    workers=workers):
+        for b, (x, y, _, bad) in enumerate(_loader(train_ds, cfg.batch_size, shuffle=True,
+                                                   seed=cfg.seed * 1000 + epoch, workers=workers)):
             skipped_train.update(bad)
             if x is None:
                 prog.advance(len(bad))
@@ -343,6 +346,7 @@ def train_teacher(
             seen += len(y)
             correct += int((logits.argmax(1) == y).sum())
             prog.advance(len(bad) + len(y), loss=total / seen)
+            track.step(epoch * n_batches + b, loss=loss.item(), lr=opt.param_groups[0]["lr"])
         prog.finish()
         if seen == 0:
             raise DatasetError(f"{index.name}: no training image could be decoded")
@@ -353,6 +357,7 @@ def train_teacher(
         val_acc = float((vlogits.argmax(1) == vy).mean()) if len(vy) else float("nan")
         history.append({"epoch": epoch + 1, "train_loss": total / seen, "train_accuracy": correct / seen,
                         "val_accuracy": val_acc, "skipped_train": len(skipped_train), "skipped_val": len(vbad)})
+        track.epoch(epoch + 1, history[-1], step=(epoch + 1) * n_batches - 1)
         log.info("epoch %d: loss %.4f, val accuracy %.4f", epoch + 1, total / seen, val_acc)
         if val_acc > best_acc:
             best_acc, best_epoch = val_acc, epoch + 1
