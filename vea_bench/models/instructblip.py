@@ -32,7 +32,7 @@ FAMILY = VLMFamily(
     embed_dim_path="text_config.hidden_size",        # language projection = the language model's width
     vision_module="vision_model", vision_paths=("vision_model", "qformer", "language_projection"),
     language_module="language_model", tiny="instructblip", aliases=("instruct-blip",),
-    presets=("instructblip-vicuna-7b",))
+    presets=("instructblip-vicuna-7b",), image_positions=("first",))  # the processor prepends the query tokens
 
 VICUNA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -68,6 +68,12 @@ class InstructBlipPreparer(Preparer):
         if not prompt or not prompt.strip():
             raise ModelError("empty prompt: extraction needs the categorical instruction")
         return prompt
+
+    def answer_text(self, prompt: str, answer: str) -> str:
+        """The raw prompt has no assistant turn: the answer continues the question after a space."""
+        if self.prompt_style == "vicuna":
+            return super().answer_text(prompt, answer)
+        return " " + answer
 
     def __call__(self, images: list[Any], prompt: str) -> dict[str, Any]:
         if not images:
