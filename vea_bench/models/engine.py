@@ -192,8 +192,13 @@ class HFVLMBackend:
         self._provenance: dict[str, Any] | None = None
 
     def _make_preparer(self, processor: Any, opts: LoadOptions) -> Preparer:
-        """The CPU half for this backend (InstructBLIP overrides it: its Q-Former reads the question)."""
-        return Preparer(processor, opts.max_side, opts.max_pixels, self.chat_template, self.image_in_template,
+        return self.preparer_for(processor, opts)
+
+    @classmethod
+    def preparer_for(cls, processor: Any, opts: LoadOptions) -> Preparer:
+        """The CPU half of this backend over ``processor`` alone, no model needed (InstructBLIP
+        overrides it: its Q-Former reads the question)."""
+        return Preparer(processor, opts.max_side, opts.max_pixels, cls.chat_template, cls.image_in_template,
                         image_position=opts.image_position)
 
     # ---------------------------------------------------------------- loading

@@ -49,12 +49,13 @@ class ImageTextToTextBackend(HFVLMBackend):
 
     family: ClassVar[VLMFamily]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.family.nested_images:
-            p = self._preparer  # every setting carried over (the image position included)
-            self._preparer = NestedPreparer(**{f.name: getattr(p, f.name) for f in fields(p)
-                                               if not f.name.startswith("_")})
+    @classmethod
+    def preparer_for(cls, processor: Any, opts: Any) -> Preparer:
+        p = super().preparer_for(processor, opts)
+        if not cls.family.nested_images:
+            return p
+        # every setting carried over (the image position included)
+        return NestedPreparer(**{f.name: getattr(p, f.name) for f in fields(p) if not f.name.startswith("_")})
 
     def crops_per_image(self, batch: dict[str, Any]) -> list[int]:
         """Number of vision-tower crops of each image (one; per-crop families override)."""

@@ -107,9 +107,10 @@ class InstructBlipBackend(HFVLMBackend):
         check_num_query_tokens(processor, config)
         super().__init__(model, processor, opts, *args, **kwargs)
 
-    def _make_preparer(self, processor: Any, opts: LoadOptions) -> Preparer:
-        return InstructBlipPreparer(processor, opts.max_side, opts.max_pixels, self.chat_template,
-                                    self.image_in_template, prompt_style=opts.instructblip_prompt)
+    @classmethod
+    def preparer_for(cls, processor: Any, opts: LoadOptions) -> Preparer:
+        return InstructBlipPreparer(processor, opts.max_side, opts.max_pixels, cls.chat_template,
+                                    cls.image_in_template, prompt_style=opts.instructblip_prompt)
 
     def provenance(self) -> dict[str, Any]:
         """The base provenance plus which LM prompt was used (the Q-Former always reads the question)."""
