@@ -24,15 +24,14 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from vea_bench.models.arch import CONFIG_DIR, _preset_index
+from vea_bench.models.arch import tokenizer_record
 
 CACHE = Path(os.environ.get("VEA_BENCH_TEST_DOWNLOADS", Path.home() / ".cache" / "vea-bench" / "test-downloads"))
 
 
 def spec_of(preset: str) -> dict[str, Any]:
     """The tokenizer record bundled next to ``preset``'s architecture config."""
-    stem = _preset_index()[preset]["file"].removesuffix(".json")
-    return json.loads((CONFIG_DIR / f"{stem}.tokenizer.json").read_text())
+    return tokenizer_record(preset)
 
 
 def _sha256(path: Path) -> str:
@@ -201,7 +200,8 @@ def real_processor(preset: str, tiny_dir: Path, workdir: Path) -> Any:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for p in tiny_dir.iterdir():
-        if p.name in ("model.safetensors", "chat_template.jinja", "chat_template.json") or p.name.startswith("tokenizer"):
+        skip = ("model.safetensors", "chat_template.jinja", "chat_template.json")
+        if p.name in skip or p.name.startswith("tokenizer"):
             continue
         (shutil.copytree if p.is_dir() else shutil.copy2)(p, out / p.name)
     for p in build_tokenizer_dir(preset).iterdir():

@@ -146,4 +146,5 @@ def test_stage1_inputs_are_the_templates_tokenisation(name: str, workdir: Path) 
     assert enc["input_ids"][0].tolist() == ref
     trained = [t for t in enc["labels"][0].tolist() if t != -100]
     scored = _preparer(name, processor).answer_ids(PROMPT, [answer])[0]
-    assert trained[:len(scored)] == scored and trained[len(scored):] and trained[-1] in processor.tokenizer.all_special_ids
+    assert trained[:len(scored)] == scored                       # stage 1 trains the tokens extraction scores
+    assert trained[len(scored):] and trained[-1] in processor.tokenizer.all_special_ids   # then the turn's end
