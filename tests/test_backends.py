@@ -103,7 +103,8 @@ def _direct_pooled(kind: str, be: Any, batch: dict[str, Any]) -> torch.Tensor:
 def _declared_direct_pooled(be: Any, batch: dict[str, Any]) -> torch.Tensor:
     """A declared family's pooled embedding from separate per-image `get_image_features` calls (batch
     size 1, no left padding): the mean over that image's rows of what the language model reads, or
-    over every crop token of the module the family names in ``pooled_from``."""
+    over every crop token of the module the family names in ``pooled_from`` (any-resolution
+    families: the rows the LM reads minus the learned newline tokens, i.e. no padding)."""
     rows = []
     with torch.inference_mode():
         for im in IMAGES[: batch["input_ids"].shape[0]]:
@@ -119,7 +120,13 @@ def _declared_direct_pooled(be: Any, batch: dict[str, Any]) -> torch.Tensor:
             finally:
                 if hook is not None:
                     hook.remove()
-            feats = captured[0] if captured else (torch.cat(list(out)) if isinstance(out, (list, tuple)) else out)
+            packed = torch.cat(list(out)) if isinstance(out, (list, tuple)) else out
+            newline = getattr(getattr(be.core, "model", None), "image_newline", None)
+            if newline is not None:  # any-resolution: what the LM reads minus its learned newline tokens
+                packed = packed.reshape(-1, packed.shape[-1]).float()
+                rows.append(packed[~torch.isclose(packed, newline.float()[None]).all(-1)].mean(0))
+                continue
+            feats = captured[0] if captured else packed
             rows.append(feats.reshape(-1, feats.shape[-1]).float().mean(0))
     return torch.stack(rows)
 
@@ -194,8 +201,9 @@ def test_score_equals_bruteforce_full_forward(kind: str, backends: dict[str, Any
         for i, im in enumerate(IMAGES[:2]):
             single = be.prepare([im], PROMPT)
             n_prompt = single["input_ids"].shape[1]
-            for c, lab in enumerate(LABELS):
-                ans = be.tokenizer(categorical_answer(lab), add_special_tokens=False)["input_ids"]
+            # the answer tokens as they follow the prompt (tests/test_tokenizer_conformance.py checks them
+            # against the real tokenisation of the assistant turn)
+            for c, ans in enumerate(be.answer_ids(LABELS)):
                 b = dict(single)
                 b["input_ids"] = torch.cat([single["input_ids"], torch.tensor([ans])], 1)
                 b["attention_mask"] = torch.ones_like(b["input_ids"])

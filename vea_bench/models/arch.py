@@ -62,6 +62,16 @@ def config_path(preset_or_path: str | Path) -> Path:
                      "nor a config.json file or model directory")
 
 
+def tokenizer_record(preset: str) -> dict[str, Any]:
+    """What the preset's checkpoint tokenises with (``<config>.tokenizer.json`` beside its config):
+    the real vocabulary's source file, added tokens at their ids, tokenizer_config settings and chat
+    template, each with its source; the tests rebuild the tokenizer from it."""
+    key = preset_for(preset)
+    if key is None:
+        raise ModelError(f"unknown preset '{preset}' ({', '.join(PRESETS)})")
+    return json.loads((CONFIG_DIR / PRESETS[key].replace(".json", ".tokenizer.json")).read_text())
+
+
 def load_arch_config(preset_or_path: str | Path) -> Any:
     """A transformers config object for the preset / file (no hub access)."""
     from transformers import AutoConfig

@@ -39,6 +39,7 @@ from vea_bench.prompts import categorical_answer, user_content
 log = logging.getLogger(__name__)
 
 STOP_CHAR = "}"
+ANSWER_PROBE = "{prompt}"   # stands for the question where only the text after it matters
 
 
 def cap_image(image: Any, max_side: int | None, max_pixels: int | None = None) -> Any:
@@ -56,6 +57,14 @@ def cap_image(image: Any, max_side: int | None, max_pixels: int | None = None) -
     if scale < 1.0:
         im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
     return im
+
+
+def chat_text_kwargs(tokenizer: Any, text: str) -> dict[str, Any]:
+    """Tokeniser settings for a rendered chat ``text``: no special tokens added where the text
+    already opens with BOS (Gemma's template writes ``{{ bos_token }}``; the tokenizer would add a
+    second), as ``apply_chat_template(tokenize=True)`` does."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return {"add_special_tokens": False} if bos and text.startswith(str(bos)) else {}
 
 
 @dataclass
@@ -78,22 +87,64 @@ class Preparer:
         cached = self._text_cache.get(prompt)
         if cached is not None:
             return cached
+        text = self.processor.apply_chat_template(self._messages(prompt), add_generation_prompt=True,
+                                                  **self._template_kwargs())
+        self._text_cache[prompt] = text
+        return text
+
+    def _template_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"tokenize": False}
+        if self.chat_template is not None and not getattr(self.processor, "chat_template", None):
+            kwargs["chat_template"] = self.chat_template
+        return kwargs
+
+    def _messages(self, prompt: str, answer: str | None = None) -> list[dict[str, Any]]:
         user = user_content(prompt, with_image=self.image_in_template, image_position=self.image_position)
         messages = [{"role": "system", "content": [{"type": "text", "text": SYSTEM_MESSAGE}]},
                     {"role": "user", "content": user}]
-        kwargs: dict[str, Any] = {"add_generation_prompt": True, "tokenize": False}
-        if self.chat_template is not None and not getattr(self.processor, "chat_template", None):
-            kwargs["chat_template"] = self.chat_template
-        text = self.processor.apply_chat_template(messages, **kwargs)
-        self._text_cache[prompt] = text
-        return text
+        if answer is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        return messages
+
+    def text_kwargs(self, text: str) -> dict[str, Any]:
+        """Tokeniser settings for the rendered chat ``text`` (see `chat_text_kwargs`)."""
+        return chat_text_kwargs(self.processor.tokenizer, text)
+
+    def answer_text(self, prompt: str, answer: str) -> str:
+        """What the chat template writes after the assistant prefix up to the end of ``answer``
+        (e.g. ``' ' + answer`` after SmolVLM's ``Assistant:``): the text the model continues with."""
+        head = self.chat_text(prompt)
+        full = self.processor.apply_chat_template(self._messages(prompt, answer), **self._template_kwargs())
+        tail = full[len(head):] if full.startswith(head) else None
+        cut = tail.find(answer) if tail is not None else -1
+        if tail is None or cut < 0:
+            raise ModelError("the chat template does not render the prompt as a prefix of the answered "
+                             "conversation; cannot tell which tokens score an answer")
+        return tail[: cut + len(answer)]
+
+    def answer_ids(self, prompt: str, answers: list[str]) -> list[list[int]]:
+        """Each answer's token ids as the model reads them after ``prompt``'s chat text:
+        tokenised(chat + answer text) minus tokenised(chat), with the checkpoint tokenizer's own
+        rules (prefix space, merges at the boundary), never the answer tokenised standalone."""
+        tok = self.processor.tokenizer
+        head = self.chat_text(prompt)
+        head_ids = list(tok(head, add_special_tokens=False)["input_ids"])
+        out = []
+        for answer in answers:
+            ids = list(tok(head + self.answer_text(prompt, answer), add_special_tokens=False)["input_ids"])
+            if ids[: len(head_ids)] != head_ids or len(ids) == len(head_ids):
+                raise ModelError(f"the answer {answer!r} merges with the end of the prompt's tokens; "
+                                 "its log-likelihood cannot be scored after the prompt")
+            out.append(ids[len(head_ids):])
+        return out
 
     def __call__(self, images: list[Any], prompt: str) -> dict[str, Any]:
         if not images:
             raise ModelError("prepare() got an empty batch of images")
         ims = [cap_image(im, self.max_side, self.max_pixels) for im in images]
         text = self.chat_text(prompt)
-        out = self.processor(images=ims, text=[text] * len(ims), return_tensors="pt", padding=True)
+        out = self.processor(images=ims, text=[text] * len(ims), return_tensors="pt", padding=True,
+                             **self.text_kwargs(text))
         return dict(out)
 
 
@@ -141,8 +192,13 @@ class HFVLMBackend:
         self._provenance: dict[str, Any] | None = None
 
     def _make_preparer(self, processor: Any, opts: LoadOptions) -> Preparer:
-        """The CPU half for this backend (InstructBLIP overrides it: its Q-Former reads the question)."""
-        return Preparer(processor, opts.max_side, opts.max_pixels, self.chat_template, self.image_in_template,
+        return self.preparer_for(processor, opts)
+
+    @classmethod
+    def preparer_for(cls, processor: Any, opts: LoadOptions) -> Preparer:
+        """The CPU half of this backend over ``processor`` alone, no model needed (InstructBLIP
+        overrides it: its Q-Former reads the question)."""
+        return Preparer(processor, opts.max_side, opts.max_pixels, cls.chat_template, cls.image_in_template,
                         image_position=opts.image_position)
 
     # ---------------------------------------------------------------- loading
@@ -152,7 +208,7 @@ class HFVLMBackend:
         import transformers
         from transformers import AutoProcessor
 
-        loading.validate_options(opts)
+        loading.validate_options(opts, cls.family)
         config = loading.load_config(opts)
         if config.model_type not in cls.model_types:
             raise ModelError(f"model '{opts.model}' is a '{config.model_type}' model; backend '{cls.name}' "
@@ -167,7 +223,7 @@ class HFVLMBackend:
         except (OSError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelError(f"cannot load the processor of '{opts.model}': {first}") from None
-        model, device, dtype = loading.load_model(model_cls, opts)
+        model, device, dtype = loading.load_model(model_cls, opts, cls.family)
         return cls(model, processor, opts, config, device, dtype)
 
     # ---------------------------------------------------------------- contract
@@ -194,8 +250,8 @@ class HFVLMBackend:
             prov["backend"] = self.name
             prov["embed_dim"] = self.embed_dim
             prov["pooling"] = self.pooling
-            prov["chat_template_sha256"] = _sha(self._preparer.chat_text("{prompt}"))
-            prov["image_position"] = self.opts.image_position
+            prov["chat_template_sha256"] = _sha(self._preparer.chat_text(ANSWER_PROBE))
+            prov["image_position"] = self.family.check_image_position(self._preparer.image_position)
             self._provenance = prov
         return dict(self._provenance)
 
@@ -300,10 +356,12 @@ class HFVLMBackend:
 
     # ---------------------------------------------------------------- scoring
     def answer_ids(self, labels: list[str]) -> list[list[int]]:
+        """Each label's scored tokens: its answer as the chat template continues the prompt (see
+        `Preparer.answer_ids`). The prompt's own text ends before the template's assistant prefix,
+        so a placeholder question gives the same boundary as every real one."""
         key = tuple(labels)
         if key not in self._answers:
-            enc = self.tokenizer([categorical_answer(lab) for lab in labels], add_special_tokens=False)
-            self._answers[key] = [list(x) for x in enc["input_ids"]]
+            self._answers[key] = self._preparer.answer_ids(ANSWER_PROBE, [categorical_answer(lab) for lab in labels])
         return self._answers[key]
 
     def kv_bytes_per_token(self) -> int:

@@ -43,11 +43,32 @@ class VLMFamily:
     # (tiny processor, real config) -> None: sets the real checkpoint's image settings on the tiny
     # processor, so `random_weights` can run a real-size random-weight model (None: not supported)
     fit_processor: Callable[[Any, Any], None] | None = field(default=None, compare=False)
+    # torch dtype names ("float16") the language model overflows in (NaN or garbage answers and
+    # embeddings): an explicit choice of one is refused in one line, ``--dtype auto`` picks fp32 instead
+    overflow_dtypes: tuple[str, ...] = ()
+    # image positions its chat template honours; a template that places the image itself (LLaVA's
+    # images-first layout) declares only that one, and asking for another is refused
+    image_positions: tuple[str, ...] = ("first", "last")
 
     @property
     def visual_paths(self) -> tuple[str, ...]:
         """Submodules holding the visual side (what `vea-bench params` counts as the vision tower)."""
         return self.vision_paths or (self.vision_module,)
+
+    def check_image_position(self, position: str) -> str:
+        """``position`` if this family's template honours it; a one-line refusal naming the fix otherwise."""
+        if position not in self.image_positions:
+            raise ModelError(f"the {self.name} chat template always puts the image {self.image_positions[0]} "
+                             f"in the user turn; use --image-position {self.image_positions[0]}")
+        return position
+
+    def check_dtype(self, dtype: Any, *, chosen: str, what: str = "--dtype") -> None:
+        """A one-line refusal where ``dtype`` (a torch dtype, picked by ``what`` = ``chosen``) is one
+        this family overflows in; the message names the family and the fix."""
+        name = str(dtype).replace("torch.", "")
+        if name in self.overflow_dtypes:
+            raise ModelError(f"{self.name} overflows in {name} (NaN or garbage answers and embeddings); "
+                             f"{what} {chosen} gives {name}: use --dtype bf16, or fp32 on a GPU without bf16")
 
     def embed_dim(self, config: Any) -> int:
         """Width of the pooled embedding for ``config`` (real, tiny or meta-device alike)."""

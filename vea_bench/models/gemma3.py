@@ -35,6 +35,7 @@ FAMILY = VLMFamily(
     nested_images=True, vision_module="model.vision_tower",
     vision_paths=("model.vision_tower", "model.multi_modal_projector"), tiny="gemma3", aliases=("gemma-3",),
     presets=("gemma-3-4b-it",), fit_processor=_fit_processor,
+    overflow_dtypes=("float16",),  # activations exceed fp16's range: bf16 or fp32 only
     min_transformers="5.24")  # 5.3 (our lower bound) fails the backend tests
 
 
@@ -74,7 +75,7 @@ _GEMMA_SPECIALS = ["<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end
 
 
 def _gemma_tokenizer() -> Any:
-    """A Gemma-layout tokenizer (pad 0, eos 1, bos 2, unk 3; byte fallback) over the project corpus."""
+    """A Gemma-layout tokenizer (pad 0, eos 1, bos 2, unk 3; byte fallback; BOS added) over the project corpus."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import GemmaTokenizer
 
@@ -90,7 +91,9 @@ def _gemma_tokenizer() -> Any:
     for piece, _ in sorted(trained.items(), key=lambda kv: kv[1]):
         if piece not in vocab:
             vocab[piece] = len(vocab)
+    # add_bos_token as google/gemma-3-4b-it's tokenizer_config: every plain tokenisation opens with <bos>
     return GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=8192, padding_side="left",
+                          add_bos_token=True, add_eos_token=False,
                           extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
                                                 "image_token": "<image_soft_token>",
                                                 "sot_token": "<start_of_turn>", "eot_token": "<end_of_turn>"})

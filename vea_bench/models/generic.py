@@ -23,6 +23,7 @@ Where the embedding is taken (``pooled_from``):
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any, ClassVar
 
 from vea_bench.errors import ModelError
@@ -39,7 +40,8 @@ class NestedPreparer(Preparer):
             raise ModelError("prepare() got an empty batch of images")
         ims = [[cap_image(im, self.max_side, self.max_pixels)] for im in images]
         text = self.chat_text(prompt)
-        return dict(self.processor(images=ims, text=[text] * len(ims), return_tensors="pt", padding=True))
+        return dict(self.processor(images=ims, text=[text] * len(ims), return_tensors="pt", padding=True,
+                                   **self.text_kwargs(text)))
 
 
 class ImageTextToTextBackend(HFVLMBackend):
@@ -47,16 +49,22 @@ class ImageTextToTextBackend(HFVLMBackend):
 
     family: ClassVar[VLMFamily]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.family.nested_images:
-            p = self._preparer
-            self._preparer = NestedPreparer(p.processor, p.max_side, p.max_pixels, p.chat_template,
-                                            p.image_in_template)
+    @classmethod
+    def preparer_for(cls, processor: Any, opts: Any) -> Preparer:
+        p = super().preparer_for(processor, opts)
+        if not cls.family.nested_images:
+            return p
+        # every setting carried over (the image position included)
+        return NestedPreparer(**{f.name: getattr(p, f.name) for f in fields(p) if not f.name.startswith("_")})
 
     def crops_per_image(self, batch: dict[str, Any]) -> list[int]:
         """Number of vision-tower crops of each image (one; per-crop families override)."""
         return [1] * int(batch["input_ids"].shape[0])
+
+    def _pool_captured(self, proj: Any, b: dict[str, Any]) -> Any:
+        """Pooled B x D from the ``pooled_from`` module's output (crops x tokens x D): the mean over
+        every token of each image's crops (LLaVA-OneVision overrides it to drop the padding)."""
+        return segment_mean(proj.float().mean(1), self.crops_per_image(b))
 
     def _image_feature_kwargs(self, b: dict[str, Any]) -> dict[str, Any]:
         return {k: b[k] for k in self.family.image_inputs if k in b and b[k] is not None}
@@ -84,8 +92,7 @@ class ImageTextToTextBackend(HFVLMBackend):
             feats = packed.reshape(-1, packed.shape[-1])
         if self.family.pooled_from:
             proj = captured[0]
-            proj = proj.reshape(proj.shape[0], -1, proj.shape[-1])       # crops x tokens x D
-            return feats, segment_mean(proj.float().mean(1), self.crops_per_image(b))
+            return feats, self._pool_captured(proj.reshape(proj.shape[0], -1, proj.shape[-1]), b)
         if rows is not None and len(rows) == n_images:
             return feats, torch.stack([r.reshape(-1, r.shape[-1]).float().mean(0) for r in rows])
         if rows is None and packed.dim() == 3:                           # crops x tokens x D

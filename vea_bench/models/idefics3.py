@@ -52,17 +52,30 @@ _IDEFICS3_SPECIALS = (["<fake_token_around_image>", "<image>", "<end_of_utteranc
                       + [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)])
 
 
+def _smollm_tokenizer() -> Any:
+    """A byte-level BPE in GPT2Tokenizer with SmolVLM's special tokens and settings (``<|im_start|>``
+    as BOS, never added; ``<end_of_utterance>`` ends a turn; no prefix space), as SmolLM2 is."""
+    from transformers import GPT2Tokenizer
+
+    from vea_bench.models.tiny import _train_bytelevel_bpe
+
+    vocab, merges = _train_bytelevel_bpe(420)
+    return GPT2Tokenizer(vocab=vocab, merges=merges, unk_token="<|endoftext|>", bos_token="<|im_start|>",
+                         eos_token="<end_of_utterance>", pad_token="<|im_end|>", add_prefix_space=False,
+                         add_bos_token=False, model_max_length=16384, padding_side="left",
+                         extra_special_tokens=["<|im_end|>"] + _IDEFICS3_SPECIALS)
+
+
 @TINY_BUILDERS.register("idefics3", aliases=("smolvlm",))
 def make_tiny_idefics3(out: Path, seed: int = 0) -> Path:
-    """Tiny Idefics3ForConditionalGeneration (SigLIP-style 2 layers, pixel shuffle 2, Llama 2 layers)."""
+    """Tiny Idefics3ForConditionalGeneration (SigLIP-style 2 layers, pixel shuffle 2, Llama 2 layers,
+    SmolLM2's byte-level tokenizer layout)."""
     import torch
     from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor,
                               Idefics3Processor)
 
-    from vea_bench.models.tiny import _llama_tokenizer
-
-    tok: Any = _llama_tokenizer(_IDEFICS3_SPECIALS)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in _IDEFICS3_SPECIALS[:3]}
+    tok: Any = _smollm_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ["<|im_start|>", "<|im_end|>"] + _IDEFICS3_SPECIALS[:3]}
     side, patch, scale = 32, 4, 2
     seq_len = (side // patch) ** 2 // scale ** 2
     config = Idefics3Config(
@@ -70,8 +83,9 @@ def make_tiny_idefics3(out: Path, seed: int = 0) -> Path:
                            image_size=side, patch_size=patch, initializer_range=0.2),
         text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=4096, initializer_range=0.2, bos_token_id=1,
-                         eos_token_id=[2, ids["<end_of_utterance>"]], pad_token_id=0, tie_word_embeddings=False),
+                         max_position_embeddings=4096, initializer_range=0.2, bos_token_id=ids["<|im_start|>"],
+                         eos_token_id=[ids["<|im_end|>"], ids["<end_of_utterance>"]],
+                         pad_token_id=ids["<|im_end|>"], tie_word_embeddings=False),
         scale_factor=scale, image_token_id=ids["<image>"], tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
@@ -80,4 +94,4 @@ def make_tiny_idefics3(out: Path, seed: int = 0) -> Path:
                                              do_image_splitting=False)
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=seq_len,
                                   chat_template=SMOLVLM_CHAT_TEMPLATE)
-    return save_tiny(model, processor, out, eos=[2, ids["<end_of_utterance>"]], pad=0)
+    return save_tiny(model, processor, out, eos=[ids["<|im_end|>"], ids["<end_of_utterance>"]], pad=ids["<|im_end|>"])

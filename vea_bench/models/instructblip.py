@@ -32,7 +32,7 @@ FAMILY = VLMFamily(
     embed_dim_path="text_config.hidden_size",        # language projection = the language model's width
     vision_module="vision_model", vision_paths=("vision_model", "qformer", "language_projection"),
     language_module="language_model", tiny="instructblip", aliases=("instruct-blip",),
-    presets=("instructblip-vicuna-7b",))
+    presets=("instructblip-vicuna-7b",), image_positions=("first",))  # the processor prepends the query tokens
 
 VICUNA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -69,6 +69,12 @@ class InstructBlipPreparer(Preparer):
             raise ModelError("empty prompt: extraction needs the categorical instruction")
         return prompt
 
+    def answer_text(self, prompt: str, answer: str) -> str:
+        """The raw prompt has no assistant turn: the answer continues the question after a space."""
+        if self.prompt_style == "vicuna":
+            return super().answer_text(prompt, answer)
+        return " " + answer
+
     def __call__(self, images: list[Any], prompt: str) -> dict[str, Any]:
         if not images:
             raise ModelError("prepare() got an empty batch of images")
@@ -101,9 +107,10 @@ class InstructBlipBackend(HFVLMBackend):
         check_num_query_tokens(processor, config)
         super().__init__(model, processor, opts, *args, **kwargs)
 
-    def _make_preparer(self, processor: Any, opts: LoadOptions) -> Preparer:
-        return InstructBlipPreparer(processor, opts.max_side, opts.max_pixels, self.chat_template,
-                                    self.image_in_template, prompt_style=opts.instructblip_prompt)
+    @classmethod
+    def preparer_for(cls, processor: Any, opts: LoadOptions) -> Preparer:
+        return InstructBlipPreparer(processor, opts.max_side, opts.max_pixels, cls.chat_template,
+                                    cls.image_in_template, prompt_style=opts.instructblip_prompt)
 
     def provenance(self) -> dict[str, Any]:
         """The base provenance plus which LM prompt was used (the Q-Former always reads the question)."""

@@ -38,7 +38,7 @@ FAMILY = VLMFamily(
     embed_dim_path="text_config.hidden_size",        # projector output = the language model's width
     vision_module="model.vision_tower", vision_paths=("model.vision_tower", "model.multi_modal_projector"),
     language_module="model.language_model", tiny="llava-next", aliases=("llava-1.6", "llava-v1.6"),
-    presets=("llava-next-mistral-7b",), fit_processor=_fit_processor)
+    presets=("llava-next-mistral-7b",), fit_processor=_fit_processor, image_positions=("first",))
 
 
 @vlm_family(FAMILY)
@@ -71,14 +71,21 @@ class LlavaNextBackend(HFVLMBackend):
     def pool_unpadded(self, proj: Any, image_sizes: Any) -> Any:
         """Mean over each image's base-view + unpadded tile tokens of the projector output
         (all crops x tokens x D): transformers' own unpadding, without the newline tokens."""
-        import torch
+        strategy = self.core.config.vision_feature_select_strategy
+        pack = self.core.model.pack_image_features
+        return pool_packed(proj, self.crops_per_image(image_sizes), lambda per_image: pack(
+            per_image, image_sizes, vision_feature_select_strategy=strategy, image_newline=None))
 
-        counts = self.crops_per_image(image_sizes)
-        per_image = torch.split(proj, counts, dim=0)
-        unpadded, lens = self.core.model.pack_image_features(
-            list(per_image), image_sizes, vision_feature_select_strategy=self.core.config.vision_feature_select_strategy,
-            image_newline=None)
-        return segment_mean(torch.cat(unpadded, dim=0), [int(n) for n in lens])
+
+def pool_packed(proj: Any, counts: list[int], pack: Any) -> Any:
+    """Mean per image of what ``pack`` (a model's own ``pack_image_features`` with no newline
+    embedding) keeps of the projector output ``proj`` (all crops x tokens x D, ``counts`` crops per
+    image): the base view and the tiles' unpadded area, so the embedding does not depend on how
+    much of the any-resolution canvas is padding."""
+    import torch
+
+    unpadded, lens = pack(list(torch.split(proj, counts, dim=0)))
+    return segment_mean(torch.cat(list(unpadded), dim=0), [int(n) for n in lens])
 
 
 # ---------------------------------------------------------------- tiny random-weight model

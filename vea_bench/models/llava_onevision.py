@@ -2,11 +2,13 @@
 
 The visual embedding is the multi-modal projector output (SigLIP features mapped to the Qwen2
 language model's width: 3584 for the 7B), mean-pooled over every token of every crop of the image
-(the base view and the any-resolution tiles), captured by a forward hook during the model's own
-``get_image_features`` call, the same definition as the LLaVA-NeXT backend. What the language model
-reads is that output after unpadding, the ``anyres_max_9`` down-sampling of large grids and the
-learned newline tokens; those change how many tokens there are, not what the image is, so the mean
-is taken before them. Only `crops_per_image` is code: the rest is the declaration.
+(the base view and the any-resolution tiles' unpadded area), captured by a forward hook during the
+model's own ``get_image_features`` call, the same definition as the LLaVA-NeXT backend: the tiles
+cover the image resized into the best grid and padded to it, so averaging the padding too would
+make the embedding depend on the aspect ratio. The model's own ``pack_image_features`` cuts the
+padding (and applies the ``anyres_max_9`` down-sampling of large grids) exactly as the language
+model reads it; its learned newline tokens are left out. The chat template puts the images first
+in a user turn whatever the message order, so only that position is declared.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vea_bench.models.generic import ImageTextToTextBackend, VLMFamily, vlm_family
+from vea_bench.models.llava_next import pool_packed
 from vea_bench.models.tiny import TINY_BUILDERS
 
 def _fit_processor(processor: Any, config: Any) -> None:
@@ -27,11 +30,12 @@ def _fit_processor(processor: Any, config: Any) -> None:
 
 FAMILY = VLMFamily(
     name="llava-onevision", model_class="LlavaOnevisionForConditionalGeneration", model_types=("llava_onevision",),
-    pooling="mean over all crop tokens of multi_modal_projector output",
+    pooling="mean over base-view and unpadded tile tokens (no newline tokens) of multi_modal_projector output",
     image_inputs=("pixel_values", "image_sizes"), pooled_from="model.multi_modal_projector",
     embed_dim_path="text_config.hidden_size", vision_module="model.vision_tower",
     vision_paths=("model.vision_tower", "model.multi_modal_projector"), tiny="llava-onevision",
-    aliases=("llava-ov",), presets=("llava-onevision-qwen2-7b-ov",), fit_processor=_fit_processor)
+    aliases=("llava-ov",), presets=("llava-onevision-qwen2-7b-ov",), fit_processor=_fit_processor,
+    image_positions=("first",))
 
 
 @vlm_family(FAMILY)
@@ -46,6 +50,14 @@ class LlavaOnevisionBackend(ImageTextToTextBackend):
         return [int(image_size_to_num_patches(image_size=s, grid_pinpoints=cfg.image_grid_pinpoints,
                                               patch_size=cfg.vision_config.image_size))
                 for s in batch["image_sizes"]]
+
+    def _pool_captured(self, proj: Any, b: dict[str, Any]) -> Any:
+        """Mean over each image's base-view and unpadded tile tokens (LLaVA-NeXT's definition)."""
+        cfg = self.core.config
+        ratio = getattr(cfg, "vision_aspect_ratio", None) or "anyres_max_9"
+        pack = self.core.model.pack_image_features
+        return pool_packed(proj, self.crops_per_image(b), lambda per_image: pack(
+            per_image, b["image_sizes"], image_newline=None, vision_aspect_ratio=ratio))
 
 
 LLAVA_ONEVISION_CHAT_TEMPLATE = (

@@ -133,17 +133,26 @@ _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float
            "half": "float16", "fp32": "float32", "float32": "float32", "float": "float32"}
 
 
-def resolve_dtype(dtype: str, device: str) -> Any:
-    """'auto' is bf16 on a GPU (fp32 there only if the GPU lacks bf16) and fp32 on CPU."""
+def resolve_dtype(dtype: str, device: str, family: Any = None) -> Any:
+    """'auto' is bf16 on a GPU (fp16 there only if the GPU lacks bf16) and fp32 on CPU.
+
+    ``family`` (a `VLMFamily`) says which dtypes its model overflows in: 'auto' then picks fp32
+    instead of one of them, and an explicit choice of one is refused in one line.
+    """
     import torch
 
     if dtype in (None, "", "auto"):
         if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            picked = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            if family is not None and str(picked).replace("torch.", "") in family.overflow_dtypes:
+                return torch.float32
+            return picked
         return torch.float32
     name = _DTYPES.get(str(dtype).lower())
     if name is None:
         raise ModelError(f"unknown dtype '{dtype}' (auto, bf16, fp16, fp32)")
+    if family is not None:
+        family.check_dtype(name, chosen=str(dtype))
     return getattr(torch, name)
 
 
@@ -172,11 +181,12 @@ def quantization_config(quantization: str | None, device: str, compute_dtype: An
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def from_pretrained_kwargs(opts: LoadOptions) -> tuple[str, dict[str, Any], str, Any]:
-    """(source, kwargs for `<ModelClass>.from_pretrained`, device, dtype) for ``opts``."""
+def from_pretrained_kwargs(opts: LoadOptions, family: Any = None) -> tuple[str, dict[str, Any], str, Any]:
+    """(source, kwargs for `<ModelClass>.from_pretrained`, device, dtype) for ``opts``; ``family``
+    (a `VLMFamily`) refuses or upcasts the dtypes it overflows in (see `resolve_dtype`)."""
     source, _ = resolve_source(opts.model)
     device = resolve_device(opts.device)
-    dtype = resolve_dtype(opts.dtype, device)
+    dtype = resolve_dtype(opts.dtype, device, family)
     # use_safetensors: never fall back to unpickling a pytorch_model.bin (hub or local).
     kwargs: dict[str, Any] = {"revision": opts.revision, "dtype": dtype,
                               "trust_remote_code": opts.trust_remote_code, "use_safetensors": True}
@@ -191,13 +201,15 @@ def from_pretrained_kwargs(opts: LoadOptions) -> tuple[str, dict[str, Any], str,
     return source, kwargs, device, dtype
 
 
-def validate_options(opts: LoadOptions) -> None:
-    """Every cheap check before any weight is read: path, weight files, device, dtype, quantisation, adapter dir."""
+def validate_options(opts: LoadOptions, family: Any = None) -> None:
+    """Every cheap check before any weight is read: path, weight files, device, dtype, quantisation,
+    adapter dir, and (given the `VLMFamily`) the dtypes and image position the family declares it
+    cannot serve."""
     source, is_local = resolve_source(opts.model)
     if is_local:
         check_weights_dir(source, "model")
     device = resolve_device(opts.device)
-    dtype = resolve_dtype(opts.dtype, device)
+    dtype = resolve_dtype(opts.dtype, device, family)
     quantization_config(opts.quantization, device, dtype)
     if opts.adapter:
         read_adapter_config(opts.adapter)
@@ -207,6 +219,8 @@ def validate_options(opts: LoadOptions) -> None:
         check_image_position(opts.image_position)
     except VeaError as err:
         raise ModelError(str(err)) from None
+    if family is not None:
+        family.check_image_position(opts.image_position)
     if opts.instructblip_prompt not in INSTRUCTBLIP_PROMPTS:
         raise ModelError(f"InstructBLIP prompt '{opts.instructblip_prompt}' is not one of "
                          f"{', '.join(INSTRUCTBLIP_PROMPTS)}")
@@ -216,10 +230,10 @@ def validate_options(opts: LoadOptions) -> None:
         raise ModelError(f"max_pixels {opts.max_pixels} is too small (at least 784)")
 
 
-def load_model(model_cls: Any, opts: LoadOptions) -> tuple[Any, str, Any]:
+def load_model(model_cls: Any, opts: LoadOptions, family: Any = None) -> tuple[Any, str, Any]:
     """Instantiate ``model_cls`` from ``opts`` (+ adapter), in eval mode without grad: (model, device, dtype)."""
     _quiet_transformers()
-    source, kwargs, device, dtype = from_pretrained_kwargs(opts)
+    source, kwargs, device, dtype = from_pretrained_kwargs(opts, family)
     try:
         model = model_cls.from_pretrained(source, **kwargs)
     except Exception as err:  # noqa: BLE001  OSError, ValueError, SafetensorError...: one line

@@ -160,7 +160,7 @@ def random_backend(preset: str, workdir: str | Path, *, layers: int | None = Non
     processor = AutoProcessor.from_pretrained(str(tiny_dir))
     fitter(processor, config)
     dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
+    torch_dtype = resolve_dtype(dtype, dev, fam)
     model = random_model(config, dev, torch_dtype, quantization)
     model.generation_config = GenerationConfig.from_pretrained(str(tiny_dir))
     cls = backend_for_model_type(config.model_type)

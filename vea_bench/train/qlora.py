@@ -296,8 +296,12 @@ def answer_span(processor: Any, question: str, answer: str, image: Any, *,
     if not full_text.startswith(prompt_text):
         raise ModelError("the processor's chat template does not render the prompt as a prefix of the "
                          "conversation; cannot tell answer tokens from prompt tokens")
-    full = processor(text=[full_text], images=[image], return_tensors="pt")
-    prompt_ids = processor(text=[prompt_text], images=[image], return_tensors="pt")["input_ids"][0].tolist()
+    from vea_bench.models.engine import chat_text_kwargs  # one BOS where the template writes it (Gemma)
+
+    full = processor(text=[full_text], images=[image], return_tensors="pt",
+                     **chat_text_kwargs(processor.tokenizer, full_text))
+    prompt_ids = processor(text=[prompt_text], images=[image], return_tensors="pt",
+                           **chat_text_kwargs(processor.tokenizer, prompt_text))["input_ids"][0].tolist()
     ids = full["input_ids"][0].tolist()
     start = 0
     while start < min(len(ids), len(prompt_ids)) and ids[start] == prompt_ids[start]:
