@@ -23,7 +23,7 @@ import numpy as np
 
 from vea_bench import __version__
 from vea_bench.cache.guard import fsync_path, is_lock_error
-from vea_bench.cache.layout import SCHEMA_VERSION, SOURCE_KINDS, STR_DTYPE, first_line, h5_dtype
+from vea_bench.cache.layout import SCHEMA_VERSION, SOURCE_KINDS, STR_DTYPE, discard, first_line, h5_dtype
 from vea_bench.errors import CacheError, os_error
 from vea_bench.splits import SplitSpec
 
@@ -53,10 +53,10 @@ def write_bytes(final: Path, image: bytes, *, where: Path, action: str) -> None:
         os.replace(tmp, final)
         fsync_path(final.parent, folder=True)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise os_error(where, exc, action) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
 
 

@@ -90,6 +90,15 @@ def remove_cache(path: str | Path) -> None:
     lock_path(p).unlink(missing_ok=True)
 
 
+def discard(path: Path) -> None:
+    """Remove a file if it is there; a folder that cannot be written (read-only, no permission)
+    leaves it, the error that led here being the one reported."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def split_name(name: str) -> tuple[str, str]:
     """``"visual/vit"`` -> ``("visual", "vit")``."""
     kind, key = name.split("/", 1)

@@ -27,6 +27,7 @@ from vea_bench.cache.layout import (
     SOURCES_SUFFIX,
     copy_readable_rows,
     create_source_group,
+    discard,
     field_specs,
     first_line,
     sources_dir,
@@ -70,10 +71,10 @@ class Reserve:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError:
-            self.path.unlink(missing_ok=True)
+            discard(self.path)
 
     def release(self) -> None:
-        self.path.unlink(missing_ok=True)
+        discard(self.path)
 
     def low_space(self) -> OSError | None:
         """An ENOSPC to raise when the disk is nearly full (see `LOW_SPACE_BYTES`), else None."""
@@ -108,10 +109,10 @@ def create_file(final: Path, fill: Callable[[h5py.File], None], *, reserve: Rese
         os.replace(tmp, final)
         fsync_path(final.parent, folder=True)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise os_error(where or final.parent, exc, action) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
 
 
@@ -198,7 +199,7 @@ class SourceFiles:
         except OSError as exc:
             if not self.writers:
                 self.reserve.release()
-            writing_marker(p).unlink(missing_ok=True)
+            discard(writing_marker(p))
             if is_lock_error(exc):
                 raise busy(self.index_path, name) from None
             if p.exists() and errno_of(exc) is None:
@@ -214,7 +215,7 @@ class SourceFiles:
         path = Path(f.filename)
         if f.id.valid:
             f.close()
-        writing_marker(path).unlink(missing_ok=True)  # closed cleanly
+        discard(writing_marker(path))  # closed cleanly
 
     def close_writers(self) -> None:
         if self.writers:

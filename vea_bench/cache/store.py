@@ -29,7 +29,7 @@ from vea_bench.cache.guard import CacheLock, check_free_space
 from vea_bench.cache.index import Index, IndexMetadata, new_index_builder, stale_index_files, write_image
 from vea_bench.cache.layout import (  # the layout's names are re-exported: callers import them from here
     ROW_FAILED, ROW_MISSING, ROW_OK, SCHEMA_VERSION, SOURCE_KINDS, SOURCES_SUFFIX, STR_DTYPE, VOLATILE_PROVENANCE,
-    FieldSpec, SourceData, SourceInfo, cache_files, create_source_group, decode_strings, empty_rows, field_specs,
+    FieldSpec, SourceData, SourceInfo, cache_files, create_source_group, decode_strings, discard, empty_rows, field_specs,
     first_line, json_roundtrip, remove_cache, row_bytes, sources_dir, split_name, stable_provenance,
 )
 from vea_bench.cache.messages import (
@@ -240,7 +240,7 @@ class FeatureCache(IndexMetadata):
         used = {self._files.locate(n, r) for n, r in self._index.links().items() if r is not None}
         self._files.collect_garbage(used)
         for stale in stale_index_files(self.path):
-            stale.unlink(missing_ok=True)
+            discard(stale)
 
     def _open_for_writing(self, name: str) -> h5py.File:
         if not self._index.is_open:
