@@ -176,3 +176,25 @@ def test_read_only_sources_folder_is_one_line(tmp_path: Path, reference: Path, s
     res = _writer(path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert_same_sources(reference, path)
+
+
+def test_pack_and_copy_from_a_read_only_mount(tmp_path: Path, reference: Path) -> None:
+    """An archive can be made from a cache nobody can write (no lock file can be created there)."""
+    from vea_bench.cache import copy_cache, pack_cache, verify_cache
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = folder / "c.h5"
+    with make_cache(path) as cache:
+        write_all(cache)
+    (folder / "c.h5.lock").unlink()
+    _mount(["--bind", str(folder), str(folder)])
+    try:
+        _mount(["-o", "remount,bind,ro", str(folder)])
+        pack_cache(path, tmp_path / "packed.h5")
+        copy_cache(path, tmp_path / "copy.h5")
+    finally:
+        _umount(folder)
+    for out in (tmp_path / "packed.h5", tmp_path / "copy.h5"):
+        assert verify_cache(out).ok
+        assert_same_sources(reference, out)

@@ -11,7 +11,8 @@ into ``fi.h5.sources``, the original's data. So:
   write the new index with links into that folder, so the new cache reads the same through plain
   h5py as through vea-bench.
 
-Each holds the source cache's writer lock while it runs, so no writer changes it meanwhile.
+Each holds the source cache's writer lock while it runs, so no writer changes it meanwhile (a
+pack or copy from a read-only place, where no writer can be, goes without it).
 """
 from __future__ import annotations
 
@@ -56,6 +57,20 @@ def _check_output(src: Path, out: Path, what: str) -> None:
             raise exists_already(p, what)
 
 
+def _lock_unless_read_only(src: Path) -> CacheLock | None:
+    """The source cache's writer lock, or None where nobody can write it (a read-only mount, a
+    folder without write permission): an archive can be packed or copied from there."""
+    try:
+        read_only = bool(os.statvfs(src.parent).f_flag & os.ST_RDONLY) or not os.access(src.parent, os.W_OK)
+    except OSError:
+        read_only = False
+    if read_only:
+        return None
+    lock = CacheLock(src)
+    lock.acquire()
+    return lock
+
+
 def _size(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths if p.is_file())
 
@@ -69,8 +84,7 @@ def pack_cache(cache: str | Path, output: str | Path) -> PortableReport:
     """
     src, out = Path(cache), Path(output)
     _check_output(src, out, "packed file")
-    lock = CacheLock(src)
-    lock.acquire()
+    lock = _lock_unless_read_only(src)
     try:
         with FeatureCache.open(src) as c:
             names = [s.name for s in c.sources()]  # damaged or not copied: one line, before writing
@@ -85,7 +99,8 @@ def pack_cache(cache: str | Path, output: str | Path) -> PortableReport:
 
             create_file(out, fill, action="write the packed cache", where=out)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     return PortableReport(src, out, names, out.stat().st_size, True)
 
 
@@ -102,8 +117,11 @@ def move_cache(cache: str | Path, output: str | Path) -> PortableReport:
 def _transfer(src: Path, out: Path, *, move: bool) -> PortableReport:
     what = "moved cache" if move else "copy"
     _check_output(src, out, what)
-    lock = CacheLock(src)
-    lock.acquire()
+    lock: CacheLock | None = CacheLock(src) if move else None
+    if lock is not None:
+        lock.acquire()  # a move deletes the original: no writer may hold it
+    else:
+        lock = _lock_unless_read_only(src)
     try:
         with FeatureCache.open(src) as c:
             names = [s.name for s in c.sources()]  # damaged or not copied: one line, before writing
@@ -115,7 +133,8 @@ def _transfer(src: Path, out: Path, *, move: bool) -> PortableReport:
                 _transfer_sources(c, files, out, move=move)
                 packed = False
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     if move:
         remove_cache(src)  # the index and the lock file; its folder is gone already
     size = _size([out, *sources_dir(out).rglob("*")]) if sources_dir(out).is_dir() else _size([out])
