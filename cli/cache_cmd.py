@@ -298,6 +298,7 @@ def changed(
 
 
 Output = Annotated[Path, typer.Argument(help="The new cache file (must not exist yet).", show_default=False)]
+QuietPath = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")]
 
 
 def _portable_done(report: Any, verb: str, quiet: bool) -> None:
@@ -318,7 +319,7 @@ def _portable_done(report: Any, verb: str, quiet: bool) -> None:
 def pack(
     file: CacheFile,
     output: Output,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")] = False,
+    quiet: QuietPath = False,
 ) -> None:
     """Write the cache as one self-contained HDF5 file (every source copied in, provenance, row
     status and failure reasons kept), for moving and archiving. Every command reads the packed
@@ -337,7 +338,7 @@ def pack(
 def copy(
     file: CacheFile,
     output: Output,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")] = False,
+    quiet: QuietPath = False,
 ) -> None:
     """Copy a cache with its sources folder under a new name; the copy's links point into its own
     folder, so plain h5py reads the copy's data, not the original's.
@@ -355,7 +356,7 @@ def copy(
 def move(
     file: CacheFile,
     output: Output,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")] = False,
+    quiet: QuietPath = False,
 ) -> None:
     """Move (rename) a cache with its sources folder; the links follow the new name.
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _cache_fixtures import full_cache  # noqa: F401 - a fixture
 from _cache_helpers import assert_same_sources, make_cache, write_all, write_rows
 from vea_bench.cache import sources_dir
 
@@ -51,12 +52,9 @@ def small_tmpfs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path
         _umount(mnt)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ref") / "ref.h5"
-    with make_cache(path) as cache:
-        write_all(cache)
-    return path
+@pytest.fixture()
+def reference(full_cache: Path) -> Path:
+    return full_cache
 
 
 def _writer(path: Path, *, no_dac: bool = False) -> subprocess.CompletedProcess[str]:

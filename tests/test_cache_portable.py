@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from _cache_fixtures import full_cache  # noqa: F401 - a fixture
 from _cache_helpers import FIELDS, PROVENANCE, assert_same_sources, make_cache, source_arrays, write_all
 from vea_bench.cache import (
     FeatureCache,
@@ -30,13 +31,9 @@ from vea_bench_cli.main import app
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def full(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every toy source written in one go (read only by the tests: copy it before changing it)."""
-    path = tmp_path_factory.mktemp("full") / "fi.h5"
-    with make_cache(path) as cache:
-        write_all(cache)
-    return path
+@pytest.fixture()
+def full(full_cache: Path) -> Path:
+    return full_cache
 
 
 def _copy_pair(src: Path, dst: Path) -> None:
@@ -168,6 +165,25 @@ def test_a_writer_points_a_hand_renamed_copy_at_its_own_folder(tmp_path: Path, f
     assert all(v.startswith("fi_v2.h5.sources/") for v in _links(copy).values())
     _rewrite_original(orig)
     assert_same_sources(full, copy)
+
+
+def test_an_index_copied_alone_beside_the_original_is_not_written(tmp_path: Path, full: Path) -> None:
+    """It reads the original's sources (as plain h5py does), but a writer would change the
+    original's files: refused in one line naming the way to an independent copy."""
+    orig = tmp_path / "fi.h5"
+    _copy_pair(full, orig)
+    alone = tmp_path / "fi_v2.h5"
+    shutil.copy2(orig, alone)
+    assert_same_sources(full, alone)
+    with FeatureCache.open(alone) as c:
+        assert c.read("visual", "toy", "train").status.size == 90
+    with pytest.raises(CacheError) as ei:
+        FeatureCache.open(alone, "a")
+    _one_line(str(ei.value), str(alone), "fi.h5.sources", "cache copy")
+    with pytest.raises(CacheError):
+        repair_cache(alone)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fi.h5", "fi.h5.sources", "fi_v2.h5", "fi_v2.h5.lock"]
+    assert_same_sources(full, orig)
 
 
 # --------------------------------------------------------------------- index without folder

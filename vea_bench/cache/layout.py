@@ -177,6 +177,19 @@ class SourceData:
         return self.arrays[name]
 
 
+def stored_bytes(group: h5py.Group) -> int:
+    """Bytes the datasets under ``group`` take in their file (what copying it needs)."""
+    total = 0
+
+    def add(_: str, obj: Any) -> None:
+        nonlocal total
+        if isinstance(obj, h5py.Dataset):
+            total += int(obj.id.get_storage_size())
+
+    group.visititems(add)
+    return total
+
+
 def h5_dtype(dtype: str) -> Any:
     return h5py.string_dtype("utf-8") if dtype == STR_DTYPE else np.dtype(dtype)
 

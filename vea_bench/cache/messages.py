@@ -55,6 +55,15 @@ def not_copied(cache: Path, linked_folder: str, missing: Path) -> SourcesNotCopi
     )
 
 
+def foreign_folder(cache: Path, folder: Path) -> CacheError:
+    """A writer of an index copied alone beside the original would write into the original's files."""
+    return CacheError(
+        f"{cache}: its sources are in {folder.name}, the folder of another cache, so writing would change "
+        f"that cache's files; make an independent copy with `vea-bench cache copy`, or rename the folder "
+        f"to {cache.name}.sources if it belongs to this index alone"
+    )
+
+
 def busy(cache: Path | str, source: str) -> CacheError:
     """Another process has the source's file open for writing (HDF5's own file lock)."""
     return CacheError(f"{cache}: source {source} is being written by another process; wait for it to finish")

@@ -33,7 +33,7 @@ from vea_bench.cache.layout import (
     sources_dir,
     split_name,
 )
-from vea_bench.cache.messages import busy, damaged, lost_file, not_copied
+from vea_bench.cache.messages import busy, damaged, foreign_folder, lost_file, not_copied
 from vea_bench.errors import CacheError, errno_of, os_error
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,20 @@ class SourceFiles:
         safe = re.sub(r"[^A-Za-z0-9._+-]", "_", key)[:80] or "source"
         fname = f"{safe}.{secrets.token_hex(4)}.h5"
         return self.folder / kind / fname, f"{self.index_path.name}{SOURCES_SUFFIX}/{kind}/{fname}"
+
+    def check_own(self, links: dict[str, str | None]) -> None:
+        """Refuse to write through links into another index's folder (see `foreign_folder`)."""
+        folder = self.foreign_folder(links)
+        if folder is not None:
+            raise foreign_folder(self.index_path, folder)
+
+    def foreign_folder(self, links: dict[str, str | None]) -> Path | None:
+        """The folder of another index the links lead to, when this index's own folder lacks a
+        source's file (an index copied alone beside the original)."""
+        for name, rel in links.items():
+            if rel is not None and not self.own(name, rel).exists() and (self.index_path.parent / rel).exists():
+                return (self.index_path.parent / rel).parent.parent
+        return None
 
     def missing_error(self, name: str, rel: str, path: Path) -> CacheError:
         """Why ``path`` is not there: its folder was not copied with the index, or it was lost."""

@@ -30,7 +30,7 @@ from vea_bench.cache.index import Index, IndexMetadata, new_index_builder, stale
 from vea_bench.cache.layout import (  # the layout's names are re-exported: callers import them from here
     ROW_FAILED, ROW_MISSING, ROW_OK, SCHEMA_VERSION, SOURCE_KINDS, SOURCES_SUFFIX, STR_DTYPE, VOLATILE_PROVENANCE,
     FieldSpec, SourceData, SourceInfo, cache_files, create_source_group, decode_strings, discard, empty_rows, field_specs,
-    first_line, json_roundtrip, remove_cache, row_bytes, sources_dir, split_name, stable_provenance,
+    first_line, json_roundtrip, remove_cache, row_bytes, sources_dir, split_name, stable_provenance, stored_bytes,
 )
 from vea_bench.cache.messages import (
     DamagedSourceError, SourcesNotCopiedError, closed, damaged, no_source, read_only,
@@ -168,8 +168,9 @@ class FeatureCache(IndexMetadata):
         cache = cls(path, index, lock=lock)
         if lock is not None:
             try:
-                cache._collect_garbage()
                 links = cache._index.links()
+                cache._files.check_own(links)
+                cache._collect_garbage()
                 if any(rel is None or cache._files.link_text(n, rel) != rel for n, rel in links.items()):
                     cache._commit_index({})  # unpack a packed file; relink a renamed copy
             except BaseException:
@@ -221,8 +222,7 @@ class FeatureCache(IndexMetadata):
         kind, key = split_name(name)
         final, rel = self._files.new_file(kind, key)
         try:
-            size = self._h5[name].id.get_storage_size() if isinstance(self._h5[name], h5py.Dataset) else 0
-            check_free_space(self.sources_dir, size, f"unpacking source {name}")
+            check_free_space(self.sources_dir, stored_bytes(self._h5[name]), f"unpacking source {name}")
             create_file(final, lambda f: self._h5.copy(self._h5[name], f.require_group(kind), key),
                         reserve=self._files.reserve)
         except CacheError:
