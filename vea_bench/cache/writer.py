@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import h5py
 import numpy as np
@@ -29,16 +29,31 @@ from vea_bench.cache.layout import (
     stable_provenance,
     write_rows,
 )
+from vea_bench.cache.sources import SourceFiles
 from vea_bench.errors import CacheError, os_error
 
-if TYPE_CHECKING:
-    from vea_bench.cache.store import FeatureCache
+
+
+class WriterHost(Protocol):
+    """What a `SourceWriter` needs of its cache (`FeatureCache` provides it)."""
+
+    path: Path
+    _files: SourceFiles
+
+    @property
+    def sources_dir(self) -> Path: ...
+
+    def _open_for_writing(self, name: str) -> h5py.File: ...
+
+    def source_group(self, name: str) -> h5py.Group: ...
+
+    def source(self, kind: str, key: str) -> SourceInfo: ...
 
 
 class SourceWriter:
     """Writes rows of one source by index; every write is flushed so a kill loses at most one batch."""
 
-    def __init__(self, cache: FeatureCache, kind: str, key: str, fields: dict[str, FieldSpec]) -> None:
+    def __init__(self, cache: WriterHost, kind: str, key: str, fields: dict[str, FieldSpec]) -> None:
         self.cache = cache
         self.kind = kind
         self.key = key
