@@ -123,126 +123,6 @@ def open_h5(path: Path) -> h5py.File:
         raise CacheError(f"{path}: {kind} ({msg[:120]})") from None
 
 
-class Index:
-    """The open index of one cache: metadata, splits, and the entry of each source."""
-
-    def __init__(self, path: Path, h5: h5py.File) -> None:
-        self.path = path
-        self.h5 = h5  # always read-only: the index is replaced, never edited
-
-    @classmethod
-    def open(
-        cls,
-        path: Path,
-        *,
-        expect_dataset: str | None = None,
-        expect_label_names: Sequence[str] | None = None,
-        expect_manifests: Mapping[str, str] | None = None,
-    ) -> Index:
-        index = cls(path, open_h5(path))
-        try:
-            index.validate(expect_dataset, expect_label_names, expect_manifests)
-        except CacheError:
-            index.close()
-            raise
-        except Exception as exc:  # unreadable attributes or groups: damage, not a bug of ours
-            index.close()
-            raise CacheError(f"{path}: corrupt cache file ({type(exc).__name__}: {str(exc)[:120]})") from None
-        return index
-
-    def validate(
-        self,
-        expect_dataset: str | None,
-        expect_label_names: Sequence[str] | None,
-        expect_manifests: Mapping[str, str] | None,
-    ) -> None:
-        attrs = self.h5.attrs
-        if "schema_version" not in attrs or "label_names" not in attrs or "splits" not in self.h5:
-            raise CacheError(f"{self.path}: not a vea-bench cache (no schema attributes)")
-        if int(attrs["schema_version"]) != SCHEMA_VERSION:
-            raise CacheError(
-                f"{self.path}: cache schema {int(attrs['schema_version'])}, this vea-bench reads "
-                f"schema {SCHEMA_VERSION}; re-extract"
-            )
-        if expect_dataset is not None and self.dataset != expect_dataset:
-            raise CacheError(f"{self.path}: cache is of dataset '{self.dataset}', expected '{expect_dataset}'")
-        if expect_label_names is not None and list(expect_label_names) != self.label_names:
-            raise CacheError(
-                f"{self.path}: cache label space ({', '.join(self.label_names)}) differs from "
-                f"the expected ({', '.join(expect_label_names)})"
-            )
-        if expect_manifests is not None:
-            have = self.manifest_hashes
-            for split, h in expect_manifests.items():
-                if split in have and have[split] != h:
-                    raise CacheError(
-                        f"{self.path}: split '{split}' manifest hash {have[split][:12]} differs from "
-                        f"the dataset on disk ({h[:12]}); the images or labels changed, use a new cache"
-                    )
-
-    @property
-    def is_open(self) -> bool:
-        return bool(self.h5.id.valid)
-
-    def close(self) -> None:
-        if self.h5.id.valid:
-            self.h5.close()
-
-    # ---------------------------------------------------------------------------- metadata
-    @property
-    def dataset(self) -> str:
-        return str(self.h5.attrs["dataset"])
-
-    @property
-    def label_names(self) -> list[str]:
-        return list(json.loads(self.h5.attrs["label_names"]))
-
-    @property
-    def manifest_hashes(self) -> dict[str, str]:
-        return dict(json.loads(self.h5.attrs["manifest_hashes"]))
-
-    # ----------------------------------------------------------------------------- entries
-    def links(self) -> dict[str, str | None]:
-        """Source name -> file its link points to (relative to the index), None when stored inline."""
-        out: dict[str, str | None] = {}
-        for kind in SOURCE_KINDS:
-            if kind not in self.h5:
-                continue
-            grp = self.h5[kind]
-            for key in grp:
-                link = grp.get(key, getlink=True)
-                out[f"{kind}/{key}"] = link.filename if isinstance(link, h5py.ExternalLink) else None
-        return out
-
-    def copy_into(self, h5: h5py.File) -> None:
-        """Copy the attributes and splits (not the sources) into another open file."""
-        for k, v in self.h5.attrs.items():
-            h5.attrs[k] = v
-        self.h5.copy("splits", h5)
-
-    def links_builder(self, links: Mapping[str, str]) -> Callable[[h5py.File], None]:
-        """Lays out an index with this one's metadata and exactly ``links`` as its sources."""
-
-        def build(new: h5py.File) -> None:
-            self.copy_into(new)
-            for name in sorted(links):
-                new[name] = h5py.ExternalLink(links[name], "/" + name)
-
-        return build
-
-    def replace(self, links: Mapping[str, str]) -> None:
-        """Replace this index atomically by one whose sources are exactly ``links``; reopen it.
-
-        The new image is built while the index is open; it is closed just before the rename.
-        """
-        image = build_image(self.links_builder(links))
-        self.close()
-        try:
-            write_bytes(self.path, image, where=self.path, action="rewrite the cache index")
-        finally:
-            self.h5 = h5py.File(self.path, "r")
-
-
 class IndexMetadata:
     """What the index says about the dataset and its splits, for a class that holds it as ``_h5``."""
 
@@ -319,3 +199,114 @@ class IndexMetadata:
         if split not in self._h5["splits"]:
             raise CacheError(f"{self.path}: no split '{split}' (has {', '.join(self.splits)})")
 
+
+class Index(IndexMetadata):
+    """The open index of one cache: metadata, splits, and the entry of each source."""
+
+    def __init__(self, path: Path, h5: h5py.File) -> None:
+        self.path = path
+        self.h5 = h5  # always read-only: the index is replaced, never edited
+
+    @property
+    def _h5(self) -> h5py.File:
+        """The open file, for the metadata readers of `IndexMetadata`."""
+        return self.h5
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        expect_dataset: str | None = None,
+        expect_label_names: Sequence[str] | None = None,
+        expect_manifests: Mapping[str, str] | None = None,
+    ) -> Index:
+        index = cls(path, open_h5(path))
+        try:
+            index.validate(expect_dataset, expect_label_names, expect_manifests)
+        except CacheError:
+            index.close()
+            raise
+        except Exception as exc:  # unreadable attributes or groups: damage, not a bug of ours
+            index.close()
+            raise CacheError(f"{path}: corrupt cache file ({type(exc).__name__}: {str(exc)[:120]})") from None
+        return index
+
+    def validate(
+        self,
+        expect_dataset: str | None,
+        expect_label_names: Sequence[str] | None,
+        expect_manifests: Mapping[str, str] | None,
+    ) -> None:
+        attrs = self.h5.attrs
+        if "schema_version" not in attrs or "label_names" not in attrs or "splits" not in self.h5:
+            raise CacheError(f"{self.path}: not a vea-bench cache (no schema attributes)")
+        if int(attrs["schema_version"]) != SCHEMA_VERSION:
+            raise CacheError(
+                f"{self.path}: cache schema {int(attrs['schema_version'])}, this vea-bench reads "
+                f"schema {SCHEMA_VERSION}; re-extract"
+            )
+        if expect_dataset is not None and self.dataset != expect_dataset:
+            raise CacheError(f"{self.path}: cache is of dataset '{self.dataset}', expected '{expect_dataset}'")
+        if expect_label_names is not None and list(expect_label_names) != self.label_names:
+            raise CacheError(
+                f"{self.path}: cache label space ({', '.join(self.label_names)}) differs from "
+                f"the expected ({', '.join(expect_label_names)})"
+            )
+        if expect_manifests is not None:
+            have = self.manifest_hashes
+            for split, h in expect_manifests.items():
+                if split in have and have[split] != h:
+                    raise CacheError(
+                        f"{self.path}: split '{split}' manifest hash {have[split][:12]} differs from "
+                        f"the dataset on disk ({h[:12]}); the images or labels changed, use a new cache"
+                    )
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self.h5.id.valid)
+
+    def close(self) -> None:
+        if self.h5.id.valid:
+            self.h5.close()
+
+    # ----------------------------------------------------------------------------- entries
+    def links(self) -> dict[str, str | None]:
+        """Source name -> file its link points to (relative to the index), None when stored inline."""
+        out: dict[str, str | None] = {}
+        for kind in SOURCE_KINDS:
+            if kind not in self.h5:
+                continue
+            grp = self.h5[kind]
+            for key in grp:
+                link = grp.get(key, getlink=True)
+                out[f"{kind}/{key}"] = link.filename if isinstance(link, h5py.ExternalLink) else None
+        return out
+
+    def copy_into(self, h5: h5py.File) -> None:
+        """Copy the attributes and splits (not the sources) into another open file."""
+        for k, v in self.h5.attrs.items():
+            h5.attrs[k] = v
+        self.h5.copy("splits", h5)
+
+    def links_builder(self, links: Mapping[str, str]) -> Callable[[h5py.File], None]:
+        """Lays out an index with this one's metadata and exactly ``links`` as its sources."""
+
+        def build(new: h5py.File) -> None:
+            self.copy_into(new)
+            for name in sorted(links):
+                new[name] = h5py.ExternalLink(links[name], "/" + name)
+
+        return build
+
+    def replace(self, links: Mapping[str, str]) -> None:
+        """Replace this index atomically by one whose sources are exactly ``links``; reopen it.
+
+        The new image is built while the index is open; it is closed just before the rename.
+        """
+        image = build_image(self.links_builder(links))
+        self.close()
+        try:
+            write_bytes(self.path, image, where=self.path, action="rewrite the cache index")
+        finally:
+            self.h5 = h5py.File(self.path, "r")
