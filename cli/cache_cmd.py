@@ -1,4 +1,4 @@
-"""`vea-bench cache ...`: inspect, verify and merge HDF5 feature caches."""
+"""`vea-bench cache ...`: inspect, verify, repair, merge, pack, copy and move HDF5 feature caches."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,9 @@ from vea_bench_cli.common import RichProgress, console, err_console, run_guarded
 app = typer.Typer(
     no_args_is_help=True,
     help=(
-        "Inspect, verify, repair and merge HDF5 feature caches (an index file per dataset plus one "
-        "file per source in <cache>.sources/, written by `vea-bench extract`)."
+        "Inspect, verify, repair, merge, pack, copy and move HDF5 feature caches. A cache is an index "
+        "file plus one file per source in <cache>.sources/ (written by `vea-bench extract`): copy or move "
+        "both with `cache copy|move`, or make one self-contained file with `cache pack`."
     ),
 )
 
@@ -88,7 +89,7 @@ def info(
     seed = "-" if s["split_seed"] is None else s["split_seed"]
     console.print(
         f"schema {s['schema_version']}  written by vea-bench {s['vea_bench_version']}  "
-        f"created {s['created_at']}  split seed {seed}",
+        f"created {s['created_at']}  split seed {seed}  layout {s['layout']}",
         highlight=False,
     )
 
@@ -180,12 +181,13 @@ def merge(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")] = False,
 ) -> None:
-    """Merge shard caches into one file.
+    """Merge shard caches into one cache (index plus per-source files, like `extract` writes).
 
     Shards must be of the same dataset, label names and split manifests, and each source must
     have the same fields and settings in every shard. Every row is taken from the shard that
-    wrote it; a row written differently by two shards stops the merge. The result is written to
-    a temporary file and renamed into place, so an interrupted merge changes nothing.
+    wrote it; a row written differently by two shards stops the merge. Each merged source goes
+    to a new file and the index links them all in one atomic step, so an interrupted merge
+    changes nothing.
 
     [bold]Examples[/]
 
@@ -293,3 +295,75 @@ def changed(
         err_console.print(f"  ... and {len(rows) - limit} more")
     err_console.print("rerun `vea-bench extract` with the same options to recompute them")
     raise typer.Exit(1)
+
+
+Output = Annotated[Path, typer.Argument(help="The new cache file (must not exist yet).", show_default=False)]
+QuietPath = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")]
+
+
+def _portable_done(report: Any, verb: str, quiet: bool) -> None:
+    from rich.markup import escape
+
+    if quiet:
+        typer.echo(str(report.output))
+        return
+    layout = "one self-contained file" if report.packed else f"with its folder {report.output.name}.sources"
+    console.print(
+        f"[green]{verb}[/] {escape(str(report.source))} -> {escape(str(report.output))} ({layout}; "
+        f"{len(report.sources)} source(s), {report.size_bytes / 1e6:,.1f} MB)",
+        highlight=False, soft_wrap=True,
+    )
+
+
+@app.command("pack")
+def pack(
+    file: CacheFile,
+    output: Output,
+    quiet: QuietPath = False,
+) -> None:
+    """Write the cache as one self-contained HDF5 file (every source copied in, provenance, row
+    status and failure reasons kept), for moving and archiving. Every command reads the packed
+    file as it is; the first `extract` into it puts its sources back into their own files.
+
+    [bold]Examples[/]
+
+      vea-bench cache pack cache/fi.h5 archive/fi-packed.h5
+    """
+    from vea_bench.cache import pack_cache
+
+    _portable_done(run_guarded(pack_cache, file, output), "packed", quiet)
+
+
+@app.command("copy")
+def copy(
+    file: CacheFile,
+    output: Output,
+    quiet: QuietPath = False,
+) -> None:
+    """Copy a cache with its sources folder under a new name; the copy's links point into its own
+    folder, so plain h5py reads the copy's data, not the original's.
+
+    [bold]Examples[/]
+
+      vea-bench cache copy cache/fi.h5 cache/fi_v2.h5
+    """
+    from vea_bench.cache import copy_cache
+
+    _portable_done(run_guarded(copy_cache, file, output), "copied", quiet)
+
+
+@app.command("move")
+def move(
+    file: CacheFile,
+    output: Output,
+    quiet: QuietPath = False,
+) -> None:
+    """Move (rename) a cache with its sources folder; the links follow the new name.
+
+    [bold]Examples[/]
+
+      vea-bench cache move cache/fi.h5 /data/caches/fi.h5
+    """
+    from vea_bench.cache import move_cache
+
+    _portable_done(run_guarded(move_cache, file, output), "moved", quiet)

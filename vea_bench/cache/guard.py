@@ -27,7 +27,7 @@ from types import FrameType
 
 from vea_bench.errors import CacheError, VeaError, os_error
 
-# Free space kept beyond the estimate: the writer's 2 MB reserve file (store.BALLAST_BYTES), HDF5
+# Free space kept beyond the estimate: the writer's 2 MB reserve file (sources.BALLAST_BYTES), HDF5
 # metadata, the index rewrite.
 _RESERVE_BYTES = 4 << 20
 
@@ -87,7 +87,8 @@ class CacheLock:
 
 
 def check_free_space(folder: Path, need_bytes: int, what: str) -> None:
-    """Refuse to start writing ``need_bytes`` into ``folder`` when the disk holds less (plus a reserve)."""
+    """Refuse to start writing ``need_bytes`` into ``folder`` when the disk holds less than that plus
+    a reserve; the message gives the figure compared (data and reserve), not the data alone."""
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -95,10 +96,12 @@ def check_free_space(folder: Path, need_bytes: int, what: str) -> None:
         free = shutil.disk_usage(probe).free
     except OSError:
         return  # no statistics on this file system: the write itself reports ENOSPC
-    if need_bytes + _RESERVE_BYTES > free:
+    required = need_bytes + _RESERVE_BYTES
+    if required > free:
         raise CacheError(
-            f"{folder}: not enough free space for {what}: needs about {_fmt_bytes(need_bytes)}, "
-            f"{_fmt_bytes(free)} free; free space or choose a --cache on another disk"
+            f"{folder}: not enough free space for {what}: needs about {_fmt_bytes(required)} "
+            f"({_fmt_bytes(need_bytes)} of data + {_fmt_bytes(_RESERVE_BYTES)} kept free for HDF5's metadata "
+            f"and a clean close), {_fmt_bytes(free)} free; free space or choose a --cache on another disk"
         )
 
 
