@@ -180,7 +180,7 @@ KNOWN_LONG_FUNCTIONS: set[tuple[str, str]] = {
 }
 MAX_MODULE_LINES = 500
 LENGTH_CAPPED = ("vea_bench/cache/", "vea_bench/report/tables.py")   # modules that must stay readable whole
-KNOWN_LONG_MODULES: set[str] = {"vea_bench/cache/store.py", "vea_bench/cache/ops.py"}
+KNOWN_LONG_MODULES: set[str] = set()
 
 
 def _layer(module: str) -> int | None:
