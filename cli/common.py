@@ -22,10 +22,14 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-# `--allow-outside-root`, on every command that opens a dataset (the dataset layer refuses such paths).
+# `--allow-outside-root` and `--strict`, on every command that opens a dataset.
 AllowOutsideRootOpt = Annotated[bool, typer.Option(
     "--allow-outside-root",
-    help="Read images that resolve outside --root (.., absolute paths, escaping symlinks); refused by default.")]
+    help="Read images that resolve outside --root (.., absolute paths, escaping symlinks); skipped by default.")]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict",
+    help="Refuse the dataset if any row is skipped (outside-root, missing, zero-byte...; ties and neutral "
+         "votes apart) instead of skipping it with a warning.")]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -77,16 +81,31 @@ class RichProgress:
         self._task = None
 
 
+class LineHandler(logging.Handler):
+    """Renders each library log message as one stderr line (``warning:`` in front of warnings), unwrapped."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = escape(" ".join(self.format(record).split()))
+            prefix = "[yellow]warning:[/] " if record.levelno >= logging.WARNING else ""
+            err_console.print(prefix + msg, highlight=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001  logging must never break the command
+            self.handleError(record)
+
+
+def show_warnings() -> None:
+    """Make sure the library's warnings (skipped rows, ...) reach stderr, one line each."""
+    lib = logging.getLogger("vea_bench")
+    if not any(isinstance(h, LineHandler) for h in lib.handlers):
+        lib.addHandler(LineHandler())
+    if lib.level == logging.NOTSET:
+        lib.setLevel(logging.WARNING)
+
+
 def setup_logging(quiet: bool = False) -> None:
-    """Render the library's log messages (skipped images, resumes, warnings) on stderr with rich, once."""
-    import logging
-
-    from rich.logging import RichHandler
-
-    root = logging.getLogger("vea_bench")
-    if not any(isinstance(h, RichHandler) for h in root.handlers):
-        root.addHandler(RichHandler(console=err_console, show_path=False, show_time=False))
-    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    """Render the library's log messages (skipped images, resumes, warnings) on stderr, once."""
+    show_warnings()
+    logging.getLogger("vea_bench").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 # Third-party notices that say nothing about the user's run, hidden unless `vea-bench --verbose`:
@@ -122,6 +141,7 @@ def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Call ``fn``; user-facing errors become one stderr line and a non-zero exit."""
     from vea_bench.errors import VeaError
 
+    show_warnings()
     try:
         return fn(*args, **kwargs)
     except VeaError as exc:

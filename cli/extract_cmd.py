@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vea_bench_cli.common import AllowOutsideRootOpt, RichProgress, console, echo_path, err_console, run_guarded
+from vea_bench_cli.common import AllowOutsideRootOpt, RichProgress, StrictOpt, console, echo_path, err_console, run_guarded
 
 
 def _parse_pairs(pairs: list[str], option: str) -> dict[str, str]:
@@ -60,6 +60,7 @@ def extract_command(
     parse: Annotated[str, typer.Option("--parse", help="Answer parse: strict (the reference's: only {'emotion': '...'}, else none) or lenient (also other dict shapes and negation-aware label words; recorded in provenance).")] = "strict",
     exif: Annotated[str, typer.Option("--exif", help="EXIF orientation: apply (upright images) or ignore (the reference's decoding); recorded in provenance.")] = "apply",
     allow_outside_root: AllowOutsideRootOpt = False,
+    strict: StrictOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table; print only the cache path.")] = False,
 ) -> None:
     """Run the VLM (one pass per batch: pooled visual embedding + answer), teachers and backbones
@@ -81,7 +82,7 @@ def extract_command(
         batch_size=batch_size, workers=workers, dtype=dtype, quant=quant, device=device,
         revision=revision, trust_remote_code=trust_remote_code, threads=threads, limit=limit, shard=shard, splits=list(split or []),
         label_space=label_space, keys=keys, overwrite=overwrite, retry_failed=retry_failed, quiet=quiet,
-        parse=parse, exif=exif, allow_outside_root=allow_outside_root,
+        parse=parse, exif=exif, allow_outside_root=allow_outside_root, strict=strict,
     )
 
 
@@ -111,7 +112,7 @@ def _run(**a: Any) -> None:
                             max_new_tokens=a["max_new_tokens"], zero_shot_max_new_tokens=a["zero_shot_max_new_tokens"],
                             seed=a["seed"], score_memory_gb=a["score_memory_gb"])
     index = load_dataset(a["dataset"], a["root"], seed=a["split_seed"], label_space=a["label_space"],
-                         allow_outside_root=a["allow_outside_root"])
+                         allow_outside_root=a["allow_outside_root"], strict=a["strict"])
     cache = a["cache"] or Path("cache") / f"{index.name}.h5"
     opts = None
     if a["vlm"] and Path(a["vlm"]).expanduser().is_dir():

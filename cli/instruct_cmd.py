@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from vea_bench_cli.common import (
     AllowOutsideRootOpt,
+    StrictOpt,
     setup_logging,
     RichProgress,
     console,
@@ -44,6 +45,7 @@ def generate_cmd(
     split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the stratified split where the dataset has none.")] = 42,
     label_space: Annotated[str | None, typer.Option("--label-space", help="Force a label space (e.g. binary).")] = None,
     allow_outside_root: AllowOutsideRootOpt = False,
+    strict: StrictOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")] = False,
 ) -> None:
     """Ask a vision chat model for the "Key elements" and "Reasoning" of every training image (EmoVIT-style).
@@ -66,7 +68,7 @@ def generate_cmd(
                             temperature=temperature)
         endpoint.url  # noqa: B018  (a malformed --base-url fails here, before any work)
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
-                             allow_outside_root=allow_outside_root)
+                             allow_outside_root=allow_outside_root, strict=strict)
         report = generate_instructions(index, out, endpoint, split=split, concurrency=concurrency,
                                        max_retries=max_retries, limit=limit, max_side=max_side,
                                        progress=RichProgress("img", quiet=quiet))
@@ -93,6 +95,7 @@ def build_cmd(
     split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the stratified split where the dataset has none.")] = 42,
     label_space: Annotated[str | None, typer.Option("--label-space", help="Force a label space (e.g. binary).")] = None,
     allow_outside_root: AllowOutsideRootOpt = False,
+    strict: StrictOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")] = False,
 ) -> None:
     """Validate generated responses and write the paper's three instruction kinds per training image.
@@ -112,7 +115,7 @@ def build_cmd(
         )
 
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
-                             allow_outside_root=allow_outside_root)
+                             allow_outside_root=allow_outside_root, strict=strict)
         entries = load_responses(responses, index.label_space, index=index)
         insts = build_instructions(entries, index.label_space, [k.strip() for k in kinds.split(",") if k.strip()])
         n = write_jsonl(out, (i.to_dict() for i in insts))

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from vea_bench_cli.common import (
     AllowOutsideRootOpt,
+    StrictOpt,
     setup_logging,
     RichProgress,
     console,
@@ -48,6 +49,7 @@ def teacher_cmd(
     split_seed: SplitSeedOpt = 42,
     label_space: LabelSpaceOpt = None,
     allow_outside_root: AllowOutsideRootOpt = False,
+    strict: StrictOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Fine-tune a conventional vision model: Table 1's baselines and the distillation teacher.
@@ -66,7 +68,7 @@ def teacher_cmd(
         from vea_bench.train.teacher import TeacherConfig, train_teacher
 
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
-                             allow_outside_root=allow_outside_root)
+                             allow_outside_root=allow_outside_root, strict=strict)
         cfg = TeacherConfig(arch=arch, epochs=epochs, lr=lr, weight_decay=wd, batch_size=batch_size, img_size=img_size,
                             seed=seed, weights=str(weights) if weights else None, random_init=random_init)
         result = train_teacher(index, cfg, out, device=device, workers=workers, results_dir=results,
@@ -111,6 +113,7 @@ def vlm_cmd(
     split_seed: SplitSeedOpt = 42,
     label_space: LabelSpaceOpt = None,
     allow_outside_root: AllowOutsideRootOpt = False,
+    strict: StrictOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """QLoRA instruction tuning of the VLM (stage 1) on categorical, conversation and reasoning instructions.
@@ -134,7 +137,7 @@ def vlm_cmd(
                           max_side=max_side, max_pixels=max_pixels, loss_on=loss_on, image_position=image_position)
         cfg.validate()
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
-                             allow_outside_root=allow_outside_root)
+                             allow_outside_root=allow_outside_root, strict=strict)
         result = train_vlm(index, cfg, instructions, out, device=device, save_every=save_every,
                            eval_split=None if no_eval else "test", eval_limit=eval_limit, results_dir=results,
                            progress=RichProgress("step", quiet=quiet))
