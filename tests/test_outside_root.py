@@ -211,3 +211,16 @@ def test_relative_root_resolves_dotdot_rows_against_the_absolute_root(tmp_path: 
     idx = load_dataset("manifest", "m", allow_outside_root=True)
     (row,) = [s for s in idx.splits["train"] if "elsewhere" in s.path]
     assert idx.abspath(row).resolve() == (tmp_path / "elsewhere" / "x.jpg").resolve()
+
+
+def test_experiment_file_strict_refuses_skipped_rows(tmp_path: Path) -> None:
+    from vea_bench.pipeline.experiment import parse_experiment
+    from vea_bench.pipeline.stages import _load_index
+
+    root = make_synthetic("fi", tmp_path / "fi", per_class=3, size=16)
+    (root / "awe" / "awe_900.jpg").symlink_to(_outside(tmp_path))
+    data = {"dataset": {"name": "fi", "root": str(root)}, "vlm": {"model": "Qwen/Qwen2-VL-7B-Instruct"}}
+    assert len(_all_paths(_load_index(parse_experiment(data, base=tmp_path)))) == 24
+    data["dataset"]["options"] = {"strict": True}
+    with pytest.raises(DatasetError, match="awe/awe_900.jpg.*--strict"):
+        _load_index(parse_experiment(data, base=tmp_path))
