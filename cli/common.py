@@ -198,12 +198,13 @@ def write_failure(exc: BaseException) -> str | None:
     elif code == errno.EROFS:
         reason, hint = "read-only file system", "choose a folder on a writable file system"
     elif code in (errno.EACCES, errno.EPERM):
-        reason, hint = "permission denied", "make the folder writable for this user or choose another"
+        reason, hint = "permission denied", "make it (or its folder) writable for this user, or choose another place"
     else:
         return None
     path = _failed_path(exc) or "output"
     path = path[: -len(".tmp")] if path.endswith(".tmp") else path  # name the file being replaced
-    return f"{path}: cannot write ({reason}); {hint}; files already complete are kept"
+    doing = "cannot write" if reason != "permission denied" else "cannot open"
+    return f"{path}: {doing} ({reason}); {hint}; files already complete are kept"
 
 
 def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
