@@ -1,7 +1,8 @@
 """Sweeps over alpha, depth, gate and seed: grids from flags, members batched, one record each.
 
-Every member is an ordinary run (same code path as `vea-bench train distill|gate`) and writes an
-ordinary record; members of one sweep share the record's ``group``.
+Every member is an ordinary run (same code path as `vea-bench train distill|gate`), checked by the
+same validation before anything trains (a grid with one bad value is refused whole), and writes
+an ordinary record; members of one sweep share the record's ``group``.
 """
 from __future__ import annotations
 
