@@ -117,6 +117,9 @@ def test_symlinks_escaping_the_root(tmp_path: Path) -> None:
     bad = {s.path for s in idx.skipped if s.kind == "outside-root"}
     assert bad == {"train/awe/link.jpg", "train/fear/sub/x.jpg"}
     assert "train/awe/ok.jpg" in _all_paths(idx)  # a link that stays inside is fine
+    (root / "train" / "awe" / "gone.jpg").symlink_to(root / "train" / "awe" / "never.jpg")  # dangles inside
+    (gone,) = [s for s in load_dataset("imagefolder", root).skipped if s.path == "train/awe/gone.jpg"]
+    assert gone.kind == "missing" and "dangling symlink" in gone.reason
     assert bad <= _all_paths(load_dataset("imagefolder", root, allow_outside_root=True))
 
 
