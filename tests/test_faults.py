@@ -222,8 +222,8 @@ def test_extract_cli_signalled_as_a_process_group(tmp_path, teacher_set, teacher
     rng = random.Random(f"cli-{sig}")
     path = tmp_path / "c.h5"
     args = ["extract", "fi", "--root", str(teacher_set["fi"]), "--teacher", str(teacher_set["teacher"]),
-            "--cache", str(path), "--seed", "0", "--batch-size", "1", "--workers", "1", "--device", "cpu", "--threads", "1",
-            "--quiet"]
+            "--cache", str(path), "--split-seed", "0", "--batch-size", "1", "--workers", "1", "--device", "cpu",
+            "--threads", "1", "--quiet"]
     stopped = 0
     for _ in range(n):
         before = _status_rows(path)
