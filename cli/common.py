@@ -1,10 +1,14 @@
 """Shared pieces of the CLI: consoles, the rich progress renderer, one-line error handling."""
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.markup import escape
 from rich.console import Console
@@ -22,10 +26,14 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-# `--allow-outside-root`, on every command that opens a dataset (the dataset layer refuses such paths).
+# `--allow-outside-root` and `--strict`, on every command that opens a dataset.
 AllowOutsideRootOpt = Annotated[bool, typer.Option(
     "--allow-outside-root",
-    help="Read images that resolve outside --root (.., absolute paths, escaping symlinks); refused by default.")]
+    help="Read images that resolve outside --root (.., absolute paths, escaping symlinks); skipped by default.")]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict",
+    help="Refuse the dataset if any row is skipped (outside-root, missing, zero-byte...; ties and neutral "
+         "votes apart) instead of skipping it with a warning.")]
 
 
 # `--image-column` / `--label-column`, on every command that opens a dataset (the hf layout's columns).
@@ -89,16 +97,31 @@ class RichProgress:
         self._task = None
 
 
+class LineHandler(logging.Handler):
+    """Renders each library log message as one stderr line (``warning:`` in front of warnings), unwrapped."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = escape(" ".join(self.format(record).split()))
+            prefix = "[yellow]warning:[/] " if record.levelno >= logging.WARNING else ""
+            err_console.print(prefix + msg, highlight=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001  logging must never break the command
+            self.handleError(record)
+
+
+def show_warnings() -> None:
+    """Make sure the library's warnings (skipped rows, ...) reach stderr, one line each."""
+    lib = logging.getLogger("vea_bench")
+    if not any(isinstance(h, LineHandler) for h in lib.handlers):
+        lib.addHandler(LineHandler())
+    if lib.level == logging.NOTSET:
+        lib.setLevel(logging.WARNING)
+
+
 def setup_logging(quiet: bool = False) -> None:
-    """Render the library's log messages (skipped images, resumes, warnings) on stderr with rich, once."""
-    import logging
-
-    from rich.logging import RichHandler
-
-    root = logging.getLogger("vea_bench")
-    if not any(isinstance(h, RichHandler) for h in root.handlers):
-        root.addHandler(RichHandler(console=err_console, show_path=False, show_time=False))
-    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    """Render the library's log messages (skipped images, resumes, warnings) on stderr, once."""
+    show_warnings()
+    logging.getLogger("vea_bench").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 # Third-party notices that say nothing about the user's run, hidden unless `vea-bench --verbose`:
@@ -130,10 +153,77 @@ def quiet_third_party(verbose: bool = False) -> None:
             logger.addFilter(_DropNotice(needle))
 
 
+# Where a failed write's path is looked for when the OS error does not carry it: the innermost
+# frames' locals of these names (pathlib's ``self``, PIL's ``fp``, safetensors' ``filename``...).
+_PATH_LOCALS = ("filename", "fname", "fp", "file", "f", "path", "self")
+# Output options of the commands, the last resort for naming where a write failed.
+_OUTPUT_PARAMS = ("out", "results", "output", "workdir")
+
+
+def _as_path(value: Any) -> str | None:
+    """A file-system path held by ``value`` (a path, a path string, an open file), else None."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)  # type: ignore[return-value]
+    if isinstance(value, str) and os.sep in value and "\n" not in value and len(value) < 4096:
+        return value
+    name = getattr(value, "name", None)
+    if isinstance(name, str) and os.sep in name and isinstance(getattr(value, "mode", None), str):
+        return name
+    return None
+
+
+def _failed_path(exc: BaseException) -> str | None:
+    """The path a write failed on: the error's own, the innermost frame holding one, or the command's output."""
+    for attr in ("filename", "filename2"):
+        if getattr(exc, attr, None):
+            return os.fspath(getattr(exc, attr))
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for name in _PATH_LOCALS:
+            found = _as_path(frame.f_locals.get(name))
+            if found:
+                return found
+    ctx = click.get_current_context(silent=True)
+    given = [os.fspath(ctx.params[k]) for k in _OUTPUT_PARAMS if ctx is not None and ctx.params.get(k) is not None]
+    return " or ".join(given) or None
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """One line for a disk-full, read-only or permission failure, naming the path; None for other errors.
+
+    Every writer outside the cache (records, reports, tables, plots, checkpoints, synthetic sets,
+    instructions) ends here on such a failure, whatever library raised it (Python, PIL, matplotlib,
+    safetensors, torch), so the rule is the same for all of them.
+    """
+    from vea_bench.errors import errno_of
+
+    torch_write = isinstance(exc, RuntimeError) and "file write failed" in str(exc)
+    if not (isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError" or torch_write):
+        return None
+    code = errno_of(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT) or (torch_write and code is None):
+        reason, hint = "no space left on device", "free space or write to another disk, then rerun"
+    elif code == errno.EROFS:
+        reason, hint = "read-only file system", "choose a folder on a writable file system"
+    elif code in (errno.EACCES, errno.EPERM):
+        reason, hint = "permission denied", "make it (or its folder) writable for this user, or choose another place"
+    else:
+        return None
+    path = _failed_path(exc) or "output"
+    path = path[: -len(".tmp")] if path.endswith(".tmp") else path  # name the file being replaced
+    doing = "cannot write" if reason != "permission denied" else "cannot open"
+    return f"{path}: {doing} ({reason}); {hint}; files already complete are kept"
+
+
 def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn``; user-facing errors become one stderr line and a non-zero exit."""
+    """Call ``fn``; user-facing errors (and full or read-only disks) become one stderr line and a non-zero exit."""
     from vea_bench.errors import VeaError
 
+    show_warnings()
     try:
         return fn(*args, **kwargs)
     except VeaError as exc:
@@ -141,6 +231,25 @@ def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: what was written is kept; rerun the same command to resume")
         raise typer.Exit(130) from None
+    except Exception as exc:
+        message = write_failure(exc)
+        if message is None:
+            raise
+        fail(message, 2)
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write a rendered file whole or not at all (a full disk never leaves a truncated one behind)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def echo_path(path: Any, quiet: bool) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vea_bench_cli.common import AllowOutsideRootOpt, ImageColumnOpt, LabelColumnOpt, column_options, console, err_console, fail, run_guarded
+from vea_bench_cli.common import AllowOutsideRootOpt, StrictOpt, ImageColumnOpt, LabelColumnOpt, column_options, console, err_console, fail, run_guarded
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -100,14 +100,16 @@ def check_cmd(
     allow_outside_root: AllowOutsideRootOpt = False,
     image_column: ImageColumnOpt = None,
     label_column: LabelColumnOpt = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Check a dataset where it lies: counts per split and class, and every fault found.
 
     Reports unreadable/corrupt and zero-byte images, unknown labels, malformed rows, images missing
     for labelled ids, excluded ties and neutral votes, duplicates across splits (same path or
     same bytes), and paths that resolve outside the root (outside-root: `..`, absolute paths,
-    escaping symlinks; `extract` refuses them unless --allow-outside-root). Faults do not make the command fail: it exits 0 with a summary. It exits 1 only
-    when the root cannot be read at all.
+    escaping or dangling symlinks; every command skips them, never reading them, unless
+    --allow-outside-root). Faults do not make the command fail: it exits 0 with a summary, or 1
+    with --strict. It exits 1 also when the root cannot be read at all.
 
     [bold]Examples[/]:
       vea-bench datasets check fi --root /data/FI
@@ -140,8 +142,10 @@ def check_cmd(
         progress.finish()
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
-        return
-    _render_report(report, show)
+    else:
+        _render_report(report, show)
+    if strict and not report.ok:
+        raise typer.Exit(1)
 
 
 def _render_report(report: Any, show: int) -> None:

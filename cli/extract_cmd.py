@@ -10,6 +10,7 @@ from vea_bench.models.base import GenerationOptions, LoadOptions
 from vea_bench.schema import Settings
 from vea_bench_cli.common import (
     AllowOutsideRootOpt,
+    StrictOpt,
     ImageColumnOpt,
     LabelColumnOpt,
     RichProgress,
@@ -68,6 +69,7 @@ def extract_command(
     allow_outside_root: AllowOutsideRootOpt = False,
     image_column: ImageColumnOpt = None,
     label_column: LabelColumnOpt = None,
+    strict: StrictOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table; print only the cache path.")] = False,
 ) -> None:
     """Run the VLM (one pass per batch: pooled visual embedding + answer), teachers and backbones
@@ -86,7 +88,7 @@ def extract_command(
         sample=sample, split_seed=split_seed, batch_size=batch_size, workers=workers, threads=threads, limit=limit,
         shard=shard, splits=list(split or []), label_space=label_space, keys=keys, overwrite=overwrite,
         retry_failed=retry_failed, quiet=quiet, parse=parse, exif=exif, allow_outside_root=allow_outside_root,
-        columns=column_options(image_column, label_column),
+        strict=strict, columns=column_options(image_column, label_column),
     )
 
 
@@ -138,7 +140,7 @@ def _run(**a: Any) -> None:
     gen = _generation(a["generation"], a["sample"])
     device = Settings(LoadOptions, a["load"]).value("device")
     index = load_dataset(a["dataset"], a["root"], seed=a["split_seed"], label_space=a["label_space"],
-                         allow_outside_root=a["allow_outside_root"], **a["columns"])
+                         allow_outside_root=a["allow_outside_root"], strict=a["strict"], **a["columns"])
     cache = a["cache"] or Path("cache") / f"{index.name}.h5"
     backbones = [BackboneSpec.parse(b, default_weights=a["backbone_weights"]) for b in a["backbones"]]
     keys = dict(a["keys"])

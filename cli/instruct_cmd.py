@@ -11,6 +11,7 @@ from vea_bench_cli.common import (
     ImageColumnOpt,
     LabelColumnOpt,
     column_options,
+    StrictOpt,
     setup_logging,
     RichProgress,
     console,
@@ -49,6 +50,7 @@ def generate_cmd(
     allow_outside_root: AllowOutsideRootOpt = False,
     image_column: ImageColumnOpt = None,
     label_column: LabelColumnOpt = None,
+    strict: StrictOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")] = False,
 ) -> None:
     """Ask a vision chat model for the "Key elements" and "Reasoning" of every training image (EmoVIT-style).
@@ -71,7 +73,7 @@ def generate_cmd(
                             temperature=temperature)
         endpoint.url  # noqa: B018  (a malformed --base-url fails here, before any work)
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
-                             allow_outside_root=allow_outside_root, **column_options(image_column, label_column))
+                             allow_outside_root=allow_outside_root, strict=strict, **column_options(image_column, label_column))
         report = generate_instructions(index, out, endpoint, split=split, concurrency=concurrency,
                                        max_retries=max_retries, limit=limit, max_side=max_side,
                                        progress=RichProgress("img", quiet=quiet))
@@ -100,6 +102,7 @@ def build_cmd(
     allow_outside_root: AllowOutsideRootOpt = False,
     image_column: ImageColumnOpt = None,
     label_column: LabelColumnOpt = None,
+    strict: StrictOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")] = False,
 ) -> None:
     """Validate generated responses and write the paper's three instruction kinds per training image.
@@ -119,7 +122,7 @@ def build_cmd(
         )
 
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
-                             allow_outside_root=allow_outside_root, **column_options(image_column, label_column))
+                             allow_outside_root=allow_outside_root, strict=strict, **column_options(image_column, label_column))
         entries = load_responses(responses, index.label_space, index=index)
         insts = build_instructions(entries, index.label_space, [k.strip() for k in kinds.split(",") if k.strip()])
         n = write_jsonl(out, (i.to_dict() for i in insts))

@@ -28,6 +28,14 @@ class _VeaTyper(typer.Typer):
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: what was written is kept; rerun the same command to resume")
             sys.exit(130)
+        except Exception as exc:  # a full or read-only disk outside any guarded call: still one line
+            from vea_bench_cli.common import write_failure
+
+            message = write_failure(exc)
+            if message is None:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            sys.exit(2)
 
 
 app = _VeaTyper(

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vea_bench_cli.common import console, err_console, fail, run_guarded
+from vea_bench_cli.common import console, err_console, fail, run_guarded, write_output
 
 results_app = typer.Typer(no_args_is_help=True)
 
@@ -98,8 +98,7 @@ def table(
     if out is None:
         typer.echo(text, nl=False)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    run_guarded(write_output, out, text)
     err_console.print(f"wrote {out}")
 
 

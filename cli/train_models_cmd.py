@@ -14,6 +14,7 @@ from vea_bench_cli.common import (
     ImageColumnOpt,
     LabelColumnOpt,
     column_options,
+    StrictOpt,
     setup_logging,
     RichProgress,
     console,
@@ -63,6 +64,7 @@ def teacher_cmd(
     allow_outside_root: AllowOutsideRootOpt = False,
     image_column: ImageColumnOpt = None,
     label_column: LabelColumnOpt = None,
+    strict: StrictOpt = False,
     quiet: QuietOpt = False,
     tracker: TrackerOpt = None,
 ) -> None:
@@ -82,7 +84,7 @@ def teacher_cmd(
         cfg = Settings(TeacherConfig, teacher_options).build()
         cfg.validate()
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
-                             allow_outside_root=allow_outside_root, **column_options(image_column, label_column))
+                             allow_outside_root=allow_outside_root, strict=strict, **column_options(image_column, label_column))
         with tracking(tracker) as tr:
             tr.start(f"teacher-{index.name}-{cfg.arch}", vars(cfg))
             result = train_teacher(index, cfg, out, device=device, workers=workers, results_dir=results,
@@ -121,6 +123,7 @@ def vlm_cmd(
     allow_outside_root: AllowOutsideRootOpt = False,
     image_column: ImageColumnOpt = None,
     label_column: LabelColumnOpt = None,
+    strict: StrictOpt = False,
     quiet: QuietOpt = False,
     tracker: TrackerOpt = None,
 ) -> None:
@@ -147,7 +150,7 @@ def vlm_cmd(
         cfg = Settings(QLoRAConfig, given).build()
         cfg.validate()
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
-                             allow_outside_root=allow_outside_root, **column_options(image_column, label_column))
+                             allow_outside_root=allow_outside_root, strict=strict, **column_options(image_column, label_column))
         with tracking(tracker) as tr:
             tr.start(f"qlora-{index.name}", vars(cfg))
             result = train_vlm(index, cfg, instructions, out, device=device, save_every=save_every,

@@ -463,3 +463,43 @@ def test_katsurai_votes_with_spaces_and_tabs_mixed(tmp_path: Path) -> None:
         f"{200 + i}\t{3 if i < 4 else 0}\t{0 if i < 4 else 3}" for i in range(8)) + "\n")
     idx = load_dataset("flickr", root)
     assert sum(len(v) for v in idx.splits.values()) == 8 and idx.meta["label_mode"] == "vote counts"
+
+
+VOTES = {"300": (3, 0, 0), "301": (2, 0, 1), "302": (2, 1, 0), "303": (0, 0, 3), "304": (1, 0, 2), "305": (0, 1, 2),
+         "306": (0, 2, 1), "307": (1, 1, 1)}
+EXPECTED = {"300": "positive", "301": "positive", "302": "positive", "303": "negative", "304": "negative",
+            "305": "negative"}
+
+
+@pytest.mark.parametrize("fmt", [
+    "{i}\t{p} {u} {n}",          # a tab after the id, spaces between the counts, on every line
+    "{i} {p}\t{u}  {n}",         # spaces, then a tab, on every line
+    " {i} \t {p}\t{u} {n} \r",   # stray leading/trailing whitespace and CRLF line ends
+    "{i}\t\t{p}   {u}\t{n}",     # runs of tabs and spaces
+])
+@pytest.mark.parametrize("header", [None, "id\tpositive neutral negative", "photo_id pos neu neg",
+                                    "image_name\tpos\tneu\tneg", "image id\thighly positive\tneutral\tnegative"])
+def test_katsurai_votes_any_whitespace_with_or_without_header(tmp_path: Path, fmt: str, header: str | None) -> None:
+    root = tmp_path / "k"
+    (root / "images").mkdir(parents=True)
+    for i, ident in enumerate(VOTES):
+        Image.new("RGB", (8, 8), (i * 30, 0, 0)).save(root / "images" / f"{ident}.jpg")
+    body = [fmt.format(i=k, p=p, u=u, n=n) for k, (p, u, n) in VOTES.items()]
+    (root / "votes.txt").write_text("\n".join(([header] if header else []) + body) + "\n")
+    idx = load_dataset("instagram", root)
+    labels = {Path(s.path).stem: BINARY.labels[s.label] for v in idx.splits.values() for s in v}
+    assert labels == EXPECTED
+    assert (idx.meta["excluded_ties"], idx.meta["excluded_neutral"]) == (1, 1) and not idx.faults()
+
+
+@pytest.mark.parametrize("header", [None, "id label", "id\tlabel"])
+def test_katsurai_label_column_any_whitespace(tmp_path: Path, header: str | None) -> None:
+    root = tmp_path / "k"
+    (root / "images").mkdir(parents=True)
+    for i, ident in enumerate(EXPECTED):
+        Image.new("RGB", (8, 8), (i * 30, 0, 0)).save(root / "images" / f"{ident}.jpg")
+    seps = [" \t", "\t ", "  ", "\t\t", " ", "\t"]
+    body = [f"{k}{seps[j]}{'Positive' if v == 'positive' else 'neg'}" for j, (k, v) in enumerate(EXPECTED.items())]
+    (root / "labels.txt").write_text("\n".join(([header] if header else []) + body) + "\n")
+    idx = load_dataset("instagram", root)
+    assert {Path(s.path).stem: BINARY.labels[s.label] for v in idx.splits.values() for s in v} == EXPECTED

@@ -9,6 +9,7 @@ skipped with the reason elsewhere.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -220,8 +222,8 @@ def test_extract_cli_signalled_as_a_process_group(tmp_path, teacher_set, teacher
     rng = random.Random(f"cli-{sig}")
     path = tmp_path / "c.h5"
     args = ["extract", "fi", "--root", str(teacher_set["fi"]), "--teacher", str(teacher_set["teacher"]),
-            "--cache", str(path), "--seed", "0", "--batch-size", "1", "--workers", "1", "--device", "cpu", "--threads", "1",
-            "--quiet"]
+            "--cache", str(path), "--split-seed", "0", "--batch-size", "1", "--workers", "1", "--device", "cpu",
+            "--threads", "1", "--quiet"]
     stopped = 0
     for _ in range(n):
         before = _status_rows(path)
@@ -542,3 +544,127 @@ def test_os_errors_name_the_path_and_the_fix(exc: OSError, needle: str) -> None:
     msg = str(os_error(Path("/data/cache/fi.h5"), exc, "create the cache file"))
     _one_line(msg, "/data/cache/fi.h5", "cannot create the cache file", needle)
     assert ";" in msg  # the fix follows the reason
+
+
+# ------------------------------------------------------------- writers outside the cache
+# Every writer that is not the cache (synthetic sets, run records and artifacts, tables, plots, the
+# HTML report, instructions, checkpoints, tiny models), run through the CLI with its output on a
+# 64 KB tmpfs that is full, nearly full (the write fails part-way) or read-only, or in a folder this
+# user may not write (EACCES, as root without CAP_DAC_OVERRIDE): one line naming the path, exit 2.
+SMALL_FS = 64 * 1024
+
+
+@contextlib.contextmanager
+def _small_fs(where: Path, *, fill: int = 0, read_only: bool = False, before: dict[str, str] | None = None):
+    where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) to mount a small tmpfs for full-disk / read-only faults")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_FS}", "tmpfs", str(where)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode})")
+    try:
+        for name, text in (before or {}).items():
+            (where / name).write_text(text)
+        if fill:
+            with contextlib.suppress(OSError), open(where / "filler", "wb") as f:
+                f.write(b"\0" * fill)
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def writer_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A synthetic FI set, its instruction responses, a head cache and a results folder with records."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vea_bench.datasets import load_dataset
+    from vea_bench.datasets.synthetic import make_synthetic
+    from vea_bench.heads.synthetic_cache import make_complementary_cache
+    from vea_bench_cli.main import app
+
+    base = tmp_path_factory.mktemp("writers")
+    fi = make_synthetic("fi", base / "fi", per_class=3, size=16)
+    index = load_dataset("fi", fi)
+    (base / "gen.jsonl").write_text("".join(json.dumps({
+        "image": s.path, "label": index.label_space.labels[s.label],
+        "response": "Key elements: a red evening sky over a quiet lake with boats\n"
+                    "Reasoning: the warm light and the still water suggest a calm, content mood"}) + "\n"
+        for s in index.split("train")))
+    cache = make_complementary_cache(base / "c.h5", n_train=48, n_val=24, n_test=24, dim=8, seed=3)
+    res = CliRunner().invoke(app, ["train", "distill", "--cache", str(cache), "--results", str(base / "results"),
+                                   "--epochs", "1", "--device", "cpu", "-q"])
+    assert res.exit_code == 0, res.output
+    return {"fi": fi, "gen": base / "gen.jsonl", "cache": cache, "results": base / "results"}
+
+
+WRITERS: dict[str, Any] = {
+    "synthetic": lambda i, o: ["datasets", "make-synthetic", "fi", str(o / "syn"), "-n", "3", "--size", "16"],
+    "records": lambda i, o: ["train", "distill", "--cache", str(i["cache"]), "--results", str(o / "res"),
+                             "--epochs", "1", "--device", "cpu", "-q"],
+    "table": lambda i, o: ["table", "--results", str(i["results"]), "--out", str(o / "t.md"), "-f", "md", "-t", "ext"],
+    "plot": lambda i, o: ["plot", "--results", str(i["results"]), "--out", str(o / "plots"), "-f", "png"],
+    "report": lambda i, o: ["report", "--results", str(i["results"]), "--out", str(o / "report")],
+    "instructions": lambda i, o: ["instruct", "build", "fi", "--root", str(i["fi"]), "--responses", str(i["gen"]),
+                                  "--out", str(o / "i.jsonl")],
+    "checkpoint": lambda i, o: ["train", "teacher", "fi", "--root", str(i["fi"]), "--arch", "test_resnet",
+                                "--img-size", "32", "--random-init", "--epochs", "1", "--out", str(o / "teacher"),
+                                "--results", str(o / "res"), "--device", "cpu", "-q"],
+    "tiny-model": lambda i, o: ["models", "make-tiny", "teacher", str(o / "tiny")],
+}
+FAULTS = {"full": dict(fill=SMALL_FS), "nearly-full": dict(fill=SMALL_FS - 12 * 1024), "read-only": dict(read_only=True)}
+FAST_WRITERS = {("synthetic", "full"), ("records", "read-only"), ("table", "full"), ("instructions", "read-only"),
+                ("tiny-model", "full")}
+
+
+def _assert_write_error(output: str, stderr: str, where: Path, reason: str) -> None:
+    assert "Traceback" not in output, output
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == stderr.strip().splitlines()[-1], stderr
+    assert str(where) in errors[0] and reason in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_writers_outside_the_cache_on_a_full_or_read_only_disk(tmp_path, writer_inputs, writer, fault, request):
+    from typer.testing import CliRunner
+
+    from vea_bench_cli.main import app
+
+    if (writer, fault) not in FAST_WRITERS and not _full(request.config):
+        pytest.skip("full fault suite: run with --faults")
+    before = {"t.md": "the table written before\n"} if writer == "table" else None
+    with _small_fs(tmp_path / "mnt", before=before, **FAULTS[fault]) as mnt:
+        res = CliRunner().invoke(app, WRITERS[writer](writer_inputs, mnt))
+        if res.exit_code == 0:  # the output fitted in what was left: nothing to report
+            assert fault == "nearly-full", res.output
+            return
+        assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+        reason = "read-only file system" if fault == "read-only" else "no space left on device"
+        _assert_write_error(res.output, res.stderr, mnt, reason)
+        if before:  # a full disk never costs the file already there
+            assert (mnt / "t.md").read_text() == before["t.md"]
+
+
+@pytest.mark.parametrize("writer", ["synthetic", pytest.param("table", marks=pytest.mark.faults_full),
+                                    pytest.param("instructions", marks=pytest.mark.faults_full)])
+def test_writers_in_a_folder_this_user_may_not_write(tmp_path, writer_inputs, writer) -> None:
+    """EACCES as a user would meet it: root without CAP_DAC_OVERRIDE, a folder owned by someone else."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv(1) to drop the capability that bypasses permissions")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chown(locked, 65534, 65534)
+    locked.chmod(0o755)
+    cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m", "vea_bench_cli.main",
+           *WRITERS[writer](writer_inputs, locked)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if res.returncode == 0:
+        pytest.skip("dropping CAP_DAC_OVERRIDE does not take effect here")
+    assert res.returncode == 2, res.stderr
+    _assert_write_error(res.stdout + res.stderr, res.stderr, locked, "permission denied")

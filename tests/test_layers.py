@@ -176,7 +176,6 @@ KNOWN_LONG_FUNCTIONS: set[tuple[str, str]] = {
     ("vea_bench/train/teacher.py", "train_teacher"),
     ("vea_bench/train/qlora.py", "train_vlm"),
     ("vea_bench/heads/trainer.py", "train_members"),
-    ("vea_bench/datasets/katsurai.py", "load_katsurai"),
 }
 MAX_MODULE_LINES = 500
 LENGTH_CAPPED = ("vea_bench/cache/", "vea_bench/report/tables.py")   # modules that must stay readable whole

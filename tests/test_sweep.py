@@ -95,3 +95,40 @@ def test_sweep_live_table_renders_members(cache, tmp_path):
     assert res.exit_code == 0, res.output + res.stderr
     text = res.stdout + res.stderr
     assert "alpha=0 " in text and "alpha=1 " in text and "2 records" in text
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["alpha", "--alphas", "0:2:0.5"], ["alpha 1.5", "alpha 2", "--alpha must be in [0, 1]"]),
+    (["depth", "--depths", "1,2,7"], ["depth 7", "1..5"]),
+    (["alpha", "--alphas", "0.5", "--lrs", "1e-3,-1"], ["lr -1", "--lr must be positive"]),
+    (["alpha", "--alphas", "0,0.5", "--lrs", "1e-3", "--schedule", "reference"], ["lr 0.001", "pins lr"]),
+    (["gate", "--gates", "concat,dynamic", "--solver", "lbfgs"], ["gate dynamic", "lbfgs"]),
+], ids=["alpha-range", "depth", "lrs", "reference-lrs", "gate-solver"])
+def test_a_grid_with_one_bad_value_is_refused_whole_before_training(cache, tmp_path, args, needles):
+    """Every member is validated as its single run would be; nothing trains, nothing is recorded."""
+    out = tmp_path / "r"
+    budget = [] if "reference" in args else ["--epochs", "2", "--batch-size", "16"]
+    res = runner.invoke(app, ["sweep", args[0], "--cache", str(cache), *args[1:], "--seeds", "0,1",
+                              "--results", str(out), "--device", "cpu", "--quiet", *budget])
+    assert res.exit_code != 0
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "refused" in lines[0] and "Traceback" not in res.output, res.output
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    assert not out.exists() or not list(out.rglob("*.json"))
+
+
+def test_experiment_file_sweep_grid_is_refused_when_parsed(tmp_path):
+    from vea_bench.errors import ConfigError
+    from vea_bench.pipeline.experiment import parse_experiment
+
+    data = {"dataset": {"name": "fi", "root": str(tmp_path)}, "vlm": {"model": "Qwen/Qwen2-VL-7B-Instruct"},
+            "sweep": {"alpha": [0.0, 0.5, 1.5], "seeds": [0, 1]}}
+    with pytest.raises(ConfigError) as ei:
+        parse_experiment(data, base=tmp_path)
+    assert "alpha 1.5" in str(ei.value) and "\n" not in str(ei.value)
+    data["sweep"] = {"depth": [1, 6]}
+    with pytest.raises(ConfigError, match="depth 6"):
+        parse_experiment(data, base=tmp_path)
+    data["sweep"] = {"alpha": [0.0, 1.0], "depth": [1, 5]}
+    assert parse_experiment(data, base=tmp_path).sweep.alpha == [0.0, 1.0]

@@ -11,6 +11,7 @@ importing this package fills both registries.
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from vea_bench.datasets.base import DATASETS, SPLITS, DatasetEntry, DatasetIndex
 from vea_bench.datasets.check import CheckReport, DuplicateGroup, check_dataset, inspect_index
 from vea_bench.datasets.images import IMAGE_EXTENSIONS, decode_image, open_image
 from vea_bench.errors import ConfigError, DatasetError, UnknownLabelError
+
+log = logging.getLogger("vea_bench.datasets")
 
 __all__ = [
     "DATASETS",
@@ -41,6 +44,7 @@ __all__ = [
     "load_dataset",
     "loader_options",
     "open_image",
+    "read_dataset",
     "register_dataset",
 ]
 
@@ -72,6 +76,7 @@ def load_dataset(
     seed: int = 42,
     label_space: str | None = None,
     allow_outside_root: bool = False,
+    strict: bool = False,
     **options: Any,
 ) -> DatasetIndex:
     """Load dataset ``name`` from ``root`` in its native layout.
@@ -79,12 +84,36 @@ def load_dataset(
     ``seed`` drives the stratified split where a dataset has none of its own (and is recorded in
     ``DatasetIndex.split_seed``); ``label_space`` forces one (e.g. ``"binary"`` for EmoSet/FI);
     ``on_error="skip"`` records unknown labels and malformed rows in ``DatasetIndex.skipped``
-    instead of raising. Image paths are confined to ``root``: a row or symlink that resolves
-    outside it is refused (or skipped as ``outside-root``) unless ``allow_outside_root``. Other
-    options are the loader's own (see `loader_options`); a misspelt option is a one-line
+    instead of raising. Image paths are confined to ``root`` (taken as an absolute path, whatever
+    form it has): a row or symlink that resolves outside it is skipped as ``outside-root`` and
+    never read, like a missing or zero-byte image, unless ``allow_outside_root``. Skipped rows are
+    logged as one warning line (count per kind, the first path); ``strict`` makes any of them
+    (ties and neutral votes apart: the labelling rule excludes those) a one-line `DatasetError`.
+    Other options are the loader's own (see `loader_options`); a misspelt option is a one-line
     `ConfigError`, not silently ignored.
     """
-    from vea_bench.datasets._common import outside_root
+    index = read_dataset(name, root, seed=seed, label_space=label_space, allow_outside_root=allow_outside_root,
+                         **options)
+    summary = index.skip_summary()
+    if summary is not None:
+        if strict:
+            raise DatasetError(f"{summary}; refused by --strict (fix or remove these rows, or drop --strict to skip them)")
+        log.warning("%s; these rows are not read (--strict refuses them)", summary)
+    return index
+
+
+def read_dataset(
+    name: str,
+    root: str | Path,
+    *,
+    seed: int = 42,
+    label_space: str | None = None,
+    allow_outside_root: bool = False,
+    **options: Any,
+) -> DatasetIndex:
+    """`load_dataset` without the skipped-rows policy: the index, skips recorded, nothing logged
+    (`check_dataset` reports them itself)."""
+    from vea_bench.datasets._common import absolute_root, outside_root
 
     entry = get_dataset(name)
     allowed = loader_options(entry.name)
@@ -95,4 +124,4 @@ def load_dataset(
             f"(options: {', '.join(sorted(set(allowed) - {'seed', 'label_space'}))})"
         )
     with outside_root(allow_outside_root):
-        return entry.loader(root, seed=seed, label_space=label_space, **options)
+        return entry.loader(absolute_root(root), seed=seed, label_space=label_space, **options)

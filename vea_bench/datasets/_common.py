@@ -63,9 +63,18 @@ class Confinement:
         return None if self._inside(real) else real
 
 
+def absolute_root(root: str | Path) -> Path:
+    """``root`` as an absolute path (``~`` expanded, symlinks kept), whatever form it was given in.
+
+    Rows are joined to this path, never to a relative one: ``m/../elsewhere/x.jpg`` normalised
+    lexically would become ``elsewhere/x.jpg`` and be read under the root again.
+    """
+    return Path(root).expanduser().absolute()
+
+
 def require_root(name: str, root: str | Path) -> Path:
     """The dataset root as a Path, or a one-line error when it is not a readable folder."""
-    p = Path(root).expanduser()
+    p = absolute_root(root)
     if not p.exists():
         raise DatasetError(f"{name}: root {p} does not exist")
     if not p.is_dir():
@@ -148,7 +157,7 @@ class Collector:
     def __init__(self, name: str, root: Path, space: LabelSpace, on_error: str = "raise") -> None:
         check_on_error(on_error)
         self.name = name
-        self.root = root
+        self.root = absolute_root(root)
         self.space = space
         self.on_error = on_error
         self.allow_outside_root = _ALLOW_OUTSIDE_ROOT.get()
@@ -196,27 +205,28 @@ class Collector:
         return self._confine is None or self._confine.escape(path) is None
 
     def file_ok(self, rel: str, path: Path | None = None) -> bool:
-        """False (and recorded) when the file is missing or zero bytes.
+        """False (and recorded) when the file is missing, zero bytes or outside the root.
 
-        A path that resolves outside the root (``..``, an absolute path, an escaping symlink) is a
-        fault like a malformed row: raised by default, recorded as ``outside-root`` under
-        ``on_error="skip"``, read only when `load_dataset` was given ``allow_outside_root=True``.
+        A path that resolves outside the root (``..``, an absolute path, a symlink escaping or
+        dangling out of it) is skipped like an unreadable image, as ``outside-root``, and never
+        read: one such row must not cost the rest of the dataset. It is read only when
+        `load_dataset` was given ``allow_outside_root=True``; ``strict=True`` refuses it.
         """
         full = path if path is not None else self.root / rel
         if self._confine is not None:
             target = self._confine.escape(full)
             if target is not None:
-                self.problem(
-                    rel,
-                    f"lies outside the dataset root {self.root} (resolves to {target}); "
-                    f"pass {OUTSIDE_ROOT_OPTION} to read it",
-                    "outside-root",
-                )
+                what = "dangling symlink" if os.path.islink(full) and not os.path.exists(full) else "path"
+                self.skip(rel, f"{what} resolves outside the dataset root (to {target}); "
+                               f"{OUTSIDE_ROOT_OPTION} reads it", "outside-root")
                 return False
         problem = file_problem(full)
         if problem is None:
             return True
-        self.skip(rel, problem[1], problem[0])
+        kind, reason = problem
+        if kind == "missing" and os.path.islink(full):
+            reason = f"dangling symlink (its target {os.readlink(full)} does not exist)"
+        self.skip(rel, reason, kind)
         return False
 
     def add(self, split: str, rel: str, label: int, meta: dict[str, Any] | None = None) -> None:

@@ -17,6 +17,8 @@ from vea_bench.registry import Registry
 from vea_bench.splits import SplitSpec
 
 SPLITS = ("train", "val", "test")
+# Rows a labelling rule excludes (Katsurai's ties and neutral majorities): data, not faults.
+EXCLUDED_KINDS = frozenset({"tie", "neutral"})
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Skipped:
 
     path: str
     reason: str
-    kind: str = "other"  # zero-byte, missing, unknown-label, duplicate, tie, neutral, malformed, unreadable
+    kind: str = "other"  # zero-byte, missing, outside-root, unknown-label, duplicate, tie, neutral, malformed, unreadable
 
 
 @dataclass
@@ -86,6 +88,21 @@ class DatasetIndex:
 
     def abspath(self, sample: Sample) -> Path:
         return self.root / sample.path
+
+    def faults(self) -> list[Skipped]:
+        """Skipped rows a user should know about: all but those a labelling rule excludes (ties, neutral)."""
+        return [s for s in self.skipped if s.kind not in EXCLUDED_KINDS]
+
+    def skip_summary(self) -> str | None:
+        """One line: how many rows were skipped, of which kinds, and the first one with why; None if none."""
+        faults = self.faults()
+        if not faults:
+            return None
+        kinds = Counter(s.kind for s in faults)
+        first = faults[0]
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        return (f"{self.name}: {len(faults)} row{'s' if len(faults) != 1 else ''} skipped ({counts}), "
+                f"first {first.path}: {first.reason}")
 
 
 # A loader: (root, **options) -> DatasetIndex. Registered with DATASETS.register("name").

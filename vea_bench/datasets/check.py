@@ -180,8 +180,8 @@ def check_dataset(
 
     A root that cannot be read at all still raises `DatasetError` (nothing to report on).
     """
-    from vea_bench.datasets import load_dataset
+    from vea_bench.datasets import read_dataset
 
     options.setdefault("on_error", "skip")
-    index = load_dataset(name, root, seed=seed, label_space=label_space, **options)
+    index = read_dataset(name, root, seed=seed, label_space=label_space, **options)
     return inspect_index(index, decode=decode, progress=progress)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,26 +71,34 @@ def _rows(path: Path, name: str) -> list[list[str]]:
 
 
 def _whitespace_rows(lines: list[str]) -> list[list[str]]:
-    """Rows of a tab- and/or space-separated file (hand-edited files mix both).
+    """Rows of a tab- and/or space-separated file (hand-edited files mix both, in any way).
 
-    Tabs are the separator only when every line splits into the same number of tab-separated
-    fields (so header names with spaces, 'highly positive', survive); otherwise any run of
-    whitespace separates, and a header whose tab fields match the body's width keeps them.
+    Ids, labels and vote counts hold no whitespace, so any run of spaces and tabs separates the
+    fields of the body. Tabs alone separate only when every line has the same number of tab fields
+    and no body field holds a space (empty fields then keep their place). A header's names may
+    hold spaces ('highly positive'): its tab fields are kept when they match the body's width and
+    its whitespace fields do not.
     """
     tabbed = [[c.strip() for c in ln.split("\t")] for ln in lines]
-    if all("\t" in ln for ln in lines) and len({len(r) for r in tabbed}) == 1:
+    body = tabbed[1:] if len(tabbed) > 1 and _is_header(tabbed[0]) else tabbed
+    if (all("\t" in ln for ln in lines) and len({len(r) for r in tabbed}) == 1
+            and not any(len(c.split()) > 1 for r in body for c in r)):
         return tabbed
     rows = [ln.split() for ln in lines]
     if len(rows) > 1 and "\t" in lines[0]:
-        body_widths = {len(r) for r in rows[1:]}
-        if len(body_widths) == 1 and len(tabbed[0]) in body_widths and len(rows[0]) not in body_widths:
+        width = Counter(len(r) for r in rows[1:]).most_common(1)[0][0]
+        if len(tabbed[0]) == width and len(rows[0]) != width:
             rows[0] = tabbed[0]
     return rows
 
 
 def _is_header(row: list[str]) -> bool:
+    """An id-like first name, a label-like name, or names of both polarities (votes need no id name)."""
     names = [normalise(c) for c in row]
-    return bool(names) and (names[0] in ID_COLUMNS or any(n in LABEL_COLUMNS for n in names))
+    if not names:
+        return False
+    votes = any("pos" in n for n in names[1:]) and any("neg" in n for n in names[1:])
+    return names[0] in ID_COLUMNS or any(n in LABEL_COLUMNS for n in names) or votes
 
 
 def _columns(header: list[str] | None, width: int, where: str) -> tuple[int, int | None, list[int], list[int], list[int]]:
@@ -121,6 +130,49 @@ def _strip_ext(ident: str) -> str:
     return p.stem if p.suffix.lower() in IMAGE_EXTENSIONS else ident
 
 
+def _images_by_id(name: str, r: Path, images_dir: str | Path | None) -> tuple[Path, dict[str, Path]]:
+    """The images folder (``images_dir``, a usual name, or the root) and its images by id (file stem)."""
+    if images_dir is not None:
+        img_dir = r / images_dir
+        if not img_dir.is_dir():
+            raise DatasetError(f"{name}: images folder {img_dir} not found")
+    else:
+        img_dir = next((r / d for d in IMAGE_DIRS if (r / d).is_dir()), r)
+    by_id: dict[str, Path] = {}
+    for f in list_images(img_dir, recursive=True):
+        by_id.setdefault(f.stem, f)
+    return img_dir, by_id
+
+
+def _row_label(col: Collector, row: list[str], cols: tuple[int, int | None, list[int], list[int], list[int]],
+               ref: str, where: str, meta: dict[str, Any], excluded: Counter[str]) -> int | None:
+    """The row's label index from its label column or its votes; None when skipped (recorded)."""
+    _, label_col, pos, neu, neg = cols
+    if label_col is not None:
+        raw = row[label_col]
+        if normalise(raw) in NEUTRAL:
+            excluded["neutral"] += 1
+            col.skip(ref, "neutral label", "neutral")
+            return None
+        return col.label(raw, ref)
+    try:
+        p, u, n = (sum(float(row[i]) for i in idx) for idx in (pos, neu, neg))
+    except ValueError:
+        col.problem(where, "vote counts must be numbers")
+        return None
+    meta["votes"] = {"positive": p, "neutral": u, "negative": n}
+    top = max(p, u, n)
+    if [p, u, n].count(top) > 1:
+        excluded["tie"] += 1
+        col.skip(ref, f"tied votes (positive {p:g}, neutral {u:g}, negative {n:g})", "tie")
+        return None
+    if u == top:
+        excluded["neutral"] += 1
+        col.skip(ref, f"neutral majority (positive {p:g}, neutral {u:g}, negative {n:g})", "neutral")
+        return None
+    return 0 if p == top else 1
+
+
 def load_katsurai(
     name: str,
     root: str | Path,
@@ -142,33 +194,23 @@ def load_katsurai(
         raise DatasetError(f"{name}: no votes/label file (.csv/.tsv/.txt) in {r} and no train/ test/ folders")
     if not lf.is_file():
         raise DatasetError(f"{name}: labels file {lf} not found")
-    if images_dir is not None:
-        img_dir = r / images_dir
-        if not img_dir.is_dir():
-            raise DatasetError(f"{name}: images folder {img_dir} not found")
-    else:
-        img_dir = next((r / d for d in IMAGE_DIRS if (r / d).is_dir()), r)
-    by_id: dict[str, Path] = {}
-    for f in list_images(img_dir, recursive=True):
-        by_id.setdefault(f.stem, f)
+    img_dir, by_id = _images_by_id(name, r, images_dir)
 
     rows = _rows(lf, name)
     header = rows[0] if _is_header(rows[0]) else None
-    body = rows[1:] if header is not None else rows
-    id_col, label_col, pos, neu, neg = _columns(header, len(rows[0]), f"{name}: {lf.name}")
+    cols = _columns(header, len(rows[0]), f"{name}: {lf.name}")
+    need = max([c for c in cols[:2] if c is not None] + cols[2] + cols[3] + cols[4])
     col = Collector(name, r, space, on_error)
-    excluded = {"tie": 0, "neutral": 0}
+    excluded: Counter[str] = Counter(tie=0, neutral=0)
     missing = 0
     pool: list[tuple[str, int, dict[str, Any]]] = []
     seen: set[str] = set()
-    start = 2 if header is not None else 1
-    for lineno, row in enumerate(body, start=start):
+    for lineno, row in enumerate(rows[1:] if header is not None else rows, start=2 if header is not None else 1):
         where = f"{lf.name} line {lineno}"
-        need = max([id_col] + ([label_col] if label_col is not None else []) + pos + neu + neg)
         if len(row) <= need:
             col.problem(where, f"expected at least {need + 1} columns, got {len(row)}")
             continue
-        ident = _strip_ext(row[id_col])
+        ident = _strip_ext(row[cols[0]])
         if not ident or ident in seen:
             if ident:
                 col.skip(f"{where} (id {ident})", "id listed twice", "duplicate")
@@ -177,34 +219,9 @@ def load_katsurai(
         img = by_id.get(ident)
         ref = col.rel(img) if img is not None else f"{where} (id {ident})"
         meta: dict[str, Any] = {"id": ident}
-        if label_col is not None:
-            raw = row[label_col]
-            if normalise(raw) in NEUTRAL:
-                excluded["neutral"] += 1
-                col.skip(ref, "neutral label", "neutral")
-                continue
-            lab = col.label(raw, ref)
-            if lab is None:
-                continue
-        else:
-            try:
-                p = sum(float(row[i]) for i in pos)
-                u = sum(float(row[i]) for i in neu)
-                n = sum(float(row[i]) for i in neg)
-            except ValueError:
-                col.problem(where, "vote counts must be numbers")
-                continue
-            meta["votes"] = {"positive": p, "neutral": u, "negative": n}
-            top = max(p, u, n)
-            if [p, u, n].count(top) > 1:
-                excluded["tie"] += 1
-                col.skip(ref, f"tied votes (positive {p:g}, neutral {u:g}, negative {n:g})", "tie")
-                continue
-            if u == top:
-                excluded["neutral"] += 1
-                col.skip(ref, f"neutral majority (positive {p:g}, neutral {u:g}, negative {n:g})", "neutral")
-                continue
-            lab = 0 if p == top else 1
+        lab = _row_label(col, row, cols, ref, where, meta, excluded)
+        if lab is None:
+            continue
         if img is None:
             missing += 1
             col.skip(ref, f"no image named {ident}.* under {col.rel(img_dir) if img_dir != r else '.'}", "missing")
@@ -219,7 +236,7 @@ def load_katsurai(
         meta={
             "layout": "katsurai",
             "labels_file": col.rel(lf),
-            "label_mode": "label column" if label_col is not None else "vote counts",
+            "label_mode": "label column" if cols[1] is not None else "vote counts",
             "excluded_ties": excluded["tie"],
             "excluded_neutral": excluded["neutral"],
             "missing_images": missing,

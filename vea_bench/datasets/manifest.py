@@ -16,6 +16,7 @@ from typing import Any
 
 from vea_bench.datasets._common import (
     Collector,
+    absolute_root,
     carve_missing_val,
     check_on_error,
     infer_space,
@@ -35,7 +36,7 @@ LABEL_COLUMNS = ("label", "class", "emotion", "sentiment", "category")
 
 def _locate(root: Path, manifest: str | Path | None) -> tuple[Path, Path]:
     """(dataset root, CSV path): the root may be the CSV itself or a folder holding one."""
-    r = Path(root).expanduser()
+    r = absolute_root(root)
     if not r.exists():
         raise DatasetError(f"manifest: root {r} does not exist")
     if r.is_file():
@@ -68,6 +69,30 @@ def _read_csv(path: Path) -> list[list[str]]:
         dialect = csv.excel
     rows = [[c.strip() for c in row] for row in csv.reader(text.splitlines(), dialect)]
     return [row for row in rows if any(row) and not row[0].startswith("#")]
+
+
+def _row_path(text: str, csv_dir: Path, root: Path) -> tuple[str, Path]:
+    """A row's (id, absolute path): the id is relative to the root when it lies under it, else as written.
+
+    Joined to the CSV's folder (or the root, where the file is not beside the CSV) as absolute
+    paths, never normalised lexically first: ``..`` is resolved by the file system, through any
+    symlink, so a row that leaves the root is seen to leave it (`Collector.file_ok`).
+    """
+    p = Path(text.replace("\\", "/")).expanduser()
+    if p.is_absolute():
+        full = p
+    else:
+        full = csv_dir / p
+        if csv_dir != root and not full.exists() and not full.is_symlink():
+            full = root / p
+    if ".." in full.parts:
+        # Resolve the folder part as the OS would (symlinks before ``..``), keep the file's own name.
+        full = Path(os.path.realpath(full.parent)) / full.name
+        real_root = Path(os.path.realpath(root))
+        if full.is_relative_to(real_root):
+            return full.relative_to(real_root).as_posix(), full
+        return text, full
+    return (full.relative_to(root).as_posix() if full.is_relative_to(root) else full.as_posix()), full
 
 
 @register_dataset(
@@ -106,7 +131,7 @@ def load_manifest(
         raise DatasetError(f"manifest: {csv_path} needs at least two columns path,label[,split]")
 
     # First pass: parse rows so the label space can be inferred before labels are mapped.
-    parsed: list[tuple[str, str, str | None, str]] = []  # (rel path, raw label, split, where)
+    parsed: list[tuple[str, Path, str, str | None, str]] = []  # (id, path, raw label, split, where)
     bad: list[tuple[str, str]] = []
     for lineno, row in enumerate(body, start=start):
         where = f"{csv_path.name} line {lineno}"
@@ -120,22 +145,13 @@ def load_manifest(
             if split is None:
                 bad.append((where, f"unknown split '{row[s_col]}' (train, val, test)"))
                 continue
-        p = Path(row[p_col].replace("\\", "/")).expanduser()
-        if not p.is_absolute():
-            cand = Path(os.path.normpath(csv_path.parent / p))
-            if not cand.exists() and csv_path.parent != r:
-                cand = Path(os.path.normpath(r / p))
-            p = cand
-        try:
-            rel = p.relative_to(r).as_posix()
-        except ValueError:
-            rel = p.as_posix()
-        parsed.append((rel, row[l_col], split, where))
+        rel, full = _row_path(row[p_col], csv_path.parent, r)
+        parsed.append((rel, full, row[l_col], split, where))
 
     space = resolve_space(label_space)
     inferred = space is None
     if space is None:
-        basis = [lab for _, lab, s, _ in parsed if s == "train"] if s_col is not None else [lab for _, lab, _, _ in parsed]
+        basis = [lab for _, _, lab, s, _ in parsed if s == "train"] if s_col is not None else [lab for *_, lab, _, _ in parsed]
         if not basis:
             raise DatasetError(f"manifest: {csv_path} has no {'train ' if s_col is not None else ''}rows to infer labels from")
         space = infer_space(basis)
@@ -143,9 +159,9 @@ def load_manifest(
     for where, reason in bad:
         col.problem(where, reason)
     pool: list[tuple[str, int, dict[str, Any]]] = []
-    for rel, raw, split, where in parsed:
+    for rel, full, raw, split, where in parsed:
         lab = col.label(raw, rel)
-        if lab is None or not col.file_ok(rel, r / rel if not Path(rel).is_absolute() else Path(rel)):
+        if lab is None or not col.file_ok(rel, full):
             continue
         if split is None:
             pool.append((rel, lab, {}))

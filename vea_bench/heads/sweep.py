@@ -1,7 +1,8 @@
 """Sweeps over alpha, depth, gate and seed: grids from flags, members batched, one record each.
 
-Every member is an ordinary run (same code path as `vea-bench train distill|gate`) and writes an
-ordinary record; members of one sweep share the record's ``group``.
+Every member is an ordinary run (same code path as `vea-bench train distill|gate`), checked by the
+same validation before anything trains (a grid with one bad value is refused whole), and writes
+an ordinary record; members of one sweep share the record's ``group``.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vea_bench.errors import ConfigError
+from vea_bench.heads.config import apply_schedule
 from vea_bench.heads.data import HeadData
 from vea_bench.heads.gates import GATES
 from vea_bench.heads.pipeline import (
@@ -128,18 +130,50 @@ def plan_sweep(
         raise ConfigError(f"unknown sweep '{kind}' (choices: {', '.join(SWEEP_KINDS)})")
     seeds = list(seeds)
     lr_list = list(lrs) if lrs else [base_distill.lr]
+    swept = ("lr",) if lrs else ()
     if kind == "alpha":
         alist = list(alphas) if alphas else [round(0.1 * k, 10) for k in range(11)]
         d = [replace(base_distill, alpha=a, seed=s, lr=lr) for a, s, lr in itertools.product(alist, seeds, lr_list)]
-        return SweepPlan(kind, d, [])
+        return _checked(SweepPlan(kind, d, []), ("alpha",) + swept)
     if kind == "depth":
         dlist = list(depths) if depths else [1, 2, 3, 4, 5]
-        d = [replace(base_distill, depth=int(k), seed=s, lr=lr) for k, s, lr in itertools.product(dlist, seeds, lr_list)]
-        return SweepPlan(kind, d, [])
+        d = [replace(base_distill, depth=k, seed=s, lr=lr) for k, s, lr in itertools.product(dlist, seeds, lr_list)]
+        return _checked(SweepPlan(kind, d, []), ("depth",) + swept)
     d = [replace(base_distill, seed=s) for s in seeds]
     glist = list(gates) if gates else ([base_gate.gate] if kind == "seed" else GATES.names())
     g = [(replace(base_gate, gate=name, seed=s), i) for name in glist for i, s in enumerate(seeds)]
-    return SweepPlan(kind, d, g)
+    return _checked(SweepPlan(kind, d, g), ("gate",) if kind == "gate" else ())
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _checked(plan: SweepPlan, swept: tuple[str, ...]) -> SweepPlan:
+    """``plan`` with every member validated (and scheduled) exactly as a single run of its stage is.
+
+    The swept fields count as set by the user (the reference schedule refuses an ``lr`` grid, as
+    it refuses ``--lr``). One bad value refuses the whole grid before anything trains, in one line
+    naming each refused value and why.
+    """
+    refused: dict[str, str] = {}
+
+    def check(cfg: Any, kind: str, fields: tuple[str, ...]) -> Any:
+        try:
+            return apply_schedule(cfg, kind, explicit={f: getattr(cfg, f) for f in fields + ("seed",)})
+        except ConfigError as exc:
+            what = ", ".join(f"{f} {_shown(getattr(cfg, f))}" for f in fields) or f"{kind} seed {cfg.seed}"
+            refused.setdefault(what, str(exc))
+            return cfg
+
+    distill_fields = swept if plan.kind in ("alpha", "depth") else ()
+    distill = [check(c, "distill", distill_fields) for c in plan.distill]
+    gates = [(check(c, "gate", swept if plan.kind == "gate" else ()), i) for c, i in plan.gates]
+    if refused:
+        items = [f"{what} ({why})" for what, why in refused.items()]
+        more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+        raise ConfigError(f"sweep {plan.kind} refused, nothing trained: {'; '.join(items[:3])}{more}")
+    return SweepPlan(plan.kind, distill, gates)
 
 
 def run_plan(

@@ -300,6 +300,12 @@ def validate(exp: Experiment, where: str = "experiment") -> None:
         for name in exp.gate.names:
             gate_config(exp, name, exp.distill.seeds[0])
         distill_config(exp, exp.distill.seeds[0])
+        for kind, grid in (("alpha", {"alphas": exp.sweep.alpha}), ("depth", {"depths": exp.sweep.depth})):
+            if next(iter(grid.values())) and exp.sweep.seeds:  # every member as its single run would be
+                from vea_bench.heads.sweep import plan_sweep
+
+                plan_sweep(kind, distill_config(exp, exp.sweep.seeds[0]), gate_config(exp, "concat", 0),
+                           seeds=exp.sweep.seeds, **grid)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     if exp.gate.settings.value("vlm_input") == "logprobs" and "score" not in exp.extract.answer:
