@@ -59,7 +59,7 @@ def _teacher(spec: dict[str, Any]) -> dict[str, Any]:
 
     index = load_dataset(spec["dataset"], spec["root"])
     res = train_teacher(index, TeacherConfig(**spec["config"]), spec["out"], device="cpu", results_dir=None)
-    return {"config": res.record.config, "history": res.history}
+    return {"config": res.record.config, "history": res.history, "processes": res.record.environment["processes"]}
 
 
 def _vlm(spec: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +69,8 @@ def _vlm(spec: dict[str, Any]) -> dict[str, Any]:
     index = load_dataset(spec["dataset"], spec["root"])
     res = train_vlm(index, QLoRAConfig(**spec["config"]), spec["instructions"], spec["out"], device="cpu",
                     eval_split=None, results_dir=None)
-    return {"config": res.record.config, "losses": res.losses, "steps": res.steps}
+    return {"config": res.record.config, "losses": res.losses, "steps": res.steps,
+            "processes": res.record.environment["processes"]}
 
 
 def main() -> None:

@@ -692,7 +692,7 @@ def _finish_vlm(run: _VLMRun, t0: float, resumed_from: int, *, eval_split: str |
                 results_dir: str | Path | None, eval_generation: GenerationOptions | None,
                 progress: Progress | None) -> QLoRAResult:
     """Rank 0: the final adapter (peft files + our provenance, renamed into place when complete), its check, the record."""
-    from vea_bench.records import experiment_id
+    from vea_bench.records import environment, experiment_id
 
     cfg, prov, losses, model = run.cfg, run.prov, run.losses, _bare(run.model)
     model.eval()
@@ -726,14 +726,14 @@ def _finish_vlm(run: _VLMRun, t0: float, resumed_from: int, *, eval_split: str |
         config={**run.identity, "vlm": cfg.vlm, "adapter_dir": str(run.adapter_dir), "device": run.device,
                 "base": prov, "steps": run.global_step,
                 "train_loss_first": sum(losses[:window]) / window if losses else None,
-                "train_loss_last": sum(losses[-window:]) / window if losses else None,
-                **run.launch.facts()},
+                "train_loss_last": sum(losses[-window:]) / window if losses else None},
         metrics=metrics,
         seed=cfg.seed,
         params=meta["trainable_params"],
         label_names=list(space.labels),
         artifacts={"adapter": str(run.adapter_dir)},
         wall_time_s=time.time() - t0,
+        environment={**environment(), **run.launch.facts()},  # how many processes trained it
     )
     paths = [record.save(run.out, subdir=".")]
     if results_dir is not None:

@@ -490,7 +490,7 @@ def _finish(run: _Run, meta: dict[str, Any], init: str, done: _Progress, t0: flo
     """Rank 0: test the best checkpoint as reloaded from disk (exactly what extraction will run), record it."""
     from vea_bench.metrics import split_metrics
     from vea_bench.models.teacher import load_teacher, teacher_transform
-    from vea_bench.records import experiment_id
+    from vea_bench.records import environment, experiment_id
 
     cfg, out, index = run.cfg, run.out, run.index
     label_names = list(index.label_space.labels)
@@ -513,8 +513,7 @@ def _finish(run: _Run, meta: dict[str, Any], init: str, done: _Progress, t0: flo
         # the stage identity without the seed; the config below also holds this run's history and paths
         experiment_id=experiment_id("teacher", method, method, index.name, run.identity),
         config={**run.identity, "arch": cfg.arch, "init": init, "checkpoint": str(out), "best_epoch": done.best_epoch,
-                "device": run.device, "history": done.history, "split_rule": index.split_rule,
-                **run.launch.facts()},
+                "device": run.device, "history": done.history, "split_rule": index.split_rule},
         metrics=metrics,
         seed=cfg.seed,
         params=int(sum(p.numel() for p in best.parameters() if p.requires_grad)),
@@ -522,6 +521,7 @@ def _finish(run: _Run, meta: dict[str, Any], init: str, done: _Progress, t0: flo
         artifacts={"best": str(out / "best.safetensors"), "last": str(out / "last.safetensors"),
                    "config": str(out / "config.json")},
         wall_time_s=time.time() - t0,
+        environment={**environment(), **run.launch.facts()},  # how many processes trained it
     )
     paths = [record.save(out, subdir=".")]
     if results_dir is not None:
