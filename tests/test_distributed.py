@@ -70,6 +70,38 @@ def test_slurm_rendezvous_host_is_the_first_node() -> None:
 
 
 # ------------------------------------------------------------------------------------ extraction
+def test_shard_option_under_a_launch_is_a_one_line_error(tmp_path, monkeypatch, fi_root, tiny_dir) -> None:  # noqa: F811
+    from vea_bench.datasets import load_dataset
+    from vea_bench.extract import extract
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="leave --shard out"):
+        extract(load_dataset("fi", fi_root), tmp_path / "c.h5", vlm=None, teachers=[tiny_dir["teacher"]], shard="0/2")
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_limit_under_a_launch_takes_the_jobs_first_rows(tmp_path, fi_root, tiny_dir) -> None:  # noqa: F811
+    """Each process's part of a launched ``--limit 5`` (run here one process after the other), then the merge."""
+    import dataclasses
+
+    from vea_bench.datasets import load_dataset
+    from vea_bench.extract import _extract_file, _fold_shards, _request
+
+    cache = tmp_path / "fi.h5"
+    req = _request(load_dataset("fi", fi_root), cache, vlm=None, answer_modes=(), generation=None,
+                   teachers=[tiny_dir["teacher"]], backbones=(), splits=["val"], limit=5, shard=None, batch_size=2,
+                   num_workers=0, source_keys=None, overwrite=False, retry_failed=False, device="cpu",
+                   vlm_backend=None, parse="strict", exif="apply")
+    for rank in (0, 1):
+        s = _extract_file(dataclasses.replace(req, shard=(rank, 2), final=cache), None)
+        assert s.source("teacher/vit-fi").done + s.source("teacher/vit-fi").failed == (3 if rank == 0 else 2)
+    _fold_shards(cache, None)
+    with FeatureCache.open(cache) as c:
+        assert list(np.flatnonzero(c.fingerprints("teacher", "vit-fi", "val")[1] != ROW_MISSING)) == [0, 1, 2, 3, 4]
+    assert not list(tmp_path.glob("fi.shard-*"))
+
+
 def _extract_spec(fi_root: Path, tiny_dir: dict[str, Path], cache: Path, report: Path, **kw: Any) -> dict[str, Any]:  # noqa: F811
     spec = {"task": "extract", "dataset": "fi", "root": str(fi_root), "cache": str(cache), "report": str(report),
             "teachers": [str(tiny_dir["teacher"])], "batch_size": 1}

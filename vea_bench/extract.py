@@ -522,6 +522,7 @@ def _plan(req: _Request, cache: FeatureCache, groups: list[_Group], summary: Ext
     jobs: list[_Job] = []
     try:
         for split in req.splits:
+            everywhere: set[int] = set()
             paths = [smp.path for smp in index.split(split)]
             # A shard holds (and will compute) only its own rows: fingerprint just those.
             current = fingerprints(index.root, paths,
@@ -539,13 +540,16 @@ def _plan(req: _Request, cache: FeatureCache, groups: list[_Group], summary: Ext
                     n_rows = cache.num_rows(split)
                     t.summary.rows += n_rows
                     t.summary.done_before += int(n_rows - len(miss))  # written or failed before
+                    miss = final.pending(t, split, miss, current)
+                    everywhere.update(int(r) for r in miss)
                     if shard is not None:
                         miss = shard_rows(miss, *shard)
-                    miss = final.pending(t, split, miss, current)
                     t.missing[split] = set(int(r) for r in miss)
             rows = sorted(set().union(*(t.missing[split] for g in groups for t in g.targets)))
             if req.limit is not None:
-                rows = rows[:req.limit]
+                # Under a launcher the job's first missing rows, each process taking its own of them.
+                first = set(sorted(everywhere)[:req.limit]) if req.final is not None else set(rows[:req.limit])
+                rows = [r for r in rows if r in first]
                 keep = set(rows)
                 for g in groups:
                     for t in g.targets:

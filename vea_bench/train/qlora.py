@@ -538,6 +538,9 @@ def train_vlm(
 
     cfg.validate()
     launch, device = dist.setup(device)
+    if cfg.batch_size < launch.world_size:
+        raise ConfigError(f"--batch-size {cfg.batch_size} (the global batch) is smaller than the {launch.world_size} "
+                          f"processes: give at least {launch.world_size}, so that each process has an example a step")
     run = _vlm_run(index, cfg, instructions, Path(out), device, launch)
     if launch.is_main:
         recover_dir(run.ckpt_dir)
@@ -602,9 +605,6 @@ def _build_training(run: _VLMRun) -> None:
         run.total_steps = min(run.total_steps, cfg.max_steps)
     run.sched = get_constant_schedule_with_warmup(run.opt, num_warmup_steps=math.ceil(cfg.warmup_ratio * run.total_steps))
     if run.launch.distributed:
-        if cfg.batch_size < run.launch.world_size:
-            raise ConfigError(f"--batch-size {cfg.batch_size} (the global batch) is smaller than the "
-                              f"{run.launch.world_size} processes: give at least {run.launch.world_size}")
         from torch.nn.parallel import DistributedDataParallel
 
         # Every process loaded the same base and drew the same LoRA init from the seed: no broadcast
