@@ -124,18 +124,15 @@ def _launch(procs: int, spec: dict[str, Any], work: Path, name: str) -> dict[str
 
 
 def _inputs(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """A synthetic FI-layout set, a tiny teacher to extract with, instructions, a tiny VLM (unless given)."""
+    """A synthetic FI-layout set, a tiny teacher to extract with, the demo's instructions, a tiny VLM (unless given)."""
     from vea_bench.datasets import load_dataset
     from vea_bench.datasets.synthetic import make_synthetic
     from vea_bench.models.tiny import make_tiny
+    from vea_bench.pipeline.demo import _instructions
 
     root = make_synthetic("fi", work / "data", per_class=args.images, size=args.size, seed=0)
-    index = load_dataset("fi", root)
-    rows = [{"img_path": s.path, "img": Path(s.path).name, "label": index.label_space.labels[s.label],
-             "gpt_response": f"1. Key elements\nA {index.label_space.labels[s.label]} scene.\n\n"
-                             f"2. Reasoning\nIt feels {index.label_space.labels[s.label]}."} for s in index.split("train")]
-    inst = work / "instructions.json"
-    inst.write_text(json.dumps(rows))
+    index = load_dataset("fi", root, seed=42)
+    inst = _instructions(root, work / "instructions.jsonl", 0)  # the demo's: short answers the tiny tokenizer knows
     vlm = args.vlm or str(make_tiny("qwen2-vl", work / "tiny-qwen", seed=0))
     return {"root": str(root), "teacher": str(make_tiny("teacher", work / "teacher", seed=1, num_classes=8)),
             "instructions": str(inst), "vlm": vlm, "train": len(index.split("train"))}

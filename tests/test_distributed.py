@@ -201,6 +201,27 @@ def test_two_process_teacher_reaches_the_single_process_weights(tmp_path, fi_roo
     out = tmp_path / "two"
     assert len(list(out.glob("teacher-*.json"))) == 1 and not list(out.glob(".*tmp-*"))
 
+    # A run interrupted in one process resumes in two, to the same weights.
+    class StopInEpoch2:
+        def start(self, description: str, total: int | None = None) -> None:
+            if description.startswith("epoch 2/"):
+                raise KeyboardInterrupt
+
+        def advance(self, n: int = 1, **info: Any) -> None:
+            pass
+
+        def finish(self) -> None:
+            pass
+
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(load_dataset("fi", fi_root), TeacherConfig(**cfg), tmp_path / "mixed", device="cpu",
+                      results_dir=None, progress=StopInEpoch2())
+    _ok(_launch(2, {**spec, "out": str(tmp_path / "mixed"), "report": str(tmp_path / "mixed.json")}, tmp_path, "mixed"))
+    c = load_file(str(tmp_path / "mixed" / "last.safetensors"))
+    for k in a:
+        torch.testing.assert_close(c[k], a[k], atol=5e-5, rtol=1e-4)
+    assert json.loads((tmp_path / "mixed.json").read_text())["history"][0] == one.history[0]  # epoch 1 kept as written
+
 
 def test_two_process_lora_reaches_the_single_process_adapter(tmp_path, tiny_dir) -> None:  # noqa: F811
     from safetensors.torch import load_file
