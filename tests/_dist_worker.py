@@ -68,8 +68,8 @@ def _vlm(spec: dict[str, Any]) -> dict[str, Any]:
 
     index = load_dataset(spec["dataset"], spec["root"])
     res = train_vlm(index, QLoRAConfig(**spec["config"]), spec["instructions"], spec["out"], device="cpu",
-                    eval_split=None, results_dir=None)
-    return {"config": res.record.config, "losses": res.losses, "steps": res.steps,
+                    eval_split=spec.get("eval_split"), results_dir=None)
+    return {"config": res.record.config, "losses": res.losses, "steps": res.steps, "metrics": res.record.metrics,
             "processes": res.record.environment["processes"]}
 
 

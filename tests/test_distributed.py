@@ -240,9 +240,10 @@ def test_two_process_lora_reaches_the_single_process_adapter(tmp_path, tiny_dir)
     # Global batch 3 over 2 processes (2 + 1 examples a step): the split need not be even.
     cfg = {"vlm": str(tiny_dir["qwen"]), "quantize": False, "lr": 2e-2, "max_steps": 3, "batch_size": 3, "seed": 0,
            "lora_dropout": 0.0, "gradient_checkpointing": False, "kinds": ["categorical"]}
-    one = train_vlm(index, QLoRAConfig(**cfg), inst, tmp_path / "one", device="cpu", eval_split=None, results_dir=None)
+    one = train_vlm(index, QLoRAConfig(**cfg), inst, tmp_path / "one", device="cpu", eval_split="test",
+                    results_dir=None)
     spec = {"task": "vlm", "dataset": "imagefolder", "root": str(root), "instructions": str(inst),
-            "out": str(tmp_path / "two"), "report": str(tmp_path / "two.json"), "config": cfg}
+            "out": str(tmp_path / "two"), "report": str(tmp_path / "two.json"), "config": cfg, "eval_split": "test"}
     _ok(_launch(2, spec, tmp_path, "lora"))
     a = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
@@ -254,5 +255,8 @@ def test_two_process_lora_reaches_the_single_process_adapter(tmp_path, tiny_dir)
     report = json.loads((tmp_path / "two.json").read_text())
     assert report["steps"] == one.steps == 3 and report["processes"] == 2
     assert report["losses"] == pytest.approx(one.losses, rel=1e-5)
+    # The test split was answered half by each process, and scored as one process scores it.
+    m1, m2 = one.record.metrics["test"], report["metrics"]["test"]
+    assert m2["n"] == m1["n"] == len(index.split("test")) and m2["accuracy"] == m1["accuracy"]
     # The adapter moved away from its initialisation (lora_B starts at zero): the comparison is not vacuous.
     assert max(float(v.abs().max()) for k, v in a.items() if "lora_B" in k) > 1e-3

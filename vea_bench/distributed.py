@@ -14,14 +14,15 @@ import atexit
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from vea_bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Rank 0 alone evaluates and writes between two collective calls; the others wait that long at most.
 TIMEOUT = timedelta(hours=2)
@@ -199,6 +200,15 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return [float(v) for v in t.cpu()]
 
 
+def share(items: Sequence[T]) -> list[T]:
+    """This process's part of ``items`` (every ``world``-th from its rank); all of them for one process."""
+    if not _active():
+        return list(items)
+    import torch.distributed as dist
+
+    return list(items[dist.get_rank()::dist.get_world_size()])
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every process's ``obj`` in rank order, on every process (``[obj]`` for one)."""
     if not _active():
@@ -231,4 +241,4 @@ def _collective_device() -> Any:
 
 
 __all__ = ["Launch", "all_reduce_sum", "barrier", "broadcast_object", "first_host", "gather_objects",
-           "hint_more_gpus", "launch_env", "local_device", "setup"]
+           "hint_more_gpus", "launch_env", "local_device", "setup", "share"]

@@ -561,10 +561,16 @@ def train_vlm(
     _resume_vlm(run, state)
     resumed_from = run.global_step
     _fit_vlm(run, save_every, progress)
-    result = None
-    if launch.is_main:
-        result = _finish_vlm(run, t0, resumed_from, eval_split=eval_split, eval_limit=eval_limit,
-                             results_dir=results_dir, eval_generation=eval_generation, progress=progress)
+    meta = _save_adapter(run)
+    dist.barrier()
+    metrics: dict[str, Any] = {}
+    if eval_split is not None:  # every process answers its share of the split
+        metrics[eval_split] = evaluate_categorical(
+            _bare(run.model), run.processor, run.index, eval_split, device=run.device, dtype=run.compute_dtype,
+            max_side=cfg.max_side, max_pixels=cfg.max_pixels, limit=eval_limit, generation=eval_generation,
+            model_ref=cfg.vlm, adapter=str(run.adapter_dir), progress=progress if launch.is_main else None,
+            image_position=cfg.image_position)
+    result = _record_vlm(run, meta, metrics, t0, resumed_from, results_dir) if launch.is_main else None
     return dist.broadcast_object(result)
 
 
@@ -688,12 +694,8 @@ def _step(run: _VLMRun, examples: _Examples, idx: list[int], pad_id: int) -> flo
     return dist.all_reduce_sum([loss])[0] / launch.world_size
 
 
-def _finish_vlm(run: _VLMRun, t0: float, resumed_from: int, *, eval_split: str | None, eval_limit: int | None,
-                results_dir: str | Path | None, eval_generation: GenerationOptions | None,
-                progress: Progress | None) -> QLoRAResult:
-    """Rank 0: the final adapter (peft files + our provenance, renamed into place when complete), its check, the record."""
-    from vea_bench.records import environment, experiment_id
-
+def _save_adapter(run: _VLMRun) -> dict[str, Any]:
+    """The final adapter (rank 0): peft files + our provenance, renamed into place only when complete."""
     cfg, prov, losses, model = run.cfg, run.prov, run.losses, _bare(run.model)
     model.eval()
     meta = {
@@ -703,20 +705,20 @@ def _finish_vlm(run: _VLMRun, t0: float, resumed_from: int, *, eval_split: str |
         "config_hash": run.chash, "steps": run.global_step, "trainable_params": sum(p.numel() for p in run.trainable),
         "final_loss": losses[-1] if losses else None, "system_message": SYSTEM_MESSAGE,
     }
-    with atomic_dir(run.adapter_dir) as tmp:
-        model.save_pretrained(str(tmp))
-        (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str))
+    if run.launch.is_main:
+        with atomic_dir(run.adapter_dir) as tmp:
+            model.save_pretrained(str(tmp))
+            (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str))
+    return meta
 
-    metrics: dict[str, Any] = {}
-    if eval_split is not None:
-        metrics[eval_split] = evaluate_categorical(model, run.processor, run.index, eval_split, device=run.device,
-                                                   dtype=run.compute_dtype, max_side=cfg.max_side,
-                                                   max_pixels=cfg.max_pixels, limit=eval_limit,
-                                                   generation=eval_generation, model_ref=cfg.vlm,
-                                                   adapter=str(run.adapter_dir), progress=progress,
-                                                   image_position=cfg.image_position)
+
+def _record_vlm(run: _VLMRun, meta: dict[str, Any], metrics: dict[str, Any], t0: float, resumed_from: int,
+                results_dir: str | Path | None) -> QLoRAResult:
+    """Rank 0: the run record (in ``out`` and ``results_dir``), then the state marks the run finished."""
+    from vea_bench.records import environment, experiment_id
+
+    cfg, prov, losses = run.cfg, run.prov, run.losses
     window = max(1, min(10, len(losses) // 4 or 1))
-    space = run.index.label_space
     record = RunRecord(
         kind="vlm",
         method="QLoRA",
@@ -730,7 +732,7 @@ def _finish_vlm(run: _VLMRun, t0: float, resumed_from: int, *, eval_split: str |
         metrics=metrics,
         seed=cfg.seed,
         params=meta["trainable_params"],
-        label_names=list(space.labels),
+        label_names=list(run.index.label_space.labels),
         artifacts={"adapter": str(run.adapter_dir)},
         wall_time_s=time.time() - t0,
         environment={**environment(), **run.launch.facts()},  # how many processes trained it
@@ -769,6 +771,7 @@ def evaluate_categorical(
     """
     import numpy as np
 
+    from vea_bench import distributed as dist
     from vea_bench.datasets import open_image
     from vea_bench.metrics import split_metrics
     from vea_bench.models import backend_for_model_type
@@ -784,22 +787,27 @@ def evaluate_categorical(
     space = index.label_space
     samples = index.split(split)[:limit] if limit else index.split(split)
     question = categorical_instruction(space)
+    mine = dist.share(range(len(samples)))  # under a launcher each process answers its share
     prog = ensure(progress)
-    prog.start(f"eval {split}", total=len(samples))
-    results, y, failed = [], [], 0
+    prog.start(f"eval {split}", total=len(mine))
+    answers: dict[int, str | None] = {}  # sample position -> answer (None: the image could not be read)
     model.eval()
-    for s in samples:
+    for i in mine:
         try:
-            img = open_image(index.root / s.path)
+            img = open_image(index.root / samples[i].path)
         except DatasetError:
-            failed += 1
+            answers[i] = None
             prog.advance(1)
             continue
         out = backend.run(backend.prepare([img], question), generate=True, score_labels=None, generation=gen)
-        results.append(parse_answer(out.texts[0], space))
-        y.append(s.label)
+        answers[i] = out.texts[0]
         prog.advance(1)
     prog.finish()
+    for part in dist.gather_objects(answers):
+        answers.update(part)
+    kept = [i for i in range(len(samples)) if answers[i] is not None]
+    results = [parse_answer(answers[i], space) for i in kept]
+    y, failed = [samples[i].label for i in kept], len(samples) - len(kept)
     m = split_metrics(np.asarray(y, dtype=np.int64), onehot(results, space.num_classes), list(space.labels))
     m.extra.update({"skipped": failed, "eval": "categorical answer from extraction's engine, parsed", "limit": limit,
                     "decoding": backend.decoding_provenance(gen)})

@@ -371,7 +371,10 @@ def _fit(run: _Run, model: nn.Module, opt: Any, meta: dict[str, Any], done: _Pro
     if launch.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[run.device] if run.device.startswith("cuda") else None)
+        cuda = run.device.startswith("cuda")
+        if cuda:  # batch-norm statistics over the global batch, as one process computes them (CUDA only)
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = DistributedDataParallel(model, device_ids=[run.device] if cuda else None)
     prog = ensure(progress if launch.is_main else None)
     skipped: set[int] = set()
     for epoch in range(done.start_epoch, cfg.epochs):
