@@ -20,6 +20,11 @@ splits rows by ``row % n`` into per-shard files that `vea-bench cache merge` joi
 image fails its row (with the reason) and the run goes on. SIGTERM / SIGINT stop the run after
 the current batch (`vea_bench.cache.guard`); rows whose image file changed since they were
 computed (per-image fingerprints, `vea_bench.cache.fingerprints`) are recomputed.
+
+Started by a launcher (torchrun, accelerate, srun: `vea_bench.distributed`), the processes are the
+shards: each computes its rows on its own device into its shard file, skipping rows the cache
+already holds, and rank 0 merges the shards into the cache at the end (and, first, any shard
+files an earlier launch left behind), so the job ends with the cache one process would write.
 """
 from __future__ import annotations
 
