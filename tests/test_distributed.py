@@ -63,6 +63,19 @@ def test_launch_is_read_from_torchrun_and_srun_variables() -> None:
         launch_env({"RANK": "x", "WORLD_SIZE": "4"})
 
 
+def test_one_process_on_several_gpus_says_how_to_use_them_all(monkeypatch, caplog) -> None:
+    from vea_bench.distributed import hint_more_gpus
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with caplog.at_level("INFO", logger="vea_bench"):
+        hint_more_gpus("auto")
+        hint_more_gpus("cpu")  # asked for the CPU: nothing to say
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["4 GPUs visible, this runs on one: prefix the command with "
+                     "`torchrun --nproc-per-node 4 --no-python` to use them all"]
+
+
 def test_slurm_rendezvous_host_is_the_first_node() -> None:
     assert first_host("gpu[03-05,07],cpu1") == "gpu03"
     assert first_host("node7") == "node7"
@@ -182,7 +195,9 @@ def test_two_process_teacher_reaches_the_single_process_weights(tmp_path, fi_roo
     from vea_bench.datasets import load_dataset
     from vea_bench.train.teacher import TeacherConfig, train_teacher
 
-    cfg = {**TINY_VIT, "epochs": 2, "lr": 1e-3, "batch_size": 5, "seed": 0}
+    # 9 training images (one corrupt) in batches of 4: a last batch of one image leaves a process
+    # without an image of its own for that step.
+    cfg = {**TINY_VIT, "epochs": 2, "lr": 1e-3, "batch_size": 4, "seed": 0}
     one = train_teacher(load_dataset("fi", fi_root), TeacherConfig(**cfg), tmp_path / "one", device="cpu",
                         results_dir=None)
     spec = {"task": "teacher", "dataset": "fi", "root": str(fi_root), "out": str(tmp_path / "two"),
@@ -237,8 +252,8 @@ def test_two_process_lora_reaches_the_single_process_adapter(tmp_path, tiny_dir)
                              f"2. Reasoning\nIt feels {index.label_space.labels[s.label]}."} for s in index.split("train")]
     inst = tmp_path / "instructions.json"
     inst.write_text(json.dumps(rows))
-    # Global batch 3 over 2 processes (2 + 1 examples a step): the split need not be even.
-    cfg = {"vlm": str(tiny_dir["qwen"]), "quantize": False, "lr": 2e-2, "max_steps": 3, "batch_size": 3, "seed": 0,
+    # 6 examples in global batches of 5 over 2 processes: 3 + 2 examples, then 1 + none (a stand-in, weighted 0).
+    cfg = {"vlm": str(tiny_dir["qwen"]), "quantize": False, "lr": 2e-2, "max_steps": 3, "batch_size": 5, "seed": 0,
            "lora_dropout": 0.0, "gradient_checkpointing": False, "kinds": ["categorical"]}
     one = train_vlm(index, QLoRAConfig(**cfg), inst, tmp_path / "one", device="cpu", eval_split="test",
                     results_dir=None)
