@@ -200,6 +200,18 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return [float(v) for v in t.cpu()]
 
 
+def broadcast_tensors(tensors: Sequence[Any]) -> None:
+    """Overwrite ``tensors`` in place with rank 0's values (no-op for one process)."""
+    if not _active():
+        return
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t.data, src=0)
+
+
 def share(items: Sequence[T]) -> list[T]:
     """This process's part of ``items`` (every ``world``-th from its rank); all of them for one process."""
     if not _active():
@@ -240,5 +252,5 @@ def _collective_device() -> Any:
     return torch.device("cpu")
 
 
-__all__ = ["Launch", "all_reduce_sum", "barrier", "broadcast_object", "first_host", "gather_objects",
-           "hint_more_gpus", "launch_env", "local_device", "setup", "share"]
+__all__ = ["Launch", "all_reduce_sum", "barrier", "broadcast_object", "broadcast_tensors", "first_host",
+           "gather_objects", "hint_more_gpus", "launch_env", "local_device", "setup", "share"]

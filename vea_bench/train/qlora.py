@@ -613,8 +613,11 @@ def _build_training(run: _VLMRun) -> None:
     if run.launch.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        # Every process loaded the same base and drew the same LoRA init from the seed: no broadcast
-        # of (4-bit) weights is needed.
+        from vea_bench.distributed import broadcast_tensors
+
+        # Every process loaded the same base: only the trainable LoRA weights start from rank 0's,
+        # and the (4-bit) base weights are left as each process loaded them on its own device.
+        broadcast_tensors(run.trainable)
         model = DistributedDataParallel(model, device_ids=[run.device] if run.device.startswith("cuda") else None,
                                         init_sync=False)
     run.model = model
