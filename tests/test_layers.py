@@ -172,9 +172,6 @@ KNOWN_CYCLES: set[frozenset[str]] = {
 }
 MAX_FUNCTION_LINES = 100
 KNOWN_LONG_FUNCTIONS: set[tuple[str, str]] = {
-    ("vea_bench/extract.py", "extract"),
-    ("vea_bench/train/teacher.py", "train_teacher"),
-    ("vea_bench/train/qlora.py", "train_vlm"),
     ("vea_bench/heads/trainer.py", "train_members"),
 }
 MAX_MODULE_LINES = 500

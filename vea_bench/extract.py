@@ -20,6 +20,11 @@ splits rows by ``row % n`` into per-shard files that `vea-bench cache merge` joi
 image fails its row (with the reason) and the run goes on. SIGTERM / SIGINT stop the run after
 the current batch (`vea_bench.cache.guard`); rows whose image file changed since they were
 computed (per-image fingerprints, `vea_bench.cache.fingerprints`) are recomputed.
+
+Started by a launcher (torchrun, accelerate, srun: `vea_bench.distributed`), the processes are the
+shards: each computes its rows on its own device into its shard file, skipping rows the cache
+already holds, and rank 0 merges the shards into the cache at the end (and, first, any shard
+files an earlier launch left behind), so the job ends with the cache one process would write.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vea_bench.errors import ConfigError, DatasetError, ModelError
+from vea_bench.errors import CacheError, ConfigError, DatasetError, ModelError, VeaError
 from vea_bench.models.base import GenerationOptions, LoadOptions
 from vea_bench.models.engines import ENGINES, engine_provenance, load_engine
 from vea_bench.progress import Progress, ensure
@@ -113,6 +118,9 @@ class ExtractSummary:
     elapsed_s: float = 0.0          # whole call, model loading included
     loop_s: float = 0.0             # the image loop alone (what images/s is measured over)
     shard: tuple[int, int] | None = None
+    # Under a launcher, what rank 0 changes in the final cache before merging this process's shard.
+    final_stale: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # source -> split -> rows
+    final_drop: list[str] = field(default_factory=list)                          # sources to overwrite
 
     @property
     def images_per_s(self) -> float:
@@ -333,6 +341,35 @@ def _worker_init(_: int) -> None:
 
 
 # ------------------------------------------------------------------------------------- extract
+@dataclass
+class _Request:
+    """One extraction's options after validation (what every process of a launch shares)."""
+
+    index: DatasetIndex
+    cache_path: Path
+    vlm: LoadOptions | None
+    vlm_backend: Any | None
+    modes: set[str]
+    generation: GenerationOptions
+    teachers: Sequence[str | Path]
+    backbones: Sequence[Any]
+    keys: dict[str, str]
+    splits: list[str]
+    limit: int | None
+    shard: tuple[int, int] | None
+    batch_size: int
+    num_workers: int
+    overwrite: bool
+    retry_failed: bool
+    device: str | None
+    parse: str
+    exif: str
+    decoding: dict[str, Any]
+    engine: str = "transformers"
+    # Under a launcher: the final cache, whose resolved rows no process computes again.
+    final: Path | None = None
+
+
 def extract(
     dataset_index: DatasetIndex,
     cache_path: str | Path,
@@ -368,13 +405,37 @@ def extract(
     the VLM; an engine that gives no answers writes only the visual source. Returns per-source
     counts. SIGTERM / SIGINT stop the run after the current batch with
     `vea_bench.cache.guard.Stopped` (every batch written so far is kept; a second signal stops at once).
-    """
-    from vea_bench.cache.fingerprints import fingerprints, stale_rows
-    from vea_bench.cache.guard import stop_on_signals
-    from vea_bench.cache.ops import parse_shard, shard_path, shard_rows
-    from vea_bench.cache.store import FeatureCache
 
-    progress = ensure(progress)
+    Started by a launcher (torchrun, accelerate, srun; `vea_bench.distributed`), each process
+    computes its share of the rows on its own device into a shard file, and rank 0 merges them
+    into ``cache_path`` at the end; every process returns the whole job's summary.
+    """
+    from vea_bench.distributed import hint_more_gpus, launch_env
+
+    req = _request(dataset_index, cache_path, vlm=vlm, answer_modes=answer_modes, generation=generation,
+                   teachers=teachers, backbones=backbones, splits=splits, limit=limit, shard=shard,
+                   batch_size=batch_size, num_workers=num_workers, source_keys=source_keys, overwrite=overwrite,
+                   retry_failed=retry_failed, device=device, vlm_backend=vlm_backend, parse=parse, exif=exif,
+                   engine=engine)
+    launch = launch_env()
+    if launch.distributed:
+        return _extract_launched(req, launch, progress)
+    hint_more_gpus(device)
+    return _extract_file(req, progress)
+
+
+def _request(index: DatasetIndex, cache_path: str | Path, *, vlm: LoadOptions | None, answer_modes: Iterable[str],
+             generation: GenerationOptions | None, teachers: Sequence[str | Path], backbones: Sequence[Any],
+             splits: Sequence[str] | None, limit: int | None, shard: tuple[int, int] | str | None,
+             batch_size: int, num_workers: int, source_keys: Mapping[str, str] | None, overwrite: bool,
+             retry_failed: bool, device: str | None, vlm_backend: Any | None, parse: str, exif: str,
+             engine: str = "transformers") -> _Request:
+    """Validate everything cheap (options, paths, lineage) before any model is loaded."""
+    from vea_bench import lineage
+    from vea_bench.cache.ops import parse_shard
+    from vea_bench.datasets.images import decoding_provenance
+    from vea_bench.models.parse import check_mode
+
     modes = {m.strip().lower() for m in answer_modes if m.strip()}
     unknown = modes - set(ANSWER_MODES)
     if unknown:
@@ -388,82 +449,51 @@ def extract(
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     if limit is not None and limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {limit}")
-    generation = generation or GenerationOptions()
-    from vea_bench.datasets.images import decoding_provenance
-    from vea_bench.models.parse import check_mode
-
     check_mode(parse)
     ENGINES.canonical(engine)  # an unknown engine is a one-line error before anything loads
-    decoding = decoding_provenance(exif)
-    keys = dict(source_keys or {})
     if isinstance(shard, str):
         shard = parse_shard(shard)
-    index = dataset_index
-    space = index.label_space
-    labels = list(space.labels)
     use_splits = list(splits) if splits else list(index.splits)
     for s in use_splits:
         index.split(s)  # one-line DatasetError for an unknown split
-
     # Cheap checks before anything heavy: model paths, teacher checkpoints.
     if vlm is not None and vlm_backend is None:
         from vea_bench.models.loading import resolve_source
 
         resolve_source(vlm.model)
-    from vea_bench import lineage
-
     for t in teachers:
         if not Path(t).exists():
             raise ModelError(f"teacher checkpoint {t} does not exist")
         lineage.check_teacher(t, index)  # trained on another split of this dataset: refused
     if vlm is not None and vlm.adapter:
         lineage.check_adapter(vlm.adapter, index)
+    return _Request(index, Path(cache_path), vlm, vlm_backend, modes, generation or GenerationOptions(),
+                    teachers, backbones, dict(source_keys or {}), use_splits, limit, shard, batch_size,
+                    num_workers, overwrite, retry_failed, device, parse, exif, decoding_provenance(exif), engine)
 
-    out_path = Path(cache_path) if shard is None else shard_path(cache_path, *shard)
+
+def _extract_file(req: _Request, progress: Progress | None) -> ExtractSummary:
+    """One process: fill its cache file (the final one, or its shard's) with the rows it owns."""
+    from vea_bench.cache.guard import stop_on_signals
+    from vea_bench.cache.ops import shard_path
+    from vea_bench.cache.store import FeatureCache
+
+    progress = ensure(progress)
+    index = req.index
+    out_path = req.cache_path if req.shard is None else shard_path(req.cache_path, *req.shard)
     cache = FeatureCache.create(
-        out_path, dataset=index.name, label_space=space.name, label_names=labels,
+        out_path, dataset=index.name, label_space=index.label_space.name, label_names=list(index.label_space.labels),
         splits=index.split_specs(), split_seed=index.split_seed,
         extra={"root": str(index.root), "split_rule": index.split_rule},
     )
     t0 = time.perf_counter()
-    summary = ExtractSummary(out_path, shard=shard)
+    summary = ExtractSummary(out_path, shard=req.shard)
     loader_iter = None
     try:
-        groups = _build_groups(cache, index, vlm, vlm_backend, modes, generation, teachers, backbones, keys,
-                               overwrite, shard, device, parse=parse, decoding=decoding, engine=engine)
-        # Rows to compute: per split, the union of what any source is missing.
-        jobs: list[_Job] = []
-        for split in use_splits:
-            paths = [smp.path for smp in index.split(split)]
-            # A shard holds (and will compute) only its own rows: fingerprint just those.
-            current = fingerprints(index.root, paths,
-                                   None if shard is None else shard_rows(np.arange(len(paths)), *shard))
-            for g in groups:
-                for t in g.targets:
-                    t.fingerprints[split] = current
-                    stale = stale_rows(t.writer.fingerprints(split), t.writer.status(split), current)
-                    if stale.size:  # the image changed under the same path: recompute those rows
-                        t.writer.invalidate(split, stale)
-                        t.summary.changed += int(stale.size)
-                        log.info("%s: %d row(s) of '%s' have a changed image file; recomputing them",
-                                 t.summary.name, stale.size, split)
-                    miss = t.writer.missing(split, retry_failed=retry_failed)
-                    n_rows = cache.num_rows(split)
-                    t.summary.rows += n_rows
-                    t.summary.done_before += int(n_rows - len(miss))  # written or failed before
-                    if shard is not None:
-                        miss = shard_rows(miss, *shard)
-                    t.missing[split] = set(int(r) for r in miss)
-            rows = sorted(set().union(*(t.missing[split] for g in groups for t in g.targets)))
-            if limit is not None:
-                rows = rows[:limit]
-                keep = set(rows)
-                for g in groups:
-                    for t in g.targets:
-                        t.missing[split] &= keep
-            samples = index.split(split)
-            for r in rows:
-                jobs.append(_Job(split, r, samples[r].path, tuple(g.needs(split, r) for g in groups)))
+        groups = _build_groups(cache, index, req.vlm, req.vlm_backend, req.modes, req.generation, req.teachers,
+                               req.backbones, req.keys, req.overwrite, req.shard, req.device, parse=req.parse,
+                               decoding=req.decoding, engine=req.engine)
+        jobs = _plan(req, cache, groups, summary)
         summary.sources = [t.summary for g in groups for t in g.targets]
         progress.start(f"extract {index.name}", total=len(jobs))
         t_loop = time.perf_counter()
@@ -471,7 +501,7 @@ def extract(
         # between two flushed batches, never in the middle of a write.
         with stop_on_signals() as stop:
             if jobs:
-                loader = _make_loader(index.root, jobs, groups, batch_size, num_workers, exif)
+                loader = _make_loader(index.root, jobs, groups, req.batch_size, req.num_workers, req.exif)
                 cache.release_handles()  # workers must not inherit (and keep locked) open HDF5 files
                 loader_iter = iter(loader)
                 for batch in loader_iter:
@@ -493,10 +523,205 @@ def extract(
             for s in summary.sources:
                 kind, key = s.name.split("/", 1)
                 info = cache.source(kind, key)
-                s.missing = sum(info.counts[sp]["missing"] for sp in use_splits if sp in info.counts)
+                s.missing = sum(info.counts[sp]["missing"] for sp in req.splits if sp in info.counts)
         finally:
             cache.close()
     return summary
+
+
+def _plan(req: _Request, cache: FeatureCache, groups: list[_Group], summary: ExtractSummary) -> list[_Job]:
+    """The rows to compute: per split, the union of what any source is missing (in this process's shard)."""
+    from vea_bench.cache.fingerprints import fingerprints, stale_rows
+    from vea_bench.cache.ops import shard_rows
+
+    index, shard = req.index, req.shard
+    final = _FinalRows(req.final, req.retry_failed, req.overwrite, shard)
+    jobs: list[_Job] = []
+    try:
+        for split in req.splits:
+            everywhere: set[int] = set()
+            paths = [smp.path for smp in index.split(split)]
+            # A shard holds (and will compute) only its own rows: fingerprint just those.
+            current = fingerprints(index.root, paths,
+                                   None if shard is None else shard_rows(np.arange(len(paths)), *shard))
+            for g in groups:
+                for t in g.targets:
+                    t.fingerprints[split] = current
+                    stale = stale_rows(t.writer.fingerprints(split), t.writer.status(split), current)
+                    if stale.size:  # the image changed under the same path: recompute those rows
+                        t.writer.invalidate(split, stale)
+                        t.summary.changed += int(stale.size)
+                        log.info("%s: %d row(s) of '%s' have a changed image file; recomputing them",
+                                 t.summary.name, stale.size, split)
+                    miss = t.writer.missing(split, retry_failed=req.retry_failed)
+                    n_rows = cache.num_rows(split)
+                    t.summary.rows += n_rows
+                    t.summary.done_before += int(n_rows - len(miss))  # written or failed before
+                    miss = final.pending(t, split, miss, current)
+                    everywhere.update(int(r) for r in miss)
+                    if shard is not None:
+                        miss = shard_rows(miss, *shard)
+                    t.missing[split] = set(int(r) for r in miss)
+            rows = sorted(set().union(*(t.missing[split] for g in groups for t in g.targets)))
+            if req.limit is not None:
+                # Under a launcher the job's first missing rows, each process taking its own of them.
+                first = set(sorted(everywhere)[:req.limit]) if req.final is not None else set(rows[:req.limit])
+                rows = [r for r in rows if r in first]
+                keep = set(rows)
+                for g in groups:
+                    for t in g.targets:
+                        t.missing[split] &= keep
+            samples = index.split(split)
+            for r in rows:
+                jobs.append(_Job(split, r, samples[r].path, tuple(g.needs(split, r) for g in groups)))
+    finally:
+        final.close()
+    summary.final_stale, summary.final_drop = final.stale, sorted(final.drop)
+    return jobs
+
+
+class _FinalRows:
+    """Under a launcher: which of a shard's rows the final cache already holds (read only, never locked).
+
+    Collects what rank 0 must change in the final cache before the merge: sources to drop
+    (``overwrite``) and rows recomputed because their image changed.
+    """
+
+    def __init__(self, path: Path | None, retry_failed: bool, overwrite: bool, shard: tuple[int, int] | None) -> None:
+        from vea_bench.cache.store import FeatureCache
+
+        self.retry_failed = retry_failed
+        self.overwrite = overwrite
+        self.shard = shard
+        self.cache = FeatureCache.open(path) if path is not None and path.exists() else None
+        self.stale: dict[str, dict[str, list[int]]] = {}
+        self.drop: set[str] = set()
+
+    def pending(self, target: _Target, split: str, miss: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """``miss`` less the rows resolved in the final cache from an unchanged image."""
+        from vea_bench.cache.fingerprints import stale_rows
+        from vea_bench.cache.ops import shard_rows
+        from vea_bench.cache.store import ROW_MISSING, ROW_OK, stable_provenance
+
+        name = target.summary.name
+        kind, key = name.split("/", 1)
+        if self.cache is None or not self.cache.has_source(kind, key):
+            return miss
+        if self.overwrite:
+            self.drop.add(name)
+            return miss
+        old, new = stable_provenance(self.cache.source(kind, key).provenance), stable_provenance(target.writer.info().provenance)
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise CacheError(f"{self.cache.path}: source {name} was written with other settings ({', '.join(diff)}); "
+                             f"use another key or overwrite")
+        stored, status = self.cache.fingerprints(kind, key, split)
+        stale = stale_rows(stored, status, current)
+        if self.shard is not None:
+            stale = shard_rows(stale, *self.shard)
+        if stale.size:  # recomputed here; rank 0 clears them in the final cache before the merge
+            self.stale.setdefault(name, {})[split] = [int(r) for r in stale]
+            target.summary.changed += int(stale.size)
+        open_rows = status != ROW_OK if self.retry_failed else status == ROW_MISSING
+        open_rows[stale] = True
+        return np.asarray([r for r in miss if open_rows[r]], dtype=np.int64)
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+
+def _extract_launched(req: _Request, launch: Any, progress: Progress | None) -> ExtractSummary:
+    """Every process of a launch: its share into its shard file, then one merge on rank 0.
+
+    Shard files left by an earlier launch (a rank that died, another number of processes) are
+    merged into the final cache first, so only rows resolved nowhere are computed again.
+    """
+    from vea_bench import distributed as dist
+
+    if req.shard is not None:
+        raise ConfigError(f"--shard {req.shard[0]}/{req.shard[1]} under a {launch.world_size}-process launch: "
+                          f"the processes split the rows themselves; leave --shard out")
+    _, device = dist.setup(req.device or (req.vlm.device if req.vlm is not None else None) or "auto")
+    if req.vlm is not None:
+        import dataclasses
+
+        req.vlm = dataclasses.replace(req.vlm, device=device)
+    req.device, req.final, req.shard = device, req.cache_path, (launch.rank, launch.world_size)
+    if launch.is_main:
+        _fold_shards(req.cache_path, progress)
+    dist.barrier()
+    error: BaseException | None = None
+    try:
+        summary = _extract_file(req, progress if launch.is_main else None)
+    except VeaError as exc:  # every process learns of it below, so none waits for a merge forever
+        error, summary = exc, ExtractSummary(req.cache_path)
+    failures = [(r, msg) for r, msg in enumerate(dist.gather_objects(None if error is None else str(error))) if msg]
+    if error is not None:
+        raise error
+    if failures:
+        rank, msg = failures[0]
+        raise ModelError(f"process {rank} of {launch.world_size} failed ({msg}); rerun the same command to finish "
+                         f"(rows already written are kept)")
+    parts: list[ExtractSummary] = dist.gather_objects(summary)
+    if launch.is_main:
+        _clear_stale(req.cache_path, parts)
+        _fold_shards(req.cache_path, progress)
+    dist.barrier()
+    return _combine(parts, req)
+
+
+def _fold_shards(final: Path, progress: Progress | None) -> None:
+    """Merge every shard file beside ``final`` into it (one merge, via the cache's own API), then drop them."""
+    from vea_bench.cache.ops import merge_caches
+    from vea_bench.cache.store import remove_cache
+
+    shards = sorted(final.parent.glob(f"{final.stem}.shard-*-of-*{final.suffix or '.h5'}"))
+    shards = [p for p in shards if re.fullmatch(rf"{re.escape(final.stem)}\.shard-\d+-of-\d+", p.stem)]
+    if not shards:
+        return
+    merge_caches(shards, final, progress=progress)
+    for p in shards:
+        remove_cache(p)
+
+
+def _clear_stale(final: Path, parts: list[ExtractSummary]) -> None:
+    """What the processes recomputed (rows whose image changed, sources to overwrite): cleared in the final cache."""
+    from vea_bench.cache.store import FeatureCache
+
+    stale = [(name, split, rows) for part in parts for name, per in part.final_stale.items()
+             for split, rows in per.items() if len(rows)]
+    drop = sorted({name for part in parts for name in part.final_drop})
+    if not (stale or drop) or not final.exists():
+        return
+    with FeatureCache.open(final, "a") as cache:
+        for name in drop:  # overwrite: the processes recomputed every row of it
+            cache.delete_source(*name.split("/", 1))
+        for name, split, rows in stale:
+            kind, key = name.split("/", 1)
+            info = cache.source(kind, key)
+            cache.writer(kind, key, info.fields, info.provenance).invalidate(split, rows)
+
+
+def _combine(parts: list[ExtractSummary], req: _Request) -> ExtractSummary:
+    """The whole launch's summary: counts summed over the processes, what is missing read from the merged cache."""
+    from vea_bench.cache.store import FeatureCache
+
+    out = ExtractSummary(req.cache_path, images=sum(p.images for p in parts),
+                         failed_images=sum(p.failed_images for p in parts),
+                         elapsed_s=max(p.elapsed_s for p in parts), loop_s=max(p.loop_s for p in parts))
+    names = [s.name for s in parts[0].sources]
+    with FeatureCache.open(req.cache_path) as cache:
+        for name in names:
+            own = [p.source(name) for p in parts]
+            kind, key = name.split("/", 1)
+            info = cache.source(kind, key)
+            s = SourceSummary(name, rows=own[0].rows, done=sum(o.done for o in own), failed=sum(o.failed for o in own),
+                              unparsed=sum(o.unparsed for o in own), changed=sum(o.changed for o in own),
+                              missing=sum(info.counts[sp]["missing"] for sp in req.splits if sp in info.counts))
+            s.done_before = s.rows - s.missing - s.done - s.failed
+            out.sources.append(s)
+    return out
 
 
 def _make_loader(root: Path, jobs: list[_Job], groups: list[_Group], batch_size: int, num_workers: int,

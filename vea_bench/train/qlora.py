@@ -174,15 +174,21 @@ def lora_target_regex(model: Any, names: Sequence[str] | None = None) -> str:
     return regex
 
 
-def _model_class(source: str) -> Any:
-    """The transformers class the checkpoint's family declares (an unsupported type: one line)."""
-    import transformers
+def _source_family(source: str) -> Any:
+    """The `VLMFamily` of a checkpoint, read from its config alone (before any weight loads)."""
     from transformers import AutoConfig
 
     from vea_bench.models.generic import family_of
 
     cfg = AutoConfig.from_pretrained(source)
-    fam = family_of(getattr(cfg, "model_type", None) or "unknown")
+    return family_of(getattr(cfg, "model_type", None) or "unknown")
+
+
+def _model_class(source: str) -> Any:
+    """The transformers class the checkpoint's family declares (an unsupported type: one line)."""
+    import transformers
+
+    fam = _source_family(source)
     cls = getattr(transformers, fam.model_class, None)
     if cls is None:
         raise ModelError(f"transformers {transformers.__version__} has no {fam.model_class}; upgrade it")
@@ -204,7 +210,15 @@ def load_base(cfg: QLoRAConfig, device: str) -> tuple[Any, Any, dict[str, Any]]:
     _quiet_transformers()
     opts = LoadOptions(model=cfg.vlm, device=device, dtype=cfg.dtype,
                        quantization="4bit" if cfg.quantize else None)
-    source, kwargs, device, dtype = from_pretrained_kwargs(opts)
+    source, _ = resolve_source(cfg.vlm)
+    try:
+        family = _source_family(source)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load VLM '{cfg.vlm}': {first[:200]}") from None
+    # the same template rule as extraction: a position the family's template ignores is refused
+    family.check_image_position(cfg.image_position)
+    source, kwargs, device, dtype = from_pretrained_kwargs(opts, family)
     if cfg.quantize:
         import torch
 
@@ -433,13 +447,23 @@ def train_step(
     max_grad_norm: float,
     device: str,
     dtype: Any,
+    tokens: Any = None,
+    scale: float = 1.0,
 ) -> float:
-    """One optimiser step on a collated batch (with ``labels``): masked LM loss, clip, AdamW, schedule."""
+    """One optimiser step on a collated batch (with ``labels``): masked LM loss, clip, AdamW, schedule.
+
+    Data-parallel: ``tokens`` is the number of trained tokens of the whole global batch, so the
+    loss is this process's summed token loss over it, times ``scale`` (the number of processes,
+    undoing DistributedDataParallel's mean; 0 for a stand-in example); returns that loss.
+    """
     import torch
 
     batch = dict(batch)
     labels = batch.pop("labels").to(device)
-    loss = model(**_to(batch, device, dtype), labels=labels).loss
+    extra = {} if tokens is None else {"num_items_in_batch": tokens}
+    loss = model(**_to(batch, device, dtype), labels=labels, **extra).loss
+    if tokens is not None:
+        loss = loss * scale
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
@@ -454,6 +478,65 @@ def _order(n: int, seed: int, epoch: int) -> list[int]:
     g = torch.Generator()
     g.manual_seed(seed * 1000 + epoch)
     return torch.randperm(n, generator=g).tolist()
+
+
+def _trained_tokens(batch: dict[str, Any]) -> int:
+    """Tokens that carry loss once the labels are shifted (what the model's mean loss divides by)."""
+    return int((batch["labels"][..., 1:] != -100).sum())
+
+
+@dataclass
+class _VLMRun:
+    """One stage-1 run's fixed facts and its moving parts (model, optimiser, position)."""
+
+    index: DatasetIndex
+    cfg: QLoRAConfig
+    out: Path
+    identity: dict[str, Any]
+    chash: str
+    device: str
+    launch: Any
+    insts: list[Instruction]
+    model: Any = None
+    processor: Any = None
+    prov: dict[str, Any] = field(default_factory=dict)
+    opt: Any = None
+    sched: Any = None
+    trainable: list[Any] = field(default_factory=list)
+    compute_dtype: Any = None
+    total_steps: int = 0
+    steps_per_epoch: int = 0
+    global_step: int = 0
+    losses: list[float] = field(default_factory=list)
+    track: Tracker = field(default_factory=lambda: ensure_tracker(None))  # rank 0's tracker
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / CHECKPOINT_DIR
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.out / ADAPTER_DIR
+
+    def checkpoint(self, finished: bool = False, record: str | None = None) -> None:
+        """Rank 0: adapter, optimizer, scheduler and position, renamed into place when complete."""
+        if not self.launch.is_main:
+            return
+        with atomic_dir(self.ckpt_dir) as tmp:
+            _bare(self.model).save_pretrained(str(tmp / "adapter"))
+            st: dict[str, Any] = {"config_hash": self.chash, "config": self.identity, "global_step": self.global_step,
+                                  "total_steps": self.total_steps, "losses": self.losses, "finished": finished}
+            if finished:
+                st["record"] = record
+            else:
+                st["optimizer"] = save_optimizer(self.opt, tmp)
+                st["scheduler"] = self.sched.state_dict()
+            write_json_atomic(tmp / STATE_FILE, st)
+
+
+def _bare(model: Any) -> Any:
+    """The peft model inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    return getattr(model, "module", model)
 
 
 def train_vlm(
@@ -476,19 +559,59 @@ def train_vlm(
     Resumes an unfinished run in ``out`` with the same config; refuses one with another config.
     ``eval_split``: categorical accuracy of the tuned model there (answers decoded by extraction's
     engine with ``eval_generation``, greedy by default, then parsed) goes into the run record;
-    None skips it.
+    None skips it. Under a launcher (`vea_bench.distributed`) each process loads the (4-bit) base
+    on its own device and trains its share of every global batch of ``cfg.batch_size`` examples
+    with DistributedDataParallel (the loss weighted by trained tokens, as one process computes
+    it); rank 0 alone evaluates and writes checkpoints, the adapter and the record. A run
+    resumes with any number of processes.
     """
     import torch
-    from safetensors.torch import load_file
-    from transformers import get_constant_schedule_with_warmup
 
-    from vea_bench.devices import resolve_device
+    from vea_bench import distributed as dist
 
     cfg.validate()
-    device = resolve_device(device)
-    out = Path(out)
+    launch, device = dist.setup(device)
+    if cfg.batch_size < launch.world_size:
+        raise ConfigError(f"--batch-size {cfg.batch_size} (the global batch) is smaller than the {launch.world_size} "
+                          f"processes: give at least {launch.world_size}, so that each process has an example a step")
+    run = _vlm_run(index, cfg, instructions, Path(out), device, launch)
+    if launch.is_main:
+        run.track = ensure_tracker(tracker)
+        recover_dir(run.ckpt_dir)
+        recover_dir(run.adapter_dir)
+    dist.barrier()
+    state = read_state(run.ckpt_dir)
+    if state is not None:
+        check_same_config(state, run.identity, run.chash, run.out, "vlm")
+        if state.get("finished") and run.adapter_dir.is_dir():
+            rec_path = Path(state["record"])
+            log.info("%s already holds this finished run; returning its record %s", run.out, rec_path)
+            return QLoRAResult(run.out, run.adapter_dir, RunRecord.load(rec_path), [rec_path], state.get("losses", []),
+                               int(state["global_step"]), int(state["global_step"]))
+
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    _build_training(run)
+    _resume_vlm(run, state)
+    resumed_from = run.global_step
+    _fit_vlm(run, save_every, progress)
+    meta = _save_adapter(run)
+    dist.barrier()
+    metrics: dict[str, Any] = {}
+    if eval_split is not None:  # every process answers its share of the split
+        metrics[eval_split] = evaluate_categorical(
+            _bare(run.model), run.processor, run.index, eval_split, device=run.device, dtype=run.compute_dtype,
+            max_side=cfg.max_side, max_pixels=cfg.max_pixels, limit=eval_limit, generation=eval_generation,
+            model_ref=cfg.vlm, adapter=str(run.adapter_dir), progress=progress if launch.is_main else None,
+            image_position=cfg.image_position)
+    result = _record_vlm(run, meta, metrics, t0, resumed_from, results_dir) if launch.is_main else None
+    return dist.broadcast_object(result)
+
+
+def _vlm_run(index: DatasetIndex, cfg: QLoRAConfig, instructions: str | Path, out: Path, device: str,
+             launch: Any) -> _VLMRun:
+    """Validate the instructions (cheap, before a 7B model loads) and fix the run's identity."""
     space = index.label_space
-    # Validate everything cheap before loading a 7B model.
     insts = load_instructions(instructions, space, index=index, kinds=cfg.kinds)
     identity = {
         "task": "vlm",
@@ -501,135 +624,162 @@ def train_vlm(
         "label_names": list(space.labels),
         "manifest_train": index.manifest_hash("train"),
     }
-    chash = config_hash(identity)
-    ckpt_dir = out / CHECKPOINT_DIR
-    adapter_dir = out / ADAPTER_DIR
-    recover_dir(ckpt_dir)
-    recover_dir(adapter_dir)
-    state = read_state(ckpt_dir)
-    if state is not None:
-        check_same_config(state, identity, chash, out, "vlm")
-        if state.get("finished") and adapter_dir.is_dir():
-            rec_path = Path(state["record"])
-            log.info("%s already holds this finished run; returning its record %s", out, rec_path)
-            return QLoRAResult(out, adapter_dir, RunRecord.load(rec_path), [rec_path], state.get("losses", []),
-                               int(state["global_step"]), int(state["global_step"]))
+    return _VLMRun(index, cfg, out, identity, config_hash(identity), device, launch, insts)
 
-    t0 = time.time()
-    torch.manual_seed(cfg.seed)
-    base, processor, prov = load_base(cfg, device)
+
+def _build_training(run: _VLMRun) -> None:
+    """Base (per process, on its own device), LoRA, optimiser and schedule; DDP-wrapped under a launcher."""
+    import torch
+    from transformers import get_constant_schedule_with_warmup
+
+    cfg = run.cfg
+    base, run.processor, run.prov = load_base(cfg, run.device)
     model = wrap_lora(base, cfg)
-    compute_dtype = torch.bfloat16 if cfg.quantize else next(p for p in model.parameters()).dtype
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=device.startswith("cuda"))
-    steps_per_epoch = math.ceil(len(insts) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
+    run.compute_dtype = torch.bfloat16 if cfg.quantize else next(p for p in model.parameters()).dtype
+    run.trainable = [p for p in model.parameters() if p.requires_grad]
+    run.opt = torch.optim.AdamW(run.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                fused=run.device.startswith("cuda"))
+    run.steps_per_epoch = math.ceil(len(run.insts) / cfg.batch_size)
+    run.total_steps = cfg.epochs * run.steps_per_epoch
     if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    sched = get_constant_schedule_with_warmup(opt, num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps))
+        run.total_steps = min(run.total_steps, cfg.max_steps)
+    run.sched = get_constant_schedule_with_warmup(run.opt, num_warmup_steps=math.ceil(cfg.warmup_ratio * run.total_steps))
+    if run.launch.distributed:
+        from torch.nn.parallel import DistributedDataParallel
 
-    global_step, losses = 0, []
-    if state is not None and not state.get("finished"):
-        from peft import set_peft_model_state_dict
+        from vea_bench.distributed import broadcast_tensors
 
-        weights = load_file(str(ckpt_dir / "adapter" / "adapter_model.safetensors"))
-        set_peft_model_state_dict(model, weights)
-        load_optimizer(opt, ckpt_dir, state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        global_step, losses = int(state["global_step"]), list(state["losses"])
-        log.info("resuming %s at step %d of %d", out, global_step, total_steps)
-    resumed_from = global_step
+        # Every process loaded the same base: only the trainable LoRA weights start from rank 0's,
+        # and the (4-bit) base weights are left as each process loaded them on its own device.
+        broadcast_tensors(run.trainable)
+        model = DistributedDataParallel(model, device_ids=[run.device] if run.device.startswith("cuda") else None,
+                                        init_sync=False)
+    run.model = model
 
-    processor.tokenizer.padding_side = "right"
-    pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
-    examples = _Examples(insts, index.root, processor, cfg)
 
-    def checkpoint(finished: bool = False, record: str | None = None) -> None:
-        with atomic_dir(ckpt_dir) as tmp:
-            model.save_pretrained(str(tmp / "adapter"))
-            st: dict[str, Any] = {"config_hash": chash, "config": identity, "global_step": global_step,
-                                  "total_steps": total_steps, "losses": losses, "finished": finished}
-            if finished:
-                st["record"] = record
-            else:
-                st["optimizer"] = save_optimizer(opt, tmp)
-                st["scheduler"] = sched.state_dict()
-            write_json_atomic(tmp / STATE_FILE, st)
+def _resume_vlm(run: _VLMRun, state: dict[str, Any] | None) -> None:
+    """Load an unfinished run's adapter, optimiser, schedule and position (written by any number of processes)."""
+    if state is None or state.get("finished"):
+        return
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
 
-    prog = ensure(progress)
-    model.train()
-    while global_step < total_steps:
-        epoch, pos = divmod(global_step, steps_per_epoch)
-        order = _order(len(insts), cfg.seed, epoch)
-        prog.start(f"QLoRA epoch {epoch + 1}/{cfg.epochs}", total=min(steps_per_epoch, total_steps - epoch * steps_per_epoch))
+    weights = load_file(str(run.ckpt_dir / "adapter" / "adapter_model.safetensors"))
+    set_peft_model_state_dict(_bare(run.model), weights)
+    load_optimizer(run.opt, run.ckpt_dir, state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    run.global_step, run.losses = int(state["global_step"]), list(state["losses"])
+    log.info("resuming %s at step %d of %d", run.out, run.global_step, run.total_steps)
+
+
+def _fit_vlm(run: _VLMRun, save_every: int, progress: Progress | None) -> None:
+    """The optimiser steps still to take, epoch by epoch, with a checkpoint at each epoch end."""
+    import torch
+
+    from vea_bench import distributed as dist
+
+    cfg = run.cfg
+    run.processor.tokenizer.padding_side = "right"
+    pad_id = run.processor.tokenizer.pad_token_id if run.processor.tokenizer.pad_token_id is not None else 0
+    examples = _Examples(run.insts, run.index.root, run.processor, cfg)
+    prog = ensure(progress if run.launch.is_main else None)
+    run.model.train()
+    while run.global_step < run.total_steps:
+        epoch, pos = divmod(run.global_step, run.steps_per_epoch)
+        order = _order(len(run.insts), cfg.seed, epoch)
+        prog.start(f"QLoRA epoch {epoch + 1}/{cfg.epochs}",
+                   total=min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch))
         prog.advance(pos)
-        for b in range(pos, steps_per_epoch):
-            if global_step >= total_steps:
+        for b in range(pos, run.steps_per_epoch):
+            if run.global_step >= run.total_steps:
                 break
-            torch.manual_seed(cfg.seed * 1_000_003 + global_step)  # dropout: a function of (seed, step)
+            torch.manual_seed(cfg.seed * 1_000_003 + run.global_step)  # dropout: a function of (seed, step)
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            try:
-                batch = collate([examples[i] for i in idx], pad_id)
-            except DatasetError as exc:
-                raise DatasetError(f"instruction image for step {global_step}: {exc}") from None
-            losses.append(train_step(model, batch, opt, sched, trainable, max_grad_norm=cfg.max_grad_norm,
-                                     device=device, dtype=compute_dtype))
-            global_step += 1
-            prog.advance(1, loss=losses[-1], lr=sched.get_last_lr()[0])
-            ensure_tracker(tracker).step(global_step, loss=losses[-1], lr=sched.get_last_lr()[0])
-            if save_every and global_step % save_every == 0 and global_step < total_steps:
-                checkpoint()
+            run.losses.append(_step(run, examples, idx, pad_id))
+            run.global_step += 1
+            prog.advance(1, loss=run.losses[-1], lr=run.sched.get_last_lr()[0])
+            run.track.step(run.global_step, loss=run.losses[-1], lr=run.sched.get_last_lr()[0])
+            if save_every and run.global_step % save_every == 0 and run.global_step < run.total_steps:
+                run.checkpoint()
+                dist.barrier()
         prog.finish()
-        checkpoint()
+        run.checkpoint()
+        dist.barrier()
 
-    # The final adapter: peft files + our provenance, renamed into place only when complete.
+
+def _step(run: _VLMRun, examples: _Examples, idx: list[int], pad_id: int) -> float:
+    """One global step: one process trains the whole batch; under a launcher each trains its share."""
+    from vea_bench import distributed as dist
+
+    launch = run.launch
+    scale = 1.0
+    if launch.distributed:
+        share = idx[launch.rank::launch.world_size]
+        scale = float(launch.world_size) if share else 0.0
+        idx = share or idx[:1]  # a stand-in example, weighted 0, keeps this process in the gradient exchange
+    try:
+        batch = collate([examples[i] for i in idx], pad_id)
+    except DatasetError as exc:
+        raise DatasetError(f"instruction image for step {run.global_step}: {exc}") from None
+    kwargs = dict(max_grad_norm=run.cfg.max_grad_norm, device=run.device, dtype=run.compute_dtype)
+    if not launch.distributed:
+        return train_step(run.model, batch, run.opt, run.sched, run.trainable, **kwargs)
+    import torch
+
+    tokens = dist.all_reduce_sum([_trained_tokens(batch) if scale else 0])[0]
+    loss = train_step(run.model, batch, run.opt, run.sched, run.trainable, tokens=torch.tensor(tokens), scale=scale,
+                      **kwargs)
+    return dist.all_reduce_sum([loss])[0] / launch.world_size
+
+
+def _save_adapter(run: _VLMRun) -> dict[str, Any]:
+    """The final adapter (rank 0): peft files + our provenance, renamed into place only when complete."""
+    cfg, prov, losses, model = run.cfg, run.prov, run.losses, _bare(run.model)
     model.eval()
     meta = {
         "format": ADAPTER_FORMAT, "base_model": cfg.vlm, "base_source": prov["source"],
         "base_weights_sha256": prov["weights_sha256"], "base_revision": prov["revision"],
-        "model_type": prov["model_type"], "quantization": prov["quantization"], "config": identity,
-        "config_hash": chash, "steps": global_step, "trainable_params": n_trainable,
+        "model_type": prov["model_type"], "quantization": prov["quantization"], "config": run.identity,
+        "config_hash": run.chash, "steps": run.global_step, "trainable_params": sum(p.numel() for p in run.trainable),
         "final_loss": losses[-1] if losses else None, "system_message": SYSTEM_MESSAGE,
     }
-    with atomic_dir(adapter_dir) as tmp:
-        model.save_pretrained(str(tmp))
-        (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str))
+    if run.launch.is_main:
+        with atomic_dir(run.adapter_dir) as tmp:
+            model.save_pretrained(str(tmp))
+            (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str))
+    return meta
 
-    metrics: dict[str, Any] = {}
-    if eval_split is not None:
-        metrics[eval_split] = evaluate_categorical(model, processor, index, eval_split, device=device,
-                                                   dtype=compute_dtype, max_side=cfg.max_side,
-                                                   max_pixels=cfg.max_pixels, limit=eval_limit,
-                                                   generation=eval_generation, model_ref=cfg.vlm,
-                                                   adapter=str(adapter_dir), progress=progress,
-                                                   image_position=cfg.image_position)
+
+def _record_vlm(run: _VLMRun, meta: dict[str, Any], metrics: dict[str, Any], t0: float, resumed_from: int,
+                results_dir: str | Path | None) -> QLoRAResult:
+    """Rank 0: the run record (in ``out`` and ``results_dir``), then the state marks the run finished."""
+    from vea_bench.results import environment, experiment_id
+
+    cfg, prov, losses = run.cfg, run.prov, run.losses
     window = max(1, min(10, len(losses) // 4 or 1))
-    from vea_bench.results import experiment_id
-
     record = RunRecord(
         kind="vlm",
         method="QLoRA",
-        dataset=index.name,
+        dataset=run.index.name,
         # the stage identity without the seed; the config below also holds this run's losses and paths
-        experiment_id=experiment_id("vlm", "QLoRA", "QLoRA", index.name, identity),
-        config={**identity, "vlm": cfg.vlm, "adapter_dir": str(adapter_dir), "device": device,
-                "base": prov, "steps": global_step,
+        experiment_id=experiment_id("vlm", "QLoRA", "QLoRA", run.index.name, run.identity),
+        config={**run.identity, "vlm": cfg.vlm, "adapter_dir": str(run.adapter_dir), "device": run.device,
+                "base": prov, "steps": run.global_step,
                 "train_loss_first": sum(losses[:window]) / window if losses else None,
                 "train_loss_last": sum(losses[-window:]) / window if losses else None},
         metrics=metrics,
         seed=cfg.seed,
-        params=n_trainable,
-        label_names=list(space.labels),
-        artifacts={"adapter": str(adapter_dir)},
+        params=meta["trainable_params"],
+        label_names=list(run.index.label_space.labels),
+        artifacts={"adapter": str(run.adapter_dir)},
         wall_time_s=time.time() - t0,
+        environment={**environment(), **run.launch.facts()},  # how many processes trained it
     )
-    paths = [ResultsStore(out).save(record, flat=True)]
+    paths = [ResultsStore(run.out).save(record, flat=True)]
     if results_dir is not None:
         paths.append(ResultsStore(results_dir).save(record))
-    checkpoint(finished=True, record=str(paths[0]))
-    return QLoRAResult(out, adapter_dir, record, paths, losses, global_step, resumed_from)
+    run.checkpoint(finished=True, record=str(paths[0]))
+    return QLoRAResult(run.out, run.adapter_dir, record, paths, losses, run.global_step, resumed_from)
 
 
 def evaluate_categorical(
@@ -659,6 +809,7 @@ def evaluate_categorical(
     """
     import numpy as np
 
+    from vea_bench import distributed as dist
     from vea_bench.datasets import open_image
     from vea_bench.metrics import split_metrics
     from vea_bench.models import backend_for_model_type
@@ -674,22 +825,27 @@ def evaluate_categorical(
     space = index.label_space
     samples = index.split(split)[:limit] if limit else index.split(split)
     question = categorical_instruction(space)
+    mine = dist.share(range(len(samples)))  # under a launcher each process answers its share
     prog = ensure(progress)
-    prog.start(f"eval {split}", total=len(samples))
-    results, y, failed = [], [], 0
+    prog.start(f"eval {split}", total=len(mine))
+    answers: dict[int, str | None] = {}  # sample position -> answer (None: the image could not be read)
     model.eval()
-    for s in samples:
+    for i in mine:
         try:
-            img = open_image(index.root / s.path)
+            img = open_image(index.root / samples[i].path)
         except DatasetError:
-            failed += 1
+            answers[i] = None
             prog.advance(1)
             continue
         out = backend.run(backend.prepare([img], question), generate=True, score_labels=None, generation=gen)
-        results.append(parse_answer(out.texts[0], space))
-        y.append(s.label)
+        answers[i] = out.texts[0]
         prog.advance(1)
     prog.finish()
+    for part in dist.gather_objects(answers):
+        answers.update(part)
+    kept = [i for i in range(len(samples)) if answers[i] is not None]
+    results = [parse_answer(answers[i], space) for i in kept]
+    y, failed = [samples[i].label for i in kept], len(samples) - len(kept)
     m = split_metrics(np.asarray(y, dtype=np.int64), onehot(results, space.num_classes), list(space.labels))
     m.extra.update({"skipped": failed, "eval": "categorical answer from extraction's engine, parsed", "limit": limit,
                     "decoding": backend.decoding_provenance(gen)})
