@@ -15,7 +15,9 @@ else
     VENV="$TMP/venv"
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv --system-site-packages "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "transformers==$LOW"
+# kernels (the hub-kernels package newer transformers require) moved its API after 0.10: transformers
+# 5.3's hub_kernels integration fails to import against the newer one, so that entry pins it too.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "transformers==$LOW" "kernels<0.11"
 "$VENV/bin/python" -c "import transformers; from packaging.version import Version as V; assert V(transformers.__version__) == V('$LOW'), transformers.__version__; print('lowest supported transformers', transformers.__version__)"
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
     tests/test_backends.py tests/test_tiny_models.py

@@ -128,6 +128,7 @@ def _load_options(given: dict[str, Any]) -> LoadOptions | None:
 def _run(**a: Any) -> None:
     from vea_bench.cache.ops import parse_shard
     from vea_bench.datasets import load_dataset
+    from vea_bench.distributed import launch_env
     from vea_bench.extract import extract
     from vea_bench.models.backbone import BackboneSpec
 
@@ -156,6 +157,8 @@ def _run(**a: Any) -> None:
         retry_failed=a["retry_failed"], device=None if device == "auto" else device,
         progress=progress, parse=a["parse"], exif=a["exif"], engine=a["engine"],
     )
+    if not launch_env().is_main:  # under a launcher rank 0 speaks for the whole job
+        return
     if a["quiet"]:
         echo_path(summary.cache_path, True)
         return

@@ -79,17 +79,21 @@ def teacher_cmd(
 
     def go() -> None:
         from vea_bench.datasets import load_dataset
+        from vea_bench.distributed import launch_env
         from vea_bench.train.teacher import train_teacher
 
         cfg = Settings(TeacherConfig, teacher_options).build()
         cfg.validate()
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
                              allow_outside_root=allow_outside_root, strict=strict, **column_options(image_column, label_column))
-        with tracking(tracker) as tr:
+        main = launch_env().is_main  # under a launcher rank 0 alone tracks and speaks for the job
+        with tracking(tracker if main else None) as tr:
             tr.start(f"teacher-{index.name}-{cfg.arch}", vars(cfg))
             result = train_teacher(index, cfg, out, device=device, workers=workers, results_dir=results,
                                    progress=RichProgress("img", quiet=quiet), tracker=tr)
             tr.record(result.record)
+        if not main:
+            return
         if quiet:
             echo_path(result.out, quiet)
             return
@@ -139,6 +143,7 @@ def vlm_cmd(
 
     def go() -> None:
         from vea_bench.datasets import load_dataset
+        from vea_bench.distributed import launch_env
         from vea_bench.errors import ConfigError
         from vea_bench.train.qlora import train_vlm
 
@@ -151,12 +156,15 @@ def vlm_cmd(
         cfg.validate()
         index = load_dataset(dataset, root, seed=split_seed, label_space=label_space,
                              allow_outside_root=allow_outside_root, strict=strict, **column_options(image_column, label_column))
-        with tracking(tracker) as tr:
+        main = launch_env().is_main  # under a launcher rank 0 alone tracks and speaks for the job
+        with tracking(tracker if main else None) as tr:
             tr.start(f"qlora-{index.name}", vars(cfg))
             result = train_vlm(index, cfg, instructions, out, device=device, save_every=save_every,
                                eval_split=None if no_eval else "test", eval_limit=eval_limit, results_dir=results,
                                progress=RichProgress("step", quiet=quiet), tracker=tr)
             tr.record(result.record)
+        if not main:
+            return
         if quiet:
             echo_path(result.adapter_dir, quiet)
             return

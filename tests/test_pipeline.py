@@ -187,3 +187,15 @@ def test_missing_dataset_root_fails_cleanly_and_keeps_nothing_half_done(tmp_path
         run_experiment(exp)
     ledger = tmp_path / "work" / "artifacts" / "stages.json"
     assert not ledger.exists() or json.loads(ledger.read_text())["stages"] == {}
+
+
+def test_run_under_a_launcher_is_refused_in_one_line(tmp_path: Path, setup: dict[str, Path], monkeypatch) -> None:
+    """Every rank would train the same heads into the same files: `run` says what to launch instead."""
+    exp_file = _experiment(tmp_path, setup["data"], setup["vlm"], setup["instructions"], ["concat"])
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    res = runner.invoke(app, ["run", str(exp_file)])
+    assert res.exit_code != 0
+    assert "runs as one process" in res.output and "torchrun" in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "work" / "artifacts" / "stages.json").exists()

@@ -381,6 +381,11 @@ def run_experiment(
     tracker: Tracker | None = None,
 ) -> list[StageResult]:
     """Run (or skip) every stage of ``exp``; returns what each stage did (and tells ``tracker``)."""
+    from vea_bench.distributed import launch_env
+
+    if launch_env().distributed:  # every rank would train the same heads into the same files
+        raise ConfigError("vea-bench run runs as one process; launch `vea-bench extract`, `train teacher` or "
+                          "`train vlm` under torchrun, accelerate or srun for data-parallel stages")
     track = ensure_tracker(tracker)
 
     def tracked(res: StageResult) -> None:
