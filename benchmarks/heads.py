@@ -147,6 +147,7 @@ def sweep(args: argparse.Namespace, tmp: Path, seeds: list[int]) -> dict[str, An
     from vea_bench.heads.pipeline import DistillConfig, train_distill
     from vea_bench.heads.sweep import parse_grid
     from vea_bench.heads.synthetic_cache import make_complementary_cache
+    from vea_bench.heads.losses import kd_objective
     from vea_bench.heads.trainer import MemberHyper, SplitInputs, StackedMLP, build_member_modules, train_members
 
     alphas = parse_grid(args.sweep_alphas)
@@ -173,10 +174,10 @@ def sweep(args: argparse.Namespace, tmp: Path, seeds: list[int]) -> dict[str, An
                                      [s for _, s in cfgs])
         model = StackedMLP(heads, [s for _, s in cfgs], dev, precision=prec)
         hyper = [MemberHyper(s, 1e-5 * bs ** 0.5, 1e-4, a, 2.0) for a, s in cfgs]
-        train_members(model, inputs, hyper, loss="kd", epochs=1, batch_size=bs, max_steps=1)   # warm-up
+        train_members(model, inputs, hyper, loss=kd_objective, epochs=1, batch_size=bs, max_steps=1)   # warm-up
         steps = args.sweep_steps or steps_total
         t0 = time.perf_counter()
-        train_members(model, inputs, hyper, loss="kd", epochs=epochs, batch_size=bs, max_steps=steps)
+        train_members(model, inputs, hyper, loss=kd_objective, epochs=epochs, batch_size=bs, max_steps=steps)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         per_step = (time.perf_counter() - t0) / steps

@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from vea_bench.errors import ConfigError
+from vea_bench.heads.head_registry import check_head, hidden_dims_for
 
-# One home for the KD and head defaults (`heads.losses` and `heads.distill` read them from here).
+# One home for the KD and head defaults (`heads.losses`, `heads.distill` and `heads.resmlp` read them here).
 DEFAULT_TAU = 2.0
 DEFAULT_ALPHA = 0.5
 DEFAULT_DROPOUT = 0.1
@@ -104,8 +105,6 @@ class DistillConfig:
 
     @property
     def hidden_dims(self) -> list[int]:
-        from vea_bench.heads.distill import hidden_dims_for
-
         return hidden_dims_for(self.depth)
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,8 +197,6 @@ def apply_schedule(cfg: Any, kind: str, *, explicit: dict[str, Any] | None = Non
             raise ConfigError("--solver lbfgs fits only the convex concat gate; use adam for "
                               f"'{GATES.canonical(cfg.gate)}'")
     else:
-        from vea_bench.heads.distill import check_head, hidden_dims_for
-
         if not isinstance(cfg.head_kwargs, dict):
             raise ConfigError(f"head_kwargs must be a mapping, got {cfg.head_kwargs!r}")
         check_head(cfg.head, cfg.head_kwargs)

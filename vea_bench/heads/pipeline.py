@@ -43,6 +43,7 @@ from vea_bench.heads.config import (  # noqa: F401  (the configs' home; re-expor
 from vea_bench.heads.data import HeadData
 from vea_bench.heads.distill import DEFAULT_HEAD, HEADS, build_head, check_head, count_params
 from vea_bench.heads.gates import GATES, build_gate, gate_display_name
+from vea_bench.heads.losses import ce_objective, kd_objective
 from vea_bench.heads.trainer import (
     MemberHistory,
     MemberHyper,
@@ -230,7 +231,7 @@ def train_distill(
         hyper = [MemberHyper(c.seed, c.effective_lr, c.weight_decay, c.alpha, c.tau) for c in cfgs]
         desc = f"{heads[idx[0]]} {c0.hidden_dims} x{len(cfgs)}"
         evals = {s: split_inputs(s, prec) for s in dict.fromkeys(select + splits)}
-        out = train_members(model, split_inputs("train", prec), hyper, loss="kd", epochs=c0.epochs,
+        out = train_members(model, split_inputs("train", prec), hyper, loss=kd_objective, epochs=c0.epochs,
                             batch_size=c0.batch_size, train_rows=tr_rows, evals=evals, keep=c0.keep,
                             patience=c0.patience, progress=progress, desc=desc)
         wall = (time.perf_counter() - t0) / len(cfgs)
@@ -402,7 +403,7 @@ def train_gates(
         else:
             hyper = [MemberHyper(g.seed, g.effective_lr, g.weight_decay) for g in cfgs]
             evals = dict(inputs)
-            out = train_members(model, inputs[fit], hyper, loss="ce", epochs=g0.epochs, batch_size=g0.batch_size,
+            out = train_members(model, inputs[fit], hyper, loss=ce_objective, epochs=g0.epochs, batch_size=g0.batch_size,
                                 evals=evals, keep=g0.keep, patience=g0.patience, order_stream="gate-order",
                                 select_split="val", progress=progress, desc=f"gate {GATES.canonical(g0.gate)} x{len(cfgs)}")
             hist, out_states, out_logits, best = out.history, out.states, out.logits, out.best_epoch
