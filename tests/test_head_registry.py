@@ -212,7 +212,7 @@ def test_vmap_refuses_randomness_it_cannot_give_each_member():
 
 def test_resmlp_learns_above_chance_on_the_synthetic_cache(data):
     """The second head, end to end through the default schedule (early stopping on val)."""
-    r = train_distill(data, [DistillConfig(head="resmlp", seed=0, epochs=15)])[0]
+    r = train_distill(data, [DistillConfig(head="resmlp", seed=0, epochs=15, min_steps=0)])[0]
     assert r.metrics["test"]["accuracy"] >= 3 * CHANCE, r.metrics["test"]["accuracy"]
     assert r.convergence["select_split"] == "val"
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vea_bench.errors import ConfigError
+from vea_bench.heads.config import scaled_budget
 from vea_bench.heads.head_registry import MLPLayout
 from vea_bench.heads.losses import MemberLoss
 from vea_bench.progress import Progress, ensure
@@ -560,6 +561,8 @@ class MemberHistory:
     kept_because: str = ""
     stop_reason: str = ""
     best_val_epoch: int = 0        # the epoch of best val score, whatever was kept
+    max_epochs: int = 0            # the epoch budget it trained under (`scaled_budget` of the run's)
+    patience: int | None = None    # the patience (epochs) it trained under
 
     @property
     def epochs_run(self) -> int:
@@ -635,7 +638,7 @@ class MemberSelection:
                  min_delta: float, epochs: int, select_split: str) -> None:
         self.keep, self.patience, self.min_delta = keep, patience, min_delta
         self.epochs, self.select_split = epochs, select_split
-        self.history = [MemberHistory() for _ in range(n_members)]
+        self.history = [MemberHistory(max_epochs=epochs, patience=patience) for _ in range(n_members)]
         self.live = list(range(n_members))          # original indices of the members still training
         self._best: list[tuple[float, float] | None] = [None] * n_members
         self._since = [0] * n_members
@@ -734,6 +737,7 @@ def train_members(
     max_steps: int | None = None,
     patience: int | None = None,
     min_delta: float = 1e-4,
+    min_steps: int = 0,
 ) -> TrainOutput:
     """Train all members of ``model`` together on ``loss``; evaluate on ``evals`` (eval mode) at the end.
 
@@ -744,7 +748,8 @@ def train_members(
     ``evals[select_split]`` and only on it: no other split is read before the end. ``keep``,
     ``patience`` and ``min_delta`` are `MemberSelection`'s: ``keep="best"`` keeps each member's
     best-scoring epoch, ``"last"`` (the reference) the final one; a member stopped by patience leaves
-    the stacked model and ends exactly as it would alone.
+    the stacked model and ends exactly as it would alone. With ``keep="best"``, ``min_steps`` raises ``epochs``
+    and ``patience`` together on a set too small to make that many steps in ``epochs`` (`scaled_budget`).
     """
     evals = dict(evals or {})
     _check_run(keep, epochs, batch_size, patience, select_split, evals)
@@ -763,6 +768,8 @@ def train_members(
     alpha_all = torch.tensor([h.alpha for h in members], dtype=torch.float32, device=dev)
     tau_all = torch.tensor([h.tau for h in members], dtype=torch.float32, device=dev)
     steps = math.ceil(n / batch_size)
+    if keep == "best":   # a budget early stopping cuts short; keep=last trains exactly the epochs given
+        epochs, patience = scaled_budget(epochs, patience, steps, min_steps)
     progress.start(desc, total=epochs * steps)
     selection = MemberSelection(model.params, m_all, keep=keep, patience=patience, min_delta=min_delta,
                                 epochs=epochs, select_split=select_split)
