@@ -1,4 +1,4 @@
-"""Heads and gates: the default schedule vs the reference's at several dataset sizes, and the alpha sweep in fp32 vs bf16.
+"""Heads and gates: default vs reference schedule at several dataset sizes; the alpha sweep in fp32 vs bf16.
 
     python benchmarks/heads.py --skip-sweep --dim 64 --threads 1 --reference-max-rows 2000   # the README's table
     python benchmarks/heads.py --quick                          # a smoke run of the whole table (about a minute)

@@ -119,8 +119,9 @@ def convergence_info(h: MemberHistory, cfg: Any, *, precision: str = "fp32", sol
     if not h.val_loss and h.train_loss:   # nothing to select on: judge by the training loss
         still = h.stop_reason == "epoch budget reached" and int(np.argmin(h.train_loss)) == len(h.train_loss) - 1
     return {
-        "solver": solver, "precision": precision, "schedule": cfg.schedule, "max_epochs": h.max_epochs or cfg.epochs,
-        "patience": h.patience if h.max_epochs else cfg.patience, "keep": cfg.keep, "select_split": select_split if h.val_loss else None,
+        "solver": solver, "precision": precision, "schedule": cfg.schedule,
+        "max_epochs": h.max_epochs or cfg.epochs, "patience": h.patience if h.max_epochs else cfg.patience,
+        "keep": cfg.keep, "select_split": select_split if h.val_loss else None,
         "monitor": f"{select_split} accuracy, ties broken by {select_split} loss" if h.val_loss else None,
         "epochs_run": h.epochs_run, "kept_epoch": h.kept_epoch, "kept_because": h.kept_because,
         "best_val_epoch": h.best_val_epoch or None, "stop_reason": h.stop_reason, "still_improving": still,
