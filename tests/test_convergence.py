@@ -14,6 +14,7 @@ from tests._heads_helpers import complementary_data
 from vea_bench.cache.store import FeatureCache
 from vea_bench.errors import ConfigError
 from vea_bench.heads.data import load_head_data
+from vea_bench.heads.config import scaled_budget
 from vea_bench.heads.pipeline import (
     DistillConfig,
     GateConfig,
@@ -64,7 +65,7 @@ def test_default_gate_reaches_the_vlm_it_is_given(data80):
 
 def test_early_stopped_member_equals_that_member_alone(small):
     # a high lr overfits 200 rows fast; the lower-lr members keep improving for longer
-    cfgs = [DistillConfig(seed=s, lr=lr, patience=2, epochs=25, batch_size=32) for s, lr in [(0, 3e-3), (1, 1e-4), (2, 1e-3)]]
+    cfgs = [DistillConfig(seed=s, lr=lr, patience=2, epochs=25, min_steps=0, batch_size=32) for s, lr in [(0, 3e-3), (1, 1e-4), (2, 1e-3)]]
     together = train_distill(small, cfgs)
     runs = [r.convergence["epochs_run"] for r in together]
     assert min(runs) < max(runs), runs                     # one stopped while the others trained on
@@ -81,7 +82,7 @@ def test_early_stopped_member_equals_that_member_alone(small):
 
 
 def test_early_stopped_gate_member_equals_alone(small):
-    dist = train_distill(small, [DistillConfig(seed=0, epochs=3)], eval_splits=["train", "val", "test"])
+    dist = train_distill(small, [DistillConfig(seed=0, epochs=3, min_steps=0)], eval_splits=["train", "val", "test"])
     cfgs = [GateConfig(gate="moe", seed=s, lr=lr, patience=3, epochs=60) for s, lr in [(0, 3e-2), (1, 1e-3)]]
     together = train_gates(small, cfgs, [dist[0].logits] * 2)
     runs = [r.convergence["epochs_run"] for r in together]
@@ -94,7 +95,7 @@ def test_early_stopped_gate_member_equals_alone(small):
 
 
 def test_epoch_is_chosen_on_val_and_test_is_never_read(small):
-    cfg = DistillConfig(seed=0, lr=1e-3, epochs=12, patience=3, batch_size=32)
+    cfg = DistillConfig(seed=0, lr=1e-3, epochs=12, min_steps=0, patience=3, batch_size=32)
     r = train_distill(small, [cfg])[0]
     conv = r.convergence
     acc, loss = np.array(conv["val_accuracy"]), np.array(conv["val_loss"])
@@ -126,7 +127,7 @@ def test_reference_schedule_pins_and_keeps_no_early_stopping():
 
 
 def test_bf16_trains_with_fp32_master_weights(small):
-    cfg = DistillConfig(seed=0, lr=1e-3, epochs=4, batch_size=32, patience=None, keep="last")
+    cfg = DistillConfig(seed=0, lr=1e-3, epochs=4, min_steps=0, batch_size=32, patience=None, keep="last")
     r16 = train_distill(small, [replace(cfg, precision="bf16")])[0]
     r32 = train_distill(small, [cfg])[0]
     assert r16.convergence["precision"] == "bf16" and r32.convergence["precision"] == "fp32"
@@ -141,7 +142,7 @@ def test_bf16_trains_with_fp32_master_weights(small):
 
 
 def test_lbfgs_concat_gate_is_an_exact_fit(small):
-    dist = train_distill(small, [DistillConfig(seed=0, epochs=3)], eval_splits=["train", "val", "test"])
+    dist = train_distill(small, [DistillConfig(seed=0, epochs=3, min_steps=0)], eval_splits=["train", "val", "test"])
     g = train_gates(small, [GateConfig(gate="concat", seed=0, solver="lbfgs")], [dist[0].logits])[0]
     info = g.convergence["lbfgs"]
     assert info["max_abs_gradient"] <= 1e-5 and info["stop_reason"].startswith("converged")
@@ -154,7 +155,7 @@ def test_lbfgs_concat_gate_is_an_exact_fit(small):
 def test_warnings_still_improving_and_gate_below_input(small, caplog):
     from vea_bench.heads.pipeline import warn_convergence
 
-    r = train_distill(small, [DistillConfig(seed=0, lr=1e-5, epochs=2)])[0]
+    r = train_distill(small, [DistillConfig(seed=0, lr=1e-5, epochs=2, min_steps=0)])[0]
     assert r.convergence["still_improving"] and r.convergence["stop_reason"] == "epoch budget reached"
     with caplog.at_level(logging.WARNING, logger="vea_bench"):
         warn_convergence("run-x", r.convergence)
@@ -204,3 +205,48 @@ def test_cli_precision_and_solver_options(vlm80, tmp_path):
         bad = runner.invoke(app, ["train", "gate", "--cache", str(vlm80), *args, "--results", str(tmp_path)])
         assert bad.exit_code != 0 and "Traceback" not in bad.output
         assert len(bad.stderr.strip().splitlines()) == 1 and expect in bad.stderr, bad.stderr
+
+
+def test_scaled_budget_counts_steps_on_small_sets_only():
+    # 1,200 rows at batch 256 are 5 steps an epoch: 60 epochs would be 300 steps
+    assert scaled_budget(60, 5, 5, 3000) == (600, 50)
+    assert scaled_budget(60, 5, 71, 3000) == (60, 5)        # FI-sized: 4,260 steps already
+    assert scaled_budget(60, None, 5, 3000) == (600, None)
+    assert scaled_budget(60, 5, 5, 0) == (60, 5)            # 0: epochs only
+    ref = apply_schedule(DistillConfig(schedule="reference"), "distill")
+    assert ref.min_steps == 0
+    with pytest.raises(ConfigError, match="pins min-steps"):
+        apply_schedule(DistillConfig(schedule="reference"), "distill", explicit={"min_steps": 100})
+    with pytest.raises(ConfigError, match="--min-steps"):
+        apply_schedule(DistillConfig(min_steps=-1), "distill")
+
+
+def test_small_set_trains_the_step_budget_and_keep_last_its_epochs(small):
+    # 200 rows at batch 64: 4 steps an epoch; a 40-step minimum makes 2 epochs 10, patience 1 -> 5
+    cfg = DistillConfig(seed=0, lr=1e-3, epochs=2, patience=1, batch_size=64, min_steps=40)
+    conv = train_distill(small, [cfg])[0].convergence
+    assert (conv["max_epochs"], conv["patience"]) == (10, 5)
+    assert conv["epochs_run"] > 2
+    last = train_distill(small, [replace(cfg, keep="last", patience=None)])[0].convergence
+    assert (last["max_epochs"], last["epochs_run"]) == (2, 2)
+
+
+@pytest.mark.slow
+def test_default_distill_head_reaches_a_ten_times_longer_run():
+    """About 1,000 learnable train rows: the default schedule ends where a run of 10x its budget ends (0.5 points).
+
+    Slow (the long run is 30,000 optimiser steps): ``pytest -m slow tests/test_convergence.py``.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        data = complementary_data(Path(d) / "c.h5", n_train=1000, n_val=125, n_test=2000, dim=8, seed=11)
+    default = train_distill(data, [DistillConfig(seed=0)])[0]
+    conv = default.convergence
+    assert (conv["max_epochs"], conv["patience"]) == (750, 63)          # 3,000 steps of 4 per epoch
+    assert conv["stop_reason"].startswith("patience") and not conv["still_improving"], conv["stop_reason"]
+    long = train_distill(data, [DistillConfig(seed=0, epochs=10 * conv["max_epochs"], patience=None, min_steps=0)])[0]
+    assert long.convergence["epochs_run"] == 7500
+    acc, long_acc = default.metrics["test"]["accuracy"], long.metrics["test"]["accuracy"]
+    assert acc >= long_acc - 0.005, (acc, long_acc)
+    assert acc > 0.5                                                     # chance is 1/8; the ceiling about 0.65

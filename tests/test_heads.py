@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +167,7 @@ def test_parse_grid():
 # ----------------------------------------------------------------------------- trainer
 
 def test_batched_members_equal_single_runs_and_are_deterministic(comp_data):
-    cfgs = [DistillConfig(seed=s, alpha=a, lr=1e-3, epochs=2, batch_size=64, lr_scaling="none") for s, a in [(0, 0.0), (1, 0.5), (0, 1.0)]]
+    cfgs = [DistillConfig(seed=s, alpha=a, lr=1e-3, epochs=2, min_steps=0, batch_size=64, lr_scaling="none") for s, a in [(0, 0.0), (1, 0.5), (0, 1.0)]]
     together = train_distill(comp_data, cfgs)
     for cfg, r in zip(cfgs, together):
         alone = train_distill(comp_data, [cfg])[0]
@@ -181,9 +182,10 @@ def test_batched_members_equal_single_runs_and_are_deterministic(comp_data):
 
 
 def test_keep_best_selects_on_val(comp_data):
-    r = train_distill(comp_data, [DistillConfig(seed=0, lr=1e-3, epochs=3, batch_size=64, keep="best", lr_scaling="none")])[0]
+    cfg = DistillConfig(seed=0, lr=1e-3, epochs=3, batch_size=64, keep="best", lr_scaling="none", min_steps=0)
+    r = train_distill(comp_data, [cfg])[0]
     assert 1 <= r.best_epoch <= 3
-    r2 = train_distill(comp_data, [DistillConfig(seed=0, lr=1e-3, epochs=r.best_epoch, batch_size=64, lr_scaling="none")])[0]
+    r2 = train_distill(comp_data, [replace(cfg, epochs=r.best_epoch)])[0]
     assert np.allclose(r.logits["val"], r2.logits["val"], atol=1e-5)
 
 
@@ -202,7 +204,7 @@ def test_concat_gate_beats_both_sources_on_synthetic_cache(comp_data):
 
 @pytest.mark.parametrize("fit", ["val", "crossfit"])
 def test_honest_gate_fits_train_and_differ(comp_data, fit):
-    dist = train_distill(comp_data, [DistillConfig(seed=0, lr=1e-3, epochs=2, batch_size=64, lr_scaling="none")],
+    dist = train_distill(comp_data, [DistillConfig(seed=0, lr=1e-3, epochs=2, min_steps=0, batch_size=64, lr_scaling="none")],
                          eval_splits=["train", "val", "test"])
     v1 = gate_inputs(comp_data, dist, fit, 3, device="cpu", progress=None)
     if fit == "crossfit":
@@ -214,7 +216,7 @@ def test_honest_gate_fits_train_and_differ(comp_data, fit):
 
 @pytest.fixture(scope="module")
 def comp_distill(comp_data):
-    return train_distill(comp_data, [DistillConfig(seed=0, lr=1e-3, epochs=1, batch_size=64, lr_scaling="none")],
+    return train_distill(comp_data, [DistillConfig(seed=0, lr=1e-3, epochs=1, min_steps=0, batch_size=64, lr_scaling="none")],
                          eval_splits=["train", "val", "test"])[0]
 
 

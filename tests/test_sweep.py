@@ -80,7 +80,7 @@ def test_sweep_reports_through_progress(cache, tmp_path):
 
     with FeatureCache.open(cache) as c:
         data = load_head_data(c)
-    plan = plan_sweep("alpha", DistillConfig(epochs=1, batch_size=32), GateConfig(), seeds=[0, 1], alphas=[0.0, 1.0])
+    plan = plan_sweep("alpha", DistillConfig(epochs=1, batch_size=32, min_steps=0), GateConfig(), seeds=[0, 1], alphas=[0.0, 1.0])
     prog = RecordingProgress()
     recs = run_plan(plan, data, results_dir=tmp_path, progress=prog)
     assert len(recs) == 4

@@ -14,10 +14,18 @@ For student logits ``s``, teacher logits ``t``, true class ``y``, temperature ``
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
+from vea_bench.errors import ConfigError
 from vea_bench.heads.config import DEFAULT_ALPHA, DEFAULT_TAU  # noqa: E402,F401  (one home)
+
+# What the batched trainer minimises: ``loss(logits [M, B, C], labels [M, B], teacher [M, B, C] or
+# None, alpha [M], tau [M]) -> [M]`` batch-mean losses, one per member (each member's gradient is
+# then exactly its own). `kd_objective` (distill heads) and `ce_objective` (gates) are the two.
+MemberLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _per_member(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -67,3 +75,17 @@ def kd_loss(
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Batch-mean cross-entropy per member: ``logits`` ``[M, B, C]``, ``labels`` ``[M, B]`` -> ``[M]``."""
     return -F.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1).mean(-1)
+
+
+def kd_objective(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None, alpha: torch.Tensor,
+                 tau: torch.Tensor) -> torch.Tensor:
+    """The distill head's `MemberLoss`: `kd_loss` with each member's own alpha and tau."""
+    if teacher is None:
+        raise ConfigError("the KD loss needs teacher logits")
+    return kd_loss(logits, teacher, labels, alpha, tau)
+
+
+def ce_objective(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None, alpha: torch.Tensor,
+                 tau: torch.Tensor) -> torch.Tensor:
+    """The gates' `MemberLoss`: cross-entropy on the labels (no teacher, alpha or tau)."""
+    return ce_loss(logits, labels)

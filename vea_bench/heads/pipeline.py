@@ -43,6 +43,7 @@ from vea_bench.heads.config import (  # noqa: F401  (the configs' home; re-expor
 from vea_bench.heads.data import HeadData
 from vea_bench.heads.distill import DEFAULT_HEAD, HEADS, build_head, check_head, count_params
 from vea_bench.heads.gates import GATES, build_gate, gate_display_name
+from vea_bench.heads.losses import ce_objective, kd_objective
 from vea_bench.heads.trainer import (
     MemberHistory,
     MemberHyper,
@@ -117,8 +118,9 @@ def convergence_info(h: MemberHistory, cfg: Any, *, precision: str = "fp32", sol
     if not h.val_loss and h.train_loss:   # nothing to select on: judge by the training loss
         still = h.stop_reason == "epoch budget reached" and int(np.argmin(h.train_loss)) == len(h.train_loss) - 1
     return {
-        "solver": solver, "precision": precision, "schedule": cfg.schedule, "max_epochs": cfg.epochs,
-        "patience": cfg.patience, "keep": cfg.keep, "select_split": select_split if h.val_loss else None,
+        "solver": solver, "precision": precision, "schedule": cfg.schedule,
+        "max_epochs": h.max_epochs or cfg.epochs, "patience": h.patience if h.max_epochs else cfg.patience,
+        "keep": cfg.keep, "select_split": select_split if h.val_loss else None,
         "monitor": f"{select_split} accuracy, ties broken by {select_split} loss" if h.val_loss else None,
         "epochs_run": h.epochs_run, "kept_epoch": h.kept_epoch, "kept_because": h.kept_because,
         "best_val_epoch": h.best_val_epoch or None, "stop_reason": h.stop_reason, "still_improving": still,
@@ -210,7 +212,7 @@ def train_distill(
         n = len(tr) if rows[i] is None else len(rows[i])
         solo = i if c.schedule == "reference" else -1   # the reference runs one configuration at a time
         return (heads[i], _frozen(c.head_kwargs), tuple(c.hidden_dims), c.dropout, c.batch_size, c.epochs, c.keep,
-                c.patience, precisions[i], n, solo)
+                c.patience, c.min_steps, precisions[i], n, solo)
 
     for idx in _groups(list(range(len(configs))), key):
         t0 = time.perf_counter()
@@ -229,9 +231,9 @@ def train_distill(
         hyper = [MemberHyper(c.seed, c.effective_lr, c.weight_decay, c.alpha, c.tau) for c in cfgs]
         desc = f"{heads[idx[0]]} {c0.hidden_dims} x{len(cfgs)}"
         evals = {s: split_inputs(s, prec) for s in dict.fromkeys(select + splits)}
-        out = train_members(model, split_inputs("train", prec), hyper, loss="kd", epochs=c0.epochs,
+        out = train_members(model, split_inputs("train", prec), hyper, loss=kd_objective, epochs=c0.epochs,
                             batch_size=c0.batch_size, train_rows=tr_rows, evals=evals, keep=c0.keep,
-                            patience=c0.patience, progress=progress, desc=desc)
+                            patience=c0.patience, min_steps=c0.min_steps, progress=progress, desc=desc)
         wall = (time.perf_counter() - t0) / len(cfgs)
         n_params = count_params(members[0])
         for j, i in enumerate(idx):
@@ -401,7 +403,7 @@ def train_gates(
         else:
             hyper = [MemberHyper(g.seed, g.effective_lr, g.weight_decay) for g in cfgs]
             evals = dict(inputs)
-            out = train_members(model, inputs[fit], hyper, loss="ce", epochs=g0.epochs, batch_size=g0.batch_size,
+            out = train_members(model, inputs[fit], hyper, loss=ce_objective, epochs=g0.epochs, batch_size=g0.batch_size,
                                 evals=evals, keep=g0.keep, patience=g0.patience, order_stream="gate-order",
                                 select_split="val", progress=progress, desc=f"gate {GATES.canonical(g0.gate)} x{len(cfgs)}")
             hist, out_states, out_logits, best = out.history, out.states, out.logits, out.best_epoch

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from vea_bench.errors import ConfigError
-from vea_bench.heads.distill import DEFAULT_DROPOUT, HEADS, hidden_dims_for
+from vea_bench.heads.config import DEFAULT_DROPOUT
+from vea_bench.heads.head_registry import hidden_dims_for
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -36,7 +37,6 @@ class ResidualBlock(nn.Module):
         return x + self.drop(self.act(self.fc(self.norm(x))))
 
 
-@HEADS.register("resmlp", aliases=("residual-mlp",))
 class ResMLPHead(nn.Module):
     """LayerNorm + residual MLP head; ``activation`` (gelu, relu, silu) is its one option."""
 

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vea_bench.errors import ConfigError
-from vea_bench.heads.distill import MLPLayout
-from vea_bench.heads.losses import ce_loss, kd_loss
+from vea_bench.heads.config import scaled_budget
+from vea_bench.heads.head_registry import MLPLayout
+from vea_bench.heads.losses import MemberLoss
 from vea_bench.progress import Progress, ensure
 
 _STREAMS = {"init": 0, "order": 1, "dropout": 2, "gate-init": 3, "gate-order": 4, "folds": 5, "gate-dropout": 6}
@@ -560,6 +561,8 @@ class MemberHistory:
     kept_because: str = ""
     stop_reason: str = ""
     best_val_epoch: int = 0        # the epoch of best val score, whatever was kept
+    max_epochs: int = 0            # the epoch budget it trained under (`scaled_budget` of the run's)
+    patience: int | None = None    # the patience (epochs) it trained under
 
     @property
     def epochs_run(self) -> int:
@@ -589,23 +592,19 @@ def predict(model: Any, split: SplitInputs, m: int, chunk: int = EVAL_CHUNK,
     return torch.cat(outs, dim=1)
 
 
-def _losses(out: torch.Tensor, split: SplitInputs, rows: torch.Tensor, loss: str, alpha: torch.Tensor,
+def _losses(out: torch.Tensor, split: SplitInputs, rows: torch.Tensor, loss: MemberLoss, alpha: torch.Tensor,
             tau: torch.Tensor) -> torch.Tensor:
-    """Per-member batch-mean training loss of logits ``out`` ``[M, B, C]`` on ``rows`` (``[M, B]`` or ``[B]``)."""
+    """Per-member batch-mean loss of logits ``out`` ``[M, B, C]`` on ``rows`` (``[M, B]`` or ``[B]``)."""
     y = split.y[rows]
+    t = None if split.teacher is None else split.teacher[rows]
     if rows.dim() == 1:
         y = y.unsqueeze(0).expand(out.shape[0], -1)
-    if loss == "kd":
-        assert split.teacher is not None
-        t = split.teacher[rows]
-        if rows.dim() == 1:
-            t = t.unsqueeze(0).expand(out.shape[0], -1, -1)
-        return kd_loss(out, t, y, alpha, tau)
-    return ce_loss(out, y)
+        t = None if t is None else t.unsqueeze(0).expand(out.shape[0], -1, -1)
+    return loss(out, y, t, alpha, tau)
 
 
 @torch.no_grad()
-def _score(model: Any, split: SplitInputs, m: int, loss: str, alpha: torch.Tensor, tau: torch.Tensor,
+def _score(model: Any, split: SplitInputs, m: int, loss: MemberLoss, alpha: torch.Tensor, tau: torch.Tensor,
            members: torch.Tensor | None) -> tuple[list[float], list[float]]:
     """Per member: accuracy and mean training loss on a whole split (eval mode)."""
     logits = predict(model, split, m, members=members)
@@ -623,12 +622,109 @@ def _better(acc: float, loss: float, best: tuple[float, float] | None, min_delta
     return abs(acc - best[0]) <= 1e-12 and loss < best[1] - min_delta
 
 
+class MemberSelection:
+    """Which epoch each member keeps and when it stops: the one home of the trainer's selection.
+
+    After each epoch every live member is scored on the select split (accuracy, ties broken by its
+    loss). ``keep="best"`` copies a member's weights whenever it improves; ``patience`` stops a
+    member after that many epochs in which neither the score nor the val loss improved (on a small
+    val split accuracy moves in coarse steps and can sit still while the loss keeps falling, which
+    would stop a member that is still learning). `compact` drops stopped members from the batched
+    model and its optimiser, so the others train on at their own cost; `finish` restores the kept
+    weights and records why each member kept what it kept.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], n_members: int, *, keep: str, patience: int | None,
+                 min_delta: float, epochs: int, select_split: str) -> None:
+        self.keep, self.patience, self.min_delta = keep, patience, min_delta
+        self.epochs, self.select_split = epochs, select_split
+        self.history = [MemberHistory(max_epochs=epochs, patience=patience) for _ in range(n_members)]
+        self.live = list(range(n_members))          # original indices of the members still training
+        self._best: list[tuple[float, float] | None] = [None] * n_members
+        self._since = [0] * n_members
+        self._best_loss = [math.inf] * n_members
+        self._best_params = [p.detach().clone() for p in params] if keep == "best" else None
+
+    def observe(self, epoch: int, model: Any, train_loss: list[float],
+                scores: tuple[list[float], list[float]] | None) -> list[int]:
+        """Record one epoch of the live members; the positions (in ``live``) of those that stop now."""
+        stopped: list[int] = []
+        for k, j in enumerate(self.live):
+            h = self.history[j]
+            h.train_loss.append(float(train_loss[k]))
+            if scores is None:
+                continue
+            acc, vl = scores[0][k], scores[1][k]
+            h.val_accuracy.append(float(acc))
+            h.val_loss.append(float(vl))
+            loss_improved = vl < self._best_loss[j] - self.min_delta
+            self._best_loss[j] = min(self._best_loss[j], float(vl))
+            if _better(acc, vl, self._best[j], self.min_delta):
+                self._best[j] = (acc, vl)
+                h.best_val_epoch = epoch
+                self._since[j] = 0
+                if self._best_params is not None:
+                    for bp, p in zip(self._best_params, model.params):
+                        bp[j] = p.detach()[k]
+            elif loss_improved:
+                self._since[j] = 0
+            else:
+                self._since[j] += 1
+                if self.patience is not None and self._since[j] >= self.patience and epoch < self.epochs:
+                    stopped.append(k)
+                    h.stop_reason = (f"patience: neither val accuracy nor val loss improved in {self.patience} "
+                                     f"epoch(s); best val accuracy at epoch {h.best_val_epoch}")
+        return stopped
+
+    def compact(self, stopped: list[int], model: Any, opt: BatchedAdam) -> tuple[Any, BatchedAdam]:
+        """The model and optimiser of the members still live once ``stopped`` (positions) leave."""
+        keep_pos = [k for k in range(len(self.live)) if k not in stopped]
+        self.live = [self.live[k] for k in keep_pos]
+        if not self.live:
+            return model, opt
+        model = model.subset(keep_pos)
+        return model, opt.subset(keep_pos, model.params)
+
+    def finish(self, full: Any) -> list[MemberHistory]:
+        """Restore each member's kept weights into ``full`` and say why it kept them and why it stopped."""
+        for j in self.live:
+            h = self.history[j]
+            h.stop_reason = "epoch budget reached" if h.epochs_run == self.epochs else "step limit reached"
+        if self._best_params is not None:
+            with torch.no_grad():
+                for bp, p in zip(self._best_params, full.params):
+                    p.copy_(bp)
+            full.params_changed()
+        for j, h in enumerate(self.history):
+            best = self._best[j]
+            if self.keep == "best" and best is not None:
+                h.kept_epoch = h.best_val_epoch
+                h.kept_because = (f"best {self.select_split} accuracy {100 * best[0]:.2f} % "
+                                  f"({self.select_split} loss {best[1]:.4f})")
+            else:
+                h.kept_epoch = h.epochs_run
+                h.kept_because = "last epoch (keep=last)"
+        return self.history
+
+
+def _check_run(keep: str, epochs: int, batch_size: int, patience: int | None, select_split: str,
+               evals: dict[str, SplitInputs]) -> None:
+    if keep not in KEEP_CHOICES:
+        raise ConfigError(f"unknown --keep '{keep}' (choices: {', '.join(KEEP_CHOICES)})")
+    if epochs < 1 or batch_size < 1:
+        raise ConfigError("epochs and batch size must be at least 1")
+    if patience is not None and (patience < 1 or keep != "best"):
+        raise ConfigError("--patience must be at least 1 and needs --keep best")
+    if keep == "best" and select_split not in evals:
+        raise ConfigError(f"--keep best needs a '{select_split}' split to select on")
+
+
 def train_members(
     model: StackedMLP | VmappedModules,
     train: SplitInputs,
     members: Sequence[MemberHyper],
     *,
-    loss: str,
+    loss: MemberLoss,
     epochs: int,
     batch_size: int,
     train_rows: torch.Tensor | None = None,
@@ -641,28 +737,23 @@ def train_members(
     max_steps: int | None = None,
     patience: int | None = None,
     min_delta: float = 1e-4,
+    min_steps: int = 0,
 ) -> TrainOutput:
-    """Train all members of ``model`` together; evaluate on ``evals`` (eval mode) at the end.
+    """Train all members of ``model`` together on ``loss``; evaluate on ``evals`` (eval mode) at the end.
 
+    ``loss`` is a `MemberLoss` (`vea_bench.heads.losses.kd_objective`, ``ce_objective``).
     ``train_rows`` (``[M, n]``) gives each member its own training rows (cross-fitting folds);
     by default all members train on every row of ``train``. ``max_steps`` stops early (benchmarks
     time a fraction of an epoch with it). After each epoch every member is scored on
-    ``evals[select_split]`` (accuracy, ties broken by the training loss on that split) and only on
-    it: no other split is read before the end. ``keep="best"`` keeps each member's best-scoring
-    epoch; ``"last"`` (the reference) the final one. ``patience`` (with ``keep="best"``) stops a
-    member once it has not improved for that many epochs: it leaves the stacked model (the others
-    train on without it) and its best epoch is restored, so it ends exactly as it would alone.
+    ``evals[select_split]`` and only on it: no other split is read before the end. ``keep``,
+    ``patience`` and ``min_delta`` are `MemberSelection`'s: ``keep="best"`` keeps each member's
+    best-scoring epoch, ``"last"`` (the reference) the final one; a member stopped by patience leaves
+    the stacked model and ends exactly as it would alone. With ``keep="best"``, ``min_steps`` raises ``epochs``
+    and ``patience`` together on a set too small to make that many steps in ``epochs`` (`scaled_budget`).
     """
-    if keep not in KEEP_CHOICES:
-        raise ConfigError(f"unknown --keep '{keep}' (choices: {', '.join(KEEP_CHOICES)})")
-    if epochs < 1 or batch_size < 1:
-        raise ConfigError("epochs and batch size must be at least 1")
-    if patience is not None and (patience < 1 or keep != "best"):
-        raise ConfigError("--patience must be at least 1 and needs --keep best")
-    progress = ensure(progress)
     evals = dict(evals or {})
-    if keep == "best" and select_split not in evals:
-        raise ConfigError(f"--keep best needs a '{select_split}' split to select on")
+    _check_run(keep, epochs, batch_size, patience, select_split, evals)
+    progress = ensure(progress)
     m_all = len(members)
     dev = train.y.device
     if train_rows is None:
@@ -672,112 +763,76 @@ def train_members(
     if n == 0:
         raise ConfigError("no training rows")
     full = model
-    live = list(range(m_all))                 # original indices of the members still training
     order_gens = [torch.Generator().manual_seed(stream_seed(h.seed, order_stream)) for h in members]
     opt = BatchedAdam(model.params, [h.lr for h in members], [h.weight_decay for h in members])
     alpha_all = torch.tensor([h.alpha for h in members], dtype=torch.float32, device=dev)
     tau_all = torch.tensor([h.tau for h in members], dtype=torch.float32, device=dev)
-    alpha, tau = alpha_all, tau_all
     steps = math.ceil(n / batch_size)
-    report_every = max(1, steps // 50)
+    if keep == "best":   # a budget early stopping cuts short; keep=last trains exactly the epochs given
+        epochs, patience = scaled_budget(epochs, patience, steps, min_steps)
     progress.start(desc, total=epochs * steps)
-    hist = [MemberHistory() for _ in range(m_all)]
-    best: list[tuple[float, float] | None] = [None] * m_all
-    since = [0] * m_all
-    # Patience counts epochs in which neither the selection score nor the val loss improved: on a
-    # small val split accuracy moves in coarse steps and can sit still while the loss keeps falling,
-    # which would stop a member that is still learning.
-    best_loss = [math.inf] * m_all
-    best_params: list[torch.Tensor] | None = None
-    if keep == "best":
-        best_params = [p.detach().clone() for p in model.params]
+    selection = MemberSelection(model.params, m_all, keep=keep, patience=patience, min_delta=min_delta,
+                                epochs=epochs, select_split=select_split)
     sel = evals.get(select_split)
-    gather_bufs: dict[int, torch.Tensor] = {}
-    done = 0
+    run = _EpochRunner(train, loss, batch_size, steps, max_steps, progress)
     for epoch in range(1, epochs + 1):
-        if max_steps is not None and done >= max_steps:
+        if run.out_of_steps():
             break
+        live = selection.live
         m = len(live)
         live_t = None if m == m_all else torch.as_tensor(live, device=dev)
-        ar = torch.arange(m, device=dev).unsqueeze(1)
+        alpha, tau = (alpha_all, tau_all) if live_t is None else (alpha_all[live_t], tau_all[live_t])
         perm = torch.stack([torch.randperm(n, generator=order_gens[j]) for j in live]).to(dev)
-        order = train_rows[live][ar, perm]
-        total = torch.zeros(m, device=dev)
-        pending = 0
-        for i in range(steps):
-            if max_steps is not None and done >= max_steps:
+        order = train_rows[live][torch.arange(m, device=dev).unsqueeze(1), perm]
+        tl = (run.epoch(model, opt, order, live_t, alpha, tau, epoch) / n).tolist()
+        scores = None if sel is None else _score(model, sel, m, loss, alpha, tau, live_t)
+        stopped = selection.observe(epoch, model, tl, scores)
+        progress.advance(0, epoch=epoch, loss=float(np.mean(tl)), live=m)
+        if stopped:
+            model, opt = selection.compact(stopped, model, opt)
+            run.gather_bufs = {}
+            if not selection.live:
                 break
-            done += 1
-            rows = order[:, i * batch_size:(i + 1) * batch_size]
-            out = model.forward(train.gather(rows, m, gather_bufs, members=live_t), train=True)
-            per = _losses(out, train, rows, loss, alpha, tau)
+    progress.finish()
+    hist = selection.finish(full)
+    logits = {name: predict(full, sp, m_all).float().cpu().numpy() for name, sp in evals.items()}
+    states = [full.state_dict(j) for j in range(m_all)]
+    return TrainOutput(states=states, logits=logits, best_epoch=[h.kept_epoch for h in hist], history=hist)
+
+
+class _EpochRunner:
+    """The optimiser steps of one epoch over per-member row orders; counts steps against ``max_steps``."""
+
+    def __init__(self, train: SplitInputs, loss: MemberLoss, batch_size: int, steps: int, max_steps: int | None,
+                 progress: Progress) -> None:
+        self.train, self.loss, self.batch_size, self.steps = train, loss, batch_size, steps
+        self.max_steps, self.progress = max_steps, progress
+        self.report_every = max(1, steps // 50)
+        self.gather_bufs: dict[int, torch.Tensor] = {}
+        self.done = 0
+
+    def out_of_steps(self) -> bool:
+        return self.max_steps is not None and self.done >= self.max_steps
+
+    def epoch(self, model: Any, opt: BatchedAdam, order: torch.Tensor, live_t: torch.Tensor | None,
+              alpha: torch.Tensor, tau: torch.Tensor, epoch: int) -> torch.Tensor:
+        """One pass over ``order`` (``[M, n]``); the per-member sum of batch losses times batch sizes."""
+        m = order.shape[0]
+        total = torch.zeros(m, device=order.device)
+        pending = 0
+        bs = self.batch_size
+        for i in range(self.steps):
+            if self.out_of_steps():
+                break
+            self.done += 1
+            rows = order[:, i * bs:(i + 1) * bs]
+            out = model.forward(self.train.gather(rows, m, self.gather_bufs, members=live_t), train=True)
+            per = _losses(out, self.train, rows, self.loss, alpha, tau)
             per.sum().backward()
             opt.step()
             total += per.detach() * rows.shape[1]
             pending += 1
-            if pending == report_every or i == steps - 1:
-                progress.advance(pending, epoch=epoch)
+            if pending == self.report_every or i == self.steps - 1:
+                self.progress.advance(pending, epoch=epoch)
                 pending = 0
-        tl = (total / n).tolist()
-        stopped: list[int] = []
-        if sel is not None:
-            accs, vls = _score(model, sel, m, loss, alpha, tau, live_t)
-        for k, j in enumerate(live):
-            h = hist[j]
-            h.train_loss.append(float(tl[k]))
-            if sel is None:
-                continue
-            h.val_accuracy.append(float(accs[k]))
-            h.val_loss.append(float(vls[k]))
-            loss_improved = vls[k] < best_loss[j] - min_delta
-            best_loss[j] = min(best_loss[j], float(vls[k]))
-            if _better(accs[k], vls[k], best[j], min_delta):
-                best[j] = (accs[k], vls[k])
-                h.best_val_epoch = epoch
-                since[j] = 0
-                if best_params is not None:
-                    for bp, p in zip(best_params, model.params):
-                        bp[j] = p.detach()[k]
-            elif loss_improved:
-                since[j] = 0
-            else:
-                since[j] += 1
-                if patience is not None and since[j] >= patience and epoch < epochs:
-                    stopped.append(k)
-                    h.stop_reason = (f"patience: neither val accuracy nor val loss improved in {patience} epoch(s); "
-                                     f"best val accuracy at epoch {h.best_val_epoch}")
-        progress.advance(0, epoch=epoch, loss=float(np.mean(tl)), live=m)
-        if stopped and len(stopped) == m:
-            live = []
-            break
-        if stopped:
-            keep_pos = [k for k in range(m) if k not in stopped]
-            live = [live[k] for k in keep_pos]
-            model = model.subset(keep_pos)
-            opt = opt.subset(keep_pos, model.params)
-            idx = torch.as_tensor(live, device=dev)
-            alpha, tau = alpha_all[idx], tau_all[idx]
-            gather_bufs = {}
-    progress.finish()
-    for j in live:
-        hist[j].stop_reason = "epoch budget reached" if hist[j].epochs_run == epochs else "step limit reached"
-    if model is not full and keep == "last":   # pragma: no cover - compaction needs patience, so keep best
-        raise AssertionError("members were compacted without keep=best")
-    if best_params is not None:
-        with torch.no_grad():
-            for bp, p in zip(best_params, full.params):
-                p.copy_(bp)
-        full.params_changed()
-    for j, h in enumerate(hist):
-        if keep == "best" and best[j] is not None:
-            h.kept_epoch = h.best_val_epoch
-            acc, vl = best[j]
-            h.kept_because = f"best {select_split} accuracy {100 * acc:.2f} % ({select_split} loss {vl:.4f})"
-        else:
-            h.kept_epoch = h.epochs_run
-            h.kept_because = "last epoch (keep=last)"
-    model = full
-    m = m_all
-    logits = {name: predict(model, sp, m).float().cpu().numpy() for name, sp in evals.items()}
-    states = [model.state_dict(j) for j in range(m)]
-    return TrainOutput(states=states, logits=logits, best_epoch=[h.kept_epoch for h in hist], history=hist)
+        return total
