@@ -163,20 +163,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("vea_bench.pipeline",),
 )
 
-# Known offenders, each being fixed in its own file; the list empties as they land (an entry that no
-# longer offends fails the test, so the list cannot outlive its reason).
-KNOWN_UPWARD: set[tuple[str, str]] = set()
-KNOWN_CYCLES: set[frozenset[str]] = {
-    # vea_bench/heads/config.py -> distill.py <-> resmlp.py
-    frozenset({"vea_bench.heads.config", "vea_bench.heads.distill", "vea_bench.heads.resmlp"}),
-}
 MAX_FUNCTION_LINES = 100
-KNOWN_LONG_FUNCTIONS: set[tuple[str, str]] = {
-    ("vea_bench/heads/trainer.py", "train_members"),
-}
 MAX_MODULE_LINES = 500
 LENGTH_CAPPED = ("vea_bench/cache/", "vea_bench/report/tables.py")   # modules that must stay readable whole
-KNOWN_LONG_MODULES: set[str] = set()
 
 
 def _layer(module: str) -> int | None:
@@ -256,14 +245,12 @@ def test_every_module_sits_in_a_layer() -> None:
 def test_imports_never_run_up_the_layers() -> None:
     up = {(m, d) for m in MODULES for d in _edges(m)
           if _layer(m) is not None and _layer(d) is not None and _layer(d) > _layer(m)}  # type: ignore[operator]
-    assert not up - KNOWN_UPWARD, f"imports running up the layers: {sorted(up - KNOWN_UPWARD)}"
-    assert not KNOWN_UPWARD - up, f"fixed, drop from KNOWN_UPWARD: {sorted(KNOWN_UPWARD - up)}"
+    assert not up, f"imports running up the layers: {sorted(up)}"
 
 
 def test_no_import_cycles_lazy_imports_included() -> None:
     found = set(_cycles())
-    assert not found - KNOWN_CYCLES, f"import cycles: {[sorted(c) for c in found - KNOWN_CYCLES]}"
-    assert not KNOWN_CYCLES - found, f"fixed, drop from KNOWN_CYCLES: {[sorted(c) for c in KNOWN_CYCLES - found]}"
+    assert not found, f"import cycles: {[sorted(c) for c in found]}"
 
 
 def test_the_cycle_finder_sees_lazy_imports_and_loops() -> None:
@@ -289,8 +276,7 @@ def _long_functions() -> set[tuple[str, str]]:
 
 def test_no_function_is_over_100_lines() -> None:
     long = _long_functions()
-    assert not long - KNOWN_LONG_FUNCTIONS, f"split these (over {MAX_FUNCTION_LINES} lines): {sorted(long - KNOWN_LONG_FUNCTIONS)}"
-    assert not KNOWN_LONG_FUNCTIONS - long, f"fixed, drop from KNOWN_LONG_FUNCTIONS: {sorted(KNOWN_LONG_FUNCTIONS - long)}"
+    assert not long, f"split these (over {MAX_FUNCTION_LINES} lines): {sorted(long)}"
 
 
 def test_cache_modules_and_the_tables_module_stay_under_500_lines() -> None:
@@ -299,5 +285,4 @@ def test_cache_modules_and_the_tables_module_stay_under_500_lines() -> None:
         rel = path.relative_to(ROOT).as_posix()
         if rel.startswith(LENGTH_CAPPED) and len(path.read_text(encoding="utf-8").splitlines()) > MAX_MODULE_LINES:
             long.add(rel)
-    assert not long - KNOWN_LONG_MODULES, f"split these (over {MAX_MODULE_LINES} lines): {sorted(long - KNOWN_LONG_MODULES)}"
-    assert not KNOWN_LONG_MODULES - long, f"fixed, drop from KNOWN_LONG_MODULES: {sorted(KNOWN_LONG_MODULES - long)}"
+    assert not long, f"split these (over {MAX_MODULE_LINES} lines): {sorted(long)}"

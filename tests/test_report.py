@@ -235,7 +235,7 @@ def test_tables_from_real_tiny_distill_and_gate_runs(tmp_path: Path) -> None:
     data = load_head_data(cache, need=("visual", "teacher", "vlm"))
     results = tmp_path / "results"
     seeds = (0, 1)
-    dres = pipeline.train_distill(data, [pipeline.DistillConfig(seed=s, epochs=3, lr=1e-3) for s in seeds],
+    dres = pipeline.train_distill(data, [pipeline.DistillConfig(seed=s, epochs=3, lr=1e-3, min_steps=0) for s in seeds],
                                   eval_splits=("train", "val", "test"))
     drecs = [pipeline.distill_record(data, r, results_dir=results) for r in dres]
     v1 = pipeline.gate_inputs(data, dres, "train", 2, device="cpu", progress=None)
@@ -379,7 +379,7 @@ def test_a_newly_registered_gate_trains_and_shows_in_table4_and_extensions(tmp_p
                                     seed=0, dataset="fi")
     data = load_head_data(FeatureCache.open(path), need=("visual", "teacher", "vlm"))
     results = tmp_path / "results"
-    dres = pipeline.train_distill(data, [pipeline.DistillConfig(seed=0, epochs=2, lr=1e-3)],
+    dres = pipeline.train_distill(data, [pipeline.DistillConfig(seed=0, epochs=2, lr=1e-3, min_steps=0)],
                                   eval_splits=("train", "val", "test"))
     v1 = pipeline.gate_inputs(data, dres, "train", 2, device="cpu", progress=None)
     cfgs = [pipeline.GateConfig(gate=sixth_gate, seed=0, epochs=2, lr=1e-2),
