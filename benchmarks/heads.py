@@ -17,7 +17,7 @@ default run trained of its budget and how many ended at their budget still impro
 reference members of a row are trained as one batched model (each member's numbers are those of a
 run alone, as tests/test_heads.py checks), so its time is that of the batched run, far below the
 reference code's one-at-a-time time; ``--reference-max-rows`` skips it on larger caches (at FI size
-its batch-1 gates are 900,000 steps, hours on a shared CPU). Targets checked: default >= reference -
+its batch-1 gates are 180,000 steps each, minutes each on a CPU). Targets checked: default >= reference -
 0.5 points and no default run ending still improving, on every row; Concat & Linear (default) >=
 the better of its two inputs. An extra row fits Concat & Linear exactly (L-BFGS, no schedule).
 
@@ -266,7 +266,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny caches, 2 seeds, no sweep")
     ap.add_argument("--reference-max-rows", type=int, default=0,
                     help="run the reference schedule (batch 1) only on caches of at most this many train rows "
-                         "(0: on all; its batch-1 gates take hours at FI size on a CPU)")
+                         "(0: on all; at FI size its batch-1 gates take minutes each on a CPU)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--sweep-rows", type=int, default=20000)
     ap.add_argument("--sweep-dim", type=int, default=3584)
