@@ -231,11 +231,10 @@ def test_small_set_trains_the_step_budget_and_keep_last_its_epochs(small):
     assert (last["max_epochs"], last["epochs_run"]) == (2, 2)
 
 
-@pytest.mark.slow
 def test_default_distill_head_reaches_a_ten_times_longer_run():
     """About 1,000 learnable train rows: the default schedule ends where a run of 10x its budget ends (0.5 points).
 
-    Slow (the long run is 30,000 optimiser steps): ``pytest -m slow tests/test_convergence.py``.
+    The long run is 30,000 optimiser steps (the suite's longest test, a few minutes on two cores).
     """
     import tempfile
 
