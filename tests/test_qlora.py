@@ -385,11 +385,11 @@ def test_training_eval_decodes_with_extractions_engine(setup) -> None:
 
 def test_a_checkpoint_of_no_registered_family_is_refused_in_one_line(tmp_path: Path) -> None:
     """`train vlm` loads the class its family declares: another model type names the supported ones."""
-    from vea_bench.train.qlora import _model_class
+    from vea_bench.train.qlora import _source_family
 
     d = tmp_path / "bert"
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ModelError, match=r"no VLM backend for model type 'bert' \(supported: .*qwen2_vl") as err:
-        _model_class(str(d))
+        _source_family(str(d))
     assert "\n" not in str(err.value)

@@ -184,11 +184,10 @@ def _source_family(source: str) -> Any:
     return family_of(getattr(cfg, "model_type", None) or "unknown")
 
 
-def _model_class(source: str) -> Any:
-    """The transformers class the checkpoint's family declares (an unsupported type: one line)."""
+def _model_class(fam: Any) -> Any:
+    """The transformers class the family (`_source_family`) declares (missing here: one line)."""
     import transformers
 
-    fam = _source_family(source)
     cls = getattr(transformers, fam.model_class, None)
     if cls is None:
         raise ModelError(f"transformers {transformers.__version__} has no {fam.model_class}; upgrade it")
@@ -226,7 +225,7 @@ def load_base(cfg: QLoRAConfig, device: str) -> tuple[Any, Any, dict[str, Any]]:
         kwargs["quantization_config"].bnb_4bit_compute_dtype = torch.bfloat16
         kwargs["dtype"] = dtype = torch.bfloat16
     try:
-        model = _model_class(source).from_pretrained(source, **kwargs)
+        model = _model_class(family).from_pretrained(source, **kwargs)
         processor = AutoProcessor.from_pretrained(source)
     except (OSError, ValueError, RuntimeError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -251,6 +251,11 @@ class _Run:
     def resume_dir(self) -> Path:
         return self.out / RESUME_DIR
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Global batches in one pass over train (a tracker's step count)."""
+        return -(-len(self.index.split("train")) // self.cfg.batch_size)
+
 
 @dataclass
 class _Progress:
@@ -419,7 +424,6 @@ def _train_epoch(run: _Run, net: nn.Module, opt: Any, train_ds: _ImageSet, epoch
     loss_fn = torch.nn.CrossEntropyLoss()
     net.train()
     total, seen, correct = 0.0, 0, 0
-    n_batches = -(-len(train_ds) // cfg.batch_size)
     for b, (x, y, _, bad) in enumerate(_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch,
                                                workers=run.workers)):
         skipped.update(bad)
@@ -454,7 +458,7 @@ def _train_epoch(run: _Run, net: nn.Module, opt: Any, train_ds: _ImageSet, epoch
         prog.advance(len(bad) + n, loss=total / max(seen, 1))
         # under a launcher, rank 0's share of the batch loss scaled to the whole batch
         step_loss = loss.item() * (launch.world_size if launch.distributed else 1)
-        run.track.step(epoch * n_batches + b, loss=step_loss, lr=opt.param_groups[0]["lr"])
+        run.track.step(epoch * run.steps_per_epoch + b, loss=step_loss, lr=opt.param_groups[0]["lr"])
     if launch.distributed:
         total, s, c = dist.all_reduce_sum([total, seen, correct])
         seen, correct = int(s), int(c)
@@ -487,8 +491,7 @@ def _end_epoch(run: _Run, model: nn.Module, opt: Any, meta: dict[str, Any], done
     done.history.append({"epoch": epoch + 1, "train_loss": train["train_loss"],
                          "train_accuracy": train["train_accuracy"], "val_accuracy": val_acc,
                          "skipped_train": train["skipped_train"], "skipped_val": len(vbad)})
-    n_batches = -(-len(run.index.split("train")) // cfg.batch_size)
-    run.track.epoch(epoch + 1, done.history[-1], step=(epoch + 1) * n_batches - 1)
+    run.track.epoch(epoch + 1, done.history[-1], step=(epoch + 1) * run.steps_per_epoch - 1)
     log.info("epoch %d: loss %.4f, val accuracy %.4f", epoch + 1, train["train_loss"], val_acc)
     if val_acc > done.best_acc:
         done.best_acc, done.best_epoch = val_acc, epoch + 1
