@@ -1,6 +1,6 @@
 """Heads and gates: default vs reference schedule at several dataset sizes; the alpha sweep in fp32 vs bf16.
 
-    python benchmarks/heads.py --skip-sweep --dim 64 --threads 1 --reference-max-rows 2000   # the README's table
+    python benchmarks/heads.py --skip-sweep --dim 64 --threads 1 --early-stops val-loss,smoothed-acc   # the README's table
     python benchmarks/heads.py --quick                          # a smoke run of the whole table (about a minute)
     python benchmarks/heads.py --device cuda                    # the same on a GPU
 
@@ -9,9 +9,14 @@ complementary one, teacher right on 60 % of images and VLM on another 60 %, and/
 alone is the stronger input) is built through the cache API at each of ``--sizes`` train rows (by
 default Emotion6's ~1,600, 1,200 and FI's ~18,000; val an eighth of train, test ``--test-rows``).
 On each, for the distill head and each of the five gates, both schedules train 3 seeds on the same
-arrays: the reference (batch 1, lr 1e-5 / 1e-4, 5 / 10 epochs, last epoch) and the default
-(mini-batches, a budget of 60 epochs but at least 3,000 optimiser steps for the distill head,
-early stopping on val, best epoch restored). Printed side by side in one table: test accuracy mean
+arrays: the reference (batch 1, lr 1e-5 / 1e-4, 5 / 10 epochs, last epoch, gates over the raw
+distill logits) and the default (mini-batches, a budget of 60 epochs but at least 3,000 optimiser
+steps for the distill head, early stopping on val, best epoch restored, gates over the distill
+head's log-softmax). The cache's val rows are twice train / 8: the first half ("val") selects
+epochs, the second ("val2") is read by nothing during training. ``--early-stops a,b`` trains the
+default schedule again under each further early-stop signal (on its own distill heads) and prints
+its val2 and test accuracy next to the default's val2: that comparison is how the default signal is
+chosen, on validation data. Printed side by side in one table: test accuracy mean
 ± std over seeds, the VLM alone and the distill head alone, the wall time of each, the epochs each
 default run trained of its budget and how many ended at their budget still improving. The
 reference members of a row are trained as one batched model (each member's numbers are those of a
@@ -71,10 +76,20 @@ def _cache_data(args: argparse.Namespace, tmp: Path, name: str, rows: int) -> An
     from vea_bench.heads.synthetic_cache import make_complementary_cache
 
     path = tmp / f"{name}-{rows}.h5"
-    make_complementary_cache(path, n_train=rows, n_val=max(100, rows // 8), n_test=args.test_rows, dim=args.dim,
+    n_val = max(100, rows // 8)
+    make_complementary_cache(path, n_train=rows, n_val=2 * n_val, n_test=args.test_rows, dim=args.dim,
                              seed=args.cache_seed, backbones=(), with_logprobs=False, **CACHES[name])
     with FeatureCache.open(path) as c:
-        return load_head_data(c, need=("visual", "teacher", "vlm"))
+        data = load_head_data(c, need=("visual", "teacher", "vlm"))
+    # half of the val rows select epochs ("val"); the other half ("val2") is read by nothing during
+    # training and judges the early-stop signals, so that choice is made on validation data too
+    va = data.splits["val"]
+    cut = {k: slice(0, n_val) for k in ("val",)} | {"val2": slice(n_val, None)}
+    data.splits = {"train": data.splits["train"],
+                   **{k: replace(va, **{f: getattr(va, f)[sl] for f in ("y", "x", "teacher", "vlm", "rows")
+                                        if getattr(va, f) is not None}) for k, sl in cut.items()},
+                   "test": data.splits["test"]}
+    return data
 
 
 def _timed(fn: Any, *a: Any, **kw: Any) -> tuple[Any, float]:
@@ -84,16 +99,28 @@ def _timed(fn: Any, *a: Any, **kw: Any) -> tuple[Any, float]:
 
 
 def _row(where: dict[str, Any], label: str, res: dict[str, list[Any]], times: dict[str, float]) -> dict[str, Any]:
-    """One printed row: test accuracy per schedule, times, and how each default run ended."""
+    """One printed row: test accuracy per schedule, times, and how each default run ended.
+
+    Keys of ``res`` other than "reference" and "default" are the default schedule under another
+    early-stop signal ("default:SIGNAL"); their accuracy on the held-out val2 split is what chooses
+    between signals.
+    """
     acc = {k: [r.metrics["test"]["accuracy"] for r in v] for k, v in res.items()}
-    conv = [r.convergence for r in res["default"]]
+    val = {k: [r.metrics["val2"]["accuracy"] for r in v] for k, v in res.items() if k != "reference"}
+    defaults = [k for k in res if k != "reference"]
+    conv = [r.convergence for k in defaults for r in res[k]]
+    first = [r.convergence for r in res["default"]]
     row = {**where, "row": label, "reference": acc.get("reference"), "default": acc["default"],
            "reference_s": times.get("reference"), "default_s": times["default"],
-           "epochs_run": [c.get("epochs_run") for c in conv], "max_epochs": [c.get("max_epochs") for c in conv],
-           "still_improving": sum(bool(c.get("still_improving")) for c in conv)}
+           "val": val, "test": {k: acc[k] for k in defaults}, "times": {k: times.get(k) for k in defaults},
+           "epochs_run": [c.get("epochs_run") for c in first], "max_epochs": [c.get("max_epochs") for c in first],
+           "still_improving": sum(bool(c.get("still_improving")) for c in first),
+           "alt_still_improving": sum(bool(c.get("still_improving")) for c in conv) - sum(
+               bool(c.get("still_improving")) for c in first)}
     ref_txt = f"reference {_ms(acc['reference'])} ({times['reference']:.1f} s), " if "reference" in acc else ""
+    alt = "".join(f", {k} val2 {_ms(val[k])} test {_ms(acc[k])}" for k in defaults[1:])
     print(f"[{where['cache']} {where['rows']}] {label}: {ref_txt}default {_ms(acc['default'])} "
-          f"({times['default']:.1f} s), epochs {row['epochs_run']} of {row['max_epochs']}", flush=True)
+          f"({times['default']:.1f} s), epochs {row['epochs_run']} of {row['max_epochs']}{alt}", flush=True)
     return row
 
 
@@ -106,12 +133,14 @@ def schedules_at(args: argparse.Namespace, tmp: Path, seeds: list[int], name: st
     where = {"cache": name, "rows": rows, "vlm": _vlm_acc(data.splits["test"])}
     heads: dict[str, list[Any]] = {}
     times: dict[str, float] = {}
-    scheds = ("default",) if 0 < args.reference_max_rows < rows else ("reference", "default")
+    signals = [v.strip() for v in args.early_stops.split(",") if v.strip()]
+    stop = {"default": signals[0], **{f"default:{v}": v for v in signals[1:]}}
+    scheds = (() if 0 < args.reference_max_rows < rows else ("reference",)) + tuple(stop)
     for sched in scheds:
-        cfgs = [DistillConfig(seed=s) for s in seeds]
+        cfgs = [DistillConfig(seed=s, early_stop=stop.get(sched, signals[0])) for s in seeds]
         if sched == "reference":
             cfgs = [_batched_reference(c, "distill") for c in cfgs]
-        heads[sched], times[sched] = _timed(train_distill, data, cfgs, eval_splits=["train", "val", "test"],
+        heads[sched], times[sched] = _timed(train_distill, data, cfgs, eval_splits=["train", "val", "val2", "test"],
                                             device=args.device)
     out = [_row(where, "distill head", heads, times)]
     where["head"] = {k: float(np.mean([r.metrics["test"]["accuracy"] for r in v])) for k, v in heads.items()}
@@ -120,15 +149,15 @@ def schedules_at(args: argparse.Namespace, tmp: Path, seeds: list[int], name: st
     for gate, solver in [(g, "adam") for g in GATES.names()] + [("concat", "lbfgs")]:
         res: dict[str, list[Any]] = {}
         for sched in scheds:
-            if solver == "lbfgs" and sched == "reference":
+            if solver == "lbfgs" and sched != "default":
                 continue
-            cfgs = [GateConfig(gate=gate, seed=s, solver=solver) for s in seeds]
+            cfgs = [GateConfig(gate=gate, seed=s, solver=solver, early_stop=stop.get(sched, signals[0])) for s in seeds]
             if sched == "reference":
                 cfgs = [_batched_reference(c, "gate") for c in cfgs]
             res[sched], times[sched] = _timed(train_gates, data, cfgs, [r.logits for r in heads[sched]],
                                               device=args.device, tau=2.0)
         label = gate_display_name(gate) + (" (L-BFGS exact fit)" if solver == "lbfgs" else "")
-        out.append(_row(where, label, res, times if "reference" in res else {"default": times["default"]}))
+        out.append(_row(where, label, res, {k: times[k] for k in res}))
     return out
 
 
@@ -233,8 +262,10 @@ def _schedules_table(con: Any, rows: list[dict[str, Any]], args: argparse.Namesp
 
     t = Table(title=f"reference vs default schedule, test accuracy % (mean ± std over {n_seeds} seeds), "
                     f"{args.dim}-d synthetic caches, val = train / 8")
+    alts = [k for k in (rows[0]["val"] if rows else {}) if k != "default"]
     for col in ("cache", "train rows", "row", "VLM alone", "head alone (ref / def)", "reference", "default", "Δ",
-                "time ref / def (s)", "epochs run (def) / budget", "ended improving", "target"):
+                "time ref / def (s)", "epochs run (def) / budget", "ended improving", "target", "default val2",
+                *(f"{k.split(':', 1)[1]} val2 / test" for k in alts)):
         t.add_column(col)
     for r in rows:
         d_mean = 100 * np.mean(r["default"])
@@ -251,8 +282,14 @@ def _schedules_table(con: Any, rows: list[dict[str, Any]], args: argparse.Namesp
                   f"{d_mean - ref_mean:+.2f}" if ref_mean is not None else "-",
                   f"{r['reference_s']:.1f} / {r['default_s']:.1f}" if r["reference_s"] else f"- / {r['default_s']:.1f}",
                   ",".join(str(e) for e in r["epochs_run"] if e is not None) + f" / {max(r['max_epochs'])}",
-                  str(r["still_improving"]), "met" if r["target_met"] else "MISSED")
+                  str(r["still_improving"]), "met" if r["target_met"] else "MISSED", _ms(r["val"]["default"]),
+                  *(f"{_ms(r['val'][k])} / {_ms(r['test'][k])}" if k in r["val"] else "-" for k in alts))
     con.print(t)
+    for k in alts:
+        d = [100 * (np.mean(r["val"][k]) - np.mean(r["val"]["default"])) for r in rows if k in r["val"]]
+        print(f"early stop {k.split(':', 1)[1]} vs the default's {args.early_stops.split(',')[0]}: held-out val2 accuracy "
+              f"{np.mean(d):+.2f} points on average over {len(d)} rows (higher on {sum(x > 0 for x in d)}, "
+              f"lower on {sum(x < 0 for x in d)})")
 
 
 def main() -> None:
@@ -268,6 +305,10 @@ def main() -> None:
                     help="run the reference schedule (batch 1) only on caches of at most this many train rows "
                          "(0: on all; at FI size its batch-1 gates take minutes each on a CPU)")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--early-stops", default="val-loss",
+                    help="early-stop signals of the default schedule, the first the one the targets check; "
+                         "others (e.g. val-loss,smoothed-acc) add their val / test columns, trained on their own "
+                         "distill heads")
     ap.add_argument("--sweep-rows", type=int, default=20000)
     ap.add_argument("--sweep-dim", type=int, default=3584)
     ap.add_argument("--sweep-alphas", default="0:1:0.1")

@@ -22,6 +22,12 @@ DEFAULT_DROPOUT = 0.1
 SCHEDULES = ("default", "reference")
 GATE_FITS = ("train", "val", "crossfit")
 GATE_SOLVERS = ("adam", "lbfgs")
+DISTILL_INPUTS = ("logprobs", "logits")
+# What early stopping and the kept epoch read on val (`heads.trainer.MemberSelection`): "val-loss":
+# the val accuracy, with the val loss falling by a tolerance also counting as progress (on a small
+# val split accuracy moves in coarse steps); "smoothed-acc": an exponential moving average of the val
+# accuracy. `python benchmarks/heads.py --early-stops val-loss,smoothed-acc` compares them.
+EARLY_STOPS = ("val-loss", "smoothed-acc")
 PRECISION_CHOICES = ("fp32", "bf16", "auto")
 DEFAULT_FOLDS = 5
 LR_SCALINGS = ("sqrt", "linear", "none")
@@ -119,6 +125,9 @@ class DistillConfig:
     patience: int | None = field(default=_D["patience"], metadata=_opt(
         "default schedule: stop a member after this many epochs without val improvement (0: never).",
         zero_is_none=True))
+    early_stop: str = field(default=EARLY_STOPS[0], metadata=_opt(
+        "what patience and the kept epoch read on val: val-loss (accuracy, or the loss falling by a "
+        "tolerance) or smoothed-acc (a moving average of the accuracy)."))
     precision: str = field(default="fp32", metadata=_opt(
         "distill head matmuls: fp32, bf16 (fp32 master weights, Adam state and loss) or auto "
         "(bf16 on a bf16-capable CUDA device, fp32 elsewhere)."))
@@ -144,6 +153,9 @@ class GateConfig:
 
     ``solver="lbfgs"`` fits the Concat & Linear gate exactly (multinomial logistic regression is
     convex): full-batch L-BFGS to a gradient tolerance, no lr, epochs or seed-dependent init.
+    ``distill_input="logprobs"`` feeds the gate the distill head's log-softmax instead of its raw
+    logits: logits are defined only up to a constant per image, and a gate with no per-answer bias
+    (Bilinear) otherwise scores by where that arbitrary constant happens to land.
     The fields are the stage's whole schema, like `DistillConfig`'s.
     """
 
@@ -161,12 +173,17 @@ class GateConfig:
     folds: int = field(default=DEFAULT_FOLDS, metadata=_opt("K for gate_fit crossfit."))
     vlm_input: str = field(default="onehot", metadata=_opt(
         "onehot (paper) or logprobs (softmax of per-label log-probs)."))
+    distill_input: str = field(default="logprobs", metadata=_opt(
+        "the distill head's output as the gate reads it: logprobs (its log-softmax; default schedule) or "
+        "logits (raw, the reference code's)."))
     keep: str = field(default=_G["keep"], metadata=_opt(
         "which epoch's weights to keep: best (on val; default schedule) or last (reference)."))
     schedule: str = field(default="default", metadata=_opt("default or reference (as for the distill head)."))
     lr_scaling: str = field(default="sqrt", metadata=_opt("sqrt, linear or none (as for the distill head)."))
     patience: int | None = field(default=_G["patience"], metadata=_opt(
         "gate early-stopping patience (default schedule: 15; 0: never).", zero_is_none=True))
+    early_stop: str = field(default=EARLY_STOPS[0], metadata=_opt(
+        "what patience and the kept epoch read on val: val-loss or smoothed-acc (as for the distill head)."))
     solver: str = field(default="adam", metadata=_opt(
         "gate fit: adam (the schedule) or lbfgs (concat only: exact full-batch fit, no schedule)."))
 
@@ -215,6 +232,8 @@ def apply_schedule(cfg: Any, kind: str, *, explicit: dict[str, Any] | None = Non
             raise ConfigError(f"unknown --gate-fit '{cfg.gate_fit}' (choices: {', '.join(GATE_FITS)})")
         if cfg.gate_fit == "crossfit" and cfg.folds < 2:
             raise ConfigError("--gate-fit crossfit needs at least 2 folds")
+        if cfg.distill_input not in DISTILL_INPUTS:
+            raise ConfigError(f"unknown --distill-input '{cfg.distill_input}' (choices: {', '.join(DISTILL_INPUTS)})")
         if cfg.solver not in GATE_SOLVERS:
             raise ConfigError(f"unknown --solver '{cfg.solver}' (choices: {', '.join(GATE_SOLVERS)})")
         if cfg.solver == "lbfgs" and GATES.canonical(cfg.gate) != "concat":
@@ -238,11 +257,14 @@ def apply_schedule(cfg: Any, kind: str, *, explicit: dict[str, Any] | None = Non
         raise ConfigError("--lr must be positive, --epochs and --batch-size at least 1")
     if cfg.patience is not None and cfg.patience < 1:
         raise ConfigError("--patience must be at least 1 (0: no early stopping)")
+    if cfg.early_stop not in EARLY_STOPS:
+        raise ConfigError(f"unknown --early-stop '{cfg.early_stop}' (choices: {', '.join(EARLY_STOPS)})")
     if cfg.schedule == "reference":
         pinned = {"batch_size": 1, "keep": "last", "lr_scaling": "none", "patience": None, **REFERENCE[kind]}
         if kind == "gate":
             pinned["gate_fit"] = "train"
             pinned["solver"] = "adam"
+            pinned["distill_input"] = "logits"
         else:
             pinned["precision"] = "fp32"
             pinned["min_steps"] = 0

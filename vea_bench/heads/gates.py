@@ -1,6 +1,7 @@
 """The five fusion gates of EmoVLM-KD stage 3 (SPEC, paper Table 4), in a registry.
 
-Every gate maps ``v1`` (the distill head's logits, ``[B, C]``) and ``v2`` (the VLM's answer as a
+Every gate maps ``v1`` (the distill head's output, ``[B, C]``: its log-softmax by default, its raw
+logits under the reference schedule; `distill_vector`) and ``v2`` (the VLM's answer as a
 one-hot, or its normalised label probabilities, ``[B, C]``) to final logits ``[B, C]``. Gates are
 plain ``nn.Module`` classes (``__init__(num_classes)``, ``forward(v1, v2)``, a ``display_name``),
 random only through ``nn.Dropout`` if at all, so the batched trainer runs many of them at once
@@ -9,6 +10,7 @@ decorated class here; the tests over ``GATES.names()`` then train, batch and cou
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -125,6 +127,21 @@ class CrossGating(Gate):
         """The sigmoid gates averaged over classes, normalised to sum to one."""
         w = torch.stack([torch.sigmoid(self.gate1(v2)).mean(-1), torch.sigmoid(self.gate2(v1)).mean(-1)], dim=-1)
         return w / w.sum(-1, keepdim=True)
+
+
+def distill_vector(logits: np.ndarray, distill_input: str) -> np.ndarray:
+    """The gate's v1 from the distill head's logits: as they are (``"logits"``) or their log-softmax.
+
+    Why: softmax ignores a constant added to an image's logits, so that constant is whatever
+    training left; the log-softmax is the one representative with no such freedom.
+    """
+    x = np.asarray(logits, dtype=np.float32)
+    if distill_input == "logits":
+        return x
+    if distill_input != "logprobs":
+        raise ValueError(f"unknown distill input '{distill_input}'")
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
 def build_gate(name: str, num_classes: int) -> Gate:

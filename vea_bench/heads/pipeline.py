@@ -42,7 +42,7 @@ from vea_bench.heads.config import (  # noqa: F401  (the configs' home; re-expor
 )
 from vea_bench.heads.data import HeadData
 from vea_bench.heads.distill import DEFAULT_HEAD, HEADS, build_head, check_head, count_params
-from vea_bench.heads.gates import GATES, build_gate, gate_display_name
+from vea_bench.heads.gates import GATES, build_gate, distill_vector, gate_display_name
 from vea_bench.heads.losses import ce_objective, kd_objective
 from vea_bench.heads.trainer import (
     MemberHistory,
@@ -212,7 +212,7 @@ def train_distill(
         n = len(tr) if rows[i] is None else len(rows[i])
         solo = i if c.schedule == "reference" else -1   # the reference runs one configuration at a time
         return (heads[i], _frozen(c.head_kwargs), tuple(c.hidden_dims), c.dropout, c.batch_size, c.epochs, c.keep,
-                c.patience, c.min_steps, precisions[i], n, solo)
+                c.patience, c.early_stop, c.min_steps, precisions[i], n, solo)
 
     for idx in _groups(list(range(len(configs))), key):
         t0 = time.perf_counter()
@@ -233,7 +233,8 @@ def train_distill(
         evals = {s: split_inputs(s, prec) for s in dict.fromkeys(select + splits)}
         out = train_members(model, split_inputs("train", prec), hyper, loss=kd_objective, epochs=c0.epochs,
                             batch_size=c0.batch_size, train_rows=tr_rows, evals=evals, keep=c0.keep,
-                            patience=c0.patience, min_steps=c0.min_steps, progress=progress, desc=desc)
+                            patience=c0.patience, min_steps=c0.min_steps, early_stop=c0.early_stop,
+                            progress=progress, desc=desc)
         wall = (time.perf_counter() - t0) / len(cfgs)
         n_params = count_params(members[0])
         for j, i in enumerate(idx):
@@ -371,7 +372,8 @@ def train_gates(
     def key(i: int) -> Any:
         g = configs[i]
         solo = i if g.schedule == "reference" or g.solver == "lbfgs" else -1
-        return (GATES.canonical(g.gate), g.batch_size, g.epochs, g.keep, g.patience, g.gate_fit, g.solver, solo)
+        return (GATES.canonical(g.gate), g.batch_size, g.epochs, g.keep, g.patience, g.early_stop, g.gate_fit,
+                g.solver, solo)
 
     for idx in _groups(list(range(len(configs))), key):
         t0 = time.perf_counter()
@@ -385,7 +387,7 @@ def train_gates(
         inputs = {}
         for s in splits:
             sa = data.splits[s]
-            v1s = np.stack([v1[i][s] for i in idx]).astype(np.float32)
+            v1s = np.stack([distill_vector(v1[i][s], configs[i].distill_input) for i in idx])
             inputs[s] = SplitInputs([_to(v1s, dev), _to(sa.vlm, dev)], [True, False], _to(sa.y, dev), None)
         fit = "val" if g0.gate_fit == "val" else "train"
         seeds = [g.seed for g in cfgs]
@@ -404,7 +406,8 @@ def train_gates(
             hyper = [MemberHyper(g.seed, g.effective_lr, g.weight_decay) for g in cfgs]
             evals = dict(inputs)
             out = train_members(model, inputs[fit], hyper, loss=ce_objective, epochs=g0.epochs, batch_size=g0.batch_size,
-                                evals=evals, keep=g0.keep, patience=g0.patience, order_stream="gate-order",
+                                evals=evals, keep=g0.keep, patience=g0.patience, early_stop=g0.early_stop,
+                                order_stream="gate-order",
                                 select_split="val", progress=progress, desc=f"gate {GATES.canonical(g0.gate)} x{len(cfgs)}")
             hist, out_states, out_logits, best = out.history, out.states, out.logits, out.best_epoch
         wall = (time.perf_counter() - t0) / len(cfgs)
@@ -430,7 +433,7 @@ def train_gates(
 # ----------------------------------------------------------------------------- records
 
 def gate_source_weights(gate: str, num_classes: int, state: dict[str, Any], v1: np.ndarray,
-                        v2: np.ndarray) -> np.ndarray | None:
+                        v2: np.ndarray, distill_input: str = "logits") -> np.ndarray | None:
     """Per-image weights (distill, VLM) of a gate whose architecture weighs its two sources, else None.
 
     The gate class says what its weights are (`Gate.source_weights`), so a new gate shows them
@@ -438,7 +441,7 @@ def gate_source_weights(gate: str, num_classes: int, state: dict[str, Any], v1: 
     """
     g = build_gate(gate, num_classes)
     g.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
-    a = torch.from_numpy(np.asarray(v1, dtype=np.float32))
+    a = torch.from_numpy(distill_vector(v1, distill_input))
     b = torch.from_numpy(np.asarray(v2, dtype=np.float32))
     with torch.no_grad():
         w = g.source_weights(a, b)
@@ -464,7 +467,8 @@ def head_predictions(data: HeadData, res: HeadResult, distill: HeadResult | None
             v1 = distill.logits.get(split) if distill is not None else None
             if v1 is not None:
                 extra["distill_pred"] = np.asarray(v1).argmax(1)
-                w = gate_source_weights(res.config.gate, len(data.label_names), res.state, v1, vlm)
+                w = gate_source_weights(res.config.gate, len(data.label_names), res.state, v1, vlm,
+                                        res.config.distill_input)
                 if w is not None:
                     extra["source_weights"] = w
         preds[split] = from_scores(sa.y, lg, sa.rows, logits=True, extra=extra)

@@ -613,6 +613,11 @@ def _score(model: Any, split: SplitInputs, m: int, loss: MemberLoss, alpha: torc
     return acc.tolist(), _losses(logits, split, rows, loss, alpha, tau).tolist()
 
 
+# The smoothed-acc signal's moving average: ema = SMOOTHING * ema + (1 - SMOOTHING) * accuracy
+# (about five epochs of memory), started at the first epoch's accuracy.
+SMOOTHING = 0.7
+
+
 def _better(acc: float, loss: float, best: tuple[float, float] | None, min_delta: float) -> bool:
     """Val score order: higher accuracy wins; equal accuracy, a lower loss (by ``min_delta``) wins."""
     if best is None:
@@ -629,14 +634,19 @@ class MemberSelection:
     loss). ``keep="best"`` copies a member's weights whenever it improves; ``patience`` stops a
     member after that many epochs in which neither the score nor the val loss improved (on a small
     val split accuracy moves in coarse steps and can sit still while the loss keeps falling, which
-    would stop a member that is still learning). `compact` drops stopped members from the batched
+    would stop a member that is still learning). ``signal="smoothed-acc"`` scores each epoch by a
+    moving average of the val accuracy instead (`SMOOTHING`), and only that average's progress
+    resets the patience. `compact` drops stopped members from the batched
     model and its optimiser, so the others train on at their own cost; `finish` restores the kept
     weights and records why each member kept what it kept.
     """
 
     def __init__(self, params: Sequence[torch.Tensor], n_members: int, *, keep: str, patience: int | None,
-                 min_delta: float, epochs: int, select_split: str) -> None:
-        self.keep, self.patience, self.min_delta = keep, patience, min_delta
+                 min_delta: float, epochs: int, select_split: str, signal: str = "val-loss") -> None:
+        if signal not in ("val-loss", "smoothed-acc"):
+            raise ConfigError(f"unknown --early-stop '{signal}' (choices: val-loss, smoothed-acc)")
+        self.keep, self.patience, self.min_delta, self.signal = keep, patience, min_delta, signal
+        self._ema: list[float | None] = [None] * n_members
         self.epochs, self.select_split = epochs, select_split
         self.history = [MemberHistory(max_epochs=epochs, patience=patience) for _ in range(n_members)]
         self.live = list(range(n_members))          # original indices of the members still training
@@ -658,6 +668,10 @@ class MemberSelection:
             h.val_accuracy.append(float(acc))
             h.val_loss.append(float(vl))
             loss_improved = vl < self._best_loss[j] - self.min_delta
+            if self.signal == "smoothed-acc":
+                prev = self._ema[j]
+                acc = self._ema[j] = float(acc) if prev is None else SMOOTHING * prev + (1 - SMOOTHING) * float(acc)
+                loss_improved = False
             self._best_loss[j] = min(self._best_loss[j], float(vl))
             if _better(acc, vl, self._best[j], self.min_delta):
                 self._best[j] = (acc, vl)
@@ -672,7 +686,9 @@ class MemberSelection:
                 self._since[j] += 1
                 if self.patience is not None and self._since[j] >= self.patience and epoch < self.epochs:
                     stopped.append(k)
-                    h.stop_reason = (f"patience: neither val accuracy nor val loss improved in {self.patience} "
+                    what = ("the smoothed val accuracy did not improve" if self.signal == "smoothed-acc"
+                            else "neither val accuracy nor val loss improved")
+                    h.stop_reason = (f"patience: {what} in {self.patience} "
                                      f"epoch(s); best val accuracy at epoch {h.best_val_epoch}")
         return stopped
 
@@ -699,7 +715,8 @@ class MemberSelection:
             best = self._best[j]
             if self.keep == "best" and best is not None:
                 h.kept_epoch = h.best_val_epoch
-                h.kept_because = (f"best {self.select_split} accuracy {100 * best[0]:.2f} % "
+                smoothed = "smoothed " if self.signal == "smoothed-acc" else ""
+                h.kept_because = (f"best {smoothed}{self.select_split} accuracy {100 * best[0]:.2f} % "
                                   f"({self.select_split} loss {best[1]:.4f})")
             else:
                 h.kept_epoch = h.epochs_run
@@ -738,6 +755,7 @@ def train_members(
     patience: int | None = None,
     min_delta: float = 1e-4,
     min_steps: int = 0,
+    early_stop: str = "val-loss",
 ) -> TrainOutput:
     """Train all members of ``model`` together on ``loss``; evaluate on ``evals`` (eval mode) at the end.
 
@@ -746,7 +764,7 @@ def train_members(
     by default all members train on every row of ``train``. ``max_steps`` stops early (benchmarks
     time a fraction of an epoch with it). After each epoch every member is scored on
     ``evals[select_split]`` and only on it: no other split is read before the end. ``keep``,
-    ``patience`` and ``min_delta`` are `MemberSelection`'s: ``keep="best"`` keeps each member's
+    ``patience``, ``min_delta`` and ``early_stop`` (its ``signal``) are `MemberSelection`'s: ``keep="best"`` keeps each member's
     best-scoring epoch, ``"last"`` (the reference) the final one; a member stopped by patience leaves
     the stacked model and ends exactly as it would alone. With ``keep="best"``, ``min_steps`` raises ``epochs``
     and ``patience`` together on a set too small to make that many steps in ``epochs`` (`scaled_budget`).
@@ -772,7 +790,7 @@ def train_members(
         epochs, patience = scaled_budget(epochs, patience, steps, min_steps)
     progress.start(desc, total=epochs * steps)
     selection = MemberSelection(model.params, m_all, keep=keep, patience=patience, min_delta=min_delta,
-                                epochs=epochs, select_split=select_split)
+                                epochs=epochs, select_split=select_split, signal=early_stop)
     sel = evals.get(select_split)
     run = _EpochRunner(train, loss, batch_size, steps, max_steps, progress)
     for epoch in range(1, epochs + 1):
