@@ -292,6 +292,27 @@ def _schedules_table(con: Any, rows: list[dict[str, Any]], args: argparse.Namesp
               f"lower on {sum(x < 0 for x in d)})")
 
 
+def _markdown(rows: list[dict[str, Any]], early_stops: str) -> str:
+    """The schedules table as Markdown (the README's), from the same rows as the printed table."""
+    alts = [k for k in (rows[0]["val"] if rows else {}) if k != "default"]
+    head = ["train rows", "row", "reference", "default", "Δ", "time ref / def (s)", "default epochs run / budget",
+            "ended improving", f"default val2 ({early_stops.split(',')[0]})",
+            *(f"{k.split(':', 1)[1]} val2 / test" for k in alts)]
+    out = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---:", "---"] + ["---:"] * (len(head) - 2)) + " |"]
+    for r in rows:
+        d_mean = 100 * np.mean(r["default"])
+        ref = 100 * np.mean(r["reference"]) if r["reference"] else None
+        times = (f"{r['reference_s']:.1f} / {r['default_s']:.1f}" if r["reference_s"] else f"- / {r['default_s']:.1f}")
+        epochs = ", ".join(str(e) for e in r["epochs_run"] if e is not None)
+        cells = [f"{r['rows']:,}", r["row"], _ms(r["reference"]) if r["reference"] else "-", _ms(r["default"]),
+                 f"{d_mean - ref:+.2f}" if ref is not None else "-", times,
+                 f"{epochs or '-'} / {max(r['max_epochs'])}" if epochs else "-", str(r["still_improving"]),
+                 _ms(r["val"]["default"]),
+                 *(f"{_ms(r['val'][k])} / {_ms(r['test'][k])}" if k in r["val"] else "-" for k in alts)]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1600,1200,18000",
@@ -321,17 +342,20 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    ap.add_argument("--markdown", type=Path, default=None, help="write the schedules table here as Markdown")
+    ap.add_argument("--render", type=Path, default=None,
+                    help="print (and --markdown) the tables of an earlier run's --json file, training nothing")
     args = ap.parse_args()
+    if args.render:
+        _render(args)
+        return
     if args.quick:
         args.sizes, args.dim, args.test_rows, args.seeds, args.skip_sweep = "120,240", 16, 300, "0,1", True
     torch.set_num_threads(args.threads)
-    from rich.console import Console
-    from rich.table import Table
-
     from vea_bench.heads.sweep import parse_grid
 
     seeds = parse_grid(args.seeds, int)
-    out: dict[str, Any] = {"args": vars(args) | {"json": str(args.json)}, "load_before": os.getloadavg()}
+    out: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "load_before": os.getloadavg()}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -341,9 +365,27 @@ def main() -> None:
             out["sweep"] = sweep(args, tmp, seeds)
     out["load_after"] = os.getloadavg()
     out["total_s"] = time.perf_counter() - t_all
+    _print_tables(out, args, len(seeds))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=float))
+
+
+def _render(args: argparse.Namespace) -> None:
+    """The tables of a finished run, from its JSON: its own arguments, its own figures."""
+    out = json.loads(args.render.read_text())
+    saved = argparse.Namespace(**{"early_stops": "val-loss", **out["args"], "markdown": args.markdown})
+    _print_tables(out, saved, len(str(saved.seeds).split(",")))
+
+
+def _print_tables(out: dict[str, Any], args: argparse.Namespace, n_seeds: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     con = Console(width=200)
     if "schedules" in out:
-        _schedules_table(con, out["schedules"], args, len(seeds))
+        _schedules_table(con, out["schedules"], args, n_seeds)
+        if args.markdown:
+            args.markdown.write_text(_markdown(out["schedules"], args.early_stops))
     if "sweep" in out:
         s = out["sweep"]
         t = Table(title=f"alpha sweep, {s['members']} members x 5 epochs on {s['rows']} x {s['dim']} ({args.device})")
@@ -361,8 +403,6 @@ def main() -> None:
                   f"bf16 - fp32: {100 * (np.mean(s['accuracy']['bf16']['test_acc']) - np.mean(s['accuracy']['fp32']['test_acc'])):+.2f} points")
     print(f"total {out['total_s']:.0f} s; load average before {out['load_before']}, after {out['load_after']} "
           f"(shared machine)")
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2, default=float))
 
 
 if __name__ == "__main__":

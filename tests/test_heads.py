@@ -16,7 +16,7 @@ from vea_bench.cache.store import FeatureCache
 from vea_bench.errors import ConfigError
 from vea_bench.heads.data import load_head_data
 from vea_bench.heads.distill import build_distill_head, count_params
-from vea_bench.heads.gates import GATES, build_gate, gate_display_name
+from vea_bench.heads.gates import GATES, build_gate, distill_vector, gate_display_name
 from vea_bench.heads.losses import kd_loss, kd_terms
 from vea_bench.heads.pipeline import DistillConfig, GateConfig, gate_inputs, train_distill, train_gates
 from vea_bench.heads.sweep import parse_grid, parse_names
@@ -234,6 +234,70 @@ def test_every_gate_trains_batched_and_learns(comp_data, comp_distill, name):
     for k, v in res[1].state.items():
         assert torch.allclose(v, alone.state[k], atol=1e-6), k
     assert any(not torch.equal(v, res[0].state[k]) for k, v in res[1].state.items())   # seeds differ
+
+
+def test_distill_vector_is_the_log_softmax_and_ignores_a_constant():
+    x = np.array([[2.0, 0.0, -1.0], [100.0, 100.0, 100.0]], dtype=np.float32)
+    lp = distill_vector(x, "logprobs")
+    assert np.allclose(np.exp(lp).sum(1), 1.0, atol=1e-6)
+    assert np.allclose(lp[1], np.log(1 / 3), atol=1e-5)            # no overflow at large logits
+    assert np.allclose(lp[0], torch.log_softmax(torch.from_numpy(x[0]), -1).numpy(), atol=1e-6)
+    assert np.allclose(distill_vector(x + 7.5, "logprobs"), lp, atol=1e-5)
+    assert np.array_equal(distill_vector(x, "logits"), x)
+
+
+@pytest.mark.parametrize("name", GATES.names())
+def test_default_gate_does_not_depend_on_the_distill_logits_constant(comp_data, comp_distill, name):
+    """Softmax ignores a constant added to the distill logits, so the default gate must too (Bilinear did not)."""
+    cfg = GateConfig(gate=name, seed=0, lr=1e-2, epochs=5, batch_size=64, lr_scaling="none")
+    shifted = {k: v - 3.0 for k, v in comp_distill.logits.items()}
+    a, b = train_gates(comp_data, [cfg, cfg], [comp_distill.logits, shifted])
+    assert np.allclose(a.logits["test"], b.logits["test"], atol=1e-4)
+    raw = replace(cfg, distill_input="logits")
+    c, d = train_gates(comp_data, [raw, raw], [comp_distill.logits, shifted])
+    assert c.config.distill_input == "logits"
+    if name != "concat":      # Concat & Linear absorbs a constant in its bias; the others read it
+        assert not np.allclose(c.logits["test"], d.logits["test"], atol=1e-4)
+
+
+def test_reference_schedule_feeds_gates_raw_logits():
+    from vea_bench.heads.config import make_config
+
+    assert make_config("gate", {}).distill_input == "logprobs"
+    assert make_config("gate", {"schedule": "reference"}).distill_input == "logits"
+    with pytest.raises(ConfigError, match="pins distill-input"):
+        make_config("gate", {"schedule": "reference", "distill_input": "logprobs"})
+    with pytest.raises(ConfigError, match="unknown --distill-input"):
+        make_config("gate", {"distill_input": "probs"})
+    with pytest.raises(ConfigError, match="unknown --early-stop"):
+        make_config("distill", {"early_stop": "loss"})
+
+
+def test_smoothed_early_stop_reads_a_moving_average_of_val_accuracy():
+    """Under smoothed-acc a one-epoch spike in val accuracy neither wins the kept epoch nor stops a run that
+    keeps improving on average; under val-loss it is kept and three flat epochs after it stop the run."""
+    from vea_bench.heads.trainer import SMOOTHING, MemberSelection
+
+    accs = [0.50, 0.52, 0.70, 0.53, 0.60, 0.62, 0.63, 0.63, 0.62, 0.62, 0.62]
+    w = [torch.zeros(1, 1)]
+    kept = {}
+    for signal in ("val-loss", "smoothed-acc"):
+        sel = MemberSelection(w, 1, keep="best", patience=3, min_delta=1e-4, epochs=len(accs), select_split="val",
+                              signal=signal)
+        for e, a in enumerate(accs, 1):
+            stopped = sel.observe(e, type("M", (), {"params": w})(), [1.0], ([a], [1.0]))
+            if stopped:
+                break
+        kept[signal] = (sel.history[0].best_val_epoch, e)
+    assert kept["val-loss"] == (3, 6)         # the spike is kept; three flat epochs after it stop the run
+    ema, best, best_e = None, -1.0, 0
+    for e, a in enumerate(accs, 1):
+        ema = a if ema is None else SMOOTHING * ema + (1 - SMOOTHING) * a
+        if ema > best + 1e-12:
+            best, best_e = ema, e
+    assert kept["smoothed-acc"] == (best_e, len(accs)) and best_e > 6   # still rising: no early stop
+    with pytest.raises(ConfigError, match="unknown --early-stop"):
+        MemberSelection(w, 1, keep="best", patience=3, min_delta=0.0, epochs=3, select_split="val", signal="x")
 
 
 # ----------------------------------------------------------------------------- CLI and records
