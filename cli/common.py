@@ -219,6 +219,29 @@ def write_failure(exc: BaseException) -> str | None:
     return f"{path}: {doing} ({reason}); {hint}; files already complete are kept"
 
 
+class SignalStop(KeyboardInterrupt):
+    """SIGINT / SIGTERM outside a loop that stops between batches: unwinds like Ctrl-C, knows its signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def on_stop_signal(signum: int, frame: Any) -> None:
+    """The CLI process's SIGINT and SIGTERM handler (guarded loops install their own while they run)."""
+    raise SignalStop(signum)
+
+
+def stopped(exc: KeyboardInterrupt) -> int:
+    """Say in one line that the command stopped and that rerunning resumes; the conventional exit code."""
+    import signal
+
+    signum = int(getattr(exc, "signum", signal.SIGINT))
+    err_console.print(f"[yellow]stopped by {signal.Signals(signum).name}[/]: what was written is kept; "
+                      "rerun the same command to resume")
+    return 128 + signum
+
+
 def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Call ``fn``; user-facing errors (and full or read-only disks) become one stderr line and a non-zero exit."""
     from vea_bench.errors import VeaError
@@ -228,9 +251,8 @@ def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except VeaError as exc:
         fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]: what was written is kept; rerun the same command to resume")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        raise typer.Exit(stopped(exc)) from None
     except Exception as exc:
         message = write_failure(exc)
         if message is None:

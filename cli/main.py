@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from vea_bench_cli.common import err_console
+from vea_bench_cli.common import err_console, on_stop_signal, stopped
 
 
 class _VeaTyper(typer.Typer):
@@ -25,9 +25,8 @@ class _VeaTyper(typer.Typer):
         except VeaError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: what was written is kept; rerun the same command to resume")
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            sys.exit(stopped(exc))
         except Exception as exc:  # a full or read-only disk outside any guarded call: still one line
             from vea_bench_cli.common import write_failure
 
@@ -93,8 +92,22 @@ _ = (train_heads_cmd, train_models_cmd)  # they add commands to train_cmd.app on
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    Why the signal handling: a scheduler's SIGTERM ends a command as quietly as Ctrl-C, in one line
+    with the conventional code (143, 130), wherever it lands; and once the command is over, a signal
+    that arrives while the interpreter shuts down is ignored, instead of printing a traceback from
+    its exit handlers after the work was written.
+    """
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, on_stop_signal)
+    try:
+        app()
+    finally:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
