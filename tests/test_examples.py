@@ -30,12 +30,12 @@ def test_dynamic_gate_weights_are_its_softmax_and_linear_gates_have_none() -> No
     g = build_gate("dynamic", 4)
     rng = np.random.default_rng(0)
     v1, v2 = rng.normal(size=(5, 4)).astype(np.float32), np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]
-    w = gate_source_weights("dynamic", 4, g.state_dict(), v1, v2)
+    w = gate_source_weights("dynamic", 4, g.state_dict(), v1, v2, distill_input="logits")
     want = torch.softmax(g.weigher(torch.cat([torch.from_numpy(v1), torch.from_numpy(v2)], -1)), -1).detach().numpy()
     assert np.allclose(w, want) and np.allclose(w.sum(1), 1)
-    wc = gate_source_weights("cross", 4, build_gate("cross", 4).state_dict(), v1, v2)
+    wc = gate_source_weights("cross", 4, build_gate("cross", 4).state_dict(), v1, v2, distill_input="logits")
     assert wc.shape == (5, 2) and np.allclose(wc.sum(1), 1)
-    assert gate_source_weights("concat", 4, build_gate("concat", 4).state_dict(), v1, v2) is None
+    assert gate_source_weights("concat", 4, build_gate("concat", 4).state_dict(), v1, v2, distill_input="logits") is None
 
 
 @pytest.mark.parametrize("name", GATES.names())
@@ -45,7 +45,7 @@ def test_every_gates_source_weights_are_none_or_a_distribution(name: str) -> Non
     g = build_gate(name, 4)
     rng = np.random.default_rng(1)
     v1, v2 = rng.normal(size=(6, 4)).astype(np.float32), np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]]
-    w = gate_source_weights(name, 4, g.state_dict(), v1, v2)
+    w = gate_source_weights(name, 4, g.state_dict(), v1, v2, distill_input="logits")
     if w is not None:
         assert w.shape == (6, 2) and np.all((w >= 0) & (w <= 1)) and np.allclose(w.sum(1), 1, atol=1e-6)
 

@@ -433,8 +433,11 @@ def train_gates(
 # ----------------------------------------------------------------------------- records
 
 def gate_source_weights(gate: str, num_classes: int, state: dict[str, Any], v1: np.ndarray,
-                        v2: np.ndarray, distill_input: str = "logits") -> np.ndarray | None:
+                        v2: np.ndarray, *, distill_input: str) -> np.ndarray | None:
     """Per-image weights (distill, VLM) of a gate whose architecture weighs its two sources, else None.
+
+    ``v1`` is the distill head's raw logits; ``distill_input`` (the gate's config) says what the gate
+    read from them, so it is required: a gate trained on log-probs weighs them, not the logits.
 
     The gate class says what its weights are (`Gate.source_weights`), so a new gate shows them
     without an edit here.
@@ -468,7 +471,7 @@ def head_predictions(data: HeadData, res: HeadResult, distill: HeadResult | None
             if v1 is not None:
                 extra["distill_pred"] = np.asarray(v1).argmax(1)
                 w = gate_source_weights(res.config.gate, len(data.label_names), res.state, v1, vlm,
-                                        res.config.distill_input)
+                                        distill_input=res.config.distill_input)
                 if w is not None:
                     extra["source_weights"] = w
         preds[split] = from_scores(sa.y, lg, sa.rows, logits=True, extra=extra)

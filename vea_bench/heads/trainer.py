@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vea_bench.errors import ConfigError
-from vea_bench.heads.config import scaled_budget
+from vea_bench.heads.config import EARLY_STOPS, scaled_budget
 from vea_bench.heads.head_registry import MLPLayout
 from vea_bench.heads.losses import MemberLoss
 from vea_bench.progress import Progress, ensure
@@ -642,9 +642,9 @@ class MemberSelection:
     """
 
     def __init__(self, params: Sequence[torch.Tensor], n_members: int, *, keep: str, patience: int | None,
-                 min_delta: float, epochs: int, select_split: str, signal: str = "val-loss") -> None:
-        if signal not in ("val-loss", "smoothed-acc"):
-            raise ConfigError(f"unknown --early-stop '{signal}' (choices: val-loss, smoothed-acc)")
+                 min_delta: float, epochs: int, select_split: str, signal: str = EARLY_STOPS[0]) -> None:
+        if signal not in EARLY_STOPS:
+            raise ConfigError(f"unknown --early-stop '{signal}' (choices: {', '.join(EARLY_STOPS)})")
         self.keep, self.patience, self.min_delta, self.signal = keep, patience, min_delta, signal
         self._ema: list[float | None] = [None] * n_members
         self.epochs, self.select_split = epochs, select_split
@@ -667,11 +667,11 @@ class MemberSelection:
             acc, vl = scores[0][k], scores[1][k]
             h.val_accuracy.append(float(acc))
             h.val_loss.append(float(vl))
-            loss_improved = vl < self._best_loss[j] - self.min_delta
-            if self.signal == "smoothed-acc":
+            smoothed = self.signal == "smoothed-acc"
+            loss_improved = not smoothed and vl < self._best_loss[j] - self.min_delta
+            if smoothed:
                 prev = self._ema[j]
                 acc = self._ema[j] = float(acc) if prev is None else SMOOTHING * prev + (1 - SMOOTHING) * float(acc)
-                loss_improved = False
             self._best_loss[j] = min(self._best_loss[j], float(vl))
             if _better(acc, vl, self._best[j], self.min_delta):
                 self._best[j] = (acc, vl)
@@ -755,7 +755,7 @@ def train_members(
     patience: int | None = None,
     min_delta: float = 1e-4,
     min_steps: int = 0,
-    early_stop: str = "val-loss",
+    early_stop: str = EARLY_STOPS[0],
 ) -> TrainOutput:
     """Train all members of ``model`` together on ``loss``; evaluate on ``evals`` (eval mode) at the end.
 
