@@ -84,10 +84,10 @@ def _cache_data(args: argparse.Namespace, tmp: Path, name: str, rows: int) -> An
     # half of the val rows select epochs ("val"); the other half ("val2") is read by nothing during
     # training and judges the early-stop signals, so that choice is made on validation data too
     va = data.splits["val"]
-    cut = {k: slice(0, n_val) for k in ("val",)} | {"val2": slice(n_val, None)}
+    halves = {"val": slice(0, n_val), "val2": slice(n_val, None)}
     data.splits = {"train": data.splits["train"],
                    **{k: replace(va, **{f: getattr(va, f)[sl] for f in ("y", "x", "teacher", "vlm", "rows")
-                                        if getattr(va, f) is not None}) for k, sl in cut.items()},
+                                        if getattr(va, f) is not None}) for k, sl in halves.items()},
                    "test": data.splits["test"]}
     return data
 
@@ -108,15 +108,13 @@ def _row(where: dict[str, Any], label: str, res: dict[str, list[Any]], times: di
     acc = {k: [r.metrics["test"]["accuracy"] for r in v] for k, v in res.items()}
     val = {k: [r.metrics["val2"]["accuracy"] for r in v] for k, v in res.items() if k != "reference"}
     defaults = [k for k in res if k != "reference"]
-    conv = [r.convergence for k in defaults for r in res[k]]
     first = [r.convergence for r in res["default"]]
     row = {**where, "row": label, "reference": acc.get("reference"), "default": acc["default"],
            "reference_s": times.get("reference"), "default_s": times["default"],
            "val": val, "test": {k: acc[k] for k in defaults}, "times": {k: times.get(k) for k in defaults},
            "epochs_run": [c.get("epochs_run") for c in first], "max_epochs": [c.get("max_epochs") for c in first],
            "still_improving": sum(bool(c.get("still_improving")) for c in first),
-           "alt_still_improving": sum(bool(c.get("still_improving")) for c in conv) - sum(
-               bool(c.get("still_improving")) for c in first)}
+           "alt_still_improving": sum(bool(r.convergence.get("still_improving")) for k in defaults[1:] for r in res[k])}
     ref_txt = f"reference {_ms(acc['reference'])} ({times['reference']:.1f} s), " if "reference" in acc else ""
     alt = "".join(f", {k} val2 {_ms(val[k])} test {_ms(acc[k])}" for k in defaults[1:])
     print(f"[{where['cache']} {where['rows']}] {label}: {ref_txt}default {_ms(acc['default'])} "
@@ -256,59 +254,69 @@ def sweep(args: argparse.Namespace, tmp: Path, seeds: list[int]) -> dict[str, An
     return out
 
 
+def _alts(rows: list[dict[str, Any]]) -> list[str]:
+    """The "default:SIGNAL" keys of the early-stop signals run besides the default one."""
+    return [k for k in (rows[0]["val"] if rows else {}) if k != "default"]
+
+
+def _signal(key: str) -> str:
+    return key.split(":", 1)[1]
+
+
+def _shared_cells(r: dict[str, Any], alts: list[str]) -> tuple[list[str], list[str]]:
+    """The cells both tables print alike: reference, default, Δ and times; then the val2 columns."""
+    ref = 100 * np.mean(r["reference"]) if r["reference"] else None
+    scores = [_ms(r["reference"]) if r["reference"] else "-", _ms(r["default"]),
+              f"{100 * np.mean(r['default']) - ref:+.2f}" if ref is not None else "-",
+              f"{r['reference_s']:.1f} / {r['default_s']:.1f}" if r["reference_s"] else f"- / {r['default_s']:.1f}"]
+    val2 = [_ms(r["val"]["default"]),
+            *(f"{_ms(r['val'][k])} / {_ms(r['test'][k])}" if k in r["val"] else "-" for k in alts)]
+    return scores, val2
+
+
 def _schedules_table(con: Any, rows: list[dict[str, Any]], args: argparse.Namespace, n_seeds: int) -> None:
     """Both schedules side by side, every size in one table, with the targets checked."""
     from rich.table import Table
 
     t = Table(title=f"reference vs default schedule, test accuracy % (mean ± std over {n_seeds} seeds), "
                     f"{args.dim}-d synthetic caches, val = train / 8")
-    alts = [k for k in (rows[0]["val"] if rows else {}) if k != "default"]
+    alts = _alts(rows)
     for col in ("cache", "train rows", "row", "VLM alone", "head alone (ref / def)", "reference", "default", "Δ",
                 "time ref / def (s)", "epochs run (def) / budget", "ended improving", "target", "default val2",
-                *(f"{k.split(':', 1)[1]} val2 / test" for k in alts)):
+                *(f"{_signal(k)} val2 / test" for k in alts)):
         t.add_column(col)
     for r in rows:
         d_mean = 100 * np.mean(r["default"])
-        ref_mean = 100 * np.mean(r["reference"]) if r["reference"] else None
         ok = [r["still_improving"] == 0]
-        if ref_mean is not None:
-            ok.append(d_mean >= ref_mean - 0.5)
+        if r["reference"]:
+            ok.append(d_mean >= 100 * np.mean(r["reference"]) - 0.5)
         if r["row"] == "Concat & Linear":
             ok.append(d_mean >= 100 * max(r["vlm"], r["head"]["default"]))
         r["target_met"] = all(ok)
+        scores, val2 = _shared_cells(r, alts)
         t.add_row(r["cache"], str(r["rows"]), r["row"], f"{100 * r['vlm']:.2f}",
-                  f"{100 * r['head']['reference']:.2f} / {100 * r['head']['default']:.2f}",
-                  _ms(r["reference"]) if r["reference"] else "-", _ms(r["default"]),
-                  f"{d_mean - ref_mean:+.2f}" if ref_mean is not None else "-",
-                  f"{r['reference_s']:.1f} / {r['default_s']:.1f}" if r["reference_s"] else f"- / {r['default_s']:.1f}",
+                  f"{100 * r['head']['reference']:.2f} / {100 * r['head']['default']:.2f}", *scores,
                   ",".join(str(e) for e in r["epochs_run"] if e is not None) + f" / {max(r['max_epochs'])}",
-                  str(r["still_improving"]), "met" if r["target_met"] else "MISSED", _ms(r["val"]["default"]),
-                  *(f"{_ms(r['val'][k])} / {_ms(r['test'][k])}" if k in r["val"] else "-" for k in alts))
+                  str(r["still_improving"]), "met" if r["target_met"] else "MISSED", *val2)
     con.print(t)
     for k in alts:
         d = [100 * (np.mean(r["val"][k]) - np.mean(r["val"]["default"])) for r in rows if k in r["val"]]
-        print(f"early stop {k.split(':', 1)[1]} vs the default's {args.early_stops.split(',')[0]}: held-out val2 accuracy "
+        print(f"early stop {_signal(k)} vs the default's {args.early_stops.split(',')[0]}: held-out val2 accuracy "
               f"{np.mean(d):+.2f} points on average over {len(d)} rows (higher on {sum(x > 0 for x in d)}, "
               f"lower on {sum(x < 0 for x in d)})")
 
 
 def _markdown(rows: list[dict[str, Any]], early_stops: str) -> str:
     """The schedules table as Markdown (the README's), from the same rows as the printed table."""
-    alts = [k for k in (rows[0]["val"] if rows else {}) if k != "default"]
+    alts = _alts(rows)
     head = ["train rows", "row", "reference", "default", "Δ", "time ref / def (s)", "default epochs run / budget",
-            "ended improving", f"default val2 ({early_stops.split(',')[0]})",
-            *(f"{k.split(':', 1)[1]} val2 / test" for k in alts)]
+            "ended improving", f"default val2 ({early_stops.split(',')[0]})", *(f"{_signal(k)} val2 / test" for k in alts)]
     out = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---:", "---"] + ["---:"] * (len(head) - 2)) + " |"]
     for r in rows:
-        d_mean = 100 * np.mean(r["default"])
-        ref = 100 * np.mean(r["reference"]) if r["reference"] else None
-        times = (f"{r['reference_s']:.1f} / {r['default_s']:.1f}" if r["reference_s"] else f"- / {r['default_s']:.1f}")
+        scores, val2 = _shared_cells(r, alts)
         epochs = ", ".join(str(e) for e in r["epochs_run"] if e is not None)
-        cells = [f"{r['rows']:,}", r["row"], _ms(r["reference"]) if r["reference"] else "-", _ms(r["default"]),
-                 f"{d_mean - ref:+.2f}" if ref is not None else "-", times,
-                 f"{epochs or '-'} / {max(r['max_epochs'])}" if epochs else "-", str(r["still_improving"]),
-                 _ms(r["val"]["default"]),
-                 *(f"{_ms(r['val'][k])} / {_ms(r['test'][k])}" if k in r["val"] else "-" for k in alts)]
+        cells = [f"{r['rows']:,}", r["row"], *scores, f"{epochs} / {max(r['max_epochs'])}" if epochs else "-",
+                 str(r["still_improving"]), *val2]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
